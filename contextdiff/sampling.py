@@ -1,0 +1,157 @@
+"""Sampler loops in k-diffusion form: ``(model, x, sigmas, extra_args, callback, disable, ...)``.
+
+``model(x, sigma, **extra_args)`` returns ``x0hat`` for ``x`` in k-diffusion space
+(``x_k = x_vp / sqrt(abar)``), as ComfyUI's samplers receive it. The loops convert to VP space,
+take the step from :mod:`contextdiff.process`, and convert back: the one place where the two
+spaces meet. A ``bias`` is a :class:`ContextBias` (or any callable with its signature) giving
+``(b_t, b_{t-1})`` for one ``x0hat``; ``None`` runs plain DDIM/DDPM.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from tqdm.auto import trange
+
+from . import process
+from .schedule import abar_from_sigma, k_from_sigma
+
+# r(x0hat, sigmas) -> (r at sigmas[0], r at sigmas[1]): one relational-network call for both.
+RelationalPair = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+class ContextBias:
+    """``b_t = strength * k_t * r_phi(x0hat, c, t)`` for the two ends of a step, in VP units.
+
+    ``r`` is called once per step with both sigmas (the adapter batches them). ``sigma_max`` is
+    the model's last training sigma, where ``k_T = 0`` keeps the prior ``N(0, I)``.
+    """
+
+    def __init__(self, r: RelationalPair, sigma_max: float | torch.Tensor | None, strength: float = 1.0):
+        self.r, self.sigma_max, self.strength = r, sigma_max, float(strength)
+
+    def __call__(self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor):
+        sigmas = torch.stack([torch.as_tensor(sigma_a), torch.as_tensor(sigma_b)]).to(x0hat.device, torch.float64)
+        k = k_from_sigma(sigmas, self.sigma_max)
+        if self.strength == 0 or not bool((k != 0).any()):
+            zero = torch.zeros_like(x0hat)
+            return zero, zero
+        r_a, r_b = self.r(x0hat, sigmas.to(x0hat.dtype))
+        k = (self.strength * k).to(x0hat.dtype)
+        return k[0] * r_a, k[1] * r_b
+
+
+def default_noise_sampler(x: torch.Tensor, seed: Optional[int] = None):
+    """Fresh standard normal noise per call from a generator seeded once, like k-diffusion's."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device,
+                                                 generator=generator)
+
+
+def _biases(bias, x0hat, sigma, sigma_next):
+    return bias(x0hat, sigma, sigma_next) if bias is not None else (None, None)
+
+
+def _report(callback, x, i, sigma, denoised):
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+
+@torch.no_grad()
+def sample_contextdiff_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                            eta: float = 0.0, noise_sampler=None, bias=None):
+    """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any descending sigma list."""
+    extra_args = {} if extra_args is None else extra_args
+    if eta > 0 and noise_sampler is None:
+        noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, x, i, sigma, denoised)
+        b_t, b_next = _biases(bias, denoised, sigma, sigma_next)
+        abar, abar_next = abar_from_sigma(sigma), abar_from_sigma(sigma_next)
+        noise = noise_sampler(sigma, sigma_next) if eta > 0 and sigma_next > 0 else None
+        x_vp = process.ddim_step(x * abar.sqrt(), denoised, abar, abar_next, b_t, b_next,
+                                 eta if noise is not None else 0.0, noise)
+        x = x_vp / abar_next.sqrt()
+    return x
+
+
+@torch.no_grad()
+def sample_contextdiff_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                            noise_sampler=None, bias=None):
+    """Contextualized ancestral DDPM (Eq. 7 mean, posterior variance) over any sigma list.
+
+    Noise is drawn once per step with ``sigma_next > 0``, in the order ComfyUI's ``ddpm`` draws it.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    if noise_sampler is None:
+        noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, x, i, sigma, denoised)
+        b_t, b_next = _biases(bias, denoised, sigma, sigma_next)
+        abar, abar_next = abar_from_sigma(sigma), abar_from_sigma(sigma_next)
+        noise = noise_sampler(sigma, sigma_next) if sigma_next > 0 else None
+        x_vp = process.ddpm_step(x * abar.sqrt(), denoised, abar, abar_next, b_t, b_next, noise)
+        x = x_vp / abar_next.sqrt()
+    return x
+
+
+@torch.no_grad()
+def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, bias=None,
+                refine_steps: int = 0, refine_tol: float = 0.0):
+    """Bias-aware DDIM inversion: the deterministic step of Eq. 11 run from ``t-1`` to ``t``.
+
+    ``sigmas`` ascend (e.g. a sampling schedule reversed, starting at 0); ``x`` is the latent at
+    ``sigmas[0]``. Each step evaluates the denoiser at the lower noise level and applies
+    :func:`contextdiff.process.ddim_inverse_step`, the exact inverse for that ``x0hat``. Sampling
+    re-evaluates the denoiser at the higher level, so plain inversion is approximate; with
+    ``refine_steps > 0`` each step is refined by fixed-point iteration on
+    ``x_t = inverse(x_{t-1}, x0hat(x_t))`` until the change is below ``refine_tol``, which makes
+    inversion followed by :func:`sample_contextdiff_ddim` return the input.
+
+    From ``sigma = 0`` the noise direction is undefined; the first guess then takes the model's
+    noise estimate at the next level, and refinement solves ``x0hat(x_t) = x_0`` directly.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        abar, abar_next = abar_from_sigma(sigma), abar_from_sigma(sigma_next)
+        x_lo = x * abar.sqrt()
+        if sigma > 0:
+            denoised = model(x, sigma * s_in, **extra_args)
+            b_next, b_lo = _biases(bias, denoised, sigma_next, sigma)
+            x_hi = process.ddim_inverse_step(x_lo, denoised, abar, abar_next, b_lo, b_next)
+        else:
+            # Clean start: noise estimate of the model at the next level, bias of the clean latent.
+            denoised = model(x, sigma_next * s_in, **extra_args)
+            eps = (x - denoised) / sigma_next
+            b_next, _ = _biases(bias, x, sigma_next, sigma)
+            b_next = torch.zeros_like(x) if b_next is None else b_next
+            x_hi = abar_next.sqrt() * x + b_next + (1.0 - abar_next).sqrt() * eps
+        for _ in range(refine_steps):
+            x_k = x_hi / abar_next.sqrt()
+            denoised = model(x_k, sigma_next * s_in, **extra_args)
+            b_next, b_lo = _biases(bias, denoised, sigma_next, sigma)
+            if sigma > 0:
+                new = process.ddim_inverse_step(x_lo, denoised, abar, abar_next, b_lo, b_next)
+            else:
+                # The step to sigma 0 returns x0hat + b_0 (b_0 = 0): move x_t until it equals x_0.
+                bl = torch.zeros_like(x) if b_lo is None else b_lo
+                new = x_hi + abar_next.sqrt() * (x_lo - denoised - bl)
+            change = (new - x_hi).abs().max()
+            x_hi = new
+            if change <= refine_tol:
+                break
+        x = x_hi / abar_next.sqrt()
+        _report(callback, x, i, sigma_next, denoised)
+    return x

@@ -1,0 +1,59 @@
+"""Randomly initialised ComfyUI models for tests and benchmarks (no weights needed).
+
+Imports ComfyUI, so the caller must have put the host on ``sys.path`` and set it to the CPU
+(``tests/host.py`` does both).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sd15_unet_config(model_channels: int = 32, context_dim: int = 768, full_size: bool = False) -> dict:
+    """An SD1.5-shaped UNet config; ``full_size`` gives the real 320-channel layout."""
+    if full_size:
+        model_channels = 320
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": model_channels,
+        "num_res_blocks": [2, 2, 2, 2] if full_size else [1, 1],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0] if full_size else [1, 1],
+        "channel_mult": [1, 2, 4, 4] if full_size else [1, 2],
+        "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": context_dim,
+        "num_heads": 8, "num_head_channels": -1,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0] if full_size else [1, 1, 1, 1],
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def build_sd15(seed: int = 0, model_channels: int = 32, context_dim: int = 768, full_size: bool = False,
+               weight_scale: float = 1.0):
+    """A ``ModelPatcher`` around an SD1.5-family model with random weights (deterministic per seed).
+
+    The output convolution of a fresh ComfyUI UNet is zero-initialised; random weights everywhere
+    (scaled by ``weight_scale``) make the denoiser a non-trivial function of its inputs.
+    """
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = sd15_unet_config(model_channels, context_dim, full_size)
+    model_config = comfy.supported_models.SD15(cfg)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            fan_in = max(1, p[0].numel()) if p.dim() > 1 else 1
+            scale = weight_scale / fan_in ** 0.5 if p.dim() > 1 else 0.02 * weight_scale
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    model.eval()
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
+def random_conditioning(seed: int = 0, tokens: int = 77, context_dim: int = 768, batch: int = 1):
+    """A CONDITIONING list like CLIPTextEncode gives: ``[[tokens, {"pooled_output": ...}]]``."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn(batch, tokens, context_dim, generator=gen)
+    return [[cond, {"pooled_output": torch.randn(batch, context_dim, generator=gen)}]]

@@ -1,0 +1,28 @@
+"""Where the ComfyUI host is, and how to import it in-process (CPU only)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def comfyui_dir() -> Path:
+    path = Path(os.environ.get("COMFYUI_DIR", ROOT / ".cache" / "comfyui"))
+    if not (path / "main.py").is_file():
+        raise RuntimeError(f"No ComfyUI at {path}: run scripts/bootstrap.sh or set COMFYUI_DIR")
+    return path
+
+
+def import_comfy_cpu() -> Path:
+    """Put ComfyUI on sys.path with ``--cpu`` set before ``comfy.model_management`` loads."""
+    path = comfyui_dir()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    return path
