@@ -1,0 +1,195 @@
+"""The context-aware adapter ``r_phi(x0, c, t)``: a cross-modal relational network (paper §3.1, §4.1-4.2).
+
+Visual tokens come from the latent ``x0`` itself (patchified; DESIGN.md §2: a CLIP image embedding
+of the decoded ``x0hat`` at every step would cost more than the whole sampler budget), text tokens
+are the CONDITIONING the base model already uses. A stack of transformer blocks relates them:
+spatial self-attention, optional temporal causal attention over a window of frames (video,
+Table 8), cross-attention to the text (8 heads, Tables 7/8) and an MLP, all told the timestep.
+The output projection starts at zero, so a fresh adapter leaves sampling exactly unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Architecture hyper-parameters; stored in every adapter file's metadata."""
+
+    latent_channels: int = 4
+    context_dim: int = 768       # SD1.x 768, SD2.x 1024, SDXL 2048
+    dim: int = 256
+    depth: int = 4               # transformer blocks (Tables 7/8)
+    heads: int = 8               # attention heads (paper §4.1)
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    video: bool = False          # adds temporal causal attention
+    temporal_window: int = 3     # frames each frame attends to, itself included (Table 8)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdapterConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown adapter hyper-parameters {sorted(unknown)}")
+        return cls(**d)
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if min(self.latent_channels, self.context_dim, self.depth, self.patch_size, self.temporal_window) < 1:
+            raise ValueError("adapter sizes must be positive")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of a continuous training timestep ``t`` (0 .. 1000)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def grid_position_embedding(h: int, w: int, dim: int, device) -> torch.Tensor:
+    """Fixed 2D sine-cosine positions for an ``h x w`` token grid, any size: ``(h*w, dim)``."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        ang = coord[:, None] * omega[None]
+        parts += [ang.sin(), ang.cos()]
+    emb = torch.cat(parts, dim=1)
+    return F.pad(emb, (0, dim - emb.shape[1]))
+
+
+class Attention(nn.Module):
+    """Multi-head attention through ``scaled_dot_product_attention``; ``kv_dim`` for cross-attention."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None, mask=None):
+        context = x if context is None else context
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = rearrange(self.to_kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def causal_window_mask(frames: int, window: int, device) -> torch.Tensor:
+    """Boolean ``(frames, frames)``: frame i sees frames ``i-window+1 .. i`` (True = attend)."""
+    i = torch.arange(frames, device=device)
+    d = i[:, None] - i[None, :]
+    return (d >= 0) & (d < window)
+
+
+class AdapterBlock(nn.Module):
+    def __init__(self, cfg: AdapterConfig):
+        super().__init__()
+        d = cfg.dim
+        self.time_proj = nn.Linear(d, d)
+        self.norm_self = nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.heads)
+        self.temporal = None
+        if cfg.video:
+            self.norm_temporal = nn.LayerNorm(d)
+            self.temporal = Attention(d, cfg.heads)
+            self.window = cfg.temporal_window
+        self.norm_cross = nn.LayerNorm(d)
+        self.cross_attn = Attention(d, cfg.heads, kv_dim=cfg.context_dim)
+        self.norm_mlp = nn.LayerNorm(d)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+
+    def forward(self, x, text, temb, frames: int):
+        x = x + self.time_proj(temb)[:, None]
+        x = x + self.self_attn(self.norm_self(x))
+        if self.temporal is not None and frames > 1:
+            # Each spatial token attends over its own position in the current and previous frames.
+            n = x.shape[1]
+            seq = rearrange(self.norm_temporal(x), "(s f) n d -> (s n) f d", f=frames)
+            mask = causal_window_mask(frames, self.window, x.device)
+            out = self.temporal(seq, mask=mask)
+            x = x + rearrange(out, "(s n) f d -> (s f) n d", n=n)
+        x = x + self.cross_attn(self.norm_cross(x), text)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class ContextAdapter(nn.Module):
+    """``r_phi(x0, c, t)``: a bias of the shape of ``x0`` from the latent, text tokens and timestep.
+
+    ``x0``: ``(B, C, H, W)`` latent, any ``H, W`` (padded to the patch size, cropped back).
+    ``text``: ``(B or 1, L, context_dim)`` CONDITIONING tokens. ``t``: ``(B,)`` training timesteps.
+    In video mode the batch is ``frames`` consecutive frames of each clip (ComfyUI's convention:
+    frames are batch entries); ``frames=None`` treats the whole batch as one clip.
+    """
+
+    def __init__(self, cfg: AdapterConfig = AdapterConfig()):
+        super().__init__()
+        self.cfg = cfg
+        p, c, d = cfg.patch_size, cfg.latent_channels, cfg.dim
+        self.patch_in = nn.Linear(c * p * p, d)
+        self.time_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(AdapterBlock(cfg) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(d)
+        self.patch_out = nn.Linear(d, c * p * p)
+        # Zero output: a fresh adapter gives r = 0, i.e. exactly the base sampler.
+        nn.init.zeros_(self.patch_out.weight)
+        nn.init.zeros_(self.patch_out.bias)
+
+    def forward(self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, frames: int | None = None):
+        cfg = self.cfg
+        if x0.dim() != 4 or x0.shape[1] != cfg.latent_channels:
+            raise ValueError(f"adapter expects latents (B, {cfg.latent_channels}, H, W), got {tuple(x0.shape)}")
+        if text.shape[-1] != cfg.context_dim:
+            raise ValueError(f"adapter was built for context dim {cfg.context_dim}, the conditioning has {text.shape[-1]}")
+        b, _, h, w = x0.shape
+        p = cfg.patch_size
+        frames = b if frames is None else frames
+        if cfg.video and b % frames:
+            raise ValueError(f"batch {b} is not a whole number of {frames}-frame clips")
+        ph, pw = -h % p, -w % p
+        x = F.pad(x0, (0, pw, 0, ph), mode="replicate") if ph or pw else x0
+        gh, gw = x.shape[-2] // p, x.shape[-1] // p
+        dtype = self.patch_in.weight.dtype
+        tokens = self.patch_in(rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p).to(dtype))
+        tokens = tokens + grid_position_embedding(gh, gw, cfg.dim, x.device).to(tokens.dtype)
+        temb = self.time_embed(timestep_embedding(t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1),
+                                                  cfg.dim).to(dtype))
+        text = text.to(dtype)
+        if text.shape[0] != b:
+            if b % text.shape[0]:
+                raise ValueError(f"text batch {text.shape[0]} does not divide latent batch {b}")
+            text = text.repeat_interleave(b // text.shape[0], dim=0) if text.shape[0] > 1 else text.expand(b, -1, -1)
+        for block in self.blocks:
+            tokens = block(tokens, text, temb, frames if cfg.video else 1)
+        out = self.patch_out(self.norm_out(tokens))
+        out = rearrange(out, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=gh, w=gw, p1=p, p2=p)
+        return out[..., :h, :w].to(x0.dtype)
+
+    def pair(self, x0: torch.Tensor, text: torch.Tensor, t_pair: torch.Tensor, frames: int | None = None):
+        """``(r(x0, c, t_a), r(x0, c, t_b))`` from one batched call (the two ends of a step)."""
+        b = x0.shape[0]
+        t = torch.cat([t_pair[0].reshape(1).expand(b), t_pair[1].reshape(1).expand(b)])
+        if text.shape[0] == b and b > 1:
+            text = torch.cat([text, text])
+        out = self.forward(torch.cat([x0, x0]), text, t, frames=frames if frames is not None else (b if self.cfg.video else None))
+        return out[:b], out[b:]
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
