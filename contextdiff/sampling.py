@@ -9,38 +9,14 @@ spaces meet. A ``bias`` is a :class:`ContextBias` (or any callable with its sign
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Optional
 
 import torch
 from tqdm.auto import trange
 
 from . import process
-from .schedule import abar_from_sigma, k_from_sigma
-
-# r(x0hat, sigmas) -> (r at sigmas[0], r at sigmas[1]): one relational-network call for both.
-RelationalPair = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
-
-
-class ContextBias:
-    """``b_t = strength * k_t * r_phi(x0hat, c, t)`` for the two ends of a step, in VP units.
-
-    ``r`` is called once per step with both sigmas (the adapter batches them). ``sigma_max`` is
-    the model's last training sigma, where ``k_T = 0`` keeps the prior ``N(0, I)``.
-    """
-
-    def __init__(self, r: RelationalPair, sigma_max: float | torch.Tensor | None, strength: float = 1.0):
-        self.r, self.sigma_max, self.strength = r, sigma_max, float(strength)
-
-    def __call__(self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor):
-        sigmas = torch.stack([torch.as_tensor(sigma_a), torch.as_tensor(sigma_b)]).to(x0hat.device, torch.float64)
-        k = k_from_sigma(sigmas, self.sigma_max)
-        if self.strength == 0 or not bool((k != 0).any()):
-            zero = torch.zeros_like(x0hat)
-            return zero, zero
-        r_a, r_b = self.r(x0hat, sigmas.to(x0hat.dtype))
-        k = (self.strength * k).to(x0hat.dtype)
-        return k[0] * r_a, k[1] * r_b
-
+from .bias import ContextBias  # noqa: F401  (re-exported: samplers take one)
+from .schedule import abar_from_sigma
 
 def default_noise_sampler(x: torch.Tensor, seed: Optional[int] = None):
     """Fresh standard normal noise per call from a generator seeded once, like k-diffusion's."""

@@ -1,0 +1,63 @@
+"""The bias ``b_t = k_t r_phi(x0hat, c, t)`` as the samplers consume it: both ends of a step at once."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Tuple
+
+import torch
+
+from .schedule import k_from_sigma
+
+# r(x0hat, sigmas) -> (r at sigmas[0], r at sigmas[1]): one relational-network call for both.
+RelationalPair = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+class ContextBias:
+    """``b_t = strength * k_t * r_phi(x0hat, c, t)`` for the two ends of a step, in VP units.
+
+    ``r`` is called once per step with both sigmas (the adapter batches them). ``sigma_max`` is
+    the model's last training sigma, where ``k_T = 0`` keeps the prior ``N(0, I)``.
+    """
+
+    def __init__(self, r: RelationalPair, sigma_max: float | torch.Tensor | None, strength: float = 1.0):
+        self.r, self.sigma_max, self.strength = r, sigma_max, float(strength)
+
+    def __call__(self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor):
+        # k in float64 on the CPU: exact near abar = 1 and independent of the device's dtypes.
+        sigmas = torch.stack([torch.as_tensor(sigma_a).detach().cpu(), torch.as_tensor(sigma_b).detach().cpu()]).double()
+        k = k_from_sigma(sigmas, self.sigma_max)
+        if self.strength == 0 or not bool((k != 0).any()):
+            zero = torch.zeros_like(x0hat)
+            return zero, zero
+        r_a, r_b = self.r(x0hat, sigmas.to(x0hat.device, x0hat.dtype))
+        k = (self.strength * k).to(x0hat.device, x0hat.dtype)
+        return k[0] * r_a, k[1] * r_b
+
+
+def autocast_for(device: torch.device):
+    """bf16 (or fp16) autocast on CUDA, where the adapter's attention is memory-bound; none on CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def adapter_bias(adapter, text: torch.Tensor, timestep: Callable[[torch.Tensor], torch.Tensor],
+                 sigma_max, strength: float = 1.0, frames: int | None = None) -> ContextBias:
+    """A :class:`ContextBias` from a :class:`~contextdiff.adapter.ContextAdapter`.
+
+    ``text``: the positive CONDITIONING tokens; ``timestep``: sigma -> training timestep (the
+    model's own ``model_sampling.timestep``); ``frames``: clip length in video mode.
+    """
+
+    def r(x0hat: torch.Tensor, sigmas: torch.Tensor):
+        t = timestep(sigmas.to(x0hat.device)).float()
+        with torch.no_grad(), autocast_for(x0hat.device):
+            r_a, r_b = adapter.pair(x0hat, text.to(x0hat.device), t, frames=frames)
+        if not (torch.isfinite(r_a).all() and torch.isfinite(r_b).all()):
+            raise FloatingPointError("the ContextDiff adapter produced NaN or infinity; the adapter file is "
+                                     "damaged or was trained to divergence: use another checkpoint")
+        return r_a.to(x0hat.dtype), r_b.to(x0hat.dtype)
+
+    return ContextBias(r, sigma_max, strength)

@@ -1,0 +1,49 @@
+"""ContextDiffAdapterLoader: pick an adapter file from ``models/contextdiff/``."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..contextdiff.adapter_io import load_adapter
+from .paths import FOLDER
+from .types import Adapter, LoadedAdapter
+
+
+class ContextDiffAdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContextDiffAdapterLoader",
+            display_name="Load ContextDiff Adapter",
+            category="loaders/contextdiff",
+            description="Loads a context-aware adapter (the paper's relational network r_phi) from "
+                        "models/contextdiff/. Only .safetensors adapters written by this pack's trainer load; "
+                        "pickles are refused because they can run code.",
+            inputs=[
+                io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip="An adapter file in models/contextdiff/ (train one with python -m trainer.train)."),
+            ],
+            outputs=[Adapter.Output(display_name="adapter",
+                                    tooltip="Connect to ContextDiff KSampler or ContextDiff Sampler.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, adapter_name):
+        # Reload when the file changes under the same name (a trainer writing new checkpoints).
+        path = folder_paths.get_full_path(FOLDER, adapter_name)
+        if path is None:
+            return adapter_name
+        st = os.stat(path)
+        return f"{adapter_name}:{st.st_mtime_ns}:{st.st_size}"
+
+    @classmethod
+    def execute(cls, adapter_name) -> io.NodeOutput:
+        path = folder_paths.get_full_path(FOLDER, adapter_name)
+        if path is None:
+            raise FileNotFoundError(f"ContextDiff adapter '{adapter_name}' is not in models/contextdiff/; "
+                                    "copy it there and refresh the page.")
+        module, meta = load_adapter(path)
+        return io.NodeOutput(LoadedAdapter(module=module, meta=meta, name=adapter_name))

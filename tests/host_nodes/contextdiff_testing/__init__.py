@@ -1,0 +1,46 @@
+"""Test-only nodes loaded into the host by the test suite: random tiny models and conditionings.
+
+Real checkpoints need real SD sizes to auto-detect, so the tests build small random models in
+Python instead (the same builder the in-process reference uses, so both see identical weights).
+"""
+
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[2]
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from comfy_models import build_sd15, random_conditioning  # noqa: E402
+
+
+class TinyModel:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}),
+                             "model_channels": ("INT", {"default": 32, "min": 8, "max": 320}),
+                             "context_dim": ("INT", {"default": 768})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed, model_channels, context_dim):
+        return (build_sd15(seed, model_channels, context_dim),)
+
+
+class RandomConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}), "context_dim": ("INT", {"default": 768}),
+                             "tokens": ("INT", {"default": 77})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed, context_dim, tokens):
+        return (random_conditioning(seed, tokens, context_dim),)
+
+
+NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
