@@ -98,9 +98,10 @@ def _read_header(path: Path) -> dict:
 def read_metadata(path: str | os.PathLike) -> dict:
     """Validated metadata of an adapter file, without loading its tensors."""
     path = Path(path)
+    header = _read_header(path)  # sniffs the content first: a pickle is refused whatever its name
     if path.suffix.lower() != ".safetensors":
-        raise AdapterFileError(f"{path.name}: adapters must be .safetensors files (got '{path.suffix}').")
-    meta = _read_header(path).get("__metadata__") or {}
+        raise AdapterFileError(f"{path.name}: adapters must be .safetensors files (got '{path.suffix}'); rename it.")
+    meta = header.get("__metadata__") or {}
     name = path.name
     if meta.get("format") != FORMAT:
         raise AdapterFileError(f"{name} is a safetensors file but not a ContextDiff adapter "

@@ -11,8 +11,17 @@ import torch
 
 from contextdiff import process, sampling, schedule
 
-torch.set_default_dtype(torch.float64)
-D = 6  # data dimension
+D = 6
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 throughout this module, restored afterwards so other test modules are unaffected."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+  # data dimension
 
 
 def sd_abar() -> torch.Tensor:

@@ -1,0 +1,225 @@
+"""The pack inside a real ComfyUI host on loopback: loading, samplers against the core ones and
+against the pure-PyTorch reference, DDPM determinism, interrupts and bad adapter files."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contextdiff.adapter import AdapterConfig, ContextAdapter
+from contextdiff.adapter_io import load_adapter, save_adapter
+
+STEPS = 8
+SIZE = 128  # pixels: a 16x16 latent
+
+
+@pytest.fixture(scope="module")
+def adapters(server):
+    d = server.adapters_dir
+    save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2)), d / "zero.safetensors", "sd15")
+    torch.manual_seed(5)
+    live = ContextAdapter(AdapterConfig(dim=64, depth=2))
+    torch.nn.init.normal_(live.patch_out.weight, std=0.5)
+    torch.nn.init.normal_(live.patch_out.bias, std=0.5)
+    save_adapter(live, d / "live.safetensors", "sd15")
+    save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2, context_dim=2048)), d / "sdxl.safetensors", "sdxl")
+    data = (d / "live.safetensors").read_bytes()
+    (d / "corrupt.safetensors").write_bytes(data[: len(data) // 2])
+    torch.save(live.state_dict(), d / "pickled.safetensors")
+    torch.save(live.state_dict(), d / "pickled.pt")
+    return d
+
+
+_counter = [0]
+
+
+def graph(sampler: dict, adapter: str | None = None, extra: dict | None = None, size: int = SIZE) -> tuple[dict, str]:
+    """API-format prompt: tiny model, random conditionings, empty latent, ``sampler`` -> SaveLatent."""
+    _counter[0] += 1
+    prefix = f"t{_counter[0]}"
+    prompt = {
+        "model": {"class_type": "ContextDiffTest_TinyModel", "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768}},
+        "pos": {"class_type": "ContextDiffTest_RandomConditioning", "inputs": {"seed": 1, "context_dim": 768, "tokens": 77}},
+        "neg": {"class_type": "ContextDiffTest_RandomConditioning", "inputs": {"seed": 2, "context_dim": 768, "tokens": 77}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "sampler": sampler,
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    }
+    if adapter is not None:
+        prompt["adapter"] = {"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": adapter}}
+        sampler["inputs"]["adapter"] = ["adapter", 0]
+    prompt.update(extra or {})
+    return prompt, prefix
+
+
+def common(seed=3):
+    return {"model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": seed, "steps": STEPS, "cfg": 4.0, "scheduler": "normal", "denoise": 1.0}
+
+
+def ours(method="ddim", strength=1.0, eta=0.0, **kw):
+    return {"class_type": "ContextDiffKSampler",
+            "inputs": {**common(**kw), "method": method, "eta": eta, "adapter_strength": strength}}
+
+
+def core(sampler_name="ddim", **kw):
+    return {"class_type": "KSampler", "inputs": {**common(**kw), "sampler_name": sampler_name}}
+
+
+def run_latent(server, prompt_prefix) -> torch.Tensor:
+    prompt, prefix = prompt_prefix
+    server.run(prompt)
+    files = sorted(server.output_dir.glob(f"{prefix}_*.latent"))
+    assert files, f"SaveLatent wrote nothing for {prefix}"
+    return load_file(str(files[-1]))["latent_tensor"]
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_pack_loads_without_import_failure(server):
+    info = server.get("/object_info")
+    for node in ("ContextDiffAdapterLoader", "ContextDiffKSampler", "ContextDiffSampler"):
+        assert node in info, f"{node} missing from /object_info"
+    log = server.log()
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and "ContextDiff" in line]
+    assert not failed, failed
+    assert "ContextDiff-ComfyUI" in log  # ComfyUI listed the pack among loaded custom nodes
+    options = info["ContextDiffAdapterLoader"]["input"]["required"]["adapter_name"][1]["options"]
+    assert isinstance(options, list)
+
+
+def test_zero_adapter_equals_core_ddim(server, adapters):
+    base = run_latent(server, graph(core("ddim")))
+    mine = run_latent(server, graph(ours("ddim"), adapter="zero.safetensors"))
+    assert base.abs().max() > 0
+    assert rel_err(mine, base) <= 1e-5
+    no_adapter = run_latent(server, graph(ours("ddim")))
+    assert rel_err(no_adapter, base) <= 1e-5
+    # Strength 0 with a live adapter is the base sampler too.
+    off = run_latent(server, graph(ours("ddim", strength=0.0), adapter="live.safetensors"))
+    assert rel_err(off, base) <= 1e-5
+
+
+def test_zero_adapter_ddpm_equals_core_ddpm(server, adapters):
+    base = run_latent(server, graph(core("ddpm")))
+    mine = run_latent(server, graph(ours("ddpm"), adapter="zero.safetensors"))
+    assert rel_err(mine, base) <= 1e-5
+    other_seed = run_latent(server, graph(ours("ddpm", seed=4), adapter="zero.safetensors"))
+    assert rel_err(other_seed, base) > 1e-2
+
+
+def reference(adapter_path, method="ddim", strength=1.0, seed=3):
+    """The same run without the node pack: tiny model, hand-written CFG, contextdiff samplers."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy_models import build_sd15, random_conditioning
+
+    from contextdiff import sampling
+    from contextdiff.bias import adapter_bias
+
+    patcher = build_sd15(0, 32, 768)
+    base = patcher.model
+    ms = base.model_sampling
+    pos = random_conditioning(1)[0][0]
+    neg = random_conditioning(2)[0][0]
+    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    sigmas = comfy.samplers.calculate_sigmas(ms, "normal", STEPS)
+
+    def denoiser(x, sigma, **_):
+        with torch.no_grad():
+            c = base.apply_model(x, sigma, c_crossattn=pos)
+            u = base.apply_model(x, sigma, c_crossattn=neg)
+        return u + 4.0 * (c - u)
+
+    adapter, _ = load_adapter(adapter_path)
+    bias = adapter_bias(adapter, pos, ms.timestep, float(ms.sigma_max), strength)
+    x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
+    if method == "ddim":
+        out = sampling.sample_contextdiff_ddim(denoiser, x, sigmas, bias=bias, disable=True)
+    else:
+        out = sampling.sample_contextdiff_ddpm(denoiser, x, sigmas, bias=bias, disable=True, extra_args={"seed": seed})
+    return base.process_latent_out(out)
+
+
+@pytest.mark.parametrize("method", ["ddim", "ddpm"])
+def test_live_adapter_matches_reference(server, adapters, comfy_inprocess, method):
+    base = run_latent(server, graph(core(method)))
+    mine = run_latent(server, graph(ours(method), adapter="live.safetensors"))
+    assert rel_err(mine, base) > 1e-3, "a non-zero adapter must change the sample"
+    ref = reference(adapters / "live.safetensors", method)
+    assert rel_err(mine, ref) <= 1e-4
+    half = run_latent(server, graph(ours(method, strength=0.5), adapter="live.safetensors"))
+    assert rel_err(half, mine) > 1e-4 and rel_err(half, base) > 1e-4
+
+
+def test_ddpm_fixed_seed_reproduces(server, adapters):
+    first = run_latent(server, graph(ours("ddpm"), adapter="live.safetensors"))
+    server.post("/free", {"free_memory": True})  # drop ComfyUI's cache so the sampler really re-runs
+    time.sleep(0.5)
+    second = run_latent(server, graph(ours("ddpm"), adapter="live.safetensors"))
+    assert torch.equal(first, second)
+
+
+def test_sampler_for_sampler_custom(server, adapters):
+    def custom(sampler_ref):
+        return {"class_type": "SamplerCustom", "inputs": {
+            "model": ["model", 0], "add_noise": True, "noise_seed": 3, "cfg": 4.0, "positive": ["pos", 0],
+            "negative": ["neg", 0], "sampler": sampler_ref, "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
+
+    sigmas = {"sigmas": {"class_type": "BasicScheduler",
+                         "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": STEPS, "denoise": 1.0}}}
+    core_sel = dict(sigmas, sel={"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}})
+    base = run_latent(server, graph(custom(["sel", 0]), extra=core_sel))
+    cd = {"class_type": "ContextDiffSampler", "inputs": {"method": "ddim", "eta": 0.0, "adapter_strength": 1.0}}
+    zero = dict(sigmas, cd=dict(cd, inputs=dict(cd["inputs"], adapter=["ad", 0])),
+                ad={"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "zero.safetensors"}})
+    assert rel_err(run_latent(server, graph(custom(["cd", 0]), extra=zero)), base) <= 1e-5
+    live = dict(zero, ad={"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "live.safetensors"}})
+    via_custom = run_latent(server, graph(custom(["cd", 0]), extra=live))
+    via_ksampler = run_latent(server, graph(ours("ddim"), adapter="live.safetensors"))
+    assert rel_err(via_custom, base) > 1e-3
+    assert rel_err(via_custom, via_ksampler) <= 1e-5
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("corrupt.safetensors", "corrupt"),
+    ("pickled.safetensors", "pickle/torch.save file, which is refused"),
+    ("pickled.pt", "pickle/torch.save file, which is refused"),
+    ("sdxl.safetensors", "trained for context dim 2048 (SDXL), but this model's conditioning gives 768 (SD1.x)"),
+])
+def test_bad_adapter_files_give_clear_errors(server, adapters, name, expected):
+    from comfy_server import PromptError
+    with pytest.raises(PromptError, match=None) as err:
+        run_latent(server, graph(ours("ddim"), adapter=name))
+    assert expected in str(err.value), str(err.value)
+    # The server keeps serving.
+    assert "ContextDiffKSampler" in server.get("/object_info/ContextDiffKSampler")
+    assert run_latent(server, graph(ours("ddim", seed=11), adapter="zero.safetensors")).abs().max() > 0
+
+
+def test_interrupt_stops_within_a_step(server, adapters):
+    timed = server.run(graph(ours("ddim"), adapter="live.safetensors", size=256)[0] | {})
+    prompt, _ = graph(ours("ddim", seed=21), adapter="live.safetensors", size=256)
+    prompt["sampler"]["inputs"]["steps"] = 5000
+    pid = server.queue(prompt)
+    deadline = time.time() + 60
+    while time.time() < deadline and not server.get("/queue")["queue_running"]:
+        time.sleep(0.05)
+    time.sleep(2.0)  # well into the sampling loop
+    t_interrupt = time.time()
+    server.post("/interrupt", {})
+    entry = server.wait(pid, timeout=60)
+    messages = dict((k, v) for k, v in entry["status"]["messages"])
+    assert "execution_interrupted" in messages, entry["status"]
+    latency = messages["execution_interrupted"]["timestamp"] / 1000.0 - t_interrupt
+    stamps = dict((k, v["timestamp"]) for k, v in timed["status"]["messages"])
+    # An upper bound on one step at this size: the whole timed run (model load included) / steps.
+    step = (stamps["execution_success"] - stamps["execution_start"]) / 1000.0 / STEPS
+    assert latency < max(1.0, 2 * step), (latency, step)
+    assert run_latent(server, graph(ours("ddim", seed=12), adapter="zero.safetensors")).abs().max() > 0
