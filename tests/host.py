@@ -26,3 +26,17 @@ def import_comfy_cpu() -> Path:
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
     return path
+
+
+def import_pack(name: str = "contextdiff_pack"):
+    """Import the repository as the node pack package, the way ComfyUI imports a custom node folder."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    import_comfy_cpu()
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
