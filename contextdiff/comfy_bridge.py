@@ -1,0 +1,158 @@
+"""What needs ComfyUI's model classes: the joint (from-scratch) denoiser and its checkpoint.
+
+Importable without ComfyUI; the functions import ``comfy`` when called. The joint model is a
+ComfyUI ``UNetModel`` that predicts ``x0`` (paper Eq. 6) in pixel space, wrapped as a ComfyUI
+``BaseModel`` with ComfyUI's own discrete VP schedule, so the trainer and the host sample it
+through exactly the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from . import __version__
+from .adapter import AdapterConfig, ContextAdapter
+from .adapter_io import AdapterFileError, _read_header, atomic_save_file
+
+JOINT_FORMAT = "contextdiff-joint"
+JOINT_VERSION = 1
+
+
+def joint_unet_config(channels: int = 1, model_channels: int = 64, context_dim: int = 64,
+                      channel_mult=(1, 2), num_res_blocks: int = 2, heads: int = 4) -> dict:
+    """A small SD-style UNet config (pixel space, cross-attention to class/text tokens)."""
+    levels = len(channel_mult)
+    return {
+        "use_checkpoint": False, "image_size": 32, "in_channels": channels, "out_channels": channels,
+        "model_channels": model_channels, "num_res_blocks": [num_res_blocks] * levels,
+        "channel_mult": list(channel_mult), "transformer_depth": [1] * (levels * num_res_blocks),
+        "transformer_depth_output": [1] * (levels * (num_res_blocks + 1)), "transformer_depth_middle": 1,
+        "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
+        "context_dim": context_dim, "num_heads": heads, "num_head_channels": -1, "adm_in_channels": None,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def build_joint_model(unet_config: dict, init_seed: int | None = 0):
+    """A ComfyUI ``BaseModel`` around a fresh ``UNetModel`` that outputs x0 (ComfyUI's ``X0``).
+
+    ComfyUI's inference layers skip weight initialisation (weights come from files); for training
+    from scratch each layer gets torch's default initialisation, seeded.
+    """
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_sampling
+    import comfy.supported_models_base
+
+    channels = unet_config["in_channels"]
+
+    class PixelLatent(comfy.latent_formats.LatentFormat):
+        scale_factor = 1.0
+        latent_channels = channels
+
+    class JointConfig(comfy.supported_models_base.BASE):
+        unet_extra_config = {}
+        latent_format = PixelLatent
+        supported_inference_dtypes = [torch.float32]
+        memory_usage_factor = 1.0
+
+        def get_model(self, state_dict, prefix="", device=None):
+            model = comfy.model_base.BaseModel(self, model_type=comfy.model_base.ModelType.EPS, device=device)
+
+            class X0Sampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.X0):
+                pass
+
+            model.model_sampling = X0Sampling(self)
+            return model
+
+    config = JointConfig(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    if init_seed is not None:
+        reset_parameters(model.diffusion_model, init_seed)
+    return model
+
+
+def reset_parameters(module: torch.nn.Module, seed: int) -> None:
+    """torch's default initialisation for every layer, including ComfyUI's init-skipping ones."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for m in module.modules():
+            for cls in type(m).__mro__:
+                if cls.__module__.startswith("torch.nn") and "reset_parameters" in cls.__dict__:
+                    cls.reset_parameters(m)
+                    break
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+class ClassEmbedding(torch.nn.Module):
+    """Class labels as conditioning tokens; index ``num_classes`` is the null (unconditional) class."""
+
+    def __init__(self, num_classes: int, context_dim: int, tokens: int = 1):
+        super().__init__()
+        self.num_classes, self.tokens = num_classes, tokens
+        self.embed = torch.nn.Embedding(num_classes + 1, context_dim * tokens)
+        torch.nn.init.normal_(self.embed.weight, std=1.0)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embed(labels).reshape(labels.shape[0], self.tokens, -1)
+
+
+def save_joint(path, model, adapter: ContextAdapter, classes: ClassEmbedding, unet_config: dict,
+               training: dict | None = None, with_bias: bool = True):
+    """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
+    tensors = {f"unet.{k}": v for k, v in model.diffusion_model.state_dict().items()}
+    tensors.update({f"adapter.{k}": v for k, v in adapter.state_dict().items()})
+    tensors.update({f"classes.{k}": v for k, v in classes.state_dict().items()})
+    meta = {
+        "format": JOINT_FORMAT, "format_version": str(JOINT_VERSION),
+        "unet_config": json.dumps(unet_config, sort_keys=True),
+        "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
+        "num_classes": str(classes.num_classes), "class_tokens": str(classes.tokens),
+        "latent_channels": str(unet_config["in_channels"]), "context_dim": str(unet_config["context_dim"]),
+        "base_model": "joint", "with_bias": str(bool(with_bias)).lower(),
+        "training": json.dumps(training or {}, sort_keys=True, default=str),
+        "producer": f"contextdiff-comfyui {__version__}",
+    }
+    return atomic_save_file(tensors, path, meta)
+
+
+def is_joint_file(path) -> bool:
+    try:
+        return (_read_header(Path(path)).get("__metadata__") or {}).get("format") == JOINT_FORMAT
+    except AdapterFileError:
+        return False
+
+
+def load_joint(path, device="cpu"):
+    """``(comfy BaseModel, ContextAdapter, ClassEmbedding, metadata)`` from :func:`save_joint`'s file."""
+    path = Path(path)
+    meta = _read_header(path).get("__metadata__") or {}
+    if meta.get("format") != JOINT_FORMAT:
+        raise AdapterFileError(f"{path.name} is not a ContextDiff joint checkpoint (format={meta.get('format')!r}); "
+                               "train one with python -m trainer.train --mode joint.")
+    if meta.get("format_version") != str(JOINT_VERSION):
+        raise AdapterFileError(f"{path.name} has joint format version {meta.get('format_version')}, this pack "
+                               f"reads {JOINT_VERSION}; update the pack or retrain.")
+    unet_config = json.loads(meta["unet_config"])
+    model = build_joint_model(unet_config, init_seed=None)
+    adapter = ContextAdapter(AdapterConfig.from_dict(json.loads(meta["adapter_config"])))
+    classes = ClassEmbedding(int(meta["num_classes"]), unet_config["context_dim"], int(meta.get("class_tokens", 1)))
+    parts = {"unet.": model.diffusion_model, "adapter.": adapter, "classes.": classes}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        keys = list(f.keys())
+        for prefix, module in parts.items():
+            state = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+            try:
+                module.load_state_dict(state)
+            except RuntimeError as e:
+                raise AdapterFileError(f"{path.name}: the {prefix[:-1]} weights do not match the stored "
+                                       f"configuration ({str(e).splitlines()[0]}); re-export the checkpoint.") from None
+    meta["unet_config"], meta["training"] = unet_config, json.loads(meta.get("training", "{}"))
+    return model.eval(), adapter.eval().requires_grad_(False), classes.eval().requires_grad_(False), meta

@@ -1,0 +1,87 @@
+"""Resumable training state, written so that a kill at any moment loses at most the last interval.
+
+Each save goes to a fresh ``state/step-XXXXXXX`` folder; only when it is complete does the
+``state/latest`` pointer (itself replaced atomically) move to it, and older folders are removed.
+Weights are safetensors; optimiser/scheduler/RNG state is a ``torch.save`` file read back with
+``weights_only=True`` (tensors and plain containers only, no code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from contextdiff.adapter_io import atomic_save_file
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.random.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.random.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: dict, keep: int = 1) -> Path:
+    """Write the state of ``step`` and point ``state/latest`` at it."""
+    root = Path(output_dir) / "state"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=root))
+    try:
+        atomic_save_file(weights, tmp / "weights.safetensors")
+        torch.save(extra, tmp / "optim.pt")
+        with open(tmp / "optim.pt", "rb") as f:
+            os.fsync(f.fileno())
+        _atomic_write_text(tmp / "info.json", json.dumps(dict(info, step=step), indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _atomic_write_text(root / "latest", final.name)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(output_dir: Path):
+    """``(weights, extra, info)`` of the latest complete state, or ``None`` when there is none."""
+    root = Path(output_dir) / "state"
+    pointer = root / "latest"
+    if not pointer.exists():
+        return None
+    folder = root / pointer.read_text().strip()
+    weights = load_file(str(folder / "weights.safetensors"))
+    extra = torch.load(folder / "optim.pt", weights_only=True)
+    info = json.loads((folder / "info.json").read_text())
+    return weights, extra, info

@@ -1,0 +1,124 @@
+"""Mode ``joint``: a denoiser and the adapter trained together from scratch with Eq. 6.
+
+The default recipe is class-conditional generation (paper §4.3) on scikit-learn's bundled
+8x8 digits: class tokens condition the UNet (cross-attention) and the adapter alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from contextdiff import sampling
+from contextdiff.adapter import AdapterConfig, ContextAdapter
+from contextdiff.bias import adapter_bias
+from contextdiff.comfy_bridge import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+from contextdiff.objective import contextual_x0_loss
+
+from . import plots
+
+
+def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 digits as (N, 1, 8, 8) in [-1, 1] and their labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0 * 2.0 - 1.0
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+class JointTask(nn.Module):
+    def __init__(self, cfg, device):
+        super().__init__()
+        if cfg.dataset != "digits":
+            raise ValueError(f"joint mode trains on 'digits' (scikit-learn's bundled set); got dataset={cfg.dataset!r}")
+        self.cfg = cfg
+        self.images, self.labels = load_digits_tensor()
+        self.num_classes = 10
+        if cfg.image_size != 8:
+            self.images = nn.functional.interpolate(self.images, size=cfg.image_size, mode="bilinear",
+                                                    align_corners=False)
+        self.unet_config = joint_unet_config(channels=1, model_channels=cfg.unet_channels, context_dim=cfg.context_dim)
+        self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
+        self.model.diffusion_model.train()
+        torch.manual_seed(cfg.seed + 1)
+        self.adapter = ContextAdapter(AdapterConfig(
+            latent_channels=1, context_dim=cfg.context_dim, dim=cfg.adapter_dim, depth=cfg.adapter_depth,
+            heads=cfg.adapter_heads, patch_size=cfg.adapter_patch)).to(device)
+        self.classes = ClassEmbedding(self.num_classes, cfg.context_dim).to(device)
+        ms = self.model.model_sampling
+        self.register_buffer("sigmas", ms.sigmas.detach().clone().to(device), persistent=False)
+        self.abar = (1.0 / (1.0 + ms.sigmas.double() ** 2)).to(device)
+        self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
+                                        "classes": self.classes})
+
+    def forward(self, gen: torch.Generator):
+        cfg, device = self.cfg, self.sigmas.device
+        idx = torch.randint(len(self.images), (cfg.batch_size,), generator=gen)
+        x0 = self.images[idx].to(device)
+        labels = self.labels[idx].clone()
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.class_dropout
+        labels[drop] = self.num_classes
+        t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        t = t.to(device)
+        ctx = self.classes(labels.to(device))
+        sigma = self.sigmas[t]
+
+        def denoise(x_t, t_):
+            scale = (1.0 + sigma ** 2).sqrt().reshape(-1, 1, 1, 1)
+            return self.model.apply_model(x_t * scale, sigma, c_crossattn=ctx)
+
+        loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise,
+                                     lambda x, t_: self.adapter(x, ctx, t_.float()),
+                                     cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias)
+        return loss
+
+    # --- artefacts -------------------------------------------------------------------------
+    def export(self, output_dir: Path) -> list[Path]:
+        path = save_joint(Path(output_dir) / f"{self.cfg.name}.safetensors", self.model, self.adapter,
+                          self.classes, self.unet_config, training=self.cfg.to_dict(), with_bias=self.cfg.use_bias)
+        return [path]
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, seed: int, steps: int = 20, cfg_scale: float = 2.0, strength: float = 1.0):
+        """Class-conditional contextualized DDIM through the same ComfyUI model as in the host."""
+        was_training = self.training
+        self.eval()
+        try:
+            return sample_joint(self.model, self.adapter, self.classes, labels, seed, steps, cfg_scale, strength,
+                                size=self.cfg.image_size)
+        finally:
+            self.train(was_training)
+
+    def sample_grid(self, out_path: Path) -> Path:
+        n = self.cfg.sample_classes
+        labels = torch.arange(n).repeat_interleave(4) % self.num_classes
+        with_bias = self.sample(labels, seed=0, strength=1.0 if self.cfg.use_bias else 0.0)
+        return plots.image_grid(with_bias, rows=n, out_path=out_path, scale=4)
+
+
+def sample_joint(model, adapter, classes, labels, seed, steps=20, cfg_scale=2.0, strength=1.0, eta=0.0, size=8):
+    """Sample a joint model outside ComfyUI's sampler (trainer previews, metrics); returns pixels."""
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    ms = model.model_sampling
+    cond = classes(labels)
+    uncond = classes(torch.full_like(labels, classes.num_classes))
+    n = len(labels)
+    c = model.model_config.unet_config["in_channels"]
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, c, size, size, generator=gen).to(device)
+    idx = torch.linspace(len(ms.sigmas) - 1, 0, steps).round().long()
+    sigmas = torch.cat([ms.sigmas[idx], ms.sigmas.new_zeros(1)]).to(device)
+
+    def denoiser(x, sigma, **_):
+        both = model.apply_model(torch.cat([x, x]), torch.cat([sigma, sigma]), c_crossattn=torch.cat([cond, uncond]))
+        c_out, u_out = both.chunk(2)
+        return u_out + cfg_scale * (c_out - u_out)
+
+    bias = adapter_bias(adapter, cond, ms.timestep, float(ms.sigma_max), strength) if strength else None
+    x = noise * (1.0 + sigmas[0] ** 2).sqrt()
+    return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias, eta=eta)

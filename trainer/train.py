@@ -1,0 +1,44 @@
+"""``python -m trainer.train --config trainer/configs/digits_joint.yaml [--key value ...]``
+
+Trains ContextDiff and writes, under ``output_dir``: the checkpoint the ComfyUI nodes load
+(``<name>.safetensors``), ``state/`` to resume from, ``log.jsonl``, ``loss.png`` and
+``samples.png``. Under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .comfy_env import ensure_comfy_importable
+from .config import load_config
+
+
+def task_factory(cfg, device):
+    if cfg.mode == "joint":
+        from .joint import JointTask
+        return JointTask(cfg, device)
+    if cfg.mode == "adapter":
+        from .adapter_mode import AdapterTask
+        return AdapterTask(cfg, device)
+    from .video_mode import VideoTask
+    return VideoTask(cfg, device)
+
+
+def main(argv=None) -> int:
+    cfg = load_config(argv)
+    ensure_comfy_importable(cpu=cfg.device == "cpu" or cfg.device == "auto" and not _cuda())
+    from .loop import train
+
+    summary = train(cfg, task_factory)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
