@@ -77,6 +77,8 @@ class TrainConfig:
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r}: choose one of {choices}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if self.mode == "joint" and self.unet_channels % 32:
+            raise ValueError(f"unet_channels={self.unet_channels}: the UNet's GroupNorm needs a multiple of 32")
         if self.mode in ("adapter", "video") and not (self.checkpoint or self.base_factory):
             raise ValueError(f"mode {self.mode} needs --checkpoint (a ComfyUI checkpoint file) or --base_factory")
         if self.mode == "video" and not (self.video and self.prompt):

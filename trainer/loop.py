@@ -117,6 +117,10 @@ def train(cfg, task_factory) -> dict:
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
     bar.close()
+    # Each rank records a checksum of its weights: under DDP the replicas must agree.
+    checksum = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(params.values())))
+    (out / f"rank-{env.rank}.json").write_text(json.dumps({"rank": env.rank, "world": env.world,
+                                                           "checksum": checksum}))
     summary = {"steps": cfg.steps, "final_loss": last, "output_dir": str(out), "seconds": time.time() - t0}
     env.close()
     return summary

@@ -1,0 +1,148 @@
+"""Mode ``adapter``: the context-aware adapter (and optionally LoRA) for a frozen base model.
+
+The base model's own text encoder gives the CONDITIONING tokens the adapter reads, and its VAE
+gives the latents ``x0``; ``x_t`` follows Eq. 1 with the adapter's bias and the loss is Eq. 6 on
+the base model's ``x0`` prediction, so the gradient reaches ``r_phi`` through ``x_t``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from contextdiff import sampling
+from contextdiff.adapter import AdapterConfig, ContextAdapter
+from contextdiff.adapter_io import atomic_save_file, save_adapter
+from contextdiff.bias import adapter_bias
+from contextdiff.objective import contextual_x0_loss
+
+from . import data, plots
+from .base_model import load_base
+from .lora import add_lora, lora_state_dict
+from .runtime import enable_checkpointing
+
+
+class FrozenBaseTask(nn.Module):
+    """What ``adapter`` and ``video`` modes share: the frozen base, the adapter, the loss."""
+
+    video = False
+
+    def __init__(self, cfg, device):
+        super().__init__()
+        self.cfg, self.device = cfg, device
+        self.base = load_base(cfg, device)
+        model = self.base.model
+        self.model = model
+        ms = model.model_sampling
+        self.sigmas = ms.sigmas.detach().clone().to(device)
+        self.abar = (1.0 / (1.0 + ms.sigmas.double() ** 2)).to(device)
+        latent_channels = model.latent_format.latent_channels
+        context_dim = model.model_config.unet_config["context_dim"]
+        torch.manual_seed(cfg.seed)
+        self.adapter = ContextAdapter(AdapterConfig(
+            latent_channels=latent_channels, context_dim=context_dim, dim=cfg.adapter_dim, depth=cfg.adapter_depth,
+            heads=cfg.adapter_heads, patch_size=cfg.adapter_patch, video=self.video,
+            temporal_window=cfg.temporal_window)).to(device)
+        self.loras = add_lora(model.diffusion_model, cfg.lora_rank) if cfg.lora_rank > 0 else {}
+        modules = {"adapter": self.adapter}
+        if self.loras:
+            modules["lora"] = nn.ModuleDict({k.replace(".", "__"): v for k, v in self.loras.items()})
+        self.trainable = nn.ModuleDict(modules)
+        if cfg.grad_checkpointing:
+            enable_checkpointing(list(self.adapter.blocks))
+            dm = model.diffusion_model
+            enable_checkpointing(list(dm.input_blocks) + [dm.middle_block] + list(dm.output_blocks))
+
+    def loss(self, x0, ctx, t, eps, frames=None):
+        sigma = self.sigmas[t]
+
+        def denoise(x_t, t_):
+            scale = (1.0 + sigma ** 2).sqrt().reshape(-1, *([1] * (x_t.dim() - 1)))
+            return self.model.apply_model(x_t * scale, sigma, c_crossattn=ctx)
+
+        def relational(x, t_):
+            return self.adapter(x, ctx[:1] if frames else ctx, t_.float(), frames=frames)
+
+        loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise, relational, self.cfg.loss_weighting,
+                                     self.cfg.min_snr_gamma, self.cfg.use_bias)
+        return loss
+
+    def export(self, output_dir: Path) -> list[Path]:
+        out = [save_adapter(self.adapter, Path(output_dir) / f"{self.cfg.name}.safetensors", self.base.family,
+                            training=self.cfg.to_dict())]
+        if self.loras:
+            meta = {"contextdiff_training": json.dumps(self.cfg.to_dict(), default=str)}
+            out.append(atomic_save_file(lora_state_dict(self.loras), Path(output_dir) / f"{self.cfg.name}-lora.safetensors",
+                                        meta))
+        return out
+
+    @torch.no_grad()
+    def preview(self, x_shape, ctx, frames=None, steps=12, seed=0):
+        """Contextualized DDIM from the current adapter (no CFG): a quick look, not a benchmark."""
+        ms = self.model.model_sampling
+        idx = torch.linspace(len(self.sigmas) - 1, 0, steps).round().long()
+        sigmas = torch.cat([self.sigmas[idx], self.sigmas.new_zeros(1)])
+        x = torch.randn(x_shape, generator=torch.Generator().manual_seed(seed)).to(self.device) * (1 + sigmas[0] ** 2).sqrt()
+        bias = adapter_bias(self.adapter, ctx[:1], ms.timestep, float(ms.sigma_max), 1.0, frames=frames)
+
+        def denoiser(x_, s, **_):
+            return self.model.apply_model(x_, s, c_crossattn=ctx.expand(x_.shape[0], -1, -1))
+
+        was = self.adapter.training
+        self.adapter.eval()
+        try:
+            return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias)
+        finally:
+            self.adapter.train(was)
+
+    def to_pixels(self, latents):
+        if self.base.decode_latents is not None:
+            return self.base.decode_latents(latents).permute(0, 3, 1, 2) * 2 - 1
+        return latents[:, :3].tanh()
+
+
+class AdapterTask(FrozenBaseTask):
+    def __init__(self, cfg, device):
+        super().__init__(cfg, device)
+        self.data = data.scan(cfg.dataset, cfg.on_bad_data)
+        if self.data.skipped:
+            counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in self.data.skipped.items())
+            print(f"[trainer] skipped {counts}; using {len(self.data)} image-caption pairs")
+        self.skipped = {k: len(v) for k, v in self.data.skipped.items()}
+        self._cache = {}
+        if cfg.cache_latents:
+            for i in range(len(self.data)):
+                self._item(i)
+
+    @torch.no_grad()
+    def _item(self, i):
+        if i in self._cache:
+            return self._cache[i]
+        path, caption = self.data.items[i]
+        pixels = data.load_image(path, self.cfg.image_size).unsqueeze(0)
+        item = (self.base.encode_images(pixels)[0], self.base.encode_text(caption)[0])
+        if self.cfg.cache_latents:
+            self._cache[i] = item
+        return item
+
+    def forward(self, gen):
+        cfg = self.cfg
+        idx = torch.randint(len(self.data), (cfg.batch_size,), generator=gen).tolist()
+        items = [self._item(i) for i in idx]
+        x0 = torch.stack([a for a, _ in items]).to(self.device)
+        length = min(c.shape[0] for _, c in items)
+        ctx = torch.stack([c[:length] for _, c in items]).to(self.device)
+        t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen).to(self.device)
+        eps = torch.randn(x0.shape, generator=gen).to(self.device)
+        return self.loss(x0, ctx, t, eps)
+
+    def sample_grid(self, out_path: Path) -> Path:
+        shown = []
+        for i in range(min(4, len(self.data))):
+            x0, ctx = self._item(i)
+            latents = self.preview((1,) + tuple(x0.shape), ctx.unsqueeze(0).to(self.device), seed=i)
+            shown += [self.to_pixels(x0.unsqueeze(0).to(self.device)), self.to_pixels(latents)]
+        return plots.image_grid(torch.cat(shown), rows=len(shown) // 2, out_path=out_path, scale=2)
