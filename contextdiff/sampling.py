@@ -39,8 +39,11 @@ def _report(callback, x, i, sigma, denoised):
 
 @torch.no_grad()
 def sample_contextdiff_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                            eta: float = 0.0, noise_sampler=None, bias=None):
-    """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any descending sigma list."""
+                            eta: float = 0.0, noise_sampler=None, bias=None, post_step=None):
+    """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any descending sigma list.
+
+    ``post_step(i, x_next, sigma_next) -> x_next`` may adjust each result (editing's latent blend).
+    """
     extra_args = {} if extra_args is None else extra_args
     if eta > 0 and noise_sampler is None:
         noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
@@ -55,6 +58,8 @@ def sample_contextdiff_ddim(model, x, sigmas, extra_args=None, callback=None, di
         x_vp = process.ddim_step(x * abar.sqrt(), denoised, abar, abar_next, b_t, b_next,
                                  eta if noise is not None else 0.0, noise)
         x = x_vp / abar_next.sqrt()
+        if post_step is not None:
+            x = post_step(i, x, sigma_next)
     return x
 
 
@@ -83,7 +88,7 @@ def sample_contextdiff_ddpm(model, x, sigmas, extra_args=None, callback=None, di
 
 @torch.no_grad()
 def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, bias=None,
-                refine_steps: int = 0, refine_tol: float = 0.0):
+                refine_steps: int = 0, refine_tol: float = 0.0, final_eval: bool = False):
     """Bias-aware DDIM inversion: the deterministic step of Eq. 11 run from ``t-1`` to ``t``.
 
     ``sigmas`` ascend (e.g. a sampling schedule reversed, starting at 0); ``x`` is the latent at
@@ -96,6 +101,9 @@ def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
     From ``sigma = 0`` the noise direction is undefined; the first guess then takes the model's
     noise estimate at the next level, and refinement solves ``x0hat(x_t) = x_0`` directly.
+
+    ``final_eval`` evaluates the denoiser once more on the result at the top sigma, so that
+    attention hooks see every level on the final latents (the editing store records them).
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
@@ -114,6 +122,7 @@ def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             b_next, _ = _biases(bias, x, sigma_next, sigma)
             b_next = torch.zeros_like(x) if b_next is None else b_next
             x_hi = abar_next.sqrt() * x + b_next + (1.0 - abar_next).sqrt() * eps
+        last_change = None
         for _ in range(refine_steps):
             x_k = x_hi / abar_next.sqrt()
             denoised = model(x_k, sigma_next * s_in, **extra_args)
@@ -125,9 +134,13 @@ def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                 bl = torch.zeros_like(x) if b_lo is None else b_lo
                 new = x_hi + abar_next.sqrt() * (x_lo - denoised - bl)
             change = (new - x_hi).abs().max()
-            x_hi = new
+            if last_change is not None and change > last_change:
+                break  # not a contraction for this model and step: keep the better iterate
+            x_hi, last_change = new, change
             if change <= refine_tol:
                 break
         x = x_hi / abar_next.sqrt()
         _report(callback, x, i, sigma_next, denoised)
+    if final_eval and len(sigmas) > 1:
+        model(x, sigmas[-1] * s_in, **extra_args)
     return x

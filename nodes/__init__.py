@@ -6,10 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .adapter_loader import ContextDiffAdapterLoader
+from .editing import ContextDiffDDIMInversion, ContextDiffEditSampler
 from .paths import register_model_folder
 from .samplers import ContextDiffKSampler, ContextDiffSampler
+from .video_edit import ContextDiffVideoEdit
 
-NODES = [ContextDiffAdapterLoader, ContextDiffKSampler, ContextDiffSampler]
+NODES = [ContextDiffAdapterLoader, ContextDiffKSampler, ContextDiffSampler, ContextDiffDDIMInversion,
+         ContextDiffEditSampler, ContextDiffVideoEdit]
 
 
 class ContextDiffExtension(ComfyExtension):

@@ -15,6 +15,7 @@ from ..contextdiff import sampling
 from ..contextdiff.bias import adapter_bias
 
 METHODS = ("ddim", "ddpm")
+INVERT = "invert"
 
 
 def positive_tokens(guider) -> torch.Tensor:
@@ -42,8 +43,12 @@ def require_vp(model_sampling) -> None:
 
 def contextdiff_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                        adapter=None, method: str = "ddim", eta: float = 0.0, strength: float = 1.0,
-                       frames: int | None = None):
-    """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt."""
+                       frames: int | None = None, post_step=None, trajectory=None, refine_steps: int = 0):
+    """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt.
+
+    ``method="invert"`` runs bias-aware DDIM inversion over ascending sigmas instead;
+    ``trajectory(info)`` then sees every inverted level, and ``post_step`` adjusts DDIM steps.
+    """
     guider = model.inner_model
     model_sampling = guider.inner_model.model_sampling
     require_vp(model_sampling)
@@ -54,18 +59,32 @@ def contextdiff_sample(model, x, sigmas, extra_args=None, callback=None, disable
         bias = adapter_bias(adapter.on(x.device), tokens, model_sampling.timestep,
                             float(model_sampling.sigma_max), strength, frames=frames)
     if method == "ddim":
-        return sampling.sample_contextdiff_ddim(model, x, sigmas, extra_args, callback, disable, eta=eta, bias=bias)
+        return sampling.sample_contextdiff_ddim(model, x, sigmas, extra_args, callback, disable, eta=eta, bias=bias,
+                                                post_step=post_step)
+    if method == INVERT:
+        def report(info):
+            if trajectory is not None:
+                trajectory(info)
+            if callback is not None:
+                callback(info)
+        if trajectory is not None:
+            trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x})
+        return sampling.invert_ddim(model, x, sigmas, extra_args, report, disable, bias=bias,
+                                    refine_steps=refine_steps, final_eval=True)
     if method == "ddpm":
         return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, bias=bias)
     raise ValueError(f"unknown ContextDiff method {method!r}; choose one of {METHODS}")
 
 
 def contextdiff_ksampler(adapter=None, method: str = "ddim", eta: float = 0.0, strength: float = 1.0,
-                         frames: int | None = None) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node."""
-    if method not in METHODS:
+                         frames: int | None = None, **options) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node.
+
+    ``options`` pass through to :func:`contextdiff_sample` (editing: post_step, trajectory, ...).
+    """
+    if method not in METHODS + (INVERT,):
         raise ValueError(f"unknown ContextDiff method {method!r}; choose one of {METHODS}")
-    options = {"adapter": adapter, "method": method, "eta": eta, "strength": strength, "frames": frames}
+    options = dict(options, adapter=adapter, method=method, eta=eta, strength=strength, frames=frames)
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
     return comfy.samplers.KSAMPLER(contextdiff_sample, extra_options=options,
                                    inpaint_options={"random": method == "ddim"})

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..contextdiff.adapter import ContextAdapter
 
 Adapter = io.Custom("CONTEXTDIFF_ADAPTER")
+EditSource = io.Custom("CONTEXTDIFF_EDIT_SOURCE")
 
 FAMILY_OF_CONTEXT_DIM = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 

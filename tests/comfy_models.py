@@ -27,11 +27,12 @@ def sd15_unet_config(model_channels: int = 32, context_dim: int = 768, full_size
 
 
 def build_sd15(seed: int = 0, model_channels: int = 32, context_dim: int = 768, full_size: bool = False,
-               weight_scale: float = 1.0):
+               weight_scale: float = 1.0, attn_scale: float = 1.0):
     """A ``ModelPatcher`` around an SD1.5-family model with random weights (deterministic per seed).
 
     The output convolution of a fresh ComfyUI UNet is zero-initialised; random weights everywhere
-    (scaled by ``weight_scale``) make the denoiser a non-trivial function of its inputs.
+    (scaled by ``weight_scale``) make the denoiser a non-trivial function of its inputs;
+    ``attn_scale`` multiplies the query and key projections.
     """
     import comfy.model_management
     import comfy.model_patcher
@@ -47,6 +48,11 @@ def build_sd15(seed: int = 0, model_channels: int = 32, context_dim: int = 768, 
             fan_in = max(1, p[0].numel()) if p.dim() > 1 else 1
             scale = weight_scale / fan_in ** 0.5 if p.dim() > 1 else 0.02 * weight_scale
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        # Sharper attention than random projections give, so that attention maps carry information
+        # (editing tests need peaked cross-attention, as trained models have).
+        for name, p in model.diffusion_model.named_parameters():
+            if name.endswith(("to_q.weight", "to_k.weight")):
+                p.mul_(attn_scale)
     model.eval()
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
@@ -57,3 +63,45 @@ def random_conditioning(seed: int = 0, tokens: int = 77, context_dim: int = 768,
     gen = torch.Generator().manual_seed(seed)
     cond = torch.randn(batch, tokens, context_dim, generator=gen)
     return [[cond, {"pooled_output": torch.randn(batch, context_dim, generator=gen)}]]
+
+
+def build_tiny_clip(seed: int = 0, layers: int = 2):
+    """A real ComfyUI CLIP object (SD1.x tokenizer, CLIP-L text model of width 768) with a few
+    random layers: CLIPTextEncode, tokenisation and prompts work as with real weights."""
+    import functools
+    import json
+    import os
+
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    from contextdiff.comfy_bridge import reset_parameters
+
+    with open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")) as f:
+        config = json.load(f)
+    config.update(num_hidden_layers=layers, intermediate_size=512, num_attention_heads=4)
+
+    class TinyClipModel(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+            super().__init__(device=device, dtype=dtype, textmodel_json_config=config, model_options=model_options,
+                             layer="hidden", layer_idx=-1)
+
+    target = comfy.supported_models_base.ClipTarget(
+        comfy.sd1_clip.SD1Tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=TinyClipModel))
+    clip = comfy.sd.CLIP(target=target)
+    reset_parameters(clip.cond_stage_model, seed)
+    return clip
+
+
+def build_tiny_vae(seed: int = 0):
+    """A real ComfyUI VAE object around a randomly initialised TAESD (4 latent channels, 8x)."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    from contextdiff.comfy_bridge import reset_parameters
+
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    reset_parameters(taesd, seed)
+    state = {k: v for k, v in taesd.state_dict().items()}
+    return comfy.sd.VAE(sd=state)

@@ -11,7 +11,7 @@ TESTS = Path(__file__).resolve().parents[2]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from comfy_models import build_sd15, random_conditioning  # noqa: E402
+from comfy_models import build_sd15, build_tiny_clip, build_tiny_vae, random_conditioning  # noqa: E402
 
 
 class TinyModel:
@@ -19,14 +19,15 @@ class TinyModel:
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0}),
                              "model_channels": ("INT", {"default": 32, "min": 8, "max": 320}),
-                             "context_dim": ("INT", {"default": 768})}}
+                             "context_dim": ("INT", {"default": 768}),
+                             "weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, seed, model_channels, context_dim):
-        return (build_sd15(seed, model_channels, context_dim),)
+    def build(self, seed, model_channels, context_dim, weight_scale=1.0):
+        return (build_sd15(seed, model_channels, context_dim, weight_scale=weight_scale),)
 
 
 class RandomConditioning:
@@ -43,4 +44,31 @@ class RandomConditioning:
         return (random_conditioning(seed, tokens, context_dim),)
 
 
-NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
+class TinyClip:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        return (build_tiny_clip(seed),)
+
+
+class TinyVae:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        return (build_tiny_vae(seed),)
+
+
+NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
+                       "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
