@@ -122,7 +122,7 @@ def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             b_next, _ = _biases(bias, x, sigma_next, sigma)
             b_next = torch.zeros_like(x) if b_next is None else b_next
             x_hi = abar_next.sqrt() * x + b_next + (1.0 - abar_next).sqrt() * eps
-        last_change = None
+        previous = None  # (iterate, its fixed-point residual)
         for _ in range(refine_steps):
             x_k = x_hi / abar_next.sqrt()
             denoised = model(x_k, sigma_next * s_in, **extra_args)
@@ -133,11 +133,13 @@ def invert_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                 # The step to sigma 0 returns x0hat + b_0 (b_0 = 0): move x_t until it equals x_0.
                 bl = torch.zeros_like(x) if b_lo is None else b_lo
                 new = x_hi + abar_next.sqrt() * (x_lo - denoised - bl)
-            change = (new - x_hi).abs().max()
-            if last_change is not None and change > last_change:
-                break  # not a contraction for this model and step: keep the better iterate
-            x_hi, last_change = new, change
-            if change <= refine_tol:
+            residual = (new - x_hi).abs().max()
+            if previous is not None and residual > previous[1]:
+                x_hi = previous[0]  # not a contraction for this model and step: keep the better iterate
+                break
+            previous = (x_hi, residual)
+            x_hi = new
+            if residual <= refine_tol:
                 break
         x = x_hi / abar_next.sqrt()
         _report(callback, x, i, sigma_next, denoised)

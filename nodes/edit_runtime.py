@@ -5,6 +5,7 @@ The user's model is never touched: every run patches ``model.clone()``, whose pa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import comfy.model_management
@@ -89,9 +90,17 @@ def invert(model, latent: dict, positive, negative=None, steps: int = 20, schedu
                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
     base = model.model
     x_top = base.process_latent_in(out)   # undo the guider's process_latent_out: this is noise, not an image
-    noise = x_top / (1.0 + sigmas[0] ** 2).sqrt()
+    noise = x_top / noise_scale(model, sigmas[0])
     return EditSource(noise=noise.cpu(), store=store, sigmas=sigmas, latent_shape=tuple(samples.shape),
                       frames=frames, fuse_start=fuse_start, extra={"cfg": cfg, "steps": steps})
+
+
+def noise_scale(model, sigma: torch.Tensor) -> torch.Tensor:
+    """The factor ComfyUI's KSAMPLER puts on unit noise at ``sigma`` (see ``KSAMPLER.max_denoise``),
+    so that the edit sampler starts from exactly the inverted latent."""
+    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    at_max = math.isclose(sigma_max, float(sigma), rel_tol=1e-05) or float(sigma) > sigma_max
+    return (1.0 + sigma ** 2).sqrt() if at_max else sigma
 
 
 def token_ids(clip, text: str) -> list[int]:
@@ -132,7 +141,8 @@ def edit(model, source: EditSource, positive, negative=None, cfg: float = 7.5, a
     step_of = StepIndex(source.sigmas)
     editor = AttentionEditor(source.store, "fuse" if fuse else "plain", step_of, frames=source.frames,
                              shared_tokens=shared, blend_target=blend_tgt, blend_source=blend_src)
-    post = latent_blend(editor, source.store.latents, step_of, blend_threshold) if (blend_tgt or blend_src) else None
+    post = latent_blend(editor, source.store.latents, step_of, blend_threshold) if fuse and (blend_tgt or blend_src) \
+        else None
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post)
     steps = len(source.sigmas) - 1
     callback = latent_preview.prepare_callback(model, steps)

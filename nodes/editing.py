@@ -77,6 +77,9 @@ class ContextDiffEditSampler(io.ComfyNode):
                 io.String.Input("blend_words", default="", tooltip="Words whose cross-attention marks the edited "
                                 "region (e.g. 'cat, dog'); empty = no local blend."),
                 io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01),
+                io.Boolean.Input("fuse_attention", default=True,
+                                 tooltip="Off: plain contextualized DDIM from the inverted noise (a reconstruction "
+                                         "check when the prompts are equal)."),
                 io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05),
                 Adapter.Input("adapter", optional=True),
             ],
@@ -86,7 +89,7 @@ class ContextDiffEditSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, edit_source, positive, negative, cfg, clip, source_prompt, target_prompt, blend_words,
-                blend_threshold, adapter_strength, adapter=None) -> io.NodeOutput:
+                blend_threshold, fuse_attention, adapter_strength, adapter=None) -> io.NodeOutput:
         samples, mask = edit_runtime.edit(model, edit_source, positive, negative, cfg, adapter, adapter_strength, clip,
-                                          source_prompt, target_prompt, blend_words, blend_threshold)
+                                          source_prompt, target_prompt, blend_words, blend_threshold, fuse_attention)
         return io.NodeOutput({"samples": samples}, edit_runtime.mask_image(mask, samples))

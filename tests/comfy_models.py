@@ -103,5 +103,16 @@ def build_tiny_vae(seed: int = 0):
 
     taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
     reset_parameters(taesd, seed)
+    # Random TAESD layers shrink the signal; rescale the last convolutions so that latents have
+    # SD's scale (std ~5, i.e. 1 / 0.18215) and decoded images vary with them (std ~0.25).
+    probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        enc_last, dec_last = taesd.taesd_encoder[-1], taesd.taesd_decoder[-1]
+        lat = taesd.encode(probe * 2 - 1)
+        enc_last.weight.mul_(5.0 / lat.std())
+        enc_last.bias.mul_(5.0 / lat.std())
+        out = taesd.decode(taesd.encode(probe * 2 - 1))
+        dec_last.weight.mul_(1.5 / out.std())
+        dec_last.bias.zero_()
     state = {k: v for k, v in taesd.state_dict().items()}
     return comfy.sd.VAE(sd=state)

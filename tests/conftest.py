@@ -22,3 +22,29 @@ def server(tmp_path_factory):
     srv = ComfyServer(tmp_path_factory.mktemp("comfy"), [TESTS / "host_nodes" / "contextdiff_testing"])
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def adapters(server):
+    """Adapter files in the host's models/contextdiff: zero, live (random output), wrong dim, broken."""
+    import torch
+
+    from contextdiff.adapter import AdapterConfig, ContextAdapter
+    from contextdiff.adapter_io import save_adapter
+    d = server.adapters_dir
+    save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2)), d / "zero.safetensors", "sd15")
+    torch.manual_seed(5)
+    live = ContextAdapter(AdapterConfig(dim=64, depth=2))
+    torch.nn.init.normal_(live.patch_out.weight, std=0.5)
+    torch.nn.init.normal_(live.patch_out.bias, std=0.5)
+    save_adapter(live, d / "live.safetensors", "sd15")
+    gentle = ContextAdapter(AdapterConfig(dim=64, depth=2))  # a smooth, small bias, like a trained adapter's
+    torch.nn.init.normal_(gentle.patch_out.weight, std=0.02)
+    torch.nn.init.normal_(gentle.patch_out.bias, std=0.05)
+    save_adapter(gentle, d / "gentle.safetensors", "sd15")
+    save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2, context_dim=2048)), d / "sdxl.safetensors", "sdxl")
+    data = (d / "live.safetensors").read_bytes()
+    (d / "corrupt.safetensors").write_bytes(data[: len(data) // 2])
+    torch.save(live.state_dict(), d / "pickled.safetensors")
+    torch.save(live.state_dict(), d / "pickled.pt")
+    return d

@@ -9,28 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contextdiff.adapter import AdapterConfig, ContextAdapter
-from contextdiff.adapter_io import load_adapter, save_adapter
+from contextdiff.adapter_io import load_adapter
 
 STEPS = 8
 SIZE = 128  # pixels: a 16x16 latent
-
-
-@pytest.fixture(scope="module")
-def adapters(server):
-    d = server.adapters_dir
-    save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2)), d / "zero.safetensors", "sd15")
-    torch.manual_seed(5)
-    live = ContextAdapter(AdapterConfig(dim=64, depth=2))
-    torch.nn.init.normal_(live.patch_out.weight, std=0.5)
-    torch.nn.init.normal_(live.patch_out.bias, std=0.5)
-    save_adapter(live, d / "live.safetensors", "sd15")
-    save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2, context_dim=2048)), d / "sdxl.safetensors", "sdxl")
-    data = (d / "live.safetensors").read_bytes()
-    (d / "corrupt.safetensors").write_bytes(data[: len(data) // 2])
-    torch.save(live.state_dict(), d / "pickled.safetensors")
-    torch.save(live.state_dict(), d / "pickled.pt")
-    return d
 
 
 _counter = [0]

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[2]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+for path in (TESTS, TESTS.parent):  # the test helpers, and the pure ``contextdiff`` package they use
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from comfy_models import build_sd15, build_tiny_clip, build_tiny_vae, random_conditioning  # noqa: E402
 
@@ -20,14 +21,15 @@ class TinyModel:
         return {"required": {"seed": ("INT", {"default": 0}),
                              "model_channels": ("INT", {"default": 32, "min": 8, "max": 320}),
                              "context_dim": ("INT", {"default": 768}),
-                             "weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})}}
+                             "weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0}),
+                             "attn_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, seed, model_channels, context_dim, weight_scale=1.0):
-        return (build_sd15(seed, model_channels, context_dim, weight_scale=weight_scale),)
+    def build(self, seed, model_channels, context_dim, weight_scale=1.0, attn_scale=1.0):
+        return (build_sd15(seed, model_channels, context_dim, weight_scale=weight_scale, attn_scale=attn_scale),)
 
 
 class RandomConditioning:
