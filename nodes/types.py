@@ -11,6 +11,7 @@ from ..contextdiff.adapter import ContextAdapter
 
 Adapter = io.Custom("CONTEXTDIFF_ADAPTER")
 EditSource = io.Custom("CONTEXTDIFF_EDIT_SOURCE")
+Classes = io.Custom("CONTEXTDIFF_CLASSES")
 
 FAMILY_OF_CONTEXT_DIM = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 

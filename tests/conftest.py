@@ -6,6 +6,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
+sys.path.insert(0, str(TESTS.parent / "scripts"))
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def comfy_inprocess():
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real ComfyUI host for the session, with the pack and the test nodes loaded."""
-    from comfy_server import ComfyServer
+    from comfy_host import ComfyServer
     srv = ComfyServer(tmp_path_factory.mktemp("comfy"), [TESTS / "host_nodes" / "contextdiff_testing"])
     yield srv
     srv.stop()

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def comfyui_dir() -> Path:
-    path = Path(os.environ.get("COMFYUI_DIR", ROOT / ".cache" / "comfyui"))
-    if not (path / "main.py").is_file():
-        raise RuntimeError(f"No ComfyUI at {path}: run scripts/bootstrap.sh or set COMFYUI_DIR")
-    return path
+sys.path.insert(0, str(ROOT / "scripts"))
+from comfy_host import comfyui_dir  # noqa: E402
 
 
 def import_comfy_cpu() -> Path:

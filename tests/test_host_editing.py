@@ -154,7 +154,7 @@ def test_video_edit_temporal_attention_links_frames(server):
     ("memory", "frames per chunk fit"),
 ])
 def test_video_edit_bad_input(server, make, expected):
-    from comfy_server import PromptError
+    from comfy_host import PromptError
     name = {"empty": "empty.mp4", "corrupt": "corrupt.mp4", "outside": "../outside.mp4", "memory": "clip_ok.mp4"}[make]
     if make == "empty":
         (server.input_dir / name).write_bytes(b"")

@@ -176,7 +176,7 @@ def test_sampler_for_sampler_custom(server, adapters):
     ("sdxl.safetensors", "trained for context dim 2048 (SDXL), but this model's conditioning gives 768 (SD1.x)"),
 ])
 def test_bad_adapter_files_give_clear_errors(server, adapters, name, expected):
-    from comfy_server import PromptError
+    from comfy_host import PromptError
     with pytest.raises(PromptError, match=None) as err:
         run_latent(server, graph(ours("ddim"), adapter=name))
     assert expected in str(err.value), str(err.value)

@@ -83,7 +83,7 @@ class JointTask(nn.Module):
         return [path]
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, seed: int, steps: int = 20, cfg_scale: float = 2.0, strength: float = 1.0):
+    def sample(self, labels: torch.Tensor, seed: int, steps: int = 30, cfg_scale: float = 4.0, strength: float = 1.0):
         """Class-conditional contextualized DDIM through the same ComfyUI model as in the host."""
         was_training = self.training
         self.eval()

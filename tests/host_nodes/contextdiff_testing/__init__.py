@@ -72,5 +72,21 @@ class TinyVae:
         return (build_tiny_vae(seed),)
 
 
-NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
+class TinyCheckpoint:
+    """Stands in for CheckpointLoaderSimple when the tests run the shipped workflows."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, ckpt_name):
+        return build_sd15(0, 32, 768, attn_scale=6.0), build_tiny_clip(0), build_tiny_vae(0)
+
+
+NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyCheckpoint": TinyCheckpoint,
+                       "ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
                        "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}

@@ -1,4 +1,8 @@
-"""A real ComfyUI host on loopback, with the pack loaded the way ComfyUI loads custom nodes."""
+"""A real ComfyUI host on loopback, with the pack loaded the way ComfyUI loads custom nodes, and the
+conversion of UI-format workflows (what users drag onto the canvas) to the API format it runs.
+
+Used by the demo (scripts/demo.py) and the tests.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from host import ROOT, comfyui_dir
-
+ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "ContextDiff-ComfyUI"
+# Frontend-only nodes: they never reach the server.
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def comfyui_dir() -> Path:
+    path = Path(os.environ.get("COMFYUI_DIR", ROOT / ".cache" / "comfyui"))
+    if not (path / "main.py").is_file():
+        raise RuntimeError(f"No ComfyUI at {path}: run scripts/bootstrap.sh or set COMFYUI_DIR")
+    return path
 
 
 def free_port() -> int:
@@ -26,7 +39,9 @@ def free_port() -> int:
 class ComfyServer:
     """Starts ``main.py --cpu`` in a scratch folder; ``stop()`` ends it."""
 
-    def __init__(self, workdir: Path, extra_custom_nodes: list[Path] = (), timeout: float = 120):
+    def __init__(self, workdir: Path, extra_custom_nodes: list[Path] = (), timeout: float = 120,
+                 extra_paths: dict | None = None):
+        """``extra_paths``: more model folders, ``{kind: folder}`` (e.g. ``{"checkpoints": ...}``)."""
         self.workdir = Path(workdir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -50,6 +65,9 @@ class ComfyServer:
             "  contextdiff: contextdiff\n"
             "  checkpoints: checkpoints\n"
             "  loras: loras\n")
+        # More folders, e.g. {"checkpoints": "/data/sd"} for a user's own checkpoint.
+        for i, (kind, path) in enumerate((extra_paths or {}).items()):
+            config.write_text(config.read_text() + f"extra_{i}:\n  base_path: {path}\n  {kind}: .\n")
         self.log_path = self.workdir / "comfyui.log"
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
@@ -130,3 +148,46 @@ def error_message(entry: dict) -> str:
         if kind == "execution_interrupted":
             return "interrupted"
     return json.dumps(entry["status"])
+
+
+def is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def node_inputs(info: dict):
+    """``(name, spec)`` of a node's inputs in the order the frontend lays out widgets."""
+    for section in ("required", "optional"):
+        yield from info["input"].get(section, {}).items()
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """Convert a UI-format workflow to the API prompt, as the frontend does on 'Queue'.
+
+    Widget values are matched to widget inputs in order (a seed with ``control_after_generate``
+    carries one extra value); links become ``[node_id, output_slot]``; notes, reroutes and muted
+    or bypassed nodes are left out.
+    """
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):
+            continue
+        if node["type"] not in object_info:
+            raise KeyError(f"node type {node['type']} (node {node['id']}) is not installed in this ComfyUI")
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs, w = {}, 0
+        for name, spec in node_inputs(object_info[node["type"]]):
+            value = None
+            if is_widget(spec):
+                if w < len(values):
+                    value = values[w]
+                w += 1 + int(bool(spec[1].get("control_after_generate")) if len(spec) > 1 else 0)
+            if name in linked:
+                origin = links[linked[name]]
+                inputs[name] = [str(origin[1]), origin[2]]
+            elif value is not None:
+                inputs[name] = value
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

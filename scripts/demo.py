@@ -1,0 +1,126 @@
+"""The main job: train ContextDiff on scikit-learn's digits (CPU, a few minutes), start a headless
+ComfyUI with this pack, run the shipped digits workflow through the HTTP API, and write a grid of
+generated digits with the adapter's bias on and off, side by side.
+
+With a real checkpoint (``--checkpoint PATH`` or ``CONTEXTDIFF_CHECKPOINT``) it runs the
+text-to-image workflow on that model instead (``--adapter`` adds a trained adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_host import ROOT, ComfyServer, ui_to_api  # noqa: E402
+
+RECIPE = ROOT / "trainer" / "configs" / "digits_joint.yaml"
+
+
+def log(msg: str):
+    print(f"[demo] {msg}", flush=True)
+
+
+def saved_images(server: ComfyServer, entry: dict, node_id: str) -> list[Path]:
+    images = entry["outputs"].get(node_id, {}).get("images", [])
+    return [server.output_dir / im.get("subfolder", "") / im["filename"] for im in images]
+
+
+def train_digits(run_dir: Path, retrain: bool) -> Path:
+    ckpt = run_dir / "digits-contextdiff.safetensors"
+    info = run_dir / "rank-0.json"   # written when a run finishes
+    if ckpt.exists() and info.exists() and not retrain:
+        log(f"using the trained checkpoint {ckpt.relative_to(ROOT)} (--retrain to train again)")
+        return ckpt
+    log("training the default recipe (joint ContextDiff on 8x8 digits, class-conditional, CPU)")
+    t = time.time()
+    subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--output_dir", str(run_dir),
+                    "--device", "cpu"], cwd=ROOT, check=True)
+    log(f"trained in {time.time() - t:.0f} s; loss curve: {(run_dir / 'loss.png').relative_to(ROOT)}")
+    return ckpt
+
+
+def side_by_side(left: Path, right: Path, out: Path, titles: tuple[str, str]) -> Path:
+    a, b = Image.open(left).convert("RGB"), Image.open(right).convert("RGB")
+    pad, head = 16, 28
+    canvas = Image.new("RGB", (a.width + b.width + 3 * pad, max(a.height, b.height) + head + pad), "white")
+    canvas.paste(a, (pad, head))
+    canvas.paste(b, (2 * pad + a.width, head))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=16)
+    draw.text((pad, 6), titles[0], fill="black", font=font)
+    draw.text((2 * pad + a.width, 6), titles[1], fill="black", font=font)
+    canvas.save(out)
+    return out
+
+
+def run_digits(args, out_dir: Path) -> Path:
+    ckpt = train_digits(ROOT / "runs" / "digits", args.retrain)
+    server = ComfyServer(out_dir / "host")
+    try:
+        shutil.copy(ckpt, server.adapters_dir / ckpt.name)
+        log(f"ComfyUI is up on {server.url}; running workflows/digits_contextdiff.json")
+        workflow = json.loads((ROOT / "workflows" / "digits_contextdiff.json").read_text())
+        entry = server.run(ui_to_api(workflow, server.get("/object_info")), timeout=900)
+        on, off = saved_images(server, entry, "10")[0], saved_images(server, entry, "11")[0]
+        grid = side_by_side(on, off, out_dir / "digits_grid.png",
+                            ("ContextDiff: adapter bias on", "same model: bias off (strength 0)"))
+    finally:
+        server.stop()
+    return grid
+
+
+def run_text_to_image(args, out_dir: Path) -> Path:
+    ckpt = Path(args.checkpoint).resolve()
+    if not ckpt.is_file():
+        raise SystemExit(f"checkpoint {ckpt} does not exist")
+    server = ComfyServer(out_dir / "host", extra_paths={"checkpoints": ckpt.parent})
+    try:
+        workflow = json.loads((ROOT / "workflows" / "text_to_image.json").read_text())
+        prompt = ui_to_api(workflow, server.get("/object_info"))
+        prompt["2"]["inputs"]["ckpt_name"] = ckpt.name
+        prompt["3"]["inputs"]["text"] = args.prompt
+        if args.adapter:
+            shutil.copy(args.adapter, server.adapters_dir / Path(args.adapter).name)
+            prompt["6"]["inputs"]["adapter_name"] = Path(args.adapter).name
+        else:
+            del prompt["6"], prompt["7"]["inputs"]["adapter"]
+            log("no --adapter: running the ContextDiff sampler without a bias (the base DDIM sampler)")
+        log(f"ComfyUI is up on {server.url}; running workflows/text_to_image.json on {ckpt.name}")
+        entry = server.run(prompt, timeout=3600)
+        image = saved_images(server, entry, "9")[0]
+        result = out_dir / "text_to_image.png"
+        shutil.copy(image, result)
+    finally:
+        server.stop()
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=os.environ.get("CONTEXTDIFF_CHECKPOINT", ""),
+                    help="a ComfyUI checkpoint (SD1.x/SD2.x/SDXL): run text-to-image on it instead of the digits demo")
+    ap.add_argument("--adapter", default=os.environ.get("CONTEXTDIFF_ADAPTER", ""), help="adapter for --checkpoint")
+    ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    ap.add_argument("--retrain", action="store_true", help="train the digits model again")
+    ap.add_argument("--out", default=str(ROOT / "out"), help="where results go")
+    args = ap.parse_args(argv)
+    out_dir = Path(args.out)
+    if (out_dir / "host").exists():
+        shutil.rmtree(out_dir / "host")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_text_to_image(args, out_dir) if args.checkpoint else run_digits(args, out_dir)
+    log(f"done: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
