@@ -129,6 +129,9 @@ def edit(model, source: EditSource, positive, negative=None, cfg: float = 7.5, a
     Returns ``(latents, mask)``: the mask (latent size, 1 = edited) is ``None`` without blend words.
     """
     shared, blend_tgt, blend_src = [], [], []
+    if blend_words.strip() and clip is None:
+        raise ValueError("blend_words need the clip input (to find the words' tokens): connect the CLIP, or clear "
+                         "blend_words")
     if clip is not None and source_prompt and target_prompt:
         src_ids, tgt_ids = token_ids(clip, source_prompt), token_ids(clip, target_prompt)
         shared = token_alignment(src_ids, tgt_ids)

@@ -71,7 +71,6 @@ class ContextDiffEditSampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The target prompt's conditioning."),
                 io.Conditioning.Input("negative"),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01),
-                io.Clip.Input("clip", tooltip="Tokenises the two prompts to align their shared words."),
                 io.String.Input("source_prompt", multiline=True, default=""),
                 io.String.Input("target_prompt", multiline=True, default=""),
                 io.String.Input("blend_words", default="", tooltip="Words whose cross-attention marks the edited "
@@ -82,14 +81,16 @@ class ContextDiffEditSampler(io.ComfyNode):
                                          "check when the prompts are equal)."),
                 io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05),
                 Adapter.Input("adapter", optional=True),
+                io.Clip.Input("clip", optional=True, tooltip="Tokenises the two prompts to align their shared words "
+                              "and find the blend words; without it only self-attention is fused."),
             ],
             outputs=[io.Latent.Output(), io.Mask.Output(display_name="blend_mask",
                                                          tooltip="Where the edit was allowed (image size).")],
         )
 
     @classmethod
-    def execute(cls, model, edit_source, positive, negative, cfg, clip, source_prompt, target_prompt, blend_words,
-                blend_threshold, fuse_attention, adapter_strength, adapter=None) -> io.NodeOutput:
+    def execute(cls, model, edit_source, positive, negative, cfg, source_prompt, target_prompt, blend_words,
+                blend_threshold, fuse_attention, adapter_strength, adapter=None, clip=None) -> io.NodeOutput:
         samples, mask = edit_runtime.edit(model, edit_source, positive, negative, cfg, adapter, adapter_strength, clip,
                                           source_prompt, target_prompt, blend_words, blend_threshold, fuse_attention)
         return io.NodeOutput({"samples": samples}, edit_runtime.mask_image(mask, samples))

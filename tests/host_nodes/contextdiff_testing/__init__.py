@@ -20,8 +20,8 @@ class TinyModel:
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0}),
                              "model_channels": ("INT", {"default": 32, "min": 8, "max": 320}),
-                             "context_dim": ("INT", {"default": 768}),
-                             "weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0}),
+                             "context_dim": ("INT", {"default": 768})},
+                "optional": {"weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0}),
                              "attn_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})}}
 
     RETURN_TYPES = ("MODEL",)
