@@ -40,8 +40,13 @@ def loss_weight(abar: torch.Tensor, kind: str = "uniform", gamma: float = 5.0) -
 def contextual_x0_loss(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, abar_table: torch.Tensor,
                        denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                        relational: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-                       weighting: str = "uniform", gamma: float = 5.0, use_bias: bool = True):
+                       weighting: str = "uniform", gamma: float = 5.0, use_bias: bool = True,
+                       bias_l2: float = 0.0):
     """Eq. 6 for one batch; returns ``(loss, per-sample loss)``.
+
+    ``bias_l2 > 0`` adds ``bias_l2 * mean(b_t^2)``, not in the paper: ``r_phi`` sees ``x0`` itself, so
+    the adapter can encode ``x0`` into ``x_t`` with a large bias that makes Eq. 6 easy at training
+    time but leaves sampling and inversion to chase a stiff ``x0hat -> b_t`` feedback loop.
 
     ``t``: integer training timesteps ``(B,)``; ``abar_table``: the model's cumulative schedule,
     whose last entry is ``T`` (``k_T = 0``); ``denoise(x_t, t) -> x0hat`` in VP space;
@@ -57,4 +62,7 @@ def contextual_x0_loss(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, aba
     x0hat = denoise(x_t, t)
     per_sample = (x0hat.float() - x0.float()).pow(2).flatten(1).mean(1)
     weighted = loss_weight(abar, weighting, gamma) * per_sample
-    return weighted.mean(), per_sample
+    loss = weighted.mean()
+    if bias is not None and bias_l2 > 0:
+        loss = loss + bias_l2 * bias.float().pow(2).mean()
+    return loss, per_sample

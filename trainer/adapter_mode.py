@@ -67,7 +67,7 @@ class FrozenBaseTask(nn.Module):
             return self.adapter(x, ctx[:1] if frames else ctx, t_.float(), frames=frames)
 
         loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise, relational, self.cfg.loss_weighting,
-                                     self.cfg.min_snr_gamma, self.cfg.use_bias)
+                                     self.cfg.min_snr_gamma, self.cfg.use_bias, self.cfg.bias_l2)
         return loss
 
     def export(self, output_dir: Path) -> list[Path]:

@@ -36,6 +36,8 @@ class TrainConfig:
     loss_weighting: str = opt("uniform", "lambda_t of Eq. 6", ["uniform", "snr", "min_snr", "truncated_snr"])
     min_snr_gamma: float = opt(5.0, "gamma of min_snr weighting")
     use_bias: bool = opt(True, "false trains the identical model without the context bias (the fair baseline)")
+    bias_l2: float = opt(0.0, "penalty lambda * mean(b_t^2) on the bias magnitude; not in the paper (0), keeps "
+                         "the adapter from encoding x0 into x_t with a large, stiff bias")
     # Adapter architecture
     adapter_dim: int = opt(256, "adapter width")
     adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)")

@@ -73,7 +73,7 @@ class JointTask(nn.Module):
 
         loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise,
                                      lambda x, t_: self.adapter(x, ctx, t_.float()),
-                                     cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias)
+                                     cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
         return loss
 
     # --- artefacts -------------------------------------------------------------------------
