@@ -95,3 +95,18 @@ def test_fusion_from_queries_keys_equals_fusion_from_full_maps(edit_env):
     # And fusion is not a no-op: without it the edit differs.
     plain, _ = runtime.edit(model, source, enc(tgt_p), cfg=3.0, fuse=False)
     assert (plain - outs[False][0]).abs().max() > 1e-3
+
+
+def test_runs_never_modify_the_users_model(edit_env):
+    """Inversion and editing patch a clone: the model's options and weights are untouched."""
+    import copy
+    runtime, model, clip, enc = edit_env
+    options = copy.deepcopy(model.model_options)
+    weights = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
+    source = runtime.invert(model, latent, enc("a cat"), steps=3)
+    runtime.edit(model, source, enc("a dog"), cfg=2.0, clip=clip, source_prompt="a cat", target_prompt="a dog",
+                 blend_words="cat dog")
+    assert model.model_options == options and "patches_replace" not in model.model_options.get("transformer_options", {})
+    for k, v in model.model.diffusion_model.state_dict().items():
+        assert torch.equal(v, weights[k]), k

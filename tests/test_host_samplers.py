@@ -205,3 +205,32 @@ def test_interrupt_stops_within_a_step(server, adapters):
     step = (stamps["execution_success"] - stamps["execution_start"]) / 1000.0 / STEPS
     assert latency < max(1.0, 2 * step), (latency, step)
     assert run_latent(server, graph(ours("ddim", seed=12), adapter="zero.safetensors")).abs().max() > 0
+
+
+def test_lora_patched_model_matches_core_and_differs_from_base(server, adapters, comfy_inprocess):
+    from comfy_models import build_sd15
+
+    from trainer.lora import add_lora, lora_state_dict
+
+    from contextdiff.adapter_io import atomic_save_file
+    unet = build_sd15(0, 32, 768).model.diffusion_model
+    loras = add_lora(unet, rank=4)
+    g = torch.Generator().manual_seed(0)
+    for m in loras.values():
+        m.up.weight.data = torch.randn(m.up.weight.shape, generator=g) * 3.0
+    (server.models_dir / "loras").mkdir(exist_ok=True)
+    atomic_save_file(lora_state_dict(loras), server.models_dir / "loras" / "tiny_lora.safetensors")
+    lora = {"lora": {"class_type": "LoraLoaderModelOnly",
+                     "inputs": {"model": ["model", 0], "lora_name": "tiny_lora.safetensors", "strength_model": 1.0}}}
+
+    def on_lora(node):
+        node["inputs"]["model"] = ["lora", 0]
+        return node
+
+    base = run_latent(server, graph(ours("ddim"), adapter="zero.safetensors"))
+    core_lora = run_latent(server, graph(on_lora(core("ddim")), extra=lora))
+    ours_lora = run_latent(server, graph(on_lora(ours("ddim")), adapter="zero.safetensors", extra=lora))
+    assert rel_err(ours_lora, core_lora) <= 1e-5
+    assert rel_err(ours_lora, base) > 1e-3, "the LoRA must change the model"
+    live_lora = run_latent(server, graph(on_lora(ours("ddim")), adapter="live.safetensors", extra=lora))
+    assert rel_err(live_lora, ours_lora) > 1e-3
