@@ -116,3 +116,21 @@ def build_tiny_vae(seed: int = 0):
         dec_last.bias.zero_()
     state = {k: v for k, v in taesd.state_dict().items()}
     return comfy.sd.VAE(sd=state)
+
+
+def build_tiny_controlnet(seed: int = 0, model_channels: int = 32, context_dim: int = 768):
+    """A ComfyUI CONTROL_NET for :func:`build_sd15`'s UNet, random weights (zero convs included,
+    so that the control visibly changes the sample)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management
+    import comfy.ops
+
+    from contextdiff.comfy_bridge import reset_parameters
+
+    cfg = sd15_unet_config(model_channels, context_dim)
+    for key in ("out_channels", "transformer_depth_output", "use_temporal_attention", "use_temporal_resblock"):
+        cfg.pop(key)
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, **cfg)
+    reset_parameters(net, seed)
+    return comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device())

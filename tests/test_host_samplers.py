@@ -234,3 +234,28 @@ def test_lora_patched_model_matches_core_and_differs_from_base(server, adapters,
     assert rel_err(ours_lora, base) > 1e-3, "the LoRA must change the model"
     live_lora = run_latent(server, graph(on_lora(ours("ddim")), adapter="live.safetensors", extra=lora))
     assert rel_err(live_lora, ours_lora) > 1e-3
+
+
+def test_controlnet_conditioning_matches_core(server, adapters):
+    from PIL import Image
+    from skimage import data
+    Image.fromarray(data.astronaut()).resize((SIZE, SIZE)).save(server.input_dir / "hint.png")
+    control = {
+        "cn": {"class_type": "ContextDiffTest_TinyControlNet", "inputs": {"seed": 0}},
+        "hint": {"class_type": "LoadImage", "inputs": {"image": "hint.png"}},
+        "apply": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["hint", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+    }
+
+    def controlled(node):
+        node["inputs"]["positive"], node["inputs"]["negative"] = ["apply", 0], ["apply", 1]
+        return node
+
+    plain = run_latent(server, graph(ours("ddim"), adapter="zero.safetensors"))
+    core_cn = run_latent(server, graph(controlled(core("ddim")), extra=control))
+    ours_cn = run_latent(server, graph(controlled(ours("ddim")), adapter="zero.safetensors", extra=control))
+    assert rel_err(ours_cn, core_cn) <= 1e-5
+    assert rel_err(ours_cn, plain) > 1e-3, "the ControlNet must steer the sample"
+    live_cn = run_latent(server, graph(controlled(ours("ddim")), adapter="live.safetensors", extra=control))
+    assert rel_err(live_cn, ours_cn) > 1e-3

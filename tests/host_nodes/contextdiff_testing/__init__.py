@@ -12,7 +12,8 @@ for path in (TESTS, TESTS.parent):  # the test helpers, and the pure ``contextdi
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from comfy_models import build_sd15, build_tiny_clip, build_tiny_vae, random_conditioning  # noqa: E402
+from comfy_models import (build_sd15, build_tiny_clip, build_tiny_controlnet, build_tiny_vae,  # noqa: E402
+                          random_conditioning)
 
 
 class TinyModel:
@@ -87,6 +88,19 @@ class TinyCheckpoint:
         return build_sd15(0, 32, 768, attn_scale=6.0), build_tiny_clip(0), build_tiny_vae(0)
 
 
-NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyCheckpoint": TinyCheckpoint,
+class TinyControlNet:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        return (build_tiny_controlnet(seed),)
+
+
+NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyCheckpoint": TinyCheckpoint, "ContextDiffTest_TinyControlNet": TinyControlNet,
                        "ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
                        "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
