@@ -1,12 +1,12 @@
-"""Pictures for the README from the trained digits model (runs/digits, made by scripts/run.sh):
-an inversion reconstruction with class edits, and a video-edit frame strip. Real data (scikit-learn's
-digits), real method, CPU, seconds.
+"""Pictures for the README from a trained digits model: an inversion reconstruction with class
+edits, and a video-edit frame strip. Real data (scikit-learn's digits), real method, CPU, seconds.
 
-    .venv/bin/python scripts/make_pictures.py
+    .venv/bin/python scripts/make_pictures.py [--checkpoint runs/digits/digits-contextdiff.safetensors]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import shutil
 import sys
@@ -22,6 +22,9 @@ OUT = ROOT / "docs" / "images"
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "digits" / "digits-contextdiff.safetensors"))
+    args = ap.parse_args()
     pack = import_pack()
     runtime = importlib.import_module(pack.__name__ + ".nodes.edit_runtime")
     types_ = importlib.import_module(pack.__name__ + ".nodes.types")
@@ -31,7 +34,7 @@ def main():
     from trainer.joint import load_digits_tensor
     from trainer.plots import image_grid
 
-    ckpt = ROOT / "runs" / "digits" / "digits-contextdiff.safetensors"
+    ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise SystemExit("train the digits model first: bash scripts/run.sh")
     model, adapter, classes, meta = load_joint(ckpt)
