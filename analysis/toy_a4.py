@@ -353,7 +353,8 @@ def run(samples: int = 20000, seed: int = 0, d: int = 4, t_mc=None) -> dict:
     return out
 
 
-def print_table(res: dict, file=sys.stdout) -> None:
+def print_table(res: dict, file=None) -> None:
+    file = sys.stdout if file is None else file
     arr = res["_arrays"]
     abar, k, settings, d = arr["abar"], arr["k"], arr["settings"], arr["d"]
     idx = {int(t): i for i, t in enumerate(arr["t_mc"])}
