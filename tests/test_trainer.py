@@ -201,3 +201,19 @@ def test_trained_adapter_loads_in_host_and_changes_sampling(tmp_path, server, ca
     base = run_latent(server, graph(ours("ddim")))
     tuned = run_latent(server, graph(ours("ddim"), adapter="trained.safetensors"))
     assert rel_err(tuned, base) > 1e-4
+
+
+def test_gradient_checkpointing_and_ema(tmp_path):
+    """Checkpointing recomputes activations without changing the maths; EMA exports averaged weights."""
+    plain, ckpt, ema = tmp_path / "plain", tmp_path / "ckpt", tmp_path / "ema"
+    run(*TINY_JOINT, "--steps", "2", "--output_dir", str(plain))
+    run(*TINY_JOINT, "--steps", "2", "--output_dir", str(ckpt), "--grad_checkpointing", "true")
+    a, b = final_weights(plain), final_weights(ckpt)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    run(*TINY_JOINT, "--steps", "3", "--output_dir", str(ema), "--ema_decay", "0.5")
+    raw = final_weights(ema)
+    exported = load_file(str(ema / "contextdiff.safetensors"))
+    key = "adapter.patch_out.weight"
+    assert not torch.equal(exported[key], raw[key]), "the export should carry the EMA weights"
+    assert exported[key].abs().max() < raw[key].abs().max()  # the average lags behind the zero start

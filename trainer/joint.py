@@ -18,6 +18,7 @@ from contextdiff.comfy_bridge import ClassEmbedding, build_joint_model, joint_un
 from contextdiff.objective import contextual_x0_loss
 
 from . import plots
+from .runtime import enable_checkpointing
 
 
 def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +54,10 @@ class JointTask(nn.Module):
         self.abar = (1.0 / (1.0 + ms.sigmas.double() ** 2)).to(device)
         self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
                                         "classes": self.classes})
+        if cfg.grad_checkpointing:
+            dm = self.model.diffusion_model
+            enable_checkpointing(list(self.adapter.blocks) + list(dm.input_blocks) + [dm.middle_block]
+                                 + list(dm.output_blocks))
 
     def forward(self, gen: torch.Generator):
         cfg, device = self.cfg, self.sigmas.device
