@@ -137,6 +137,9 @@ def load_adapter(path: str | os.PathLike, device="cpu") -> tuple[ContextAdapter,
         raise AdapterFileError(f"{path.name} does not match its own architecture metadata "
                                f"(missing {missing[:3]}, unexpected {extra[:3]}); re-export the adapter.")
     for key, value in state.items():
+        if not value.is_floating_point():
+            raise AdapterFileError(f"{path.name}: tensor {key} has dtype {value.dtype}, adapters store floating-point "
+                                   "weights; the file is damaged or not an adapter, re-export it.")
         if value.shape != expected[key].shape:
             raise AdapterFileError(f"{path.name}: tensor {key} has shape {tuple(value.shape)}, the architecture "
                                    f"needs {tuple(expected[key].shape)}; re-export the adapter.")

@@ -32,6 +32,14 @@ def _biases(bias, x0hat, sigma, sigma_next):
     return bias(x0hat, sigma, sigma_next) if bias is not None else (None, None)
 
 
+def check_finite(denoised: torch.Tensor, i: int, sigma) -> None:
+    """Stop at the first non-finite prediction, with the usual cause, instead of a black image."""
+    if not bool(torch.isfinite(denoised).all()):
+        raise FloatingPointError(
+            f"the model predicted NaN or infinity at step {i} (sigma {float(sigma):.4g}); in fp16 this is usually an "
+            "overflow: run the model in bf16 or fp32 (ComfyUI --bf16-unet or --force-fp32)")
+
+
 def _report(callback, x, i, sigma, denoised):
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
@@ -51,6 +59,7 @@ def sample_contextdiff_ddim(model, x, sigmas, extra_args=None, callback=None, di
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)
+        check_finite(denoised, i, sigma)
         _report(callback, x, i, sigma, denoised)
         b_t, b_next = _biases(bias, denoised, sigma, sigma_next)
         abar, abar_next = abar_from_sigma(sigma), abar_from_sigma(sigma_next)
@@ -77,6 +86,7 @@ def sample_contextdiff_ddpm(model, x, sigmas, extra_args=None, callback=None, di
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)
+        check_finite(denoised, i, sigma)
         _report(callback, x, i, sigma, denoised)
         b_t, b_next = _biases(bias, denoised, sigma, sigma_next)
         abar, abar_next = abar_from_sigma(sigma), abar_from_sigma(sigma_next)

@@ -118,6 +118,9 @@ def _info(container, path: Path) -> VideoInfo:
         frames, estimated = max(0, round(duration * fps)), True
     if not duration and frames:
         duration = frames / fps
+    if stream.codec_context is None:
+        raise VideoError(f"{path.name} has a video stream this FFmpeg cannot decode (unknown or damaged codec data); "
+                         f"re-encode it (for example with ffmpeg -i {path.name} out.mp4)")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
         raise VideoError(f"{path.name} has a video stream without a size; re-encode it "

@@ -52,9 +52,15 @@ def contextdiff_sample(model, x, sigmas, extra_args=None, callback=None, disable
     guider = model.inner_model
     model_sampling = guider.inner_model.model_sampling
     require_vp(model_sampling)
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError("the input latent contains NaN or infinity; a VAE overflowing in fp16 is the usual "
+                                 "cause (black images): encode with ComfyUI's --fp32-vae, or check the latent's source")
     bias = None
     if adapter is not None and strength != 0:
         tokens = positive_tokens(guider)
+        if not bool(torch.isfinite(tokens).all()):
+            raise FloatingPointError("the positive conditioning contains NaN or infinity; re-encode the prompt "
+                                     "(a text encoder overflowing in fp16 is the usual cause: try --fp32-text-enc)")
         adapter.check_compatible(tokens.shape[-1], x.shape[1])
         bias = adapter_bias(adapter.on(x.device), tokens, model_sampling.timestep,
                             float(model_sampling.sigma_max), strength, frames=frames)

@@ -6,22 +6,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from comfy_host import comfyui_dir  # noqa: E402
+from trainer.comfy_env import ensure_comfy_importable  # noqa: E402
 
 
 def import_comfy_cpu() -> Path:
     """Put ComfyUI on sys.path with ``--cpu`` set before ``comfy.model_management`` loads."""
-    path = comfyui_dir()
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
-    return path
+    return ensure_comfy_importable(cpu=True)
 
 
 def import_pack(name: str = "contextdiff_pack"):

@@ -51,6 +51,8 @@ class TrainConfig:
     unet_channels: int = opt(48, "joint: UNet model_channels")
     context_dim: int = opt(64, "joint: class-token width")
     class_dropout: float = opt(0.1, "joint: probability of the null class (for classifier-free guidance)")
+    val_fraction: float = opt(0.0, "joint: share of the digits held out for validation (fixed split)")
+    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)")
     # adapter mode
     checkpoint: str = opt("", "adapter/video: a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)")
     base_factory: str = opt("", "adapter/video: 'module:function' returning a base model bundle instead of "

@@ -30,6 +30,13 @@ def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
+def split_digits(images, labels, val_fraction: float):
+    """A fixed split, the same for every seed, so that runs compare on the same held-out digits."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(12345))
+    n_val = int(round(val_fraction * len(images)))
+    return (images[order[n_val:]], labels[order[n_val:]]), (images[order[:n_val]], labels[order[:n_val]])
+
+
 class JointTask(nn.Module):
     def __init__(self, cfg, device):
         super().__init__()
@@ -41,6 +48,8 @@ class JointTask(nn.Module):
         if cfg.image_size != 8:
             self.images = nn.functional.interpolate(self.images, size=cfg.image_size, mode="bilinear",
                                                     align_corners=False)
+        (self.images, self.labels), (self.val_images, self.val_labels) = split_digits(
+            self.images, self.labels, cfg.val_fraction)
         self.unet_config = joint_unet_config(channels=1, model_channels=cfg.unet_channels, context_dim=cfg.context_dim)
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
@@ -68,6 +77,26 @@ class JointTask(nn.Module):
         labels[drop] = self.num_classes
         t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen).to(device)
+        return self.loss(x0, labels, t, eps)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Eq. 6 on the held-out digits with fixed timesteps and noise (comparable across steps and runs)."""
+        if not len(self.val_images):
+            return None
+        gen = torch.Generator().manual_seed(0)
+        x0 = self.val_images.to(self.sigmas.device)
+        t = torch.randint(len(self.sigmas), (len(x0),), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        was = self.training
+        self.eval()
+        try:
+            return float(self.loss(x0, self.val_labels, t, eps, weighting="uniform"))
+        finally:
+            self.train(was)
+
+    def loss(self, x0, labels, t, eps, weighting=None):
+        cfg, device = self.cfg, self.sigmas.device
         t = t.to(device)
         ctx = self.classes(labels.to(device))
         sigma = self.sigmas[t]
@@ -78,7 +107,7 @@ class JointTask(nn.Module):
 
         loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise,
                                      lambda x, t_: self.adapter(x, ctx, t_.float()),
-                                     cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
+                                     weighting or cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
         return loss
 
     # --- artefacts -------------------------------------------------------------------------

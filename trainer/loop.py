@@ -114,6 +114,11 @@ def train(cfg, task_factory) -> dict:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if cfg.val_every and env.main and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+            val = getattr(task, "validation_loss", lambda: None)()
+            if val is not None:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step + 1, "val_loss": val}) + "\n")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
     bar.close()

