@@ -59,7 +59,8 @@ def main():
                                 "edit_s": time.perf_counter() - t}
     same = (measured[False]["out"] - measured[True]["out"]).abs().max().item()
     scale = measured[True]["out"].abs().max().item()
-    fused = len(runtime.fused_steps(args.steps, 0.5))
+    from contextdiff.editing import fused_steps
+    fused = len(fused_steps(args.steps, 0.5))
     footprint = video.attention_footprint(model, (h, h))
     predicted_ours = video.store_bytes_per_frame(footprint, fused, 2) * args.frames
     fps = args.frames / (measured[False]["invert_s"] + measured[False]["edit_s"])

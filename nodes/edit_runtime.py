@@ -16,7 +16,7 @@ import latent_preview
 import torch
 
 from ..contextdiff.attention import AttentionEditor, AttentionStore, token_alignment
-from ..contextdiff.editing import StepIndex, fused_steps, latent_blend, trajectory_recorder  # noqa: F401
+from ..contextdiff.editing import StepIndex, fused_steps, latent_blend, trajectory_recorder
 from .sampler_function import INVERT, contextdiff_ksampler
 
 

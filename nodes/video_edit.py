@@ -9,6 +9,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..contextdiff.editing import fused_steps
 from ..contextdiff.video import VideoError, read_video, safe_input_path, write_video
 from . import edit_runtime
 from .types import Adapter
@@ -134,7 +135,7 @@ class ContextDiffVideoEdit(io.ComfyNode):
             raise VideoError("the video has no frames: pick another clip")
         n = frames.shape[0]
         h, w = frames.shape[1] // 8, frames.shape[2] // 8
-        fused = len(edit_runtime.fused_steps(steps, fuse_start))
+        fused = len(fused_steps(steps, fuse_start))
         per_frame = store_bytes_per_frame(attention_footprint(model, (h, w)), fused, 2)
         per_frame += (steps + 2) * 4 * h * w * 4 + frames[0].numel() * 4 * 2   # trajectory + frames in and out
         budget = memory_limit_gb * 1e9 if memory_limit_gb > 0 else \

@@ -36,6 +36,16 @@ def valid_video(tmp_path_factory):
     return path.read_bytes()
 
 
+def _mutate(data, raw: bytes, max_edits: int) -> bytes:
+    """Up to ``max_edits`` random byte changes, then maybe a truncation: drawn by hypothesis."""
+    raw = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, max_edits))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    return bytes(raw)
+
+
 def _forge(data: bytes, edit) -> bytes:
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
@@ -71,14 +81,8 @@ def test_forged_adapter_headers(tmp_path, valid_adapter, case, forge, message):
 @given(data=st.data())
 def test_fuzz_adapter_reader(tmp_path, valid_adapter, data):
     """Random byte edits and truncations: a clear AdapterFileError or a valid adapter, never a crash."""
-    raw = bytearray(valid_adapter)
-    for _ in range(data.draw(st.integers(1, 8))):
-        pos = data.draw(st.integers(0, len(raw) - 1))
-        raw[pos] = data.draw(st.integers(0, 255))
-    if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(0, len(raw)))]
     path = tmp_path / "mutant.safetensors"
-    path.write_bytes(bytes(raw))
+    path.write_bytes(_mutate(data, valid_adapter, 8))
     try:
         adapter, _ = load_adapter(path)
     except AdapterFileError:
@@ -91,14 +95,8 @@ def test_fuzz_adapter_reader(tmp_path, valid_adapter, data):
 @given(data=st.data())
 def test_fuzz_video_reader(tmp_path, valid_video, data):
     """Random byte edits and truncations of a real mp4: VideoError or frames, never a crash or a hang."""
-    raw = bytearray(valid_video)
-    for _ in range(data.draw(st.integers(1, 16))):
-        pos = data.draw(st.integers(0, len(raw) - 1))
-        raw[pos] = data.draw(st.integers(0, 255))
-    if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(0, len(raw)))]
     path = tmp_path / "mutant.mp4"
-    path.write_bytes(bytes(raw))
+    path.write_bytes(_mutate(data, valid_video, 16))
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=_read(path)), daemon=True)
     worker.start()
