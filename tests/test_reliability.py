@@ -285,3 +285,40 @@ def test_load_fifty_mixed_prompts(server, adapters, media):
     assert rss_end - rss_after_10 < 400, (rss_start, rss_after_10, rss_end)
     (server.workdir / "load.json").write_text(json.dumps({"prompts": len(ids), "rss_start_mb": rss_start,
                                                           "rss_after_10_mb": rss_after_10, "rss_end_mb": rss_end}))
+
+
+def test_missing_adapter_file(server, adapters):
+    """A file listed by the loader but gone by the time it runs (or never there) is named, with the fix."""
+    import shutil
+
+    from comfy_host import PromptError
+    shutil.copy(adapters / "gentle.safetensors", adapters / "vanishing.safetensors")
+    server.get("/object_info/ContextDiffAdapterLoader")       # listed
+    prompt = _sampler_prompt(adapter="vanishing.safetensors", seed=7)
+    (adapters / "vanishing.safetensors").unlink()
+    with pytest.raises((PromptError, RuntimeError)) as err:
+        server.run(prompt)
+    assert "vanishing.safetensors" in str(err.value)
+    server.run(_sampler_prompt(seed=8))
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("adapter_strength", 50.0), ("eta", -1.0)])
+def test_absurd_parameters_are_refused_by_name(server, adapters, field, value):
+    prompt = _sampler_prompt(seed=9)
+    prompt["sampler"]["inputs"][field] = value
+    with pytest.raises(RuntimeError) as err:
+        server.queue(prompt)
+    assert "400" in str(err.value) and field in str(err.value)
+
+
+def test_fuse_ratio_outside_unit_interval_is_refused(server, adapters, media):
+    from test_host_editing import base_nodes
+    p = base_nodes("chelsea.png")
+    p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
+        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": 3,
+        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 1.5, "refine_steps": 0,
+        "store_precision": "fp16", "adapter_strength": 1.0}}
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_fuse"}}
+    with pytest.raises(RuntimeError) as err:
+        server.queue(p)
+    assert "fuse_start" in str(err.value)

@@ -53,6 +53,8 @@ def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: di
     """Write the state of ``step`` and point ``state/latest`` at it."""
     root = Path(output_dir) / "state"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):   # half-written by a run that was killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=root))
     try:

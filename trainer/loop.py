@@ -67,8 +67,10 @@ def train(cfg, task_factory) -> dict:
                 print(f"[trainer] resumed from step {start} in {out / 'state'}")
     model = DistributedDataParallel(task) if env.world > 1 else task
     log_path = out / "log.jsonl"
-    if env.main and start == 0 and log_path.exists():
-        log_path.unlink()
+    if env.main and log_path.exists():
+        # A fresh run starts a new log; a resumed one drops what was logged after its checkpoint.
+        kept = [line for line in log_path.read_text().splitlines() if start and json.loads(line)["step"] <= start]
+        log_path.write_text("".join(line + "\n" for line in kept))
 
     def save(step):
         if env.main:
