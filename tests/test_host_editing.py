@@ -38,6 +38,14 @@ def base_nodes(image: str) -> dict:
     }
 
 
+def inversion_node(steps=STEPS, refine=0, precision="fp32", fuse_start=0.5) -> dict:
+    """ContextDiffDDIMInversion of the encoded picture with the source prompt (nodes of base_nodes)."""
+    return {"class_type": "ContextDiffDDIMInversion", "inputs": {
+        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": steps,
+        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": fuse_start, "refine_steps": refine,
+        "store_precision": precision, "adapter_strength": 1.0}}
+
+
 _n = [0]
 
 
@@ -46,10 +54,7 @@ def run_edit(server, image, target=SRC, blend="", fuse=True, refine=0, adapter=N
     _n[0] += 1
     p = base_nodes(image)
     p["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": target, "clip": ["clip", 0]}}
-    p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
-        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": STEPS,
-        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 0.5, "refine_steps": refine,
-        "store_precision": "fp32", "adapter_strength": 1.0}}
+    p["inv"] = inversion_node(refine=refine)
     p["edit"] = {"class_type": "ContextDiffEditSampler", "inputs": {
         "model": ["model", 0], "edit_source": ["inv", 1], "positive": ["tgt", 0], "negative": ["neg", 0],
         "cfg": cfg, "clip": ["clip", 0], "source_prompt": SRC, "target_prompt": target, "blend_words": blend,

@@ -214,13 +214,10 @@ def _interrupt_during(server, prompt):
 
 
 def test_interrupt_inversion_and_video_edit_leaves_nothing(server, adapters, media):
-    from test_host_editing import base_nodes, video_prompt
+    from test_host_editing import base_nodes, inversion_node, video_prompt
     before = set(server.output_dir.rglob("*"))
     p = base_nodes("chelsea.png")
-    p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
-        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": 1000,
-        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 0.5, "refine_steps": 0,
-        "store_precision": "fp16", "adapter_strength": 1.0}}
+    p["inv"] = inversion_node(steps=1000, precision="fp16")
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_inv"}}
     _interrupt_during(server, p)
     v = video_prompt("clip.mp4", 6, prefix="never_video")
@@ -240,16 +237,13 @@ def _rss_mb(pid: int) -> float:
 
 def test_load_fifty_mixed_prompts(server, adapters, media):
     """50 prompts queued at once (sampling, inversion + edit, a short video edit) on loopback."""
-    from test_host_editing import base_nodes, video_prompt
+    from test_host_editing import base_nodes, inversion_node, video_prompt
     from test_host_samplers import core
 
     def edit_prompt(i):
         p = base_nodes("chelsea.png")
         p["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": f"a dog number {i}", "clip": ["clip", 0]}}
-        p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
-            "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": 3,
-            "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 0.5, "refine_steps": 0,
-            "store_precision": "fp16", "adapter_strength": 1.0}}
+        p["inv"] = inversion_node(steps=3, precision="fp16")
         p["edit"] = {"class_type": "ContextDiffEditSampler", "inputs": {
             "model": ["model", 0], "edit_source": ["inv", 1], "positive": ["tgt", 0], "negative": ["neg", 0],
             "cfg": 2.0, "clip": ["clip", 0], "source_prompt": "a cat", "target_prompt": f"a dog number {i}",
@@ -312,12 +306,9 @@ def test_absurd_parameters_are_refused_by_name(server, adapters, field, value):
 
 
 def test_fuse_ratio_outside_unit_interval_is_refused(server, adapters, media):
-    from test_host_editing import base_nodes
+    from test_host_editing import base_nodes, inversion_node
     p = base_nodes("chelsea.png")
-    p["inv"] = {"class_type": "ContextDiffDDIMInversion", "inputs": {
-        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": 3,
-        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": 1.5, "refine_steps": 0,
-        "store_precision": "fp16", "adapter_strength": 1.0}}
+    p["inv"] = inversion_node(steps=3, precision="fp16", fuse_start=1.5)
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_fuse"}}
     with pytest.raises(RuntimeError) as err:
         server.queue(p)
