@@ -65,13 +65,14 @@ def test_video_attention_is_causal_within_window():
     changed = frames.clone()
     changed[2] += 1.0
     diff = (a(changed, text, t) - base).abs().amax(dim=(1, 2, 3))
-    assert diff[:2].max() == 0, "earlier frames must not see a later one"
+    # Same module, same shapes: unaffected frames agree to rounding, affected ones move by > 1e-4.
+    assert diff[:2].max() <= 1e-6, "earlier frames must not see a later one"
     assert (diff[2:5] > 1e-4).all(), "frames 2..4 have frame 2 in their 3-frame window"
-    assert diff[5] == 0, "frame 5's window (3..5) excludes frame 2 with one block"
+    assert diff[5] <= 1e-6, "frame 5's window (3..5) excludes frame 2 with one block"
     # The image adapter has no temporal path: frames are independent.
     img = live_adapter()
     d_img = (img(changed, text, t) - img(frames, text, t)).abs().amax(dim=(1, 2, 3))
-    assert d_img[2] > 0 and d_img[[0, 1, 3, 4, 5]].max() == 0
+    assert d_img[2] > 1e-4 and d_img[[0, 1, 3, 4, 5]].max() <= 1e-6
 
 
 def test_file_round_trip(tmp_path):
@@ -83,7 +84,8 @@ def test_file_round_trip(tmp_path):
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     x, text = torch.randn(3, 4, 8, 8), torch.randn(1, 77, 768)
-    assert torch.equal(a(x, text, torch.tensor(5.0)), b(x, text, torch.tensor(5.0)))
+    # Two module instances: kernels may sum in another order on another CPU (AVX-512 or not).
+    torch.testing.assert_close(a(x, text, torch.tensor(5.0)), b(x, text, torch.tensor(5.0)), rtol=1e-5, atol=1e-6)
     assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temporary file"
 
 

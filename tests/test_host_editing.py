@@ -148,7 +148,7 @@ def test_video_edit_temporal_attention_links_frames(server):
     # Frames 1..5 are identical inputs in both videos: without temporal attention (chunks of one
     # frame) their edits are identical; with it, each attends to frame 0 and changes with it.
     assert linked[0] > 0 and alone[0] > 0
-    assert (alone[1:] == 0).all(), alone
+    assert (alone[1:] <= 1e-5).all(), alone  # equal up to an 8-bit rounding flip, not bitwise
     assert (linked[1:] > 1e-4).all(), linked
 
 

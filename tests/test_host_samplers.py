@@ -145,7 +145,8 @@ def test_ddpm_fixed_seed_reproduces(server, adapters):
     server.post("/free", {"free_memory": True})  # drop ComfyUI's cache so the sampler really re-runs
     time.sleep(0.5)
     second = run_latent(server, graph(ours("ddpm"), adapter="live.safetensors"))
-    assert torch.equal(first, second)
+    # Two runs: same seed, same noise; equal to rounding (no bitwise claim across runs).
+    assert rel_err(second, first) <= 1e-6
 
 
 def test_sampler_for_sampler_custom(server, adapters):
