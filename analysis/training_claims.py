@@ -38,7 +38,7 @@ def train(out: Path, use_bias: str, seed: int, steps: int):
 
 
 def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
-    from contextdiff.comfy_bridge import load_joint
+    from contextdiff.joint_model import load_joint
     from contextdiff.likelihood import variational_bound
     from contextdiff.schedule import k_coefficient
     from trainer.joint import load_digits_tensor, split_digits

@@ -8,7 +8,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..contextdiff.comfy_bridge import load_joint
+from ..contextdiff.joint_model import load_joint
 from .paths import FOLDER
 from .types import Adapter, Classes, LoadedAdapter
 

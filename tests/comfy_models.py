@@ -76,7 +76,7 @@ def build_tiny_clip(seed: int = 0, layers: int = 2):
     import comfy.sd1_clip
     import comfy.supported_models_base
 
-    from contextdiff.comfy_bridge import reset_parameters
+    from contextdiff.joint_model import reset_parameters
 
     with open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")) as f:
         config = json.load(f)
@@ -99,7 +99,7 @@ def build_tiny_vae(seed: int = 0):
     import comfy.sd
     import comfy.taesd.taesd
 
-    from contextdiff.comfy_bridge import reset_parameters
+    from contextdiff.joint_model import reset_parameters
 
     taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
     reset_parameters(taesd, seed)
@@ -126,7 +126,7 @@ def build_tiny_controlnet(seed: int = 0, model_channels: int = 32, context_dim: 
     import comfy.model_management
     import comfy.ops
 
-    from contextdiff.comfy_bridge import reset_parameters
+    from contextdiff.joint_model import reset_parameters
 
     cfg = sd15_unet_config(model_channels, context_dim)
     for key in ("out_channels", "transformer_depth_output", "use_temporal_attention", "use_temporal_resblock"):

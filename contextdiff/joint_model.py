@@ -1,4 +1,4 @@
-"""What needs ComfyUI's model classes: the joint (from-scratch) denoiser and its checkpoint.
+"""The joint model: a pixel-space x0-prediction denoiser (ComfyUI's UNetModel), its class tokens and checkpoint.
 
 Importable without ComfyUI; the functions import ``comfy`` when called. The joint model is a
 ComfyUI ``UNetModel`` that predicts ``x0`` (paper Eq. 6) in pixel space, wrapped as a ComfyUI
