@@ -9,6 +9,13 @@ sys.path.insert(0, str(TESTS.parent))
 sys.path.insert(0, str(TESTS.parent / "scripts"))
 
 
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs the ComfyUI server (directly or through a fixture) as ``host``."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.host)
+
+
 @pytest.fixture(scope="session")
 def comfy_inprocess():
     """ComfyUI's modules imported in this process, on the CPU."""

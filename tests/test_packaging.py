@@ -1,15 +1,78 @@
-"""The pack is installable: Comfy Registry metadata and requirements agree."""
+"""The pack is installable: Comfy Registry metadata, the requirements files and the imports agree.
 
+pyproject.toml declares the dependencies once; requirements*.txt are written from it by
+scripts/sync_requirements.py for ComfyUI-Manager and ``pip install -r``.
+"""
+
+import ast
 import re
+import sys
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# What the pack ships: ComfyUI loads __init__.py and nodes/, users run python -m trainer.train.
+SHIPPED = [ROOT / "__init__.py", ROOT / "contextdiff", ROOT / "nodes", ROOT / "trainer"]
+# Modules the ComfyUI host brings (its own tree, and torch with what torch requires).
+HOST_MODULES = {
+    "comfy",
+    "comfy_api",
+    "comfy_execution",
+    "comfy_extras",
+    "folder_paths",
+    "latent_preview",
+    "node_helpers",
+    "torch",
+    "torchvision",
+    "typing_extensions",
+}
+FIRST_PARTY = {"contextdiff", "nodes", "trainer"}
+
+
+def requirement_set(lines: list[str]) -> dict[str, str]:
+    """Canonical distribution name -> specifier of each requirement line (comments and blanks skipped)."""
+    reqs = [Requirement(line.split("#")[0].strip()) for line in lines if line.split("#")[0].strip()]
+    out = {canonicalize_name(r.name): str(r.specifier) for r in reqs}
+    assert len(out) == len(reqs), f"a dependency is declared twice in {lines}"
+    return out
+
+
+def file_requirements(name: str) -> dict[str, str]:
+    return requirement_set((ROOT / name).read_text().splitlines())
+
+
+def third_party_imports(paths: list[Path]) -> dict[str, set[str]]:
+    """Top-level module imported -> files importing it, for absolute imports outside the standard library."""
+    found: dict[str, set[str]] = {}
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*.py")))]
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            where = str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f)
+            for top in {n.split(".")[0] for n in names}:
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                    found.setdefault(top, set()).add(where)
+    return found
+
+
+def distribution_of(module: str) -> str | None:
+    dists = packages_distributions().get(module)
+    return canonicalize_name(dists[0]) if dists else None
 
 
 def test_pyproject_is_registry_ready():
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    project, comfy = data["project"], data["tool"]["comfy"]
+    project, comfy = PYPROJECT["project"], PYPROJECT["tool"]["comfy"]
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]{0,98}", project["name"]) and "comfyui" not in project["name"].lower()
     assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
     assert (ROOT / project["license"]["file"]).is_file()
@@ -17,11 +80,69 @@ def test_pyproject_is_registry_ready():
     assert comfy["PublisherId"] and comfy["DisplayName"]
     version = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", comfy["requires-comfyui"])
     assert version and tuple(map(int, version.groups())) >= (0, 3, 75)
-    reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert sorted(r for r in reqs if r) == sorted(project["dependencies"])
 
 
 def test_version_is_single_sourced():
     import contextdiff
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert contextdiff.__version__ == data["project"]["version"]
+
+    assert contextdiff.__version__ == PYPROJECT["project"]["version"]
+
+
+@pytest.mark.parametrize(
+    "filename, declared",
+    [
+        ("requirements.txt", PYPROJECT["project"]["dependencies"]),
+        ("requirements-dev.txt", PYPROJECT["project"]["optional-dependencies"]["dev"]),
+    ],
+)
+def test_requirements_files_agree_with_pyproject(filename, declared):
+    assert file_requirements(filename) == requirement_set(declared), (
+        f"{filename} and pyproject.toml disagree: edit pyproject.toml, then run python scripts/sync_requirements.py"
+    )
+
+
+def test_dev_tools_do_not_repeat_runtime_dependencies():
+    runtime = requirement_set(PYPROJECT["project"]["dependencies"])
+    dev = requirement_set(PYPROJECT["project"]["optional-dependencies"]["dev"])
+    assert not runtime.keys() & dev.keys()
+
+
+def test_sync_script_reports_a_stale_requirements_file(tmp_path):
+    """The generator's output parses back to pyproject's lists, and it sees a difference."""
+    from sync_requirements import rendered
+
+    texts = rendered()
+    assert requirement_set(texts["requirements.txt"].splitlines()) == file_requirements("requirements.txt")
+    changed = tmp_path / "pyproject.toml"
+    changed.write_text((ROOT / "pyproject.toml").read_text().replace('"tqdm>=4.66"', '"tqdm>=9"'))
+    assert rendered(changed)["requirements.txt"] != texts["requirements.txt"]
+
+
+def test_every_shipped_import_is_declared():
+    """A module the pack imports is a runtime dependency, or the ComfyUI host brings it."""
+    runtime = set(requirement_set(PYPROJECT["project"]["dependencies"]))
+    undeclared = {}
+    for module, files in third_party_imports(SHIPPED).items():
+        if module in HOST_MODULES:
+            continue
+        dist = distribution_of(module)
+        if dist is None or dist not in runtime:
+            undeclared[module] = sorted(files)
+    assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
+
+
+def test_import_scan_sees_an_undeclared_module(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("import os\nimport hypothesis.strategies\nfrom .sibling import x\nfrom contextdiff import bias\n")
+    found = third_party_imports([source])
+    assert set(found) == {"hypothesis"}
+    assert distribution_of("hypothesis") not in set(requirement_set(PYPROJECT["project"]["dependencies"]))
+
+
+# strict: once kornia is imported (or removed from pyproject) this xfail fails, and the marker goes.
+@pytest.mark.xfail(strict=True, reason="kornia is declared and not imported yet (issue 13 item 6: use it or drop it)")
+def test_every_runtime_dependency_is_used():
+    """A declared dependency that nothing imports only costs users an install."""
+    imported = {distribution_of(m) for m in third_party_imports(SHIPPED)}
+    unused = set(requirement_set(PYPROJECT["project"]["dependencies"])) - imported
+    assert not unused, f"declared in pyproject.toml but never imported by the pack: {sorted(unused)}"
