@@ -1,1 +1,2 @@
-"""Numerical checks of the paper's analytical claims (not imported by the node pack)."""
+"""Numerical checks of the paper's claims, and the tools of its evaluation protocol (CLIP metrics of
+edited videos, ``clip_metrics``); not imported by the node pack."""

@@ -7,7 +7,7 @@ that consecutive pairs miss). Scores are raw cosines in [-1, 1], not multiplied 
 
 Nothing is downloaded: CLIP weights are a local file the user gives. Usage::
 
-    python -m contextdiff.metrics edited.mp4 --prompt "a jeep in the snow" --clip-weights ViT-B-32.pt
+    python -m analysis.clip_metrics edited.mp4 --prompt "a jeep in the snow" --clip-weights ViT-B-32.pt
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def clip_temporal_scores(frame_emb: torch.Tensor) -> dict:
 
 def evaluate_video(path, prompt: str, model, tokenizer, max_frames: int | None = None) -> dict:
     """All three Table 2 scores for one video file."""
-    from .video import read_video
+    from media.video import read_video
 
     frames, fps = read_video(path, max_frames=max_frames)
     emb = image_embeddings(model, frames)
@@ -256,7 +256,7 @@ def evaluate_video(path, prompt: str, model, tokenizer, max_frames: int | None =
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m contextdiff.metrics",
+        prog="python -m analysis.clip_metrics",
         description="CLIP-Text and CLIP-Temp of an edited video (the paper's Table 2 protocol). "
                     "Scores are mean cosine similarities in [-1, 1].",
         epilog="No weights are downloaded: get a CLIP checkpoint yourself (for example OpenAI's "
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
-    from .video import VideoError
+    from media.video import VideoError
 
     try:
         model, tokenizer = load_clip(args.model, args.clip_weights, args.device)

@@ -48,8 +48,8 @@ def main(argv=None):
     video_edit = importlib.import_module(pack.__name__ + ".nodes.video_edit")
     types_ = importlib.import_module(pack.__name__ + ".nodes.types")
     from contextdiff.adapter_io import load_adapter
-    from contextdiff.video import read_video
-    from contextdiff.metrics import clip_temporal_scores, clip_text_score, image_embeddings, load_clip, text_embedding
+    from media.video import read_video
+    from analysis.clip_metrics import clip_temporal_scores, clip_text_score, image_embeddings, load_clip, text_embedding
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..contextdiff.editing import fused_steps
-from ..contextdiff.video import VideoError, read_video, safe_input_path, write_video
+from ..media.video import VideoError, read_video, safe_input_path, write_video
 from . import edit_runtime
 from .types import Adapter
 

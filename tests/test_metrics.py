@@ -1,4 +1,4 @@
-"""contextdiff.metrics against an independent computation, with a tiny randomly initialised CLIP.
+"""analysis.clip_metrics against an independent computation, with a tiny randomly initialised CLIP.
 
 The tiny model average-pools its patch tokens so that, even untrained, different frames get
 measurably different embeddings (a class-token readout of a random 1-layer ViT barely sees the
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from contextdiff.metrics import (MetricsError, clip_temporal_scores, clip_text_score, image_embeddings,
+from analysis.clip_metrics import (MetricsError, clip_temporal_scores, clip_text_score, image_embeddings,
                                  load_clip, main, text_embedding)
-from contextdiff.video import read_video, write_video
+from media.video import read_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -203,7 +203,7 @@ def test_cli_end_to_end(tmp_path, tiny, frames):
     cfg.write_text(json.dumps(TINY))
     prompt = "a big rabbit in a forest"
     proc = subprocess.run(
-        [sys.executable, "-m", "contextdiff.metrics", str(clip), "--prompt", prompt,
+        [sys.executable, "-m", "analysis.clip_metrics", str(clip), "--prompt", prompt,
          "--clip-weights", str(weights), "--model", str(cfg), "--max-frames", "6", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from contextdiff.adapter import AdapterConfig, ContextAdapter
 from contextdiff.adapter_io import AdapterFileError, atomic_save_file, load_adapter, save_adapter
-from contextdiff.video import VideoError, read_video, write_video
+from media.video import VideoError, read_video, write_video
 
 
 @pytest.fixture(scope="module")

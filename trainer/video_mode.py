@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from contextdiff.video import read_video
+from media.video import read_video
 
 from . import plots
 from .adapter_mode import FrozenBaseTask
