@@ -44,12 +44,13 @@ def run(*args, check=True, timeout=600):
 def test_help_explains_every_option():
     import dataclasses
 
-    from trainer.config import TrainConfig
+    from trainer.config import MODES, TrainConfig
     out = subprocess.run(train_cmd("--help"), cwd=ROOT, env=env(), capture_output=True, text=True).stdout
     flat = "".join(out.split())  # argparse wraps lines (also at hyphens): compare without whitespace
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}" in flat, f.name
-        assert "".join(f"{f.metadata['help']} (default: {f.default})".split()) in flat, f.name
+        where = "" if tuple(f.metadata["modes"]) == MODES else f"[{', '.join(f.metadata['modes'])}]"
+        assert "".join(f"{where}{f.metadata['help']} (default: {f.default})".split()) in flat, f.name
 
 
 def test_joint_mode_writes_everything(tmp_path):

@@ -1,4 +1,8 @@
-"""Training configuration: one flat dataclass, loaded from YAML, any key overridable on the CLI."""
+"""Training configuration: one flat dataclass, loaded from YAML, any key overridable on the CLI.
+
+Each option names the modes it means something for; the adapter's stored training config keeps
+only those (an adapter-mode file carries no joint-mode ``context_dim``).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,25 @@ from pathlib import Path
 
 import yaml
 
+MODES = ("joint", "adapter", "video")
+BASE_MODES = ("adapter", "video")   # a frozen ComfyUI base model
 
-def opt(default, help_text: str, choices=None):
-    return field(default=default, metadata={"help": help_text, "choices": choices})
+
+class ConfigError(ValueError):
+    """A bad option; the message says which and what to give instead."""
+
+
+def opt(default, help_text: str, choices=None, modes: tuple[str, ...] = MODES):
+    return field(default=default, metadata={"help": help_text, "choices": choices, "modes": modes})
 
 
 @dataclass
 class TrainConfig:
     # What to train
     mode: str = opt("joint", "joint: denoiser + adapter from scratch (Eq. 6); adapter: adapter for a frozen "
-                    "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2)",
-                    ["joint", "adapter", "video"])
-    output_dir: str = opt("runs/contextdiff", "where checkpoints, logs and plots go")
-    name: str = opt("contextdiff", "file name stem of the adapter/joint checkpoint")
+                    "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2)", list(MODES))
+    output_dir: str = opt("", "where checkpoints, logs and plots go; empty: runs/<name>")
+    name: str = opt("contextdiff", "file name stem of the adapter/joint checkpoint: <output_dir>/<name>.safetensors")
     seed: int = opt(0, "seed of initialisation, data order, timesteps and noise")
     steps: int = opt(2000, "optimisation steps")
     batch_size: int = opt(64, "samples per step (per process under torchrun)")
@@ -43,54 +53,99 @@ class TrainConfig:
     adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)")
     adapter_heads: int = opt(8, "attention heads")
     adapter_patch: int = opt(2, "latent patch size of the visual tokens")
-    temporal_window: int = opt(3, "frames in the temporal causal attention (video)")
+    temporal_window: int = opt(3, "frames in the temporal causal attention", modes=("video",))
+    # Data
+    dataset: str = opt("digits", "joint: 'digits' (scikit-learn); adapter: a folder of images with .txt captions "
+                       "or a .jsonl file of {image, caption}", modes=("joint", "adapter"))
+    image_size: int = opt(8, "joint: training resolution in pixels; adapter/video: image side before VAE encoding")
     # joint mode
-    dataset: str = opt("digits", "joint: 'digits' (scikit-learn) ; adapter: a folder of images with .txt captions "
-                       "or a .jsonl file of {image, caption}")
-    image_size: int = opt(8, "joint: training resolution in pixels; adapter: image side before VAE encoding")
-    unet_channels: int = opt(48, "joint: UNet model_channels")
-    context_dim: int = opt(64, "joint: class-token width")
-    class_dropout: float = opt(0.1, "joint: probability of the null class (for classifier-free guidance)")
-    val_fraction: float = opt(0.0, "joint: share of the digits held out for validation (fixed split)")
-    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)")
-    # adapter mode
-    checkpoint: str = opt("", "adapter/video: a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)")
-    base_factory: str = opt("", "adapter/video: 'module:function' returning a base model bundle instead of "
-                            "a checkpoint (research, tests)")
-    lora_rank: int = opt(0, "adapter: also train LoRA of this rank on the UNet's attention (0 = off)")
-    on_bad_data: str = opt("skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"])
-    cache_latents: bool = opt(False, "encode images and captions once and keep them (memory for speed)")
-    # video mode
-    video: str = opt("", "video: path of the source video")
-    prompt: str = opt("", "video: the source prompt")
-    frames: int = opt(8, "video: frames per clip (Table 8: 8-24)")
-    frame_stride: int = opt(2, "video: sampling rate, keep every n-th frame (Table 8: 2)")
+    unet_channels: int = opt(48, "UNet model_channels", modes=("joint",))
+    context_dim: int = opt(64, "class-token width", modes=("joint",))
+    class_dropout: float = opt(0.1, "probability of the null class (for classifier-free guidance)", modes=("joint",))
+    val_fraction: float = opt(0.0, "share of the digits held out for validation (fixed split)", modes=("joint",))
+    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)", modes=("joint",))
+    sample_classes: int = opt(10, "classes in the preview grid", modes=("joint",))
+    # A frozen base model (adapter and video modes)
+    checkpoint: str = opt("", "a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)", modes=BASE_MODES)
+    base_factory: str = opt("", "'module:function' returning a base model bundle instead of a checkpoint "
+                            "(research, tests)", modes=BASE_MODES)
+    lora_rank: int = opt(0, "also train LoRA of this rank on the UNet's attention (0 = off)", modes=BASE_MODES)
+    on_bad_data: str = opt("skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"],
+                           modes=("adapter",))
+    cache_latents: bool = opt(False, "encode images and captions once and keep them (memory for speed)",
+                              modes=("adapter",))
+    # video mode: the first `frames` frames at `frame_stride` are read, encoded and tuned on
+    video: str = opt("", "path of the source video", modes=("video",))
+    prompt: str = opt("", "the source prompt", modes=("video",))
+    frames: int = opt(8, "frames of the clip (Table 8: 8-24); only these are decoded", modes=("video",))
+    frame_stride: int = opt(2, "sampling rate, keep every n-th frame (Table 8: 2)", modes=("video",))
+    # Previews (samples.png at each checkpoint); on a CPU they can cost more than the training
+    preview_count: int = opt(4, "pictures in samples.png: adapter images, joint samples per class, video frames "
+                             "(0 = no preview)")
+    preview_steps: int = opt(12, "DDIM steps of each preview")
+    preview_size: int = opt(0, "preview image side in pixels (0 = image_size)", modes=BASE_MODES)
     # Runtime
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     precision: str = opt("fp32", "autocast precision on CUDA", ["fp32", "bf16", "fp16"])
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     save_every: int = opt(500, "checkpoint (and plots) every n steps; always at the end")
     log_every: int = opt(10, "log line every n steps")
-    sample_classes: int = opt(10, "joint: classes in the sample grid")
     resume: bool = opt(False, "continue from output_dir/state if present")
 
     def validate(self) -> "TrainConfig":
+        """Check the values (not the files: see :meth:`check_inputs`); fills ``output_dir``."""
         for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if not _has_type(value, kind):
+                raise ConfigError(f"{f.name}={value!r}: expected a {kind.__name__}")
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: choose one of {choices}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be at least 1")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}={value!r}: choose one of {choices}")
+        for key in ("steps", "batch_size", "preview_steps", "save_every", "log_every", "frames", "frame_stride",
+                    "image_size", "adapter_dim", "adapter_depth", "adapter_heads", "adapter_patch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
+        for key in ("preview_count", "preview_size", "lora_rank", "warmup_steps", "val_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be 0 or more")
+        if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
+            raise ConfigError(f"name={self.name!r}: give a file name stem without folders; --output_dir sets the folder")
+        if not self.output_dir:
+            self.output_dir = str(Path("runs") / self.name)
         if self.mode == "joint" and self.unet_channels % 32:
-            raise ValueError(f"unet_channels={self.unet_channels}: the UNet's GroupNorm needs a multiple of 32")
-        if self.mode in ("adapter", "video") and not (self.checkpoint or self.base_factory):
-            raise ValueError(f"mode {self.mode} needs --checkpoint (a ComfyUI checkpoint file) or --base_factory")
+            raise ConfigError(f"unet_channels={self.unet_channels}: the UNet's GroupNorm needs a multiple of 32")
+        if self.mode in BASE_MODES and not (self.checkpoint or self.base_factory):
+            raise ConfigError(f"mode {self.mode} needs --checkpoint (a ComfyUI checkpoint file) or --base_factory")
         if self.mode == "video" and not (self.video and self.prompt):
-            raise ValueError("mode video needs --video PATH and --prompt TEXT")
+            raise ConfigError("mode video needs --video PATH and --prompt TEXT")
         return self
 
+    def check_inputs(self) -> "TrainConfig":
+        """The files this run reads exist, checked before ComfyUI or any model is loaded."""
+        wanted = {"checkpoint": self.checkpoint if self.mode in BASE_MODES and not self.base_factory else "",
+                  "video": self.video if self.mode == "video" else "",
+                  "dataset": self.dataset if self.mode == "adapter" else ""}
+        for key, path in wanted.items():
+            if path and not Path(path).exists():
+                raise ConfigError(f"--{key} {path} does not exist; give the path of an existing "
+                                  f"{'folder or .jsonl file' if key == 'dataset' else 'file'}")
+        return self
+
+    @property
+    def export_path(self) -> Path:
+        """Where the adapter (or joint checkpoint) is written: what the nodes and the demo load."""
+        return Path(self.output_dir) / f"{self.name}.safetensors"
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options that mean something for this run's mode, with the values it uses."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if self.mode in f.metadata["modes"]}
+
+
+def _has_type(value, kind: type) -> bool:
+    """YAML gives ints where floats are meant (``lr: 1``); a bool is never a number here."""
+    if isinstance(value, bool) != (kind is bool):
+        return False
+    return isinstance(value, kind) or kind is float and isinstance(value, int)
 
 
 def _parse_bool(s: str) -> bool:
@@ -101,25 +156,34 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def help_line(f: dataclasses.Field) -> str:
+    """``--help`` text of one option: the modes it applies to (when not all), its help and default."""
+    modes = f.metadata["modes"]
+    where = "" if tuple(modes) == MODES else f"[{', '.join(modes)}] "
+    return f"{where}{f.metadata['help']} (default: {f.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.train",
         description="Train a ContextDiff adapter (or a joint denoiser + adapter) and write checkpoints that "
                     "the ComfyUI nodes load. Every option can also be a key of the --config YAML file; "
-                    "the command line wins.",
+                    "the command line wins. [modes] marks options used only by those modes.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with any of the keys below (recipes in trainer/configs/)")
     for f in dataclasses.fields(TrainConfig):
         kind = {bool: _parse_bool, int: int, float: float, str: str}[type(f.default)]
-        p.add_argument(f"--{f.name}", type=kind, default=None, choices=f.metadata.get("choices"),
-                       help=f"{f.metadata['help']} (default: {f.default})")
+        p.add_argument(f"--{f.name}", type=kind, default=None, choices=f.metadata.get("choices"), help=help_line(f))
     return p
 
 
 def load_config(argv=None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     values = {}
     if args.config:
+        if not Path(args.config).is_file():
+            raise SystemExit(f"--config {args.config} does not exist; recipes are in trainer/configs/")
         data = yaml.safe_load(Path(args.config).read_text()) or {}
         unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:

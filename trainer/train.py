@@ -11,7 +11,7 @@ import json
 import sys
 
 from .comfy_env import ensure_comfy_importable
-from .config import load_config
+from .config import ConfigError, load_config
 
 
 def task_factory(cfg, device):
@@ -26,7 +26,11 @@ def task_factory(cfg, device):
 
 
 def main(argv=None) -> int:
-    cfg = load_config(argv)
+    try:
+        cfg = load_config(argv).check_inputs()
+    except ConfigError as e:   # one sentence, before ComfyUI or a model is loaded
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ensure_comfy_importable(cpu=cfg.device == "cpu" or cfg.device == "auto" and not _cuda())
     from .loop import train
 
