@@ -17,8 +17,10 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# What the pack ships: ComfyUI loads __init__.py and nodes/, users run python -m trainer.train.
-SHIPPED = [ROOT / "__init__.py", ROOT / "contextdiff", ROOT / "nodes", ROOT / "trainer"]
+# What the pack ships: ComfyUI loads __init__.py (and nodes/), users run python -m trainer.train and the
+# README's analysis CLIs (CLIP metrics of a video, ...); with them every package of this repository they
+# import (shipped_files follows the imports). bench/, scripts/ and tests/ are development tools.
+ENTRY_POINTS = ["__init__.py", "nodes", "trainer", "analysis"]
 # Modules the ComfyUI host brings (its own tree, and torch with what torch requires).
 HOST_MODULES = {
     "comfy",
@@ -32,7 +34,7 @@ HOST_MODULES = {
     "torchvision",
     "typing_extensions",
 }
-FIRST_PARTY = {"contextdiff", "nodes", "trainer"}
+FIRST_PARTY = {d.name for d in ROOT.iterdir() if (d / "__init__.py").is_file()}
 
 
 def requirement_set(lines: list[str]) -> dict[str, str]:
@@ -47,22 +49,43 @@ def file_requirements(name: str) -> dict[str, str]:
     return requirement_set((ROOT / name).read_text().splitlines())
 
 
-def third_party_imports(paths: list[Path]) -> dict[str, set[str]]:
-    """Top-level module imported -> files importing it, for absolute imports outside the standard library."""
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names ``path`` imports; relative imports resolved against the repository root."""
+    inside = path.is_relative_to(ROOT)
+    package = list(path.relative_to(ROOT).parts[:-1]) if inside else []
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            tops |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (inside or not node.level):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            parts = base + (node.module.split(".") if node.module else [a.name for a in node.names][:1])
+            tops.add(parts[0])
+    return tops
+
+
+def shipped_files() -> list[Path]:
+    """The entry points' files and those of every first-party package they import, transitively."""
+    todo, seen = list(ENTRY_POINTS), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        target = ROOT / name
+        for f in [target] if target.is_file() else target.rglob("*.py"):
+            todo += sorted(top_level_imports(f) & FIRST_PARTY)
+    return sorted(f for name in seen for f in ([ROOT / name] if name.endswith(".py") else (ROOT / name).rglob("*.py")))
+
+
+def third_party_imports(files: list[Path]) -> dict[str, set[str]]:
+    """Top-level module imported -> files importing it, outside the standard library and this repository."""
     found: dict[str, set[str]] = {}
-    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*.py")))]
     for f in files:
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            where = str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f)
-            for top in {n.split(".")[0] for n in names}:
-                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
-                    found.setdefault(top, set()).add(where)
+        where = str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f)
+        for top in top_level_imports(f) - FIRST_PARTY:
+            if top not in sys.stdlib_module_names:
+                found.setdefault(top, set()).add(where)
     return found
 
 
@@ -122,7 +145,7 @@ def test_every_shipped_import_is_declared():
     """A module the pack imports is a runtime dependency, or the ComfyUI host brings it."""
     runtime = set(requirement_set(PYPROJECT["project"]["dependencies"]))
     undeclared = {}
-    for module, files in third_party_imports(SHIPPED).items():
+    for module, files in third_party_imports(shipped_files()).items():
         if module in HOST_MODULES:
             continue
         dist = distribution_of(module)
@@ -136,6 +159,9 @@ def test_import_scan_sees_an_undeclared_module(tmp_path):
     source.write_text("import os\nimport hypothesis.strategies\nfrom .sibling import x\nfrom contextdiff import bias\n")
     found = third_party_imports([source])
     assert set(found) == {"hypothesis"}
+    # Relative imports resolve against the repository root: the pack's __init__.py reaches nodes/.
+    assert "nodes" in top_level_imports(ROOT / "__init__.py")
+    assert any(f.parts[-2:] == ("nodes", "samplers.py") for f in shipped_files())
     assert distribution_of("hypothesis") not in set(requirement_set(PYPROJECT["project"]["dependencies"]))
 
 
@@ -143,6 +169,6 @@ def test_import_scan_sees_an_undeclared_module(tmp_path):
 @pytest.mark.xfail(strict=True, reason="kornia is declared and not imported yet (issue 13 item 6: use it or drop it)")
 def test_every_runtime_dependency_is_used():
     """A declared dependency that nothing imports only costs users an install."""
-    imported = {distribution_of(m) for m in third_party_imports(SHIPPED)}
+    imported = {distribution_of(m) for m in third_party_imports(shipped_files())}
     unused = set(requirement_set(PYPROJECT["project"]["dependencies"])) - imported
     assert not unused, f"declared in pyproject.toml but never imported by the pack: {sorted(unused)}"
