@@ -6,7 +6,7 @@ The toy model (Eq. 32): a caption ``c`` and an image embedding ``x0 in R^d`` wit
 
 Plain diffusion (Eq. 31) noises it as ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps'``; ContextDiff
 (Eq. 1 / Eq. 30) adds the cross-modal bias ``b_t = k_t r_phi(x0, c)`` with
-``k_t = sqrt(abar_t)(1 - sqrt(abar_t))`` (DESIGN.md section 1, ``k_T = 0`` at the last training
+``k_t = sqrt(abar_t)(1 - sqrt(abar_t))`` (docs/notation.md, ``k_T = 0`` at the last training
 step). The optimal estimator under the L2 objective (Eqs. 29, 33) is ``E[x0 | x_t, c]``, and
 its error is what Eqs. 34 and 35 compute:
 
