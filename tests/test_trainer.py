@@ -229,3 +229,19 @@ def test_gradient_checkpointing_and_ema(tmp_path):
     key = "adapter.patch_out.weight"
     assert not torch.equal(exported[key], raw[key]), "the export should carry the EMA weights"
     assert exported[key].abs().max() < raw[key].abs().max()  # the average lags behind the zero start
+
+
+def test_outputs_follow_the_umask(tmp_path, caption_folder):
+    """Adapter, LoRA and resumable state get the modes the umask gives, like the logs and plots beside them
+    (temporary files from tempfile are 0600 and would otherwise be renamed into place as they are)."""
+    out = tmp_path / "adapter"
+    proc = subprocess.run(
+        train_cmd("--mode", "adapter", *TINY_BASE, "--dataset", str(caption_folder), "--image_size", "32",
+                  "--steps", "1", "--lora_rank", "2", "--preview_count", "1", "--preview_steps", "1",
+                  "--output_dir", str(out), "--name", "ad"),
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(0o027))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert {"ad.safetensors", "ad-lora.safetensors", "log.jsonl", "samples.png", "state/latest"} <= set(modes)
+    wrong = {k: oct(m) for k, m in modes.items() if m != (0o750 if (out / k).is_dir() else 0o640)}
+    assert not wrong, f"not following umask 027: {wrong}"

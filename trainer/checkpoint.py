@@ -3,7 +3,8 @@
 Each save goes to a fresh ``state/step-XXXXXXX`` folder; only when it is complete does the
 ``state/latest`` pointer (itself replaced atomically) move to it, and older folders are removed.
 Weights are safetensors; optimiser/scheduler/RNG state is a ``torch.save`` file read back with
-``weights_only=True`` (tensors and plain containers only, no code).
+``weights_only=True`` (tensors and plain containers only, no code). Files and folders get the
+umask's modes, like every other output.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +20,12 @@ import torch
 from safetensors.torch import load_file
 
 from contextdiff.adapter_io import atomic_save_file
+from contextdiff.atomic_file import atomic_path, create_temp_dir
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def rng_state() -> dict:
@@ -56,7 +53,7 @@ def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: di
     for stale in root.glob(".step-*"):   # half-written by a run that was killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.", dir=root))
+    tmp = create_temp_dir(root, f".step-{step:07d}.")
     try:
         atomic_save_file(weights, tmp / "weights.safetensors")
         torch.save(extra, tmp / "optim.pt")
