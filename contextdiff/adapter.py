@@ -1,6 +1,6 @@
 """The context-aware adapter ``r_phi(x0, c, t)``: a cross-modal relational network (paper §3.1, §4.1-4.2).
 
-Visual tokens come from the latent ``x0`` itself (patchified; DESIGN.md §2: a CLIP image embedding
+Visual tokens come from the latent ``x0`` itself (patchified; docs/design.md §2: a CLIP image embedding
 of the decoded ``x0hat`` at every step would cost more than the whole sampler budget), text tokens
 are the CONDITIONING the base model already uses. A stack of transformer blocks relates them:
 spatial self-attention, optional temporal causal attention over a window of frames (video,
@@ -17,6 +17,23 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+# Largest |r_phi| a sampler accepts. Latents are of order 1 (SD's scaled latents, pixels in [-1, 1]) and
+# b_t = k_t r with k_t <= 1/4, so a larger output can only wreck the sample (a diverged or damaged adapter).
+MAX_OUTPUT = 1e4
+
+# Sane bounds on every hyper-parameter (inclusive): far above any adapter worth training (the paper's
+# has dim 256-1024, depth 4, 8 heads), low enough that a forged file cannot make us build a giant.
+LIMITS = {
+    "latent_channels": (1, 64),
+    "context_dim": (1, 16384),
+    "dim": (2, 8192),
+    "depth": (1, 128),
+    "heads": (1, 256),
+    "patch_size": (1, 16),
+    "mlp_ratio": (0.0, 16.0),
+    "temporal_window": (1, 64),
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,9 @@ class AdapterConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AdapterConfig":
+    def from_dict(cls, d: dict) -> AdapterConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"adapter hyper-parameters must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -45,10 +64,45 @@ class AdapterConfig:
         return cls(**d)
 
     def __post_init__(self):
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if min(self.latent_channels, self.context_dim, self.depth, self.patch_size, self.temporal_window) < 1:
-            raise ValueError("adapter sizes must be positive")
+        # Checked before any module is built: a bad value must never reach a layer constructor.
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if name == "mlp_ratio":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
+                span = f"a number in ({low:g}, {high:g}]"
+            else:
+                ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+                span = f"an integer in {low}..{high}"
+            if not ok:
+                raise ValueError(f"adapter hyper-parameter {name}={value!r} must be {span}")
+        if not isinstance(self.video, bool):
+            raise ValueError(f"adapter hyper-parameter video={self.video!r} must be true or false")
+        if self.dim % 2 or self.dim % self.heads:
+            # Even: the sinusoidal timestep embedding has dim/2 frequencies; attention splits dim over heads.
+            raise ValueError(f"adapter hyper-parameter dim={self.dim} must be even and a multiple of "
+                             f"heads={self.heads}")
+
+    def hidden_mlp(self) -> int:
+        """Width of each block's MLP."""
+        return max(1, int(self.dim * self.mlp_ratio))
+
+
+def match_text_batch(text: torch.Tensor, batch: int) -> torch.Tensor:
+    """Conditioning ``(P, L, D)`` for a latent batch of ``batch``, exactly as ComfyUI's samplers do it.
+
+    ComfyUI (``comfy.utils.repeat_to_batch_size``, applied to every cond in ``comfy/conds.py``)
+    tiles the prompts over the batch and cuts at ``batch``: latent ``i`` is denoised with prompt
+    ``i % P``, and a larger conditioning batch is cut to its first ``batch`` entries. The bias must
+    read the prompt the denoiser reads.
+    """
+    p = text.shape[0]
+    if p == batch:
+        return text
+    if p > batch:
+        return text[:batch]
+    if p == 1:
+        return text.expand(batch, *text.shape[1:])
+    return text.repeat(-(-batch // p), *([1] * (text.dim() - 1)))[:batch]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -113,7 +167,7 @@ class AdapterBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(d)
         self.cross_attn = Attention(d, cfg.heads, kv_dim=cfg.context_dim)
         self.norm_mlp = nn.LayerNorm(d)
-        hidden = int(d * cfg.mlp_ratio)
+        hidden = cfg.hidden_mlp()
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
 
     def forward(self, x, text, temb, frames: int):
@@ -139,9 +193,10 @@ class ContextAdapter(nn.Module):
     frames are batch entries); ``frames=None`` treats the whole batch as one clip.
     """
 
-    def __init__(self, cfg: AdapterConfig = AdapterConfig()):
+    def __init__(self, cfg: AdapterConfig = AdapterConfig(), source: str = "the ContextDiff adapter"):
         super().__init__()
         self.cfg = cfg
+        self.source = source  # what error messages call it: load_adapter names the file
         p, c, d = cfg.patch_size, cfg.latent_channels, cfg.dim
         self.patch_in = nn.Linear(c * p * p, d)
         self.time_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
@@ -157,7 +212,8 @@ class ContextAdapter(nn.Module):
         if x0.dim() != 4 or x0.shape[1] != cfg.latent_channels:
             raise ValueError(f"adapter expects latents (B, {cfg.latent_channels}, H, W), got {tuple(x0.shape)}")
         if text.shape[-1] != cfg.context_dim:
-            raise ValueError(f"adapter was built for context dim {cfg.context_dim}, the conditioning has {text.shape[-1]}")
+            raise ValueError(f"adapter was built for context dim {cfg.context_dim}, "
+                             f"the conditioning has {text.shape[-1]}")
         b, _, h, w = x0.shape
         p = cfg.patch_size
         frames = b if frames is None else frames
@@ -171,11 +227,7 @@ class ContextAdapter(nn.Module):
         tokens = tokens + grid_position_embedding(gh, gw, cfg.dim, x.device).to(tokens.dtype)
         temb = self.time_embed(timestep_embedding(t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1),
                                                   cfg.dim).to(dtype))
-        text = text.to(dtype)
-        if text.shape[0] != b:
-            if b % text.shape[0]:
-                raise ValueError(f"text batch {text.shape[0]} does not divide latent batch {b}")
-            text = text.repeat_interleave(b // text.shape[0], dim=0) if text.shape[0] > 1 else text.expand(b, -1, -1)
+        text = match_text_batch(text.to(dtype), b)
         for block in self.blocks:
             tokens = block(tokens, text, temb, frames if cfg.video else 1)
         out = self.patch_out(self.norm_out(tokens))
@@ -186,10 +238,28 @@ class ContextAdapter(nn.Module):
         """``(r(x0, c, t_a), r(x0, c, t_b))`` from one batched call (the two ends of a step)."""
         b = x0.shape[0]
         t = torch.cat([t_pair[0].reshape(1).expand(b), t_pair[1].reshape(1).expand(b)])
-        if text.shape[0] == b and b > 1:
-            text = torch.cat([text, text])
-        out = self.forward(torch.cat([x0, x0]), text, t, frames=frames if frames is not None else (b if self.cfg.video else None))
+        # Match the prompts to this batch first: tiling the doubled batch would shift the second half.
+        text = match_text_batch(text, b)
+        text = torch.cat([text, text]) if b > 1 else text
+        if frames is None and self.cfg.video:
+            frames = b
+        out = self.forward(torch.cat([x0, x0]), text, t, frames=frames)
+        self.check_output(out)
         return out[:b], out[b:]
+
+    def check_output(self, r: torch.Tensor) -> None:
+        """Refuse an output no sample survives (NaN, infinity or ``|r| > MAX_OUTPUT``), naming the adapter.
+
+        Without this the sampler's next model call overflows and the error blames the model or fp16.
+        """
+        peak = r.detach().abs().amax().item() if r.numel() else 0.0
+        if math.isfinite(peak) and peak <= MAX_OUTPUT:
+            return
+        size = "NaN or infinity" if not math.isfinite(peak) else f"{peak:.3g}"
+        raise FloatingPointError(
+            f"{self.source} gave a bias of magnitude {size} (latents are of order 1, at most {MAX_OUTPUT:g} is "
+            "accepted): its weights are too large because training diverged or the file is damaged; use an "
+            "earlier checkpoint or another adapter.")
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from . import __version__
 from .adapter import AdapterConfig, ContextAdapter
-from .adapter_io import AdapterFileError, _read_header, atomic_save_file
+from .adapter_io import AdapterFileError, atomic_save_file, read_header
 
 JOINT_FORMAT = "contextdiff-joint"
 JOINT_VERSION = 1
@@ -125,7 +125,7 @@ def save_joint(path, model, adapter: ContextAdapter, classes: ClassEmbedding, un
 
 def is_joint_file(path) -> bool:
     try:
-        return (_read_header(Path(path)).get("__metadata__") or {}).get("format") == JOINT_FORMAT
+        return (read_header(Path(path)).get("__metadata__") or {}).get("format") == JOINT_FORMAT
     except AdapterFileError:
         return False
 
@@ -133,7 +133,7 @@ def is_joint_file(path) -> bool:
 def load_joint(path, device="cpu"):
     """``(comfy BaseModel, ContextAdapter, ClassEmbedding, metadata)`` from :func:`save_joint`'s file."""
     path = Path(path)
-    meta = _read_header(path).get("__metadata__") or {}
+    meta = read_header(path).get("__metadata__") or {}
     if meta.get("format") != JOINT_FORMAT:
         raise AdapterFileError(f"{path.name} is not a ContextDiff joint checkpoint (format={meta.get('format')!r}); "
                                "train one with python -m trainer.train --mode joint.")

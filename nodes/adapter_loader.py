@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import folder_paths
 from comfy_api.latest import io
 
-from ..contextdiff.adapter_io import load_adapter
+from ..contextdiff.adapter_io import content_hash, load_adapter
 from .paths import FOLDER
 from .types import Adapter, LoadedAdapter
 
@@ -24,7 +22,8 @@ class ContextDiffAdapterLoader(io.ComfyNode):
                         "pickles are refused because they can run code.",
             inputs=[
                 io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(FOLDER),
-                               tooltip="An adapter file in models/contextdiff/ (train one with python -m trainer.train)."),
+                               tooltip="An adapter file in models/contextdiff/ "
+                                       "(train one with python -m trainer.train)."),
             ],
             outputs=[Adapter.Output(display_name="adapter",
                                     tooltip="Connect to ContextDiff KSampler or ContextDiff Sampler.")],
@@ -32,12 +31,14 @@ class ContextDiffAdapterLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, adapter_name):
-        # Reload when the file changes under the same name (a trainer writing new checkpoints).
+        # The content decides: a file rewritten with the same size and mtime (even in place) still reloads.
         path = folder_paths.get_full_path(FOLDER, adapter_name)
         if path is None:
             return adapter_name
-        st = os.stat(path)
-        return f"{adapter_name}:{st.st_mtime_ns}:{st.st_size}"
+        try:
+            return content_hash(path)
+        except OSError:
+            return adapter_name    # vanished or unreadable: execute() names the problem
 
     @classmethod
     def execute(cls, adapter_name) -> io.NodeOutput:

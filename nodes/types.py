@@ -53,6 +53,7 @@ class LoadedAdapter:
             return self.module
         key = str(device)
         if key not in self._device_copies:
-            self._device_copies[key] = ContextAdapter(self.module.cfg).to(device).eval().requires_grad_(False)
+            copy = ContextAdapter(self.module.cfg, source=self.module.source)
+            self._device_copies[key] = copy.to(device).eval().requires_grad_(False)
             self._device_copies[key].load_state_dict(self.module.state_dict())
         return self._device_copies[key]

@@ -1,14 +1,17 @@
 """The adapter network and its file format, without ComfyUI."""
 
 import json
+import pickle
+import resource
 import struct
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from contextdiff.adapter import AdapterConfig, ContextAdapter
-from contextdiff.adapter_io import AdapterFileError, load_adapter, read_metadata, save_adapter
+from contextdiff.adapter_io import AdapterFileError, load_adapter, read_metadata, save_adapter, sniff
 
 
 def live_adapter(**kw):
@@ -80,7 +83,8 @@ def test_file_round_trip(tmp_path):
     path = save_adapter(a, tmp_path / "a.safetensors", "sd15", training={"lr": 1e-5, "steps": 3})
     b, meta = load_adapter(path)
     assert meta["config"] == a.cfg and meta["base_model"] == "sd15" and meta["training"]["steps"] == 3
-    assert meta["context_dim"] == "768" and meta["latent_channels"] == "4" and meta["producer"].startswith("contextdiff")
+    assert meta["context_dim"] == "768" and meta["latent_channels"] == "4"
+    assert meta["producer"].startswith("contextdiff")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     x, text = torch.randn(3, 4, 8, 8), torch.randn(1, 77, 768)
@@ -137,3 +141,143 @@ def test_bad_files_say_what_is_wrong(tmp_path):
         assert msg in str(err.value), (path.name, str(err.value))
     with pytest.raises(AdapterFileError, match="does not exist"):
         read_metadata(tmp_path / "missing.safetensors")
+
+
+# --- conditioning batches: ComfyUI's rule, tile then cut (comfy.utils.repeat_to_batch_size) --------------
+
+@pytest.mark.parametrize("latent_batch, positive_batch", [(4, 2), (3, 2), (1, 2), (5, 3), (2, 1), (2, 2)])
+def test_batch_mismatch_text_is_tiled_like_comfyui(latent_batch, positive_batch):
+    """Sample i reads prompt i % P, exactly as if each sample's prompt had been given one by one."""
+    a = live_adapter()
+    x, t = torch.randn(latent_batch, 4, 8, 8), torch.tensor(400.0)
+    text = torch.randn(positive_batch, 7, 768)
+    batched = a(x, text, t)
+    r_a, r_b = a.pair(x, text, torch.tensor([900.0, 400.0]))
+    for i in range(latent_batch):
+        one = a(x[i:i + 1], text[i % positive_batch:i % positive_batch + 1], t)
+        torch.testing.assert_close(batched[i:i + 1], one, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r_b[i:i + 1], one, rtol=1e-5, atol=1e-6)
+        other = a(x[i:i + 1], text[(i + 1) % positive_batch:(i + 1) % positive_batch + 1], t)
+        if positive_batch > 1:   # the test can tell the prompts apart
+            assert (other - one).abs().max() > 1e-3
+    assert r_a.shape == x.shape
+
+
+def test_batch_mismatch_matches_comfyui_repeat_to_batch_size(comfy_inprocess):
+    """The rule against ComfyUI's own function, for every batch pair up to 7."""
+    import comfy.utils
+
+    from contextdiff.adapter import match_text_batch
+    for p in range(1, 8):
+        text = torch.randn(p, 3, 5)
+        for b in range(1, 8):
+            assert torch.equal(match_text_batch(text, b), comfy.utils.repeat_to_batch_size(text, b)), (p, b)
+
+
+# --- hyper-parameter bounds: refused by name before any layer is built ---------------------------------------
+
+@pytest.mark.parametrize("name, value", [("heads", 0), ("heads", -8), ("dim", 0), ("dim", 10**7), ("depth", 10**6),
+                                         ("dim", 30), ("mlp_ratio", 0.0), ("mlp_ratio", float("nan")),
+                                         ("mlp_ratio", 1e9), ("patch_size", "2"), ("depth", 2.5), ("video", "yes"),
+                                         ("latent_channels", True), ("temporal_window", 0), ("context_dim", None)])
+def test_bad_hyper_parameters_refused_by_name(name, value):
+    with pytest.raises(ValueError) as err:
+        AdapterConfig(**{**AdapterConfig().to_dict(), name: value})
+    assert f"{name}=" in str(err.value), str(err.value)
+
+
+def test_forged_heads_zero_is_a_sentence_not_zerodivision(tmp_path):
+    good = save_adapter(live_adapter(), tmp_path / "h.safetensors", "sd15")
+    _rewrite_metadata(good, config=json.dumps({**live_adapter().cfg.to_dict(), "heads": 0}))
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter(good)
+    assert "h.safetensors" in str(err.value) and "heads=0" in str(err.value) and "re-export" in str(err.value)
+
+
+# --- format sniffing: safetensors by its header, whatever its first byte -------------------------------------
+
+def test_pickle_sniff_three_hundred_header_lengths(tmp_path):
+    """300 adapters with metadata of different lengths all load (1 in 32 headers start with 0x80)."""
+    a = ContextAdapter(AdapterConfig(dim=8, depth=1, heads=2))
+    first_bytes = set()
+    for i in range(300):
+        path = save_adapter(a, tmp_path / f"a{i}.safetensors", "sd15", training={"note": "x" * i})
+        first_bytes.add(path.read_bytes()[0])
+        load_adapter(path)
+    assert 0x80 in first_bytes, "no header length started with 0x80: the test lost its point"
+
+
+def test_pickle_sniff_still_refuses_real_pickles(tmp_path):
+    state = live_adapter().state_dict()
+    for name, save in [("zip", lambda p: torch.save(state, p)),
+                       ("legacy", lambda p: torch.save(state, p, _use_new_zipfile_serialization=False)),
+                       ("proto2", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=2))),
+                       ("proto5", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=5)))]:
+        path = tmp_path / f"{name}.safetensors"
+        save(path)
+        head = path.read_bytes()[:9]
+        assert sniff(head, path.stat().st_size) in ("pickle", "zip"), name
+        with pytest.raises(AdapterFileError, match="refused because loading it can run code"):
+            load_adapter(path)
+
+
+# --- forged tensor tables: checked against the declared architecture before anything is allocated -----------
+
+def _forged_file(path, **config):
+    meta = {"format": "contextdiff-adapter", "format_version": "1", "base_model": "sd15", "training": "{}",
+            "config": json.dumps({**AdapterConfig().to_dict(), **config})}
+    save_file({"patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
+    return path
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_forged_architecture_allocates_nothing(tmp_path):
+    """A 400-byte file declaring a 2 GB adapter (dim 4096, depth 2) is refused; peak memory does not move."""
+    path = _forged_file(tmp_path / "big.safetensors", dim=4096, depth=2)
+    assert path.stat().st_size < 1024
+    before = _peak_rss_mb()
+    with pytest.raises(AdapterFileError, match="does not match its own architecture"):
+        load_adapter(path)
+    assert _peak_rss_mb() - before < 100
+
+
+def test_forged_shapes_that_lie_about_their_bytes(tmp_path):
+    """A table whose shapes match the architecture but whose byte ranges do not: corrupt, before reading."""
+    good = save_adapter(live_adapter(), tmp_path / "g.safetensors", "sd15")
+    data = good.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    key = sorted(k for k in header if k != "__metadata__")[0]
+    header[key]["dtype"] = "F64"       # declares twice the bytes its range holds
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    good.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
+    with pytest.raises(AdapterFileError, match="does not fit the file"):
+        load_adapter(good)
+
+
+# --- diverged weights: named with the file and the fix ---------------------------------------------------------
+
+def test_huge_weights_refused_when_loaded(tmp_path):
+    a = live_adapter()
+    with torch.no_grad():
+        a.patch_out.weight.mul_(1e30)
+    path = save_adapter(a, tmp_path / "huge.safetensors", "sd15")
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter(path)
+    assert "huge.safetensors" in str(err.value) and "earlier checkpoint" in str(err.value)
+
+
+def test_huge_output_names_the_adapter(tmp_path):
+    a = live_adapter()
+    with torch.no_grad():
+        a.patch_out.weight.normal_(std=5e3)
+    b, _ = load_adapter(save_adapter(a, tmp_path / "loud.safetensors", "sd15"))
+    with pytest.raises(FloatingPointError) as err:
+        b.pair(torch.randn(1, 4, 8, 8), torch.randn(1, 7, 768), torch.tensor([900.0, 800.0]))
+    assert "'loud.safetensors'" in str(err.value) and "gave a bias of magnitude" in str(err.value)
+    ra, _ = live_adapter().pair(torch.randn(1, 4, 8, 8), torch.randn(1, 7, 768), torch.tensor([900.0, 800.0]))
+    assert ra.abs().max() > 0   # an ordinary adapter passes the same check

@@ -34,17 +34,25 @@ class TinyModel:
 
 
 class RandomConditioning:
+    """``batch`` random prompts; ``pick`` (e.g. "0,1,0") lists them per sample explicitly."""
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0}), "context_dim": ("INT", {"default": 768}),
-                             "tokens": ("INT", {"default": 77})}}
+                             "tokens": ("INT", {"default": 77})},
+                "optional": {"batch": ("INT", {"default": 1, "min": 1, "max": 64}),
+                             "pick": ("STRING", {"default": ""})}}
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, seed, context_dim, tokens):
-        return (random_conditioning(seed, tokens, context_dim),)
+    def build(self, seed, context_dim, tokens, batch=1, pick=""):
+        [[cond, extra]] = random_conditioning(seed, tokens, context_dim, batch)
+        if pick:
+            idx = [int(i) for i in pick.split(",")]
+            cond, extra = cond[idx], {"pooled_output": extra["pooled_output"][idx]}
+        return ([[cond, extra]],)
 
 
 class TinyClip:
