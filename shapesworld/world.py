@@ -58,6 +58,7 @@ DIRECTION: dict[str, tuple[float, float]] = {
 CENTRE_RADIUS = 0.15
 JITTER = 0.02
 MIN_GAP = 0.04
+CLEAR = 0.025  # clip frames keep this far (0.8 px at 32 px) from a region or size boundary
 CROSS_ARM = 1.0 / 3.0  # arm width of the cross as a fraction of its side
 PHRASE: dict[str, str] = {
     "left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
@@ -194,6 +195,21 @@ def caption(scene: Scene) -> str:
     return " and ".join(f"a {o.size} {o.colour} {o.shape} {PHRASE[o.position]}" for o in scene.objects)
 
 
+def parse_caption(text: str) -> tuple[Obj, ...]:
+    """The objects a scene caption names (inverse of :func:`caption`; geometry left at the anchors)."""
+    words = {v: k for k, v in PHRASE.items()}
+    objects = []
+    for part in text.strip().split(" and "):
+        tokens = part.split()
+        phrase = " ".join(tokens[4:])
+        if len(tokens) < 6 or tokens[0] != "a" or phrase not in words:
+            raise ValueError(f"Not a shapes-world caption: {part!r}; expected e.g. 'a small red circle on the left'.")
+        obj = Obj(tokens[2], tokens[3], tokens[1], words[phrase])
+        _validate(Scene((obj,), BACKGROUNDS[0]))
+        objects.append(obj)
+    return tuple(objects)
+
+
 def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Membership of points (u, v) in the unit shape (box [-1, 1]^2, v downwards): the one definition of
     each shape, used by the renderer and by the judge's templates."""
@@ -257,6 +273,15 @@ def sample_batch(seed: int, n: int, split: str = "train", size: int = 32) -> tup
 CLIP_KINDS = ("move", "grow", "colour")
 
 
+def _clear(value: float, edge: float, margin: float = CLEAR) -> float:
+    """``value`` pushed out of the band ``edge +- margin`` (keeping its sign), so that a clip frame never
+    sits on a region or size boundary, where pixel rounding would make its label ambiguous."""
+    mag = abs(value)
+    if abs(mag - edge) < margin:
+        mag = edge - margin if mag < edge else edge + margin
+    return float(np.copysign(mag, value))
+
+
 def _clip_scenes(rng: np.random.Generator, kind: str, frames: int, colour: str, shape: str,
                  background: str) -> tuple[list[Scene], str]:
     t = np.linspace(0.0, 1.0, frames)
@@ -267,7 +292,7 @@ def _clip_scenes(rng: np.random.Generator, kind: str, frames: int, colour: str, 
         off = rng.uniform(-JITTER, JITTER)
         objs = []
         for s in t:
-            along = (2.0 * s - 1.0) * a
+            along = _clear((2.0 * s - 1.0) * a, CENTRE_RADIUS)
             cx, cy = (along, off) if dx else (off, along)
             cx, cy = cx * (dx or 1.0), cy * (dy or 1.0)
             objs.append(Obj(colour, shape, size, region(cx, cy), float(cx), float(cy), HALF[size]))
@@ -277,7 +302,7 @@ def _clip_scenes(rng: np.random.Generator, kind: str, frames: int, colour: str, 
     if kind == "grow":  # small to large; the centre moves in so that the large box still fits
         objs = []
         for s in t:
-            h = HALF["small"] + s * (HALF["large"] - HALF["small"])
+            h = _clear(HALF["small"] + s * (HALF["large"] - HALF["small"]), (HALF["small"] + HALF["large"]) / 2)
             a = ANCHOR["small"] + s * (ANCHOR["large"] - ANCHOR["small"])
             objs.append(Obj(colour, shape, size_word(h), position, dx * a, dy * a, h))
         return [Scene((o,), background) for o in objs], f"a {colour} {shape} growing {PHRASE[position]}"
