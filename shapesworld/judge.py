@@ -195,7 +195,7 @@ def table(result: dict) -> str:
 CAVEAT = ("Reading the table: on clean renders the judge is exact. Its errors under blur are almost all small "
           "(9 px) squares and triangles read as circles, because blur rounds their corners; colour and position "
           "survive every condition. So a 'wrong shape' verdict on a soft generated image of a small object may be "
-          "the judge's, and generated images are reported with their own sharpness in docs/quality.md.")
+          "the judge's: look at the samples in docs/quality.md before reading much into shape errors.")
 
 
 def main(argv: list[str] | None = None) -> int:
