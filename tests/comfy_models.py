@@ -97,6 +97,12 @@ def build_tiny_clip(seed: int = 0, layers: int = 2):
 def build_tiny_vae(seed: int = 0):
     """A real ComfyUI VAE object around a randomly initialised TAESD (4 latent channels, 8x)."""
     import comfy.sd
+
+    return comfy.sd.VAE(sd=tiny_taesd_state_dict(seed))
+
+
+def tiny_taesd_state_dict(seed: int = 0) -> dict:
+    """The weights of :func:`build_tiny_vae`'s TAESD (ComfyUI's VAE loader recognises the keys)."""
     import comfy.taesd.taesd
 
     from contextdiff.joint_model import reset_parameters
@@ -114,8 +120,7 @@ def build_tiny_vae(seed: int = 0):
         out = taesd.decode(taesd.encode(probe * 2 - 1))
         dec_last.weight.mul_(1.5 / out.std())
         dec_last.bias.zero_()
-    state = {k: v for k, v in taesd.state_dict().items()}
-    return comfy.sd.VAE(sd=state)
+    return {k: v for k, v in taesd.state_dict().items()}
 
 
 def build_tiny_controlnet(seed: int = 0, model_channels: int = 32, context_dim: int = 768):
@@ -134,3 +139,161 @@ def build_tiny_controlnet(seed: int = 0, model_channels: int = 32, context_dim: 
     net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, **cfg)
     reset_parameters(net, seed)
     return comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device())
+
+
+# --- Model families: SD2.x, SDXL and its variants (random weights), and single-file checkpoints ---------
+#
+# Two sizes of each family. In-Python models (``build_family``) have reduced widths for CPU tests.
+# Checkpoint files (``save_family_checkpoint``) keep what ComfyUI's ``model_detection`` reads to name
+# the family: ``input_blocks.0.0`` 320 channels wide, the context width, linear/conv transformer
+# projections, the ADM width and, for SDXL and its variants, the transformer depth of every input res
+# block ([0, 0, 2, 2, 10, 10] for SDXL). Detection does not read the channel multipliers, so the files
+# keep every level 320 wide (channel_mult 1): an SDXL-format file is then 0.27B parameters, not 2.6B.
+
+SDXL_VARIANTS = {  # ComfyUI class: (transformer depth per input res block, res blocks per level)
+    "SDXL": ([0, 0, 2, 2, 10, 10], 2),
+    "SSD1B": ([0, 0, 2, 2, 4, 4], 2),
+    "Segmind_Vega": ([0, 0, 1, 1, 2, 2], 2),
+    "KOALA_700M": ([0, 2, 5], 1),
+    "KOALA_1B": ([0, 2, 6], 1),
+}
+
+
+def sdxl_unet_config(variant: str = "SDXL", model_channels: int = 32, channel_mult=(1, 2, 4)) -> dict:
+    """An SDXL-family UNet config: dual-encoder context 2048, ADM 2816 (pooled CLIP-G 1280 + six size
+    embeddings of 256), linear transformer projections, 64-channel heads and the variant's depths. The
+    decoder mirrors each level's depth (SDXL's own [0, 0, 0, 2, 2, 2, 10, 10, 10], middle 10)."""
+    depth, res = SDXL_VARIANTS[variant]
+    per_level = depth[::res]
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "out_channels": 4,
+        "model_channels": model_channels, "num_res_blocks": [res] * len(per_level), "transformer_depth": depth,
+        "transformer_depth_output": [d for d in reversed(per_level) for _ in range(res + 1)],
+        "channel_mult": list(channel_mult), "transformer_depth_middle": per_level[-1],
+        "use_linear_in_transformer": True, "context_dim": 2048,
+        "use_temporal_resblock": False, "use_temporal_attention": False,
+    }
+
+
+def sd2_unet_config(model_channels: int = 64, checkpoint: bool = False) -> dict:
+    """An SD2.x-shaped UNet config (OpenCLIP-H context 1024, linear projections, 64-channel heads).
+
+    ``checkpoint``: 320 channels, four levels of two res blocks with attention on the first three, as
+    SD2 has; ComfyUI tells v-prediction from eps by a weight of output block 11's transformer.
+    """
+    if checkpoint:
+        levels, res, depth = 4, 2, [1, 1, 1, 0]
+        model_channels = 320
+    else:
+        levels, res, depth = 2, 1, [1, 1]
+    return {
+        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+        "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
+        "num_res_blocks": [res] * levels, "channel_mult": [1] * levels if checkpoint else [1, 2],
+        "transformer_depth": [d for d in depth for _ in range(res)],
+        "transformer_depth_output": [d for d in reversed(depth) for _ in range(res + 1)],
+        "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 1024,
+        "use_temporal_resblock": False, "use_temporal_attention": False,
+    }
+
+
+def family_unet_config(config_name: str, checkpoint: bool = False) -> dict:
+    """The UNet config of ComfyUI's ``config_name`` (SD15, SD20, SDXL, SSD1B, ...): small, or detectable."""
+    if config_name == "SD15":
+        cfg = sd15_unet_config(320 if checkpoint else 32)
+        return cfg
+    if config_name == "SD20":
+        return sd2_unet_config(checkpoint=checkpoint)
+    if checkpoint:
+        return sdxl_unet_config(config_name, 320, (1, 1, 1))
+    return sdxl_unet_config(config_name)
+
+
+def randomize(module: torch.nn.Module, seed: int, weight_scale: float = 1.0, attn_scale: float = 1.0) -> None:
+    """Random weights everywhere (a fresh ComfyUI UNet's output convolution is zero), fan-in scaled, with
+    sharper attention (``attn_scale`` on queries and keys) so that attention maps carry information."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            fan_in = max(1, p[0].numel()) if p.dim() > 1 else 1
+            scale = weight_scale / fan_in ** 0.5 if p.dim() > 1 else 0.02 * weight_scale
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+            if name.endswith(("to_q.weight", "to_k.weight")):
+                p.mul_(attn_scale)
+
+
+def build_family(config_name: str = "SDXL", seed: int = 0, prediction: str = "eps", zsnr: bool = False,
+                 checkpoint: bool = False, weight_scale: float = 1.0, attn_scale: float = 1.0):
+    """A ``ModelPatcher`` around a random model of ComfyUI's ``config_name`` family (see
+    :func:`family_unet_config`), with eps or v prediction and optionally zero terminal SNR."""
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = getattr(comfy.supported_models, config_name)(family_unet_config(config_name, checkpoint))
+    model_config.set_inference_dtype(torch.float32, None)
+    if zsnr:
+        model_config.sampling_settings["zsnr"] = True
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    model_class = comfy.model_base.SDXL if "adm_in_channels" in model_config.unet_config and \
+        model_config.unet_config["adm_in_channels"] == 2816 else comfy.model_base.BaseModel
+    model = model_class(model_config, model_type=model_type)
+    randomize(model.diffusion_model, seed, weight_scale, attn_scale)
+    model.eval()
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
+def family_conditioning(seed: int = 0, context_dim: int = 2048, pooled_dim: int = 1280, tokens: int = 77,
+                        batch: int = 1):
+    """A CONDITIONING list like CLIPTextEncode gives for a family: tokens and the pooled embedding."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn(batch, tokens, context_dim, generator=gen)
+    return [[cond, {"pooled_output": torch.randn(batch, pooled_dim, generator=gen)}]]
+
+
+def build_tiny_sdxl_clip(seed: int = 0, layers: int = 2):
+    """A real ComfyUI SDXL CLIP object: both tokenizers, CLIP-L (768) and CLIP-G (1280, projected pooled
+    output) at their true widths with a few random layers, so CLIPTextEncode gives SDXL's 2048-wide tokens
+    and 1280-wide pooled output."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+
+    from contextdiff.joint_model import reset_parameters
+
+    small = {"num_hidden_layers": layers, "intermediate_size": 512, "num_attention_heads": 4}
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": small, "clip_g_model_config": small})
+    reset_parameters(clip.cond_stage_model, seed)
+    return clip
+
+
+def save_family_checkpoint(path, config_name: str, seed: int = 0, v_pred: bool = False, zsnr: bool = False,
+                           dtype: torch.dtype = torch.float16):
+    """Write a single-file checkpoint in the layout CheckpointLoaderSimple reads (``model.diffusion_model.*``
+    and a TAESD VAE under ``first_stage_model.*``), detectable as ComfyUI's ``config_name``.
+
+    No text encoders: SDXL's CLIP-L + CLIP-G have fixed sizes in ComfyUI (0.8B parameters, 3.3 GB in fp32),
+    too large for CPU tests; the tests connect :func:`build_tiny_sdxl_clip` (same widths) instead.
+    ``v_pred``/``zsnr`` add the marker keys ComfyUI reads (SDXL family: ``v_pred``, ``ztsnr``; SD2.x:
+    the spread of output block 11's first norm bias).
+    """
+    from safetensors.torch import save_file
+
+    patcher = build_family(config_name, seed, checkpoint=True)
+    state = {f"model.diffusion_model.{k}": v.to(dtype) for k, v in patcher.model.diffusion_model.state_dict().items()}
+    del patcher
+    if v_pred and config_name == "SD20":
+        key = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+        state[key] = torch.randn(state[key].shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    elif v_pred:
+        state["v_pred"] = torch.tensor([])
+        if zsnr:
+            state["ztsnr"] = torch.tensor([])
+    for k, v in tiny_taesd_state_dict(seed).items():
+        state[f"first_stage_model.{k}"] = v.to(dtype)
+    save_file(state, str(path))
+    return path

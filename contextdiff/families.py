@@ -1,0 +1,134 @@
+"""Which base models ContextDiff runs on, decided in one place (the nodes and the trainer ask here).
+
+ContextDiff's equations are written for variance-preserving diffusion (docs/design.md §1): every
+model ComfyUI samples as ``x = x0 + sigma eps`` with a discrete training schedule, whatever it
+predicts (eps, v, with or without zero terminal SNR). Flow-matching models (SD3, Flux) are refused.
+
+This module reads ComfyUI objects by class names and attributes and never imports ComfyUI, so the
+pure package stays importable without a host. ``identify`` takes a ComfyUI ``BaseModel`` (and,
+optionally, the ``model_sampling`` a node patched in, e.g. ComfyUI's ModelSamplingDiscrete node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family the adapter, the samplers and the trainer support and test."""
+
+    key: str                   # the adapter file's ``base_model`` metadata
+    name: str
+    context_dim: int           # width of the CONDITIONING tokens the adapter reads
+    native_size: int           # pixels per side the family was trained at
+    pooled: bool               # the UNet reads the pooled text embedding (SDXL's ``y``)
+    configs: tuple[str, ...]   # ComfyUI ``comfy.supported_models`` classes of the family
+    latent_channels: int = 4
+
+
+SD1 = Family("sd15", "SD1.x", 768, 512, False, ("SD15",))
+SD2 = Family("sd2", "SD2.x", 1024, 768, False, ("SD20",))
+SDXL = Family("sdxl", "SDXL", 2048, 1024, True, ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"))
+FAMILIES = (SD1, SD2, SDXL)
+
+# Class names in ComfyUI's model_sampling hierarchy that mark a non-VP parameterisation.
+FLOW_SAMPLING = {"CONST", "ModelSamplingFlux", "ModelSamplingDiscreteFlow", "COSMOS_RFLOW", "StableCascadeSampling"}
+
+FLOW_MESSAGE = ("ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or v-prediction); "
+                "this model uses flow matching, for which the paper's equations do not hold.")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``identify`` found: the family (None for a VP model outside the tested families)."""
+
+    family: Family | None
+    config: str          # ComfyUI's supported-model class, e.g. "SSD1B"
+    prediction: str      # eps, v, edm, x0, flow, or the sampling class name when unknown
+    zsnr: bool           # zero terminal SNR schedule (ComfyUI's rescaled sigmas)
+    context_dim: int | None
+
+    @property
+    def variance_preserving(self) -> bool:
+        return self.prediction != "flow"
+
+    def describe(self) -> str:
+        """E.g. ``SDXL (SSD1B, v-prediction, zero terminal SNR)``."""
+        parts = [self.config, f"{self.prediction}-prediction"] + (["zero terminal SNR"] if self.zsnr else [])
+        return f"{self.family.name if self.family else 'unknown family'} ({', '.join(parts)})"
+
+
+def family_of_config(config_name: str) -> Family | None:
+    return next((f for f in FAMILIES if config_name in f.configs), None)
+
+
+def family_of_context_dim(context_dim: int) -> Family | None:
+    return next((f for f in FAMILIES if f.context_dim == context_dim), None)
+
+
+def prediction_of(model_sampling) -> str:
+    """The parameterisation of a ComfyUI ``model_sampling`` object, from its class hierarchy."""
+    names = [c.__name__ for c in type(model_sampling).__mro__]
+    if FLOW_SAMPLING.intersection(names) or not hasattr(model_sampling, "timestep"):
+        return "flow"
+    for cls, kind in (("EDM", "edm"), ("V_PREDICTION", "v"), ("X0", "x0"), ("IMG_TO_IMG", "x0"), ("EPS", "eps")):
+        if cls in names:
+            return kind
+    return names[0]
+
+
+def identify(base_model, model_sampling=None) -> ModelInfo:
+    """Family and parameterisation of a ComfyUI ``BaseModel``; ``model_sampling`` overrides the model's own."""
+    config_name = type(base_model.model_config).__name__
+    sampling = model_sampling if model_sampling is not None else base_model.model_sampling
+    context_dim = base_model.model_config.unet_config.get("context_dim")
+    return ModelInfo(family_of_config(config_name), config_name, prediction_of(sampling),
+                     bool(getattr(sampling, "zsnr", False)), context_dim)
+
+
+def require_vp(model_sampling) -> None:
+    """Raise the one-sentence refusal for flow-matching models (samplers accept every VP model)."""
+    if prediction_of(model_sampling) == "flow":
+        raise ValueError(FLOW_MESSAGE)
+
+
+def require_trainable(info: ModelInfo) -> Family:
+    """The trainer builds each family's conditioning itself, so it accepts only the tested families."""
+    if not info.variance_preserving:
+        raise ValueError(FLOW_MESSAGE)
+    if info.family is None:
+        names = ", ".join(f"{f.name} ({', '.join(f.configs)})" for f in FAMILIES)
+        raise ValueError(f"the trainer supports {names}; this checkpoint is ComfyUI's {info.config}, whose "
+                         "conditioning it does not build: train on one of those families")
+    if info.prediction not in ("eps", "v"):
+        raise ValueError(f"the trainer supports eps- and v-prediction models; this {info.family.name} model uses "
+                         f"{info.prediction}: train on an eps or v checkpoint")
+    return info.family
+
+
+def unet_conditioning(base_model, tokens: torch.Tensor, pooled: torch.Tensor | None,
+                      latent_shape: tuple[int, ...]) -> dict:
+    """The keyword arguments of ``base_model.apply_model`` for text ``tokens`` (and ``pooled``), built by
+    the model's own ``extra_conds`` as ComfyUI's samplers build them for CLIPTextEncode's output.
+
+    SDXL's ``y`` = pooled CLIP-G embedding + embeddings of (height, width) = latent size x 8, crop (0, 0)
+    and target size = the same: ComfyUI's defaults. Batches repeat to ``latent_shape[0]``.
+    """
+    info = identify(base_model)
+    if info.family is not None and info.family.pooled and pooled is None:
+        raise ValueError(f"{info.family.name} conditioning needs the pooled text embedding (SDXL's y): encode the "
+                         "prompt with the model's own CLIP (encode_from_tokens(..., return_pooled=True))")
+    batch, height, width = latent_shape[0], latent_shape[-2] * 8, latent_shape[-1] * 8
+    kwargs = {"cross_attn": tokens, "device": tokens.device, "noise": torch.zeros(latent_shape, device=tokens.device),
+              "width": width, "height": height, "crop_w": 0, "crop_h": 0, "target_width": width,
+              "target_height": height}
+    if pooled is not None:
+        kwargs["pooled_output"] = pooled
+    conds = base_model.extra_conds(**kwargs)
+    out = {}
+    for name, cond in conds.items():
+        out[name] = cond.process_cond(batch_size=batch, device=tokens.device, area=None).cond.to(tokens.device)
+    return out
