@@ -126,3 +126,53 @@ def test_bad_inputs_are_refused_with_a_clear_message():
         world.sample_scene(np.random.default_rng(0), split="test")
     with pytest.raises(ValueError, match="Not a shapes-world caption"):
         world.parse_caption("a fox in the snow")
+
+
+# ---- scoring of edits -------------------------------------------------------------------------
+
+from shapesworld import scoring  # noqa: E402
+
+
+def test_edit_tasks_change_exactly_one_attribute_of_one_object():
+    for task in scoring.edit_tasks(3, 40):
+        diffs = [(a, b) for a, b in zip(task.source.objects, task.target.objects) if a.attributes != b.attributes]
+        assert len(diffs) == 1
+        (a, b), = diffs
+        changed = [i for i, (x, y) in enumerate(zip(a.attributes, b.attributes)) if x != y]
+        assert [judge.ATTRIBUTES[i] for i in changed] == [task.kind]
+        assert (b.colour, b.shape) not in world.HELD_OUT
+        old, new = task.blend_words.split(", ")
+        assert old in task.source_caption.split() and new in task.target_caption.split()
+
+
+def test_a_perfect_edit_scores_full_and_no_edit_scores_zero():
+    for k, task in enumerate(scoring.edit_tasks(4, 30)):
+        source = world.render(task.source, 32, np.random.default_rng(k))
+        perfect = world.render(task.target, 32, np.random.default_rng(k))  # same stripe phase
+        s = scoring.score_edit(perfect, source, task)
+        assert s["success"] == s["attribute"] == s["kept"] == s["agree_exact"] == s["background"] == 1.0
+        assert s["psnr_outside"] == float("inf")
+        unchanged = scoring.score_edit(source, source, task)
+        assert unchanged["success"] == unchanged["attribute"] == 0.0 and unchanged["kept"] == 1.0
+        # damage outside the edited object: preservation drops, the judge still reads the edit
+        damaged = perfect.copy()
+        outside = ~scoring.edited_region(task, 32)
+        damaged[outside] = np.clip(damaged[outside].astype(int) + 20, 0, 255).astype(np.uint8)
+        d = scoring.score_edit(damaged, source, task)
+        assert d["agree_exact"] < 0.05 and d["agree_tol"] < 0.05 and 21 < d["psnr_outside"] < 23
+        assert d["attribute"] == 1.0
+
+
+def test_clip_edit_scores_flicker_and_trajectory():
+    for task in scoring.clip_edit_tasks(6, 6):
+        frames = np.stack([world.render(s, 32) for s in task.targets])
+        s = scoring.score_clip_edit(frames, task)
+        assert s["frame_success"] == 1.0 and s["flicker"] == 0.0 and s["missing"] == 0.0
+        assert s["trajectory_px"] < 0.75  # box centre vs true centre: pixel rounding only
+        bad = frames.copy()
+        bad[3] = world.render(task.source.scenes[3], 32)  # one frame left unedited
+        b = scoring.score_clip_edit(bad, task)
+        assert b["frame_success"] == 7 / 8 and b["flicker"] == 2 / 7
+        still = np.stack([frames[0]] * len(frames))  # the object stops moving
+        if task.source.kind == "move":
+            assert scoring.score_clip_edit(still, task)["trajectory_px"] > 3
