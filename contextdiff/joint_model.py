@@ -23,14 +23,23 @@ JOINT_VERSION = 1
 
 
 def joint_unet_config(channels: int = 1, model_channels: int = 64, context_dim: int = 64,
-                      channel_mult=(1, 2), num_res_blocks: int = 2, heads: int = 4) -> dict:
-    """A small SD-style UNet config (pixel space, cross-attention to class/text tokens)."""
+                      channel_mult=(1, 2), num_res_blocks: int = 2, heads: int = 4,
+                      attention_from_level: int = 0) -> dict:
+    """A small SD-style UNet config (pixel space, cross-attention to class/text tokens).
+
+    Levels below ``attention_from_level`` (the high resolutions) get no transformer blocks: attention
+    costs grow with the square of the pixel count, and small models learn layout at low resolution.
+    """
     levels = len(channel_mult)
+    if not 0 <= attention_from_level < levels:
+        raise ValueError(f"attention_from_level={attention_from_level} must name one of the {levels} UNet levels")
+    depth = [int(level >= attention_from_level) for level in range(levels)]
     return {
         "use_checkpoint": False, "image_size": 32, "in_channels": channels, "out_channels": channels,
         "model_channels": model_channels, "num_res_blocks": [num_res_blocks] * levels,
-        "channel_mult": list(channel_mult), "transformer_depth": [1] * (levels * num_res_blocks),
-        "transformer_depth_output": [1] * (levels * (num_res_blocks + 1)), "transformer_depth_middle": 1,
+        "channel_mult": list(channel_mult), "transformer_depth": [d for d in depth for _ in range(num_res_blocks)],
+        "transformer_depth_output": [d for d in depth for _ in range(num_res_blocks + 1)],
+        "transformer_depth_middle": 1,
         "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
         "context_dim": context_dim, "num_heads": heads, "num_head_channels": -1, "adm_in_channels": None,
         "use_temporal_attention": False, "use_temporal_resblock": False,

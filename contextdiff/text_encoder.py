@@ -1,0 +1,100 @@
+"""A small text encoder of CLIP architecture with CLIP's BPE tokenizer, made of ComfyUI's own classes.
+
+The encoder is ``comfy.sd1_clip.SDClipModel`` (the CLIP text transformer SD1.x uses) with a small
+config, its tokenizer is ``comfy.sd1_clip.SDTokenizer`` with the CLIP vocabulary ComfyUI ships,
+and both are wrapped as a ``comfy.sd.CLIP``: the core CLIPTextEncode node, prompt weights such as
+``(red:1.3)``, long-prompt chunking and the edit nodes' word alignment run exactly as they do for
+an SD checkpoint. Importable without ComfyUI; the functions import ``comfy`` when called.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import torch
+
+TEXT_KEY = "l"          # the SD1.x layout: tokens come as {"l": [...]}, weights live under clip_l
+
+
+def text_config(width: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: int = 4) -> dict:
+    """CLIP-L's text config (ComfyUI's ``sd1_clip_config.json``) at a smaller width and depth.
+
+    Vocabulary (49,408 BPE tokens), 77 positions, quick-GELU and the start/end tokens stay CLIP's.
+    """
+    import comfy.sd1_clip
+
+    if width % heads:
+        raise ValueError(f"text width {width} must be divisible by its heads {heads}")
+    with open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")) as f:
+        config = json.load(f)
+    config.update(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                  intermediate_size=width * mlp_ratio, projection_dim=width)
+    config.pop("_name_or_path", None)
+    return config
+
+
+def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype = torch.float32):
+    """A ``comfy.sd.CLIP`` around a fresh text transformer of ``config`` (torch's default init, seeded).
+
+    ``init_seed=None`` leaves the weights uninitialised, for loading a checkpoint into.
+    """
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    from .joint_model import reset_parameters
+
+    width = config["hidden_size"]
+
+    class TextModel(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+            # "last": the final layer-normed hidden states, as SD1.x uses its CLIP.
+            super().__init__(device=device, dtype=dtype, textmodel_json_config=dict(config),
+                             model_options=model_options, layer="last", return_projected_pooled=False)
+
+    tokenizer = functools.partial(comfy.sd1_clip.SD1Tokenizer, clip_name=TEXT_KEY,
+                                  tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, embedding_size=width))
+    target = comfy.supported_models_base.ClipTarget(
+        tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_name=TEXT_KEY, clip_model=TextModel))
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": dtype})
+    if init_seed is not None:
+        reset_parameters(text_transformer(clip), init_seed)
+    return clip
+
+
+def text_transformer(clip) -> torch.nn.Module:
+    """The trainable CLIP text transformer inside a :func:`build_text_clip` object."""
+    return getattr(clip.cond_stage_model, f"clip_{TEXT_KEY}").transformer
+
+
+def token_ids(clip, captions: list[str]) -> list[list[int]]:
+    """The first 77-token window of each caption, as CLIPTextEncode tokenises it (weights dropped)."""
+    out = []
+    for text in captions:
+        first = clip.tokenize(text)[TEXT_KEY][0]
+        out.append([int(token) for token, *_ in first])
+    return out
+
+
+def encode_batch(clip, captions: list[str]) -> torch.Tensor:
+    """``(B, 77, width)`` conditioning tokens of a batch of captions, differentiable (for training).
+
+    ComfyUI's ``CLIPLayer`` adds its residuals in place (it is inference code), which autograd
+    refuses; this runs the same submodules of the same transformer with out-of-place residuals,
+    the computation of ``SDClipModel`` with ``layer="last"`` (tests compare it with CLIPTextEncode).
+    Prompt weights are a host feature and are not applied here (training captions have none).
+    """
+    from comfy.ldm.modules.attention import optimized_attention_for_device
+
+    text = text_transformer(clip).text_model
+    device = text.embeddings.token_embedding.weight.device
+    x = text.embeddings(torch.tensor(token_ids(clip, captions), device=device), dtype=torch.float32)
+    n = x.shape[1]
+    causal = torch.full((n, n), -torch.finfo(x.dtype).max, dtype=x.dtype, device=device).triu_(1)
+    attention = optimized_attention_for_device(device, mask=True, small_input=True)
+    for layer in text.encoder.layers:
+        x = x + layer.self_attn(layer.layer_norm1(x), causal, attention)
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return text.final_layer_norm(x)
