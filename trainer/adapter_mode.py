@@ -21,6 +21,7 @@ from contextdiff.objective import contextual_x0_loss
 
 from . import data, plots
 from .base_model import load_base
+from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
 from .lora import add_lora, lora_state_dict
 from .runtime import enable_checkpointing
 
@@ -36,9 +37,7 @@ class FrozenBaseTask(nn.Module):
         self.base = load_base(cfg, device)
         model = self.base.model
         self.model = model
-        ms = model.model_sampling
-        self.sigmas = ms.sigmas.detach().clone().to(device)
-        self.abar = (1.0 / (1.0 + ms.sigmas.double() ** 2)).to(device)
+        self.sigmas, self.abar = training_schedule(model, device)
         latent_channels = model.latent_format.latent_channels
         context_dim = model.model_config.unet_config["context_dim"]
         torch.manual_seed(cfg.seed)
@@ -57,11 +56,7 @@ class FrozenBaseTask(nn.Module):
             enable_checkpointing(list(dm.input_blocks) + [dm.middle_block] + list(dm.output_blocks))
 
     def loss(self, x0, ctx, t, eps, frames=None):
-        sigma = self.sigmas[t]
-
-        def denoise(x_t, t_):
-            scale = (1.0 + sigma ** 2).sqrt().reshape(-1, *([1] * (x_t.dim() - 1)))
-            return self.model.apply_model(x_t * scale, sigma, c_crossattn=ctx)
+        denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
 
         def relational(x, t_):
             return self.adapter(x, ctx[:1] if frames else ctx, t_.float(), frames=frames)
@@ -80,12 +75,11 @@ class FrozenBaseTask(nn.Module):
         return out
 
     @torch.no_grad()
-    def preview(self, x_shape, ctx, frames=None, steps=12, seed=0):
-        """Contextualized DDIM from the current adapter (no CFG): a quick look, not a benchmark."""
+    def preview(self, x_shape, ctx, frames=None, seed=0):
+        """Contextualized DDIM from the current adapter (no CFG, ``preview_steps`` steps): a quick look."""
         ms = self.model.model_sampling
-        idx = torch.linspace(len(self.sigmas) - 1, 0, steps).round().long()
-        sigmas = torch.cat([self.sigmas[idx], self.sigmas.new_zeros(1)])
-        x = torch.randn(x_shape, generator=torch.Generator().manual_seed(seed)).to(self.device) * (1 + sigmas[0] ** 2).sqrt()
+        sigmas = spaced_sigmas(self.sigmas, self.cfg.preview_steps)
+        x = prior_noise(x_shape, sigmas[0], seed, self.device)
         bias = adapter_bias(self.adapter, ctx[:1], ms.timestep, float(ms.sigma_max), 1.0, frames=frames)
 
         def denoiser(x_, s, **_):
@@ -98,10 +92,21 @@ class FrozenBaseTask(nn.Module):
         finally:
             self.adapter.train(was)
 
-    def to_pixels(self, latents):
+    def preview_latent_shape(self, latent_shape, count: int) -> tuple[int, ...]:
+        """``(count, C, h, w)`` of latents for ``preview_size`` pixels, scaled from a training latent's shape."""
+        side = self.cfg.preview_size or self.cfg.image_size
+        h, w = (max(1, round(n * side / self.cfg.image_size)) for n in latent_shape[-2:])
+        return (count, latent_shape[-3], h, w)
+
+    def to_pixels(self, latents, like: torch.Tensor):
+        """Decoded latents as (B, 3, H, W) in [-1, 1], at the size of the reference pictures ``like``."""
         if self.base.decode_latents is not None:
-            return self.base.decode_latents(latents).permute(0, 3, 1, 2) * 2 - 1
-        return latents[:, :3].tanh()
+            pixels = self.base.decode_latents(latents).permute(0, 3, 1, 2) * 2 - 1
+        else:   # a base without a decoder (research, tests): the first latent channels
+            pixels = latents[:, :3].tanh()
+        if pixels.shape[-2:] != like.shape[-2:]:
+            pixels = nn.functional.interpolate(pixels.float(), size=like.shape[-2:], mode="nearest")
+        return pixels.to(like.device)
 
 
 class AdapterTask(FrozenBaseTask):
@@ -118,12 +123,18 @@ class AdapterTask(FrozenBaseTask):
                 self._item(i)
 
     @torch.no_grad()
+    def _text(self, caption: str) -> torch.Tensor:
+        """The caption's conditioning tokens (L, context_dim)."""
+        return self.base.encode_text(caption)[0]
+
+    @torch.no_grad()
     def _item(self, i):
         if i in self._cache:
             return self._cache[i]
         path, caption = self.data.items[i]
         pixels = data.load_image(path, self.cfg.image_size).unsqueeze(0)
-        item = (self.base.encode_images(pixels)[0], self.base.encode_text(caption)[0])
+        item = (self.base.encode_images(pixels)[0], self._text(caption))
+        self.latent_shape = tuple(item[0].shape)
         if self.cfg.cache_latents:
             self._cache[i] = item
         return item
@@ -140,9 +151,14 @@ class AdapterTask(FrozenBaseTask):
         return self.loss(x0, ctx, t, eps)
 
     def sample_grid(self, out_path: Path) -> Path:
+        """Each of the first ``preview_count`` training images beside a sample from its caption."""
+        side = self.cfg.preview_size or self.cfg.image_size
         shown = []
-        for i in range(min(4, len(self.data))):
-            x0, ctx = self._item(i)
-            latents = self.preview((1,) + tuple(x0.shape), ctx.unsqueeze(0).to(self.device), seed=i)
-            shown += [self.to_pixels(x0.unsqueeze(0).to(self.device)), self.to_pixels(latents)]
+        for i in range(min(self.cfg.preview_count, len(self.data))):
+            path, caption = self.data.items[i]
+            ctx = self._cache[i][1] if i in self._cache else self._text(caption)
+            image = data.load_image(path, side).permute(2, 0, 1).unsqueeze(0) * 2 - 1
+            shape = self.preview_latent_shape(self.latent_shape, 1)
+            latents = self.preview(shape, ctx.unsqueeze(0).to(self.device), seed=i)
+            shown += [image, self.to_pixels(latents, image)]
         return plots.image_grid(torch.cat(shown), rows=len(shown) // 2, out_path=out_path, scale=2)

@@ -18,6 +18,7 @@ from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_une
 from contextdiff.objective import contextual_x0_loss
 
 from . import plots
+from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
 from .runtime import enable_checkpointing
 
 
@@ -58,9 +59,8 @@ class JointTask(nn.Module):
             latent_channels=1, context_dim=cfg.context_dim, dim=cfg.adapter_dim, depth=cfg.adapter_depth,
             heads=cfg.adapter_heads, patch_size=cfg.adapter_patch)).to(device)
         self.classes = ClassEmbedding(self.num_classes, cfg.context_dim).to(device)
-        ms = self.model.model_sampling
-        self.register_buffer("sigmas", ms.sigmas.detach().clone().to(device), persistent=False)
-        self.abar = (1.0 / (1.0 + ms.sigmas.double() ** 2)).to(device)
+        sigmas, self.abar = training_schedule(self.model, device)
+        self.register_buffer("sigmas", sigmas, persistent=False)
         self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
                                         "classes": self.classes})
         if cfg.grad_checkpointing:
@@ -99,12 +99,7 @@ class JointTask(nn.Module):
         cfg, device = self.cfg, self.sigmas.device
         t = t.to(device)
         ctx = self.classes(labels.to(device))
-        sigma = self.sigmas[t]
-
-        def denoise(x_t, t_):
-            scale = (1.0 + sigma ** 2).sqrt().reshape(-1, 1, 1, 1)
-            return self.model.apply_model(x_t * scale, sigma, c_crossattn=ctx)
-
+        denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
         loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise,
                                      lambda x, t_: self.adapter(x, ctx, t_.float()),
                                      weighting or cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
@@ -129,8 +124,9 @@ class JointTask(nn.Module):
 
     def sample_grid(self, out_path: Path) -> Path:
         n = self.cfg.sample_classes
-        labels = torch.arange(n).repeat_interleave(4) % self.num_classes
-        with_bias = self.sample(labels, seed=0, strength=1.0 if self.cfg.use_bias else 0.0)
+        labels = torch.arange(n).repeat_interleave(self.cfg.preview_count) % self.num_classes
+        strength = 1.0 if self.cfg.use_bias else 0.0
+        with_bias = self.sample(labels, seed=0, steps=self.cfg.preview_steps, strength=strength)
         return plots.image_grid(with_bias, rows=n, out_path=out_path, scale=4)
 
 
@@ -141,12 +137,8 @@ def sample_joint(model, adapter, classes, labels, seed, steps=20, cfg_scale=2.0,
     ms = model.model_sampling
     cond = classes(labels)
     uncond = classes(torch.full_like(labels, classes.num_classes))
-    n = len(labels)
     c = model.model_config.unet_config["in_channels"]
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, c, size, size, generator=gen).to(device)
-    idx = torch.linspace(len(ms.sigmas) - 1, 0, steps).round().long()
-    sigmas = torch.cat([ms.sigmas[idx], ms.sigmas.new_zeros(1)]).to(device)
+    sigmas = spaced_sigmas(ms.sigmas, steps).to(device)
 
     def denoiser(x, sigma, **_):
         both = model.apply_model(torch.cat([x, x]), torch.cat([sigma, sigma]), c_crossattn=torch.cat([cond, uncond]))
@@ -154,5 +146,5 @@ def sample_joint(model, adapter, classes, labels, seed, steps=20, cfg_scale=2.0,
         return u_out + cfg_scale * (c_out - u_out)
 
     bias = adapter_bias(adapter, cond, ms.timestep, float(ms.sigma_max), strength) if strength else None
-    x = noise * (1.0 + sigmas[0] ** 2).sqrt()
+    x = prior_noise((len(labels), c, size, size), sigmas[0], seed, device)
     return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias, eta=eta)

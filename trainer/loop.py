@@ -41,6 +41,7 @@ def train(cfg, task_factory) -> dict:
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    exported: list[Path] = []
     task = task_factory(cfg, env.device)
     params = {f"{name}.{k}": p for name, m in task.trainable.items() for k, p in m.named_parameters()
               if p.requires_grad}
@@ -82,9 +83,10 @@ def train(cfg, task_factory) -> dict:
                                   {"mode": cfg.mode, "steps": cfg.steps})
             ctx = ema.swapped() if ema is not None else _nullcontext()
             with ctx:
-                task.export(out)
+                exported[:] = task.export(out)
                 plots.loss_curve(log_path, out / "loss.png", f"{cfg.mode}: Eq. 6 loss")
-                task.sample_grid(out / "samples.png")
+                if cfg.preview_count:
+                    task.sample_grid(out / "samples.png")
         env.barrier()
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not env.main,
@@ -128,7 +130,11 @@ def train(cfg, task_factory) -> dict:
     checksum = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(params.values())))
     (out / f"rank-{env.rank}.json").write_text(json.dumps({"rank": env.rank, "world": env.world,
                                                            "checksum": checksum}))
-    summary = {"steps": cfg.steps, "final_loss": last, "output_dir": str(out), "seconds": time.time() - t0}
+    summary = {"steps": cfg.steps, "final_loss": last, "output_dir": str(out), "seconds": time.time() - t0,
+               "exported": [str(p) for p in exported]}
+    if env.main:
+        for path in exported:
+            print(f"[trainer] wrote {path}", flush=True)
     env.close()
     return summary
 

@@ -18,20 +18,18 @@ class VideoTask(FrozenBaseTask):
 
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
-        frames, self.fps = read_video(cfg.video, max_frames=None, stride=cfg.frame_stride, size=cfg.image_size)
-        if frames.shape[0] < 1:
-            raise ValueError(f"{cfg.video} gave no frames")
+        # One clip: only its frames are decoded and encoded, however long the file is.
+        frames, self.fps = read_video(cfg.video, max_frames=cfg.frames, stride=cfg.frame_stride,
+                                      size=cfg.image_size)
+        self.frames = frames.permute(0, 3, 1, 2) * 2 - 1   # (F, 3, H, W) in [-1, 1]: the preview's reference
         with torch.no_grad():
             self.latents = torch.cat([self.base.encode_images(frames[i:i + 4]) for i in range(0, len(frames), 4)])
             self.ctx = self.base.encode_text(cfg.prompt).to(device)
-        self.clip = min(cfg.frames, self.latents.shape[0])
-        print(f"[trainer] {Path(cfg.video).name}: {len(frames)} frames at stride {cfg.frame_stride}, "
-              f"clips of {self.clip}")
+        self.clip = self.latents.shape[0]
+        print(f"[trainer] {Path(cfg.video).name}: a clip of {self.clip} frames at stride {cfg.frame_stride}")
 
     def forward(self, gen):
-        n = self.latents.shape[0]
-        start = int(torch.randint(n - self.clip + 1, (1,), generator=gen))
-        x0 = self.latents[start:start + self.clip].to(self.device)
+        x0 = self.latents.to(self.device)
         # One timestep per clip, as in one-shot video tuning: the frames share a noise level.
         t = torch.randint(len(self.sigmas), (1,), generator=gen).expand(self.clip).to(self.device)
         eps = torch.randn(x0.shape, generator=gen).to(self.device)
@@ -39,7 +37,14 @@ class VideoTask(FrozenBaseTask):
         return self.loss(x0, ctx, t, eps, frames=self.clip)
 
     def sample_grid(self, out_path: Path) -> Path:
-        x0 = self.latents[: self.clip].to(self.device)
-        latents = self.preview(tuple(x0.shape), self.ctx, frames=self.clip)
-        return plots.image_grid(torch.cat([self.to_pixels(x0), self.to_pixels(latents)]), rows=2,
+        """The first ``preview_count`` frames of the clip above a clip sampled from the source prompt."""
+        count = min(self.cfg.preview_count, self.clip)
+        shape = self.preview_latent_shape(self.latents.shape, count)
+        scale = (self.cfg.preview_size or self.cfg.image_size) / self.cfg.image_size
+        reference = self.frames[:count]
+        if scale != 1:
+            size = [max(1, round(n * scale)) for n in reference.shape[-2:]]
+            reference = torch.nn.functional.interpolate(reference, size=size, mode="bilinear", antialias=True)
+        latents = self.preview(shape, self.ctx, frames=count)
+        return plots.image_grid(torch.cat([reference, self.to_pixels(latents, reference)]), rows=2,
                                 out_path=out_path, scale=2)

@@ -1,0 +1,47 @@
+"""The base model's noise schedule as every training mode uses it.
+
+ComfyUI models describe their schedule by ``sigma`` and take ``x_k = x_vp / sqrt(abar)``; Eq. 6
+works in VP space with ``abar_t``. The conversions are :mod:`contextdiff.schedule`'s; this module
+only applies them to a ComfyUI ``BaseModel`` (duck-typed: ``model_sampling.sigmas`` and
+``apply_model``), so that the training loss and the previews of each mode share one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from contextdiff.schedule import abar_from_sigma
+
+
+def training_schedule(model, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigmas, abar)`` of the model's training timesteps ``t = 0 .. T-1``: ComfyUI's sigmas, and
+    ``abar_t`` in float64 (its last entry is ``abar_T``, where ``k_T = 0``)."""
+    sigmas = model.model_sampling.sigmas.detach().clone()
+    return sigmas.to(device), abar_from_sigma(sigmas.double()).to(device)
+
+
+def vp_x0_predictor(model, sigma: torch.Tensor, context: torch.Tensor) -> Callable:
+    """``denoise(x_t, t) -> x0hat`` for VP-space ``x_t`` at per-sample ``sigma`` (Eq. 6's ``f_theta``)."""
+    to_k = abar_from_sigma(sigma).rsqrt()   # x_k = x_vp / sqrt(abar)
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale = to_k.reshape(-1, *([1] * (x_t.dim() - 1)))
+        return model.apply_model(x_t * scale, sigma, c_crossattn=context)
+
+    return denoise
+
+
+def spaced_sigmas(sigmas: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` training sigmas evenly spaced from ``sigma_max`` down to ``sigma_min``, then 0:
+    a ComfyUI sigma list for a DDIM preview."""
+    idx = torch.linspace(len(sigmas) - 1, 0, steps).round().long()
+    return torch.cat([sigmas[idx], sigmas.new_zeros(1)])
+
+
+def prior_noise(shape, sigma_max: torch.Tensor, seed: int, device) -> torch.Tensor:
+    """``x_T`` in ComfyUI's space: ``N(0, I)`` in VP space (``k_T = 0``: no bias) over ``sqrt(abar_T)``,
+    drawn on the CPU so that a seed gives the same picture on every device."""
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    return noise * abar_from_sigma(sigma_max).rsqrt().to(noise.dtype)
