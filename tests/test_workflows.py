@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_host import VIRTUAL_NODES, is_widget, node_inputs, ui_to_api
+from comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, ui_to_api
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -17,6 +17,15 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 def test_there_are_the_promised_workflows():
     names = {p.stem for p in WORKFLOWS}
     assert {"text_to_image", "sampler_custom", "image_edit", "video_edit", "digits_contextdiff"} <= names
+
+
+def test_readme_names_every_node_category(server):
+    """The README's install paragraph names every menu category the pack's nodes appear under in the host."""
+    info = server.get("/object_info")
+    ours = {spec["category"] for spec in info.values() if spec.get("python_module", "").endswith(PACK_NAME)}
+    assert len(ours) >= 3, ours
+    install = (ROOT / "README.md").read_text().split("## Install into your ComfyUI")[1].split("\n## ")[0]
+    assert not {c for c in ours if f"*{c}*" not in " ".join(install.split())}, install
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
