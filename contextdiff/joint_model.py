@@ -19,6 +19,7 @@ from .adapter import AdapterConfig, ContextAdapter
 from .adapter_io import AdapterFileError, atomic_save_file, read_header
 
 JOINT_FORMAT = "contextdiff-joint"
+TEXT_JOINT_FORMAT = "contextdiff-text-joint"   # contextdiff/text_joint.py
 JOINT_VERSION = 1
 
 
@@ -113,14 +114,42 @@ class ClassEmbedding(torch.nn.Module):
         return self.embed(labels).reshape(labels.shape[0], self.tokens, -1)
 
 
+def save_parts(path, parts: dict[str, torch.nn.Module], meta: dict) -> Path:
+    """One ``.safetensors`` with each module's state under its prefix (``unet.``, ``adapter.``, ...)."""
+    tensors = {f"{prefix}.{k}": v for prefix, module in parts.items() for k, v in module.state_dict().items()}
+    return atomic_save_file(tensors, path, meta)
+
+
+def load_parts(path: Path, parts: dict[str, torch.nn.Module], device="cpu") -> None:
+    """Fill each module from its prefix in a :func:`save_parts` file, strictly (every key, every shape)."""
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        keys = list(f.keys())
+        for prefix, module in parts.items():
+            state = {k[len(prefix) + 1:]: f.get_tensor(k) for k in keys if k.startswith(prefix + ".")}
+            try:
+                module.load_state_dict(state)
+            except RuntimeError as e:
+                raise AdapterFileError(f"{path.name}: the {prefix} weights do not match the stored "
+                                       f"configuration ({str(e).splitlines()[0]}); re-export the checkpoint.") from None
+
+
+def checkpoint_format(path) -> tuple[str | None, dict]:
+    """``(format, metadata)`` of a safetensors file's header (``format`` is ``None`` when absent)."""
+    meta = read_header(Path(path)).get("__metadata__") or {}
+    return meta.get("format"), meta
+
+
+def check_version(path: Path, meta: dict, version: int) -> None:
+    if meta.get("format_version") != str(version):
+        raise AdapterFileError(f"{path.name} has {meta.get('format')} format version {meta.get('format_version')}, "
+                               f"this pack reads {version}; update the pack or retrain.")
+
+
 def save_joint(path, model, adapter: ContextAdapter, classes: ClassEmbedding, unet_config: dict,
                training: dict | None = None, with_bias: bool = True):
     """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
-    tensors = {f"unet.{k}": v for k, v in model.diffusion_model.state_dict().items()}
-    tensors.update({f"adapter.{k}": v for k, v in adapter.state_dict().items()})
-    tensors.update({f"classes.{k}": v for k, v in classes.state_dict().items()})
     meta = {
-        "format": JOINT_FORMAT, "format_version": str(JOINT_VERSION),
+        "format": JOINT_FORMAT, "format_version": str(JOINT_VERSION), "recipe": "digits",
         "unet_config": json.dumps(unet_config, sort_keys=True),
         "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
         "num_classes": str(classes.num_classes), "class_tokens": str(classes.tokens),
@@ -129,12 +158,12 @@ def save_joint(path, model, adapter: ContextAdapter, classes: ClassEmbedding, un
         "training": json.dumps(training or {}, sort_keys=True, default=str),
         "producer": f"contextdiff-comfyui {__version__}",
     }
-    return atomic_save_file(tensors, path, meta)
+    return save_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, meta)
 
 
 def is_joint_file(path) -> bool:
     try:
-        return (read_header(Path(path)).get("__metadata__") or {}).get("format") == JOINT_FORMAT
+        return checkpoint_format(path)[0] == JOINT_FORMAT
     except AdapterFileError:
         return False
 
@@ -142,26 +171,17 @@ def is_joint_file(path) -> bool:
 def load_joint(path, device="cpu"):
     """``(comfy BaseModel, ContextAdapter, ClassEmbedding, metadata)`` from :func:`save_joint`'s file."""
     path = Path(path)
-    meta = read_header(path).get("__metadata__") or {}
-    if meta.get("format") != JOINT_FORMAT:
-        raise AdapterFileError(f"{path.name} is not a ContextDiff joint checkpoint (format={meta.get('format')!r}); "
-                               "train one with python -m trainer.train --mode joint.")
-    if meta.get("format_version") != str(JOINT_VERSION):
-        raise AdapterFileError(f"{path.name} has joint format version {meta.get('format_version')}, this pack "
-                               f"reads {JOINT_VERSION}; update the pack or retrain.")
+    fmt, meta = checkpoint_format(path)
+    if fmt != JOINT_FORMAT:
+        hint = ("it is a text-conditioned joint model: load it with Load ContextDiff Text Joint Model"
+                if fmt == TEXT_JOINT_FORMAT else "train one with python -m trainer.train --mode joint")
+        raise AdapterFileError(f"{path.name} is not a ContextDiff class-conditional joint checkpoint "
+                               f"(format={fmt!r}); {hint}.")
+    check_version(path, meta, JOINT_VERSION)
     unet_config = json.loads(meta["unet_config"])
     model = build_joint_model(unet_config, init_seed=None)
     adapter = ContextAdapter(AdapterConfig.from_dict(json.loads(meta["adapter_config"])))
     classes = ClassEmbedding(int(meta["num_classes"]), unet_config["context_dim"], int(meta.get("class_tokens", 1)))
-    parts = {"unet.": model.diffusion_model, "adapter.": adapter, "classes.": classes}
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        keys = list(f.keys())
-        for prefix, module in parts.items():
-            state = {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
-            try:
-                module.load_state_dict(state)
-            except RuntimeError as e:
-                raise AdapterFileError(f"{path.name}: the {prefix[:-1]} weights do not match the stored "
-                                       f"configuration ({str(e).splitlines()[0]}); re-export the checkpoint.") from None
+    load_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, device)
     meta["unet_config"], meta["training"] = unet_config, json.loads(meta.get("training", "{}"))
     return model.eval(), adapter.eval().requires_grad_(False), classes.eval().requires_grad_(False), meta

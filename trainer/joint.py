@@ -134,9 +134,16 @@ def sample_joint(model, adapter, classes, labels, seed, steps=20, cfg_scale=2.0,
     """Sample a joint model outside ComfyUI's sampler (trainer previews, metrics); returns pixels."""
     device = next(model.parameters()).device
     labels = labels.to(device)
-    ms = model.model_sampling
     cond = classes(labels)
     uncond = classes(torch.full_like(labels, classes.num_classes))
+    return sample_conditioned(model, adapter, cond, uncond, seed, steps, cfg_scale, strength, eta, size)
+
+
+def sample_conditioned(model, adapter, cond, uncond, seed, steps=20, cfg_scale=2.0, strength=1.0, eta=0.0, size=8):
+    """Contextualized DDIM of a joint model with classifier-free guidance from ``cond``/``uncond``
+    tokens (one row per sample); returns pixels."""
+    device = cond.device
+    ms = model.model_sampling
     c = model.model_config.unet_config["in_channels"]
     sigmas = spaced_sigmas(ms.sigmas, steps).to(device)
 
@@ -146,5 +153,5 @@ def sample_joint(model, adapter, classes, labels, seed, steps=20, cfg_scale=2.0,
         return u_out + cfg_scale * (c_out - u_out)
 
     bias = adapter_bias(adapter, cond, ms.timestep, float(ms.sigma_max), strength) if strength else None
-    x = prior_noise((len(labels), c, size, size), sigmas[0], seed, device)
+    x = prior_noise((len(cond), c, size, size), sigmas[0], seed, device)
     return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias, eta=eta)
