@@ -91,6 +91,9 @@ def test_notation_table_names_live_code():
     rows = [r for r in table_rows(markdown) if len(r) >= 3 and "`" in r[2]]
     assert len(rows) >= 25, "docs/notation.md should map every symbol the code uses"
     assert not stale_entries(markdown)
+    # The prose ("Where do I change ...") names files too.
+    paths = set(re.findall(r"`([\w./-]+\.(?:py|md))`", markdown))
+    assert paths and not [p for p in paths if not (ROOT / p).is_file()]
 
 
 def test_stale_notation_rows_are_caught(tmp_path):

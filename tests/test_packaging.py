@@ -165,8 +165,6 @@ def test_import_scan_sees_an_undeclared_module(tmp_path):
     assert distribution_of("hypothesis") not in set(requirement_set(PYPROJECT["project"]["dependencies"]))
 
 
-# strict: once kornia is imported (or removed from pyproject) this xfail fails, and the marker goes.
-@pytest.mark.xfail(strict=True, reason="kornia is declared and not imported yet (issue 13 item 6: use it or drop it)")
 def test_every_runtime_dependency_is_used():
     """A declared dependency that nothing imports only costs users an install."""
     imported = {distribution_of(m) for m in third_party_imports(shipped_files())}
