@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,6 +321,7 @@ def replace_value(words: list[str], option: str, value: str) -> list[str]:
 
 
 @pytest.mark.host
+@pytest.mark.slow
 def test_readme_checkpoint_commands_agree_and_run(tmp_path, sd15_checkpoint, caption_folder):
     """Train with the README's adapter command, then run its text-to-image command on the adapter path it
     names: the trainer writes (and prints) that very path, and the demo makes a picture of the asked size."""

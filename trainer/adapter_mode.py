@@ -70,8 +70,8 @@ class FrozenBaseTask(nn.Module):
                             training=self.cfg.to_dict())]
         if self.loras:
             meta = {"contextdiff_training": json.dumps(self.cfg.to_dict(), default=str)}
-            out.append(atomic_save_file(lora_state_dict(self.loras), Path(output_dir) / f"{self.cfg.name}-lora.safetensors",
-                                        meta))
+            lora_path = Path(output_dir) / f"{self.cfg.name}-lora.safetensors"
+            out.append(atomic_save_file(lora_state_dict(self.loras), lora_path, meta))
         return out
 
     @torch.no_grad()

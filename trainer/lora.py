@@ -27,7 +27,7 @@ class LoRALinear(nn.Module):
 def add_lora(diffusion_model: nn.Module, rank: int) -> dict[str, LoRALinear]:
     """Wrap every attention projection; returns ``{path: LoRALinear}`` (paths inside the UNet)."""
     found = {}
-    for name, module in list(diffusion_model.named_modules()):
+    for name, _ in list(diffusion_model.named_modules()):
         if not (name.endswith("attn1") or name.endswith("attn2")):
             continue
         for target in TARGETS:

@@ -30,7 +30,7 @@ def loss_curve(log_path: Path, out_path: Path, title: str = "training loss") -> 
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"moving mean ({k})")
     if val:
-        ax.plot(*zip(*val), "o-", ms=3, lw=1.2, label="validation (uniform weighting)")
+        ax.plot(*zip(*val, strict=True), "o-", ms=3, lw=1.2, label="validation (uniform weighting)")
     ax.set_xlabel("step")
     ax.set_ylabel("Eq. 6 loss")
     ax.set_yscale("log")
@@ -53,7 +53,8 @@ def image_grid(images: torch.Tensor, rows: int, out_path: Path, scale: int = 1, 
     canvas = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad)
     for i in range(n):
         r, c = divmod(i, cols)
-        canvas[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = (images[i] + 1) / 2
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[:, top:top + h, left:left + w] = (images[i] + 1) / 2
     arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     img = Image.fromarray(arr)
     if scale > 1:
