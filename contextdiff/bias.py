@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Tuple
+import math
+from collections.abc import Callable
 
 import torch
 
 from .schedule import k_from_sigma
 
 # r(x0hat, sigmas) -> (r at sigmas[0], r at sigmas[1]): one relational-network call for both.
-RelationalPair = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+RelationalPair = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def finite_strength(strength: float) -> float:
+    """``strength`` as a float; NaN or infinity is refused here, before it turns every latent into NaN."""
+    value = float(strength)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"adapter_strength is {value}, not a finite number: set it to a number such as 1.0 "
+            "(0 switches the adapter off)"
+        )
+    return value
 
 
 class ContextBias:
@@ -21,11 +33,11 @@ class ContextBias:
     """
 
     def __init__(self, r: RelationalPair, sigma_max: float | torch.Tensor | None, strength: float = 1.0):
-        self.r, self.sigma_max, self.strength = r, sigma_max, float(strength)
+        self.r, self.sigma_max, self.strength = r, sigma_max, finite_strength(strength)
 
     def __call__(self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor):
         # k in float64 on the CPU: exact near abar = 1 and independent of the device's dtypes.
-        sigmas = torch.stack([torch.as_tensor(sigma_a).detach().cpu(), torch.as_tensor(sigma_b).detach().cpu()]).double()
+        sigmas = torch.stack([torch.as_tensor(s).detach().cpu() for s in (sigma_a, sigma_b)]).double()
         k = k_from_sigma(sigmas, self.sigma_max)
         if self.strength == 0 or not bool((k != 0).any()):
             zero = torch.zeros_like(x0hat)
@@ -43,8 +55,14 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def adapter_bias(adapter, text: torch.Tensor, timestep: Callable[[torch.Tensor], torch.Tensor],
-                 sigma_max, strength: float = 1.0, frames: int | None = None) -> ContextBias:
+def adapter_bias(
+    adapter,
+    text: torch.Tensor,
+    timestep: Callable[[torch.Tensor], torch.Tensor],
+    sigma_max,
+    strength: float = 1.0,
+    frames: int | None = None,
+) -> ContextBias:
     """A :class:`ContextBias` from a :class:`~contextdiff.adapter.ContextAdapter`.
 
     ``text``: the positive CONDITIONING tokens; ``timestep``: sigma -> training timestep (the

@@ -48,6 +48,12 @@ def variational_bound(x0: torch.Tensor, abar: torch.Tensor, denoise: Callable, b
     def b(x, idx):
         return None if bias is None else bias(x, idx)
 
+    if bias is not None:
+        b_T = bias(x0, torch.full((n,), T - 1, dtype=torch.long, device=x0.device))
+        if bool((b_T != 0).any()):
+            raise ValueError("the bias must vanish at T (k_T = 0): L_T takes q(x_T | x0) = N(sqrt(abar_T) x0, "
+                             "1 - abar_T); scale r_phi by schedule.k_coefficient(abar, abar[-1])")
+
     def sample_xt(idx):
         a = abar[idx].reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)

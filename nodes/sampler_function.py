@@ -1,21 +1,25 @@
-"""The bridge between ComfyUI's KSAMPLER protocol and :mod:`contextdiff.sampling`.
+"""The bridge between ComfyUI's KSAMPLER protocol and :mod:`contextdiff.sampling` / :mod:`contextdiff.inversion`.
 
 ComfyUI calls ``sampler_function(model_k, noise, sigmas, extra_args, callback, disable, **opts)``
 with ``model_k.inner_model`` the guider (CFGGuider or any other), whose processed conditionings
-hold the positive text tokens the adapter needs. Nothing here patches the user's model.
+hold the positive text tokens the adapter needs. Two factories: :func:`contextdiff_ksampler`
+(DDIM/DDPM sampling, unsampling on increasing sigmas with DDIM) and :func:`inversion_ksampler`
+(the exact bias-aware inversion of the editing nodes). Nothing here patches the user's model.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..contextdiff import sampling
-from ..contextdiff.bias import adapter_bias
+from ..contextdiff import inversion, sampling
+from ..contextdiff.bias import ContextBias, adapter_bias, finite_strength
 
 METHODS = ("ddim", "ddpm")
-INVERT = "invert"
 
 
 def positive_tokens(guider) -> torch.Tensor:
@@ -23,74 +27,172 @@ def positive_tokens(guider) -> torch.Tensor:
     conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", {})
     entries = conds.get("positive") or next(iter(conds.values()), None)
     if not entries:
-        raise ValueError("ContextDiff needs a positive conditioning to compute the context bias; connect one to the guider.")
+        raise ValueError(
+            "ContextDiff needs a positive conditioning to compute the context bias; connect one to the guider."
+        )
     first = entries[0]
     tokens = first.get("cross_attn")
     if tokens is None and "model_conds" in first and "c_crossattn" in first["model_conds"]:
         tokens = first["model_conds"]["c_crossattn"].cond
     if tokens is None:
-        raise ValueError("the positive conditioning carries no text tokens (cross_attn); ContextDiff adapters need "
-                         "a text-conditioned model such as SD1.x, SD2.x or SDXL.")
+        raise ValueError(
+            "the positive conditioning carries no text tokens (cross_attn); ContextDiff adapters need "
+            "a text-conditioned model such as SD1.x, SD2.x or SDXL."
+        )
     return tokens
 
 
 def require_vp(model_sampling) -> None:
     """ContextDiff's equations are written for variance-preserving (DDPM-family) models."""
     if isinstance(model_sampling, comfy.model_sampling.CONST) or not hasattr(model_sampling, "timestep"):
-        raise ValueError("ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or "
-                         "v-prediction); this model uses flow matching, for which the paper's equations do not hold.")
+        raise ValueError(
+            "ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or "
+            "v-prediction); this model uses flow matching, for which the paper's equations do not hold."
+        )
 
 
-def contextdiff_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                       adapter=None, method: str = "ddim", eta: float = 0.0, strength: float = 1.0,
-                       frames: int | None = None, post_step=None, trajectory=None, refine_steps: int = 0):
+def nan_cause(base_model) -> str:
+    """What a NaN prediction most likely means for a model computing in its dtype."""
+    dtype = getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype()
+    if dtype == torch.float16:
+        return sampling.MODEL_CAUSE
+    return (
+        f"the model computes in {str(dtype).removeprefix('torch.')}, so this is no fp16 overflow: its weights, a "
+        "patch on it (LoRA, ControlNet, another pack's) or its conditioning produce NaN; remove them one by one "
+        "to find which"
+    )
+
+
+def prepare(model, x: torch.Tensor, adapter, strength: float, frames: int | None) -> tuple[ContextBias | None, str]:
+    """Checks shared by sampling and inversion, then ``(bias or None, NaN cause)``; before any model call."""
+    guider = model.inner_model
+    base_model = guider.inner_model
+    require_vp(base_model.model_sampling)
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            "the input latent contains NaN or infinity; a VAE overflowing in fp16 is the usual "
+            "cause (black images): encode with ComfyUI's --fp32-vae, or check the latent's source"
+        )
+    if adapter is None or strength == 0:
+        return None, nan_cause(base_model)
+    tokens = positive_tokens(guider)
+    if not bool(torch.isfinite(tokens).all()):
+        raise FloatingPointError(
+            "the positive conditioning contains NaN or infinity; re-encode the prompt "
+            "(a text encoder overflowing in fp16 is the usual cause: try --fp32-text-enc)"
+        )
+    adapter.check_compatible(tokens.shape[-1], x.shape[1])
+    ms = base_model.model_sampling
+    bias = adapter_bias(adapter.on(x.device), tokens, ms.timestep, float(ms.sigma_max), strength, frames=frames)
+    return bias, nan_cause(base_model)
+
+
+def contextdiff_sample(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    *,
+    adapter=None,
+    method: str = "ddim",
+    eta: float = 0.0,
+    strength: float = 1.0,
+    frames: int | None = None,
+    post_step=None,
+):
     """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt.
 
-    ``method="invert"`` runs bias-aware DDIM inversion over ascending sigmas instead;
-    ``trajectory(info)`` then sees every inverted level, and ``post_step`` adjusts DDIM steps.
+    On increasing sigmas (FlipSigmas) DDIM at eta 0 unsamples, like core ``ddim``; ``post_step`` adjusts
+    DDIM steps (editing's latent blend).
     """
-    guider = model.inner_model
-    model_sampling = guider.inner_model.model_sampling
-    require_vp(model_sampling)
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError("the input latent contains NaN or infinity; a VAE overflowing in fp16 is the usual "
-                                 "cause (black images): encode with ComfyUI's --fp32-vae, or check the latent's source")
-    bias = None
-    if adapter is not None and strength != 0:
-        tokens = positive_tokens(guider)
-        if not bool(torch.isfinite(tokens).all()):
-            raise FloatingPointError("the positive conditioning contains NaN or infinity; re-encode the prompt "
-                                     "(a text encoder overflowing in fp16 is the usual cause: try --fp32-text-enc)")
-        adapter.check_compatible(tokens.shape[-1], x.shape[1])
-        bias = adapter_bias(adapter.on(x.device), tokens, model_sampling.timestep,
-                            float(model_sampling.sigma_max), strength, frames=frames)
+    bias, cause = prepare(model, x, adapter, strength, frames)
     if method == "ddim":
-        return sampling.sample_contextdiff_ddim(model, x, sigmas, extra_args, callback, disable, eta=eta, bias=bias,
-                                                post_step=post_step)
-    if method == INVERT:
-        def report(info):
-            if trajectory is not None:
-                trajectory(info)
-            if callback is not None:
-                callback(info)
-        if trajectory is not None:
-            trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x})
-        return sampling.invert_ddim(model, x, sigmas, extra_args, report, disable, bias=bias,
-                                    refine_steps=refine_steps, final_eval=True)
-    if method == "ddpm":
-        return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, bias=bias)
-    raise ValueError(f"unknown ContextDiff method {method!r}; choose one of {METHODS}")
+        return sampling.sample_contextdiff_ddim(
+            model, x, sigmas, extra_args, callback, disable, eta=eta, bias=bias, post_step=post_step, cause=cause
+        )
+    return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, bias=bias, cause=cause)
 
 
-def contextdiff_ksampler(adapter=None, method: str = "ddim", eta: float = 0.0, strength: float = 1.0,
-                         frames: int | None = None, **options) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node.
+def contextdiff_invert(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    *,
+    adapter=None,
+    strength: float = 1.0,
+    frames: int | None = None,
+    refine_steps: int = 0,
+    trajectory: Callable[[dict], None] | None = None,
+):
+    """KSAMPLER function: bias-aware DDIM inversion over ascending sigmas (:func:`contextdiff.inversion.invert_ddim`).
 
-    ``options`` pass through to :func:`contextdiff_sample` (editing: post_step, trajectory, ...).
+    ``trajectory(info)`` sees the input and every inverted level, before ``callback`` (the preview).
     """
-    if method not in METHODS + (INVERT,):
+    bias, cause = prepare(model, x, adapter, strength, frames)
+
+    def report(info):
+        if trajectory is not None:
+            trajectory(info)
+        if callback is not None:
+            callback(info)
+
+    if trajectory is not None:
+        trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x})
+    return inversion.invert_ddim(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        report,
+        disable,
+        bias=bias,
+        refine_steps=refine_steps,
+        final_eval=True,
+        cause=cause,
+    )
+
+
+def check_options(strength: float, eta: float = 0.0, method: str = "ddim") -> None:
+    """Refuse options no run survives, naming them, when the SAMPLER is built (before any computation)."""
+    finite_strength(strength)
+    if method not in METHODS:
         raise ValueError(f"unknown ContextDiff method {method!r}; choose one of {METHODS}")
-    options = dict(options, adapter=adapter, method=method, eta=eta, strength=strength, frames=frames)
+    if not math.isfinite(eta) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta is {eta}; it must be a number in [0, 1] (0 deterministic DDIM, 1 the DDPM variance)")
+
+
+def contextdiff_ksampler(
+    adapter=None,
+    method: str = "ddim",
+    eta: float = 0.0,
+    strength: float = 1.0,
+    frames: int | None = None,
+    post_step=None,
+) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node."""
+    check_options(strength, eta, method)
+    options = dict(adapter=adapter, method=method, eta=eta, strength=strength, frames=frames, post_step=post_step)
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
-    return comfy.samplers.KSAMPLER(contextdiff_sample, extra_options=options,
-                                   inpaint_options={"random": method == "ddim"})
+    return comfy.samplers.KSAMPLER(
+        contextdiff_sample, extra_options=options, inpaint_options={"random": method == "ddim"}
+    )
+
+
+def inversion_ksampler(
+    adapter=None,
+    strength: float = 1.0,
+    frames: int | None = None,
+    refine_steps: int = 0,
+    trajectory: Callable[[dict], None] | None = None,
+) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped) and the clean latent."""
+    check_options(strength)
+    if refine_steps < 0:
+        raise ValueError(f"refine_steps is {refine_steps}; it must be 0 (classic inversion) or more")
+    options = dict(adapter=adapter, strength=strength, frames=frames, refine_steps=refine_steps, trajectory=trajectory)
+    return comfy.samplers.KSAMPLER(contextdiff_invert, extra_options=options)

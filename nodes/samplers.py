@@ -8,22 +8,29 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from . import inputs
 from .sampler_function import METHODS, contextdiff_ksampler
-from .types import Adapter
 
-METHOD_TIP = ("ddim: deterministic contextualized DDIM (paper Eq. 11; Eq. 18 with eta > 0). "
-              "ddpm: ancestral sampling with the contextualized posterior (Eq. 7).")
-STRENGTH_TIP = "Scales the context bias b_t = k_t r_phi(x0hat, c, t). 0 gives exactly the base sampler."
-ADAPTER_TIP = "Context-aware adapter from Load ContextDiff Adapter. Leave empty to run the base sampler."
+METHOD_TIP = (
+    "ddim: deterministic contextualized DDIM (paper Eq. 11; Eq. 18 with eta > 0); on increasing sigmas "
+    "(FlipSigmas) it unsamples, like core ddim. ddpm: ancestral sampling with the contextualized "
+    "posterior (Eq. 7)."
+)
 
 
 def _method_inputs():
     return [
         io.Combo.Input("method", options=list(METHODS), default="ddim", tooltip=METHOD_TIP),
-        io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01, round=False,
-                       tooltip="DDIM stochasticity (ddim only): 0 deterministic, 1 the DDPM posterior variance."),
-        io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05, round=False,
-                       tooltip=STRENGTH_TIP),
+        io.Float.Input(
+            "eta",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            round=False,
+            tooltip="DDIM stochasticity (ddim only): 0 deterministic, 1 the DDPM posterior variance.",
+        ),
+        inputs.adapter_strength(),
     ]
 
 
@@ -35,43 +42,98 @@ class ContextDiffKSampler(io.ComfyNode):
             display_name="ContextDiff KSampler",
             category="sampling/contextdiff",
             description="Samples with ContextDiff: DDIM or DDPM whose trajectory is shifted by the cross-modal "
-                        "context bias of an adapter, computed from the positive prompt at every step. Works with "
-                        "LoRA-patched models and ControlNet conditioning like the core KSampler.",
+            "context bias of an adapter, computed from the positive prompt at every step. Works with "
+            "LoRA-patched models and ControlNet conditioning like the core KSampler.",
             inputs=[
                 io.Model.Input("model", tooltip="A variance-preserving model: SD1.x, SD2.x or SDXL."),
                 io.Conditioning.Input("positive", tooltip="What to generate; also the text the adapter reads."),
                 io.Conditioning.Input("negative", tooltip="What to avoid (classifier-free guidance)."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for text-to-image)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the initial noise (and of DDPM's per-step noise)."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the initial noise (and of DDPM's per-step noise).",
+                ),
                 io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
-                               tooltip="Any ComfyUI scheduler: the equations are exact for skipped-step schedules."),
+                io.Float.Input(
+                    "cfg",
+                    default=7.5,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale.",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.SCHEDULER_NAMES,
+                    default="normal",
+                    tooltip="Any ComfyUI scheduler: the equations are exact for skipped-step schedules.",
+                ),
                 *_method_inputs(),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Below 1 starts from the input latent part-way (img2img); the bias of "
-                                       "the starting step is carried like any other."),
-                Adapter.Input("adapter", optional=True, tooltip=ADAPTER_TIP),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Below 1 starts from the input latent part-way (img2img); the bias of "
+                    "the starting step is carried like any other.",
+                ),
+                inputs.adapter(),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, scheduler, method, eta,
-                adapter_strength, denoise, adapter=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        scheduler,
+        method,
+        eta,
+        adapter_strength,
+        denoise,
+        adapter=None,
+    ) -> io.NodeOutput:
         latent = latent_image["samples"]
         latent = comfy.sample.fix_empty_latent_channels(model, latent)
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         # ComfyUI's own KSampler computes the sigmas (denoise included), so both agree step for step.
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler="ddim",
-                                         scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+        sigmas = comfy.samplers.KSampler(
+            model,
+            steps=steps,
+            device=model.load_device,
+            sampler="ddim",
+            scheduler=scheduler,
+            denoise=denoise,
+            model_options=model.model_options,
+        ).sigmas
         sampler = contextdiff_ksampler(adapter, method, eta, adapter_strength)
         callback = latent_preview.prepare_callback(model, steps)
-        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
-                                             noise_mask=latent_image.get("noise_mask"), callback=callback,
-                                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        samples = comfy.sample.sample_custom(
+            model,
+            noise,
+            cfg,
+            sampler,
+            sigmas,
+            positive,
+            negative,
+            latent,
+            noise_mask=latent_image.get("noise_mask"),
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=seed,
+        )
         out = latent_image.copy()
         out["samples"] = samples
         return io.NodeOutput(out)
@@ -85,8 +147,8 @@ class ContextDiffSampler(io.ComfyNode):
             display_name="ContextDiff Sampler",
             category="sampling/custom_sampling/samplers",
             description="A SAMPLER for SamplerCustom / SamplerCustomAdvanced: contextualized DDIM/DDPM with any "
-                        "sigmas and any guider. The bias uses the guider's positive conditioning.",
-            inputs=[*_method_inputs(), Adapter.Input("adapter", optional=True, tooltip=ADAPTER_TIP)],
+            "sigmas and any guider. The bias uses the guider's positive conditioning.",
+            inputs=[*_method_inputs(), inputs.adapter()],
             outputs=[io.Sampler.Output()],
         )
 
