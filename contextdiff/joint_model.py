@@ -173,7 +173,7 @@ def load_joint(path, device="cpu"):
     path = Path(path)
     fmt, meta = checkpoint_format(path)
     if fmt != JOINT_FORMAT:
-        hint = ("it is a text-conditioned joint model: load it with Load ContextDiff Text Joint Model"
+        hint = ("it is a text-conditioned joint model: load it with Load ContextDiff Shapes Model"
                 if fmt == TEXT_JOINT_FORMAT else "train one with python -m trainer.train --mode joint")
         raise AdapterFileError(f"{path.name} is not a ContextDiff class-conditional joint checkpoint "
                                f"(format={fmt!r}); {hint}.")

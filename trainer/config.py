@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-MODES = ("joint", "adapter", "video")
+MODES = ("joint", "adapter", "video", "shapes")
+FROM_SCRATCH = ("joint", "shapes")   # a denoiser trained with the adapter (Eq. 6)
 BASE_MODES = ("adapter", "video")   # a frozen ComfyUI base model
 
 
@@ -29,7 +30,8 @@ def opt(default, help_text: str, choices=None, modes: tuple[str, ...] = MODES):
 class TrainConfig:
     # What to train
     mode: str = opt("joint", "joint: denoiser + adapter from scratch (Eq. 6); adapter: adapter for a frozen "
-                    "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2)", list(MODES))
+                    "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2); shapes: denoiser + adapter + "
+                    "a CLIP text encoder from scratch on the captioned shapes world (text-to-image)", list(MODES))
     output_dir: str = opt("", "where checkpoints, logs and plots go; empty: runs/<name>")
     name: str = opt("contextdiff", "file name stem of the adapter/joint checkpoint: <output_dir>/<name>.safetensors")
     seed: int = opt(0, "seed of initialisation, data order, timesteps and noise")
@@ -59,11 +61,20 @@ class TrainConfig:
                        "or a .jsonl file of {image, caption}", modes=("joint", "adapter"))
     image_size: int = opt(8, "joint: training resolution in pixels; adapter/video: image side before VAE encoding")
     # joint mode
-    unet_channels: int = opt(48, "UNet model_channels", modes=("joint",))
-    context_dim: int = opt(64, "class-token width", modes=("joint",))
-    class_dropout: float = opt(0.1, "probability of the null class (for classifier-free guidance)", modes=("joint",))
+    unet_channels: int = opt(48, "UNet model_channels", modes=FROM_SCRATCH)
+    context_dim: int = opt(64, "class-token width; shapes: the text encoder's width", modes=FROM_SCRATCH)
+    class_dropout: float = opt(0.1, "probability of the null class / empty caption (for classifier-free "
+                               "guidance)", modes=FROM_SCRATCH)
     val_fraction: float = opt(0.0, "share of the digits held out for validation (fixed split)", modes=("joint",))
-    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)", modes=("joint",))
+    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)", modes=FROM_SCRATCH)
+    # shapes mode (the text-conditioned joint model; see contextdiff/text_joint.py)
+    unet_mult: str = opt("1,2,2", "UNet channel multiplier per level, comma-separated (one level per halving)",
+                         modes=("shapes",))
+    unet_res_blocks: int = opt(1, "UNet residual blocks per level", modes=("shapes",))
+    attention_from_level: int = opt(1, "UNet level from which on blocks have attention (0 = every level; 1 skips "
+                                    "the full resolution, which costs most)", modes=("shapes",))
+    text_layers: int = opt(2, "layers of the CLIP text encoder", modes=("shapes",))
+    text_heads: int = opt(4, "attention heads of the CLIP text encoder", modes=("shapes",))
     sample_classes: int = opt(10, "classes in the preview grid", modes=("joint",))
     # A frozen base model (adapter and video modes)
     checkpoint: str = opt("", "a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)", modes=BASE_MODES)
@@ -112,13 +123,37 @@ class TrainConfig:
             raise ConfigError(f"name={self.name!r}: give a file name stem without folders; --output_dir sets the folder")
         if not self.output_dir:
             self.output_dir = str(Path("runs") / self.name)
-        if self.mode == "joint" and self.unet_channels % 32:
+        if self.mode in FROM_SCRATCH and self.unet_channels % 32:
             raise ConfigError(f"unet_channels={self.unet_channels}: the UNet's GroupNorm needs a multiple of 32")
+        if self.mode == "shapes":
+            self._check_shapes()
         if self.mode in BASE_MODES and not (self.checkpoint or self.base_factory):
             raise ConfigError(f"mode {self.mode} needs --checkpoint (a ComfyUI checkpoint file) or --base_factory")
         if self.mode == "video" and not (self.video and self.prompt):
             raise ConfigError("mode video needs --video PATH and --prompt TEXT")
         return self
+
+    def unet_levels(self) -> tuple[int, ...]:
+        """``unet_mult`` as integers."""
+        try:
+            mult = tuple(int(m) for m in self.unet_mult.split(","))
+        except ValueError:
+            raise ConfigError(f"unet_mult={self.unet_mult!r}: give integers separated by commas, e.g. 1,2,2") from None
+        if not mult or min(mult) < 1:
+            raise ConfigError(f"unet_mult={self.unet_mult!r}: give positive integers separated by commas, e.g. 1,2,2")
+        return mult
+
+    def _check_shapes(self) -> None:
+        levels = len(self.unet_levels())
+        if not 0 <= self.attention_from_level < levels:
+            raise ConfigError(f"attention_from_level={self.attention_from_level}: name one of the {levels} UNet "
+                              f"levels (0..{levels - 1})")
+        if self.image_size % 2 ** (levels - 1):
+            raise ConfigError(f"image_size={self.image_size}: the UNet halves it {levels - 1} times, give a multiple "
+                              f"of {2 ** (levels - 1)}")
+        if min(self.text_layers, self.text_heads, self.unet_res_blocks) < 1 or self.context_dim % self.text_heads:
+            raise ConfigError(f"context_dim={self.context_dim} (the text width) must be divisible by text_heads="
+                              f"{self.text_heads}, and text_layers, text_heads, unet_res_blocks must be at least 1")
 
     def check_inputs(self) -> "TrainConfig":
         """The files this run reads exist, checked before ComfyUI or any model is loaded."""

@@ -18,6 +18,9 @@ def task_factory(cfg, device):
     if cfg.mode == "joint":
         from .joint import JointTask
         return JointTask(cfg, device)
+    if cfg.mode == "shapes":
+        from .shapes_mode import ShapesTask
+        return ShapesTask(cfg, device)
     if cfg.mode == "adapter":
         from .adapter_mode import AdapterTask
         return AdapterTask(cfg, device)
