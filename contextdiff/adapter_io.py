@@ -231,9 +231,9 @@ def load_adapter(path: str | os.PathLike, device="cpu") -> tuple[ContextAdapter,
                                    "use an earlier checkpoint.")
         peak = value.abs().max().item() if value.numel() else 0.0
         if peak > MAX_WEIGHT:
-            raise AdapterFileError(f"{name}: tensor {key} holds values up to {peak:.3g}, beyond what the adapter can "
-                                   f"run with (|w| <= {MAX_WEIGHT:g}, fp16's range); the training run diverged or "
-                                   "the file is damaged: use an earlier checkpoint.")
+            raise AdapterFileError(f"{name}: tensor {key} holds values up to {peak:.3g}, where an adapter's weights "
+                                   f"stay below {MAX_WEIGHT:g}; the training run diverged or the file is damaged: "
+                                   "use an earlier checkpoint.")
     with torch.device("meta"):
         adapter = ContextAdapter(meta["config"], source=f"ContextDiff adapter '{name}'")
     # assign: the loaded tensors become the parameters (no second copy, no random initialisation).
