@@ -14,16 +14,15 @@ import torch
 from torch import nn
 
 from contextdiff import sampling
-from contextdiff.adapter import AdapterConfig, ContextAdapter
 from contextdiff.adapter_io import atomic_save_file, save_adapter
 from contextdiff.bias import adapter_bias
 from contextdiff.objective import contextual_x0_loss
 
 from . import data, plots
 from .base_model import load_base
+from .components import build_adapter, checkpoint_blocks
 from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
 from .lora import add_lora, lora_state_dict
-from .runtime import enable_checkpointing
 
 
 class FrozenBaseTask(nn.Module):
@@ -41,19 +40,14 @@ class FrozenBaseTask(nn.Module):
         latent_channels = model.latent_format.latent_channels
         context_dim = model.model_config.unet_config["context_dim"]
         torch.manual_seed(cfg.seed)
-        self.adapter = ContextAdapter(AdapterConfig(
-            latent_channels=latent_channels, context_dim=context_dim, dim=cfg.adapter_dim, depth=cfg.adapter_depth,
-            heads=cfg.adapter_heads, patch_size=cfg.adapter_patch, video=self.video,
-            temporal_window=cfg.temporal_window)).to(device)
+        self.adapter = build_adapter(cfg, latent_channels, context_dim, device, video=self.video)
         self.loras = add_lora(model.diffusion_model, cfg.lora_rank) if cfg.lora_rank > 0 else {}
         modules = {"adapter": self.adapter}
         if self.loras:
             modules["lora"] = nn.ModuleDict({k.replace(".", "__"): v for k, v in self.loras.items()})
         self.trainable = nn.ModuleDict(modules)
         if cfg.grad_checkpointing:
-            enable_checkpointing(list(self.adapter.blocks))
-            dm = model.diffusion_model
-            enable_checkpointing(list(dm.input_blocks) + [dm.middle_block] + list(dm.output_blocks))
+            checkpoint_blocks(self.adapter, model.diffusion_model)
 
     def loss(self, x0, ctx, t, eps, frames=None):
         denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)

@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from contextdiff import sampling
-from contextdiff.adapter import AdapterConfig, ContextAdapter
 from contextdiff.bias import adapter_bias
 from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
 from contextdiff.objective import contextual_x0_loss
 
 from . import plots
+from .components import build_adapter, checkpoint_blocks
 from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
-from .runtime import enable_checkpointing
 
 
 def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,18 +54,14 @@ class JointTask(nn.Module):
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
         torch.manual_seed(cfg.seed + 1)
-        self.adapter = ContextAdapter(AdapterConfig(
-            latent_channels=1, context_dim=cfg.context_dim, dim=cfg.adapter_dim, depth=cfg.adapter_depth,
-            heads=cfg.adapter_heads, patch_size=cfg.adapter_patch)).to(device)
+        self.adapter = build_adapter(cfg, latent_channels=1, context_dim=cfg.context_dim, device=device)
         self.classes = ClassEmbedding(self.num_classes, cfg.context_dim).to(device)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
         self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
                                         "classes": self.classes})
         if cfg.grad_checkpointing:
-            dm = self.model.diffusion_model
-            enable_checkpointing(list(self.adapter.blocks) + list(dm.input_blocks) + [dm.middle_block]
-                                 + list(dm.output_blocks))
+            checkpoint_blocks(self.adapter, self.model.diffusion_model)
 
     def forward(self, gen: torch.Generator):
         cfg, device = self.cfg, self.sigmas.device
