@@ -41,19 +41,17 @@ def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
     from contextdiff.joint_model import load_joint
     from contextdiff.likelihood import variational_bound
     from contextdiff.schedule import k_coefficient
+    from trainer.diffusion import training_schedule, vp_x0_predictor
     from trainer.joint import load_digits_tensor, split_digits
 
     model, adapter, classes, _ = load_joint(ckpt)
     _, (x0, labels) = split_digits(*load_digits_tensor(), 0.15)
-    ms = model.model_sampling
-    sigmas = ms.sigmas
-    abar = 1.0 / (1.0 + sigmas.double() ** 2)
+    sigmas, abar = training_schedule(model, x0.device)
     with torch.no_grad():
         ctx = classes(labels)
 
     def denoise(x_t, idx):
-        s = sigmas[idx]
-        return model.apply_model(x_t * (1 + s ** 2).sqrt().reshape(-1, 1, 1, 1), s, c_crossattn=ctx)
+        return vp_x0_predictor(model, sigmas[idx], ctx)(x_t, idx)
 
     def bias(x, idx):
         k = k_coefficient(abar[idx], abar[-1]).to(x.dtype).reshape(-1, 1, 1, 1)

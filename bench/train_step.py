@@ -36,13 +36,13 @@ def main():
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.objective import contextual_x0_loss
+    from trainer.diffusion import training_schedule, vp_x0_predictor
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_sd15(0, full_size=True, weight_scale=0.5).model.to(device).train()
     adapter = ContextAdapter(AdapterConfig()).to(device)
     torch.nn.init.normal_(adapter.patch_out.weight, std=0.02)
-    ms = model.model_sampling
-    sigmas, abar = ms.sigmas.to(device), (1 / (1 + ms.sigmas.double() ** 2)).to(device)
+    sigmas, abar = training_schedule(model, device)
     ctx = random_conditioning(1, batch=args.batch)[0][0].to(device)
     x0 = torch.randn(args.batch, 4, args.size // 8, args.size // 8, device=device)
     t = torch.full((args.batch,), 500, device=device)
@@ -51,10 +51,7 @@ def main():
     def step(with_adapter: bool):
         params = list(model.diffusion_model.parameters()) + (list(adapter.parameters()) if with_adapter else [])
         opt = torch.optim.AdamW(params, lr=1e-6)
-        sigma = sigmas[t]
-
-        def denoise(x_t, _t):
-            return model.apply_model(x_t * (1 + sigma ** 2).sqrt().reshape(-1, 1, 1, 1), sigma, c_crossattn=ctx)
+        denoise = vp_x0_predictor(model, sigmas[t], ctx)
 
         saved = [0]
 
