@@ -27,6 +27,12 @@ from .atomic_file import atomic_path
 FORMAT = "contextdiff-adapter"
 FORMAT_VERSION = 1
 PRODUCER = f"contextdiff-comfyui {__version__}"
+# safetensors refuses headers over 100 MB itself; an adapter's is a few kB.
+MAX_HEADER_BYTES = 100 * 2**20
+# Bytes per element of the floating-point dtypes an adapter may store (safetensors' names).
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+# Largest weight accepted: the adapter runs under fp16/bf16 autocast on GPUs, and fp16 ends at 65504.
+MAX_WEIGHT = 65504.0
 
 
 class AdapterFileError(ValueError):
@@ -59,14 +65,6 @@ def save_adapter(adapter: ContextAdapter, path: str | os.PathLike, base_model: s
         "producer": producer,
     }
     return atomic_save_file(adapter.state_dict(), path, meta)
-
-
-# safetensors refuses headers over 100 MB itself; an adapter's is a few kB.
-MAX_HEADER_BYTES = 100 * 2**20
-# Bytes per element of the floating-point dtypes an adapter may store (safetensors' names).
-FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-# Largest weight accepted: the adapter runs under fp16/bf16 autocast on GPUs, and fp16 ends at 65504.
-MAX_WEIGHT = 65504.0
 
 
 def sniff(head: bytes, size: int) -> str:
@@ -161,12 +159,16 @@ def expected_shapes(cfg: AdapterConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def check_tensor_table(header: dict, expected: dict[str, tuple[int, ...]], name: str, data_bytes: int) -> None:
+def check_tensor_table(path: str | os.PathLike, header: dict, expected: dict[str, tuple[int, ...]],
+                       prefix: str = "") -> None:
     """The header's tensor table against the architecture's shapes and the bytes the file holds.
 
     Run before any tensor is read: after it, loading allocates no more than the file's own size.
+    ``prefix`` selects one part of a file holding several modules (``"adapter."`` in a joint checkpoint).
     """
-    table = {k: v for k, v in header.items() if k != "__metadata__"}
+    path = Path(path)
+    name, data_bytes = path.name, _data_bytes(path)
+    table = {k[len(prefix):]: v for k, v in header.items() if k != "__metadata__" and k.startswith(prefix)}
     missing, extra = sorted(set(expected) - set(table)), sorted(set(table) - set(expected))
     if missing or extra:
         raise AdapterFileError(f"{name} does not match its own architecture metadata "
@@ -215,7 +217,7 @@ def load_adapter(path: str | os.PathLike, device="cpu") -> tuple[ContextAdapter,
     name = path.name
     header = read_header(path)
     meta = _parse_metadata(header, path)
-    check_tensor_table(header, expected_shapes(meta["config"]), name, _data_bytes(path))
+    check_tensor_table(path, header, expected_shapes(meta["config"]))
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
