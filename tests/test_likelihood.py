@@ -64,8 +64,15 @@ def test_perfect_denoiser_leaves_prior_and_decoder():
     abar = schedule()
     levels = torch.linspace(-1, 1, 17, dtype=torch.float64)
     x0 = levels[torch.randint(0, 17, (4, 1, 2, 2), generator=torch.Generator().manual_seed(3))]
-    out = variational_bound(x0, abar, lambda x_t, idx: x0, k_scaled_bias(abar), bin_width=BIN, t_samples=10,
-                            generator=torch.Generator().manual_seed(0))
+    out = variational_bound(
+        x0,
+        abar,
+        lambda x_t, idx: x0,
+        k_scaled_bias(abar),
+        bin_width=BIN,
+        t_samples=10,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out["diffusion"].abs().max() < 1e-12
     q_T = Normal(abar[-1].sqrt() * x0, (1 - abar[-1]).sqrt())
     prior = kl_divergence(q_T, Normal(torch.zeros_like(x0), torch.ones_like(x0))).flatten(1).sum(1)
