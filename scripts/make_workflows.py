@@ -130,6 +130,89 @@ WORKFLOWS = {
           {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "adapter": (3, 0)}),
         N(5, "PreviewImage", [1200, 0], {}, {"images": (4, 0)}),
     ],
+    "shapes_text_to_image": [
+        note(1, [0, 0], "ContextDiff text-to-image on the shapes world: a 32x32 model trained from scratch on the CPU "
+             "with its adapter and a CLIP text encoder (bash scripts/run.sh trains it, or python -m trainer.train "
+             "--config trainer/configs/shapes.yaml; copy runs/shapes/shapes-contextdiff.safetensors into "
+             "ComfyUI/models/contextdiff/).\n\nWrite captions in the world's grammar: 'a small red circle on the "
+             "left and a large blue square at the top' (colours red green blue yellow magenta cyan; shapes circle "
+             "square triangle cross; sizes small large; on the left / on the right / at the top / at the bottom / "
+             "in the centre). Other words still encode (CLIP's BPE), the model just never saw them.\n\nLeft: "
+             "the adapter's bias on. Right: the same model, bias off (strength 0)."),
+        N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
+        N(3, "CLIPTextEncode", [800, 0], {"text": "a large red circle in the centre"}, {"clip": (2, 1)},
+          title="positive"),
+        N(4, "CLIPTextEncode", [800, 250], {"text": ""}, {"clip": (2, 1)}, title="negative (empty caption)"),
+        N(5, "EmptyChromaRadianceLatentImage", [800, 450], {"width": 32, "height": 32, "batch_size": 8},
+          title="empty pixel-space latent"),
+        N(6, "ContextDiffKSampler", [1150, 0], {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple",
+                                                "method": "ddim", "adapter_strength": 1.0},
+          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
+          title="ContextDiff (bias on)"),
+        N(7, "ContextDiffKSampler", [1150, 450], {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple",
+                                                  "method": "ddim", "adapter_strength": 0.0},
+          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
+          title="same model, bias off"),
+        N(8, "VAEDecode", [1500, 0], {}, {"samples": (6, 0), "vae": (2, 2)}),
+        N(9, "VAEDecode", [1500, 450], {}, {"samples": (7, 0), "vae": (2, 2)}),
+        N(10, "ImageScaleBy", [1750, 0], {"upscale_method": "nearest-exact", "scale_by": 4.0}, {"image": (8, 0)}),
+        N(11, "ImageScaleBy", [1750, 450], {"upscale_method": "nearest-exact", "scale_by": 4.0}, {"image": (9, 0)}),
+        N(12, "SaveImage", [2050, 0], {"filename_prefix": "contextdiff/shapes_bias_on"}, {"images": (10, 0)}),
+        N(13, "SaveImage", [2050, 450], {"filename_prefix": "contextdiff/shapes_bias_off"}, {"images": (11, 0)}),
+    ],
+    "shapes_image_edit": [
+        note(1, [0, 0], "Text-guided image editing on the shapes world: invert a rendered scene with its caption, "
+             "then sample with an edited caption while fusing the source attention (paper §4.2). Two edits of one "
+             "inversion: a colour (red -> green) and a shape (circle -> square).\n\nSet the checkpoint (see "
+             "shapes_text_to_image) and put shapes_source.png in ComfyUI's input folder (scripts/demo.py writes it "
+             "with scripts/shapes_inputs.py). The prompts are typed twice: in the CLIP encoders and in the edit "
+             "sampler's fields, which align the shared words; blend_words name the replaced ones."),
+        N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
+        N(3, "LoadImage", [450, 300], {"image": "shapes_source.png"}),
+        N(4, "VAEEncode", [800, 300], {}, {"pixels": (3, 0), "vae": (2, 2)}),
+        N(5, "CLIPTextEncode", [800, 0], {"text": "a large red circle in the centre"}, {"clip": (2, 1)},
+          title="source"),
+        N(6, "CLIPTextEncode", [800, 500], {"text": "a large green circle in the centre"}, {"clip": (2, 1)},
+          title="target: colour"),
+        N(7, "CLIPTextEncode", [800, 700], {"text": "a large red square in the centre"}, {"clip": (2, 1)},
+          title="target: shape"),
+        N(8, "CLIPTextEncode", [800, 900], {"text": ""}, {"clip": (2, 1)}, title="negative"),
+        N(9, "ContextDiffDDIMInversion", [1150, 0], {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
+          {"model": (2, 0), "latent": (4, 0), "positive": (5, 0), "adapter": (2, 3)}),
+        N(10, "ContextDiffEditSampler", [1500, 0], {"cfg": 3.0, "source_prompt": "a large red circle in the centre",
+                                                    "target_prompt": "a large green circle in the centre",
+                                                    "blend_words": "red, green"},
+          {"model": (2, 0), "edit_source": (9, 1), "positive": (6, 0), "negative": (8, 0), "clip": (2, 1),
+           "vae": (2, 2), "adapter": (2, 3)}, title="edit: red -> green"),
+        N(11, "ContextDiffEditSampler", [1500, 500], {"cfg": 3.0, "source_prompt": "a large red circle in the centre",
+                                                      "target_prompt": "a large red square in the centre",
+                                                      "blend_words": "circle, square"},
+          {"model": (2, 0), "edit_source": (9, 1), "positive": (7, 0), "negative": (8, 0), "clip": (2, 1),
+           "vae": (2, 2), "adapter": (2, 3)}, title="edit: circle -> square"),
+        N(12, "VAEDecode", [1850, 0], {}, {"samples": (10, 0), "vae": (2, 2)}),
+        N(13, "VAEDecode", [1850, 500], {}, {"samples": (11, 0), "vae": (2, 2)}),
+        N(14, "ImageBatch", [2100, 250], {}, {"image1": (12, 0), "image2": (13, 0)}),
+        N(15, "ImageBatch", [2100, 450], {}, {"image1": (3, 0), "image2": (14, 0)}, title="source, colour, shape"),
+        N(16, "ImageScaleBy", [2350, 450], {"upscale_method": "nearest-exact", "scale_by": 4.0}, {"image": (15, 0)}),
+        N(17, "SaveImage", [2600, 450], {"filename_prefix": "contextdiff/shapes_edit"}, {"images": (16, 0)}),
+    ],
+    "shapes_video_edit": [
+        note(1, [0, 0], "Text-guided video editing on the shapes world: an 8-frame clip of a moving red circle "
+             "(shapes_clip.png, an animated PNG that the core Load Image node reads as a batch of frames) edited to "
+             "a blue one with sparse-causal attention (paper §4.2). The model's VAE is ComfyUI's pixel-space VAE, "
+             "so frames are the model's pixels.\n\nSet the checkpoint (see shapes_text_to_image) and put "
+             "shapes_clip.png in ComfyUI's input folder (scripts/demo.py writes it)."),
+        N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
+        N(3, "LoadImage", [450, 300], {"image": "shapes_clip.png"}, title="clip (animated PNG)"),
+        N(4, "ContextDiffVideoEdit", [800, 0], {"source_prompt": "a large red circle moving to the right",
+                                               "target_prompt": "a large blue circle moving to the right",
+                                               "blend_words": "red, blue", "cfg": 3.0, "max_frames": 8,
+                                               "chunk_size": 8},
+          {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "images": (3, 0), "adapter": (2, 3)}),
+        N(5, "ImageBatch", [1200, 0], {}, {"image1": (3, 0), "image2": (4, 0)}, title="source frames, edited frames"),
+        N(6, "ImageScaleBy", [1450, 0], {"upscale_method": "nearest-exact", "scale_by": 4.0}, {"image": (5, 0)}),
+        N(7, "SaveImage", [1700, 0], {"filename_prefix": "contextdiff/shapes_video_edit"}, {"images": (6, 0)}),
+    ],
 }
 
 

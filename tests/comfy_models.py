@@ -323,3 +323,19 @@ def save_sd15_checkpoint(path, seed: int = 0, dtype: torch.dtype = torch.float16
         module.to(dtype)
     comfy.sd.save_checkpoint(str(path), patcher, clip, vae)
     return path
+
+
+def save_tiny_shapes_checkpoint(path, seed: int = 0, recipe: str = "shapes"):
+    """A small randomly initialised text-conditioned joint model (3-channel pixels, CLIP text encoder, a live
+    adapter), written as the shapes trainer writes its checkpoint; ``recipe`` names the world it claims."""
+    from contextdiff.adapter import AdapterConfig, ContextAdapter
+    from contextdiff.joint_model import build_joint_model, joint_unet_config
+    from contextdiff.text_encoder import build_text_clip, text_config
+    from contextdiff.text_joint import save_text_joint
+
+    unet, text = joint_unet_config(3, 32, 64, (1, 2), 1, 4, 1), text_config(64, 1, 4)
+    torch.manual_seed(seed)
+    adapter = ContextAdapter(AdapterConfig(latent_channels=3, context_dim=64, dim=32, depth=1, heads=4, patch_size=4))
+    torch.nn.init.normal_(adapter.patch_out.weight, std=0.02)   # a small non-zero bias, like a trained adapter's
+    return save_text_joint(path, build_joint_model(unet, seed), adapter, build_text_clip(text, seed + 1), unet, text,
+                           recipe)

@@ -16,7 +16,8 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 def test_there_are_the_promised_workflows():
     names = {p.stem for p in WORKFLOWS}
-    assert {"text_to_image", "sampler_custom", "image_edit", "video_edit", "digits_contextdiff"} <= names
+    assert {"text_to_image", "sampler_custom", "image_edit", "video_edit", "digits_contextdiff", "shapes_text_to_image",
+            "shapes_image_edit", "shapes_video_edit"} <= names
 
 
 def test_readme_names_every_node_category(server):
@@ -64,6 +65,9 @@ def workflow_assets(server, adapters, comfy_inprocess):
     from PIL import Image
     from skimage import data
 
+    from comfy_models import save_tiny_shapes_checkpoint
+    from shapes_inputs import write_inputs as write_shapes_inputs
+
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
     from media.video import read_video, write_video
@@ -78,6 +82,8 @@ def workflow_assets(server, adapters, comfy_inprocess):
                ClassEmbedding(10, 32), cfg)
     for name in ("my-adapter.safetensors", "my-video-adapter.safetensors"):
         shutil.copy(adapters / "gentle.safetensors", server.adapters_dir / name)
+    save_tiny_shapes_checkpoint(server.adapters_dir / "shapes-contextdiff.safetensors")
+    write_shapes_inputs(server.input_dir, frames=SMALL["max_frames"])
 
 
 SMALL = {"steps": 3, "width": 64, "height": 64, "max_frames": 4, "size": 64, "batch_size": 1}
