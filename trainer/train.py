@@ -35,9 +35,16 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ensure_comfy_importable(cpu=cfg.device == "cpu" or cfg.device == "auto" and not _cuda())
+    from media.video import VideoError
+
+    from .data import DataError
     from .loop import train
 
-    summary = train(cfg, task_factory)
+    try:
+        summary = train(cfg, task_factory)
+    except (DataError, VideoError) as e:   # bad data, found while reading it: what and what to do, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
