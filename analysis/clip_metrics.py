@@ -55,8 +55,10 @@ def _read_config(spec) -> tuple[dict, dict] | None:
     model_cfg = cfg.get("model_cfg", cfg)
     preprocess = cfg.get("preprocess_cfg", {}) if "model_cfg" in cfg else {}
     if not all(k in model_cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise MetricsError("a CLIP model config needs embed_dim, vision_cfg and text_cfg (open_clip's "
-                           "model_configs/*.json format); copy one of those and edit it")
+        raise MetricsError(
+            "a CLIP model config needs embed_dim, vision_cfg and text_cfg (open_clip's "
+            "model_configs/*.json format); copy one of those and edit it"
+        )
     return model_cfg, preprocess
 
 
@@ -65,8 +67,10 @@ def _refuse_downloads(model_cfg: dict, name: str):
     # pretrained weights; this module promises never to touch the network.
     text = model_cfg.get("text_cfg", {})
     if text.get("hf_model_name") or text.get("hf_tokenizer_name"):
-        raise MetricsError(f"CLIP model {name} needs a Hugging Face text model or tokenizer that would be "
-                           f"downloaded; use an OpenAI-style CLIP such as ViT-B-32 or ViT-L-14")
+        raise MetricsError(
+            f"CLIP model {name} needs a Hugging Face text model or tokenizer that would be "
+            f"downloaded; use an OpenAI-style CLIP such as ViT-B-32 or ViT-L-14"
+        )
     if "multimodal_cfg" in model_cfg:
         raise MetricsError(f"CLIP model {name} is a CoCa captioner; use a plain CLIP such as ViT-B-32")
 
@@ -87,9 +91,11 @@ def _guard_load(load, weights: Path, name: str):
     try:
         return load()
     except Exception as err:  # torch.load, safetensors and load_state_dict all raise different types
-        raise MetricsError(f"CLIP weights {weights.name} could not be loaded into model {name} ({_why(err)}); "
-                           f"pass the --model the checkpoint was trained as (an open_clip state dict, "
-                           f".bin/.pt/.safetensors)") from err
+        raise MetricsError(
+            f"CLIP weights {weights.name} could not be loaded into model {name} ({_why(err)}); "
+            f"pass the --model the checkpoint was trained as (an open_clip state dict, "
+            f".bin/.pt/.safetensors)"
+        ) from err
 
 
 def load_clip(model_name="ViT-B-32", weights=None, device="cpu"):
@@ -104,15 +110,19 @@ def load_clip(model_name="ViT-B-32", weights=None, device="cpu"):
         weights = Path(weights)
         # An existing file only: open_clip would treat a string such as "openai" as a tag to download.
         if not weights.is_file():
-            raise MetricsError(f"CLIP weights file {weights} does not exist; download a CLIP checkpoint "
-                               f"yourself and pass its path (nothing is downloaded for you)")
+            raise MetricsError(
+                f"CLIP weights file {weights} does not exist; download a CLIP checkpoint "
+                f"yourself and pass its path (nothing is downloaded for you)"
+            )
     custom = _read_config(model_name)
     if custom is None:
         name = str(model_name)
         model_cfg = open_clip.get_model_config(name)
         if model_cfg is None:
-            raise MetricsError(f"unknown CLIP model {name!r}; use one of open_clip.list_models() "
-                               f"(for example ViT-B-32) or a path to a model config .json")
+            raise MetricsError(
+                f"unknown CLIP model {name!r}; use one of open_clip.list_models() "
+                f"(for example ViT-B-32) or a path to a model config .json"
+            )
         _refuse_downloads(model_cfg, name)
         if weights is None:
             try:
@@ -121,8 +131,9 @@ def load_clip(model_name="ViT-B-32", weights=None, device="cpu"):
                 raise MetricsError(f"could not build CLIP model {name} ({err}); pick another --model") from err
         else:
             # An absolute path is never mistaken for a pretrained tag, so nothing is downloaded.
-            model = _guard_load(lambda: open_clip.create_model(name, pretrained=str(weights.resolve()),
-                                                               device="cpu"), weights, name)
+            model = _guard_load(
+                lambda: open_clip.create_model(name, pretrained=str(weights.resolve()), device="cpu"), weights, name
+            )
         tokenizer = open_clip.get_tokenizer(name)
     else:
         model_cfg, preprocess = custom
@@ -138,8 +149,9 @@ def load_clip(model_name="ViT-B-32", weights=None, device="cpu"):
         pp.update(preprocess)
         open_clip.set_model_preprocess_cfg(model, pp)
         text_cfg = model_cfg["text_cfg"]
-        tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77),
-                                              **text_cfg.get("tokenizer_kwargs", {}))
+        tokenizer = open_clip.SimpleTokenizer(
+            context_length=text_cfg.get("context_length", 77), **text_cfg.get("tokenizer_kwargs", {})
+        )
         if weights is not None:
             _guard_load(lambda: open_clip.load_checkpoint(model, str(weights)), weights, name)
     return model.to(device).eval(), tokenizer
@@ -187,7 +199,7 @@ def preprocess_frames(model, frames: torch.Tensor) -> torch.Tensor:
         nh, nw = max(out_h, round(h * scale)), max(out_w, round(w * scale))
         x = resize(x, (nh, nw))
         top, left = (nh - out_h) // 2, (nw - out_w) // 2
-        x = x[..., top:top + out_h, left:left + out_w]
+        x = x[..., top : top + out_h, left : left + out_w]
     mean = torch.tensor(cfg["mean"], dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"], dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -205,7 +217,7 @@ def image_embeddings(model, frames: torch.Tensor, batch_size: int = 32) -> torch
     out = []
     # Batches bound memory: a long clip at 224x224 in one batch would not fit a small GPU.
     for i in range(0, frames.shape[0], batch_size):
-        x = preprocess_frames(model, frames[i:i + batch_size]).to(device=device, dtype=dtype)
+        x = preprocess_frames(model, frames[i : i + batch_size]).to(device=device, dtype=dtype)
         out.append(F.normalize(model.encode_image(x).float(), dim=-1).cpu())
     if not out:
         raise MetricsError("no frames to embed; give at least one frame")
@@ -230,8 +242,9 @@ def clip_text_score(frame_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
 def clip_temporal_scores(frame_emb: torch.Tensor) -> dict:
     """CLIP-Temp: mean cos of consecutive frames and mean cos over all pairs i < j."""
     if frame_emb.ndim != 2 or frame_emb.shape[0] < 2:
-        raise MetricsError(f"temporal consistency needs at least 2 frames, got {tuple(frame_emb.shape)}; "
-                           f"use a longer clip")
+        raise MetricsError(
+            f"temporal consistency needs at least 2 frames, got {tuple(frame_emb.shape)}; use a longer clip"
+        )
     e = F.normalize(frame_emb.float(), dim=-1)
     consecutive = (e[:-1] * e[1:]).sum(-1).mean()
     sim = e @ e.T
@@ -247,7 +260,10 @@ def evaluate_video(path, prompt: str, model, tokenizer, max_frames: int | None =
     emb = image_embeddings(model, frames)
     temporal = clip_temporal_scores(emb)
     return {
-        "video": str(path), "prompt": prompt, "frames": int(frames.shape[0]), "fps": fps,
+        "video": str(path),
+        "prompt": prompt,
+        "frames": int(frames.shape[0]),
+        "fps": fps,
         "clip_text": clip_text_score(emb, text_embedding(model, tokenizer, prompt)),
         "clip_temp_consecutive": temporal["consecutive"],
         "clip_temp_all_pairs": temporal["all_pairs"],
@@ -258,17 +274,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.clip_metrics",
         description="CLIP-Text and CLIP-Temp of an edited video (the paper's Table 2 protocol). "
-                    "Scores are mean cosine similarities in [-1, 1].",
+        "Scores are mean cosine similarities in [-1, 1].",
         epilog="No weights are downloaded: get a CLIP checkpoint yourself (for example OpenAI's "
-               "ViT-B-32 in open_clip format) and pass it with --clip-weights.")
+        "ViT-B-32 in open_clip format) and pass it with --clip-weights.",
+    )
     parser.add_argument("video", help="video file to score (.mp4, .webm, ...)")
     parser.add_argument("--prompt", required=True, help="target prompt of the edit")
-    parser.add_argument("--clip-weights", required=True, metavar="FILE",
-                        help="local CLIP checkpoint (.pt/.bin/.safetensors); never downloaded")
-    parser.add_argument("--model", default="ViT-B-32",
-                        help="open_clip model name matching the weights (OpenAI's original CLIP "
-                             "weights need the -quickgelu variant, e.g. ViT-B-32-quickgelu), or a "
-                             "model config .json (default: ViT-B-32)")
+    parser.add_argument(
+        "--clip-weights",
+        required=True,
+        metavar="FILE",
+        help="local CLIP checkpoint (.pt/.bin/.safetensors); never downloaded",
+    )
+    parser.add_argument(
+        "--model",
+        default="ViT-B-32",
+        help="open_clip model name matching the weights (OpenAI's original CLIP "
+        "weights need the -quickgelu variant, e.g. ViT-B-32-quickgelu), or a "
+        "model config .json (default: ViT-B-32)",
+    )
     parser.add_argument("--max-frames", type=int, default=None, help="score only the first N frames")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -290,8 +314,9 @@ def main(argv=None) -> int:
         print(f"CLIP-text                {result['clip_text']:.4f}")
         print(f"CLIP-temp (consecutive)  {result['clip_temp_consecutive']:.4f}")
         print(f"CLIP-temp (all pairs)    {result['clip_temp_all_pairs']:.4f}")
-    return 0 if all(math.isfinite(result[k]) for k in ("clip_text", "clip_temp_consecutive",
-                                                       "clip_temp_all_pairs")) else 1
+    return (
+        0 if all(math.isfinite(result[k]) for k in ("clip_text", "clip_temp_consecutive", "clip_temp_all_pairs")) else 1
+    )
 
 
 if __name__ == "__main__":

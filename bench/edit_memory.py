@@ -1,18 +1,25 @@
-"""Editing memory: the attention store per frame, queries+keys (ours) against full maps, at identical
-output; the store for 1..N frames; and the speed of an edit on the SD1.5-shaped UNet.
+"""Editing memory and time on the SD1.5-shaped UNet (random weights), side by side in one run.
 
-1. Measured: a real inversion (ContextDiff DDIM Inversion, recording) with the SD1.5-shaped UNet at a
-   small latent, store in each mode, the edits compared.
-2. Per frame at 512x512 (64x64 latents), 20 steps, fuse_start 0.5: from the UNet's attention sizes
-   (one probe pass), the same count the measured store matches.
+1. Peak memory and time of inversion + edit against one plain sampling run of the same size (ComfyUI's
+   own ``ddim`` sampler, same steps, cfg and latent), each in a fresh subprocess: the peak is the
+   process's resident-set high-water mark (``VmHWM``), reset after the model is built and loaded, so
+   torch's CPU tensors are counted (tracemalloc does not see them). Order plain, edit, edit, plain;
+   medians. Targets: peak <= 1.25x plain sampling, time <= 2.3x (the floor is 2: one inversion and one
+   edit pass; inversion runs at cfg 1, so it costs about half an edit pass).
+2. The attention store: a real inversion with the store of queries+keys (fp16) and of full maps (fp32),
+   the edits compared; per frame at 512x512 (64x64 latents), 20 steps, fuse_start 0.5, from the UNet's
+   attention sizes (one probe pass), the same count the measured store matches.
 
-    .venv/bin/python bench/edit_memory.py [--size 256] [--steps 6] [--frames 4]
+    .venv/bin/python bench/edit_memory.py [--size 256] [--steps 6] [--frames 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from host import import_pack  # noqa: E402
-
 from report import write_section  # noqa: E402
+
+CFG = 7.5
 
 
 def full_map_bytes(footprint, fused, heads=8, text_tokens=77, video=True):
@@ -31,69 +39,240 @@ def full_map_bytes(footprint, fused, heads=8, text_tokens=77, video=True):
     return fused * sum(heads * n * (keys * n + text_tokens) * 4 for n, _ in footprint)
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 to clear_refs resets the resident-set high-water mark (VmHWM) to the current RSS.
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _setup(size: int, frames: int):
+    import torch
+    from comfy_models import build_sd15, random_conditioning
+
+    pack = import_pack()
+    runs = importlib.import_module(pack.__name__ + ".nodes.edit_runs")
+    model = build_sd15(0, full_size=True, weight_scale=0.5)
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    h = size // 8
+    latent = {"samples": torch.randn(frames, 4, h, h, generator=torch.Generator().manual_seed(0))}
+    return runs, model, latent, random_conditioning(1), random_conditioning(3), random_conditioning(2)
+
+
+def edit_plan(runs, steps: int):
+    """Self-attention fusion, the cross-attention of 76 shared tokens and a blend word: the full edit."""
+    from contextdiff.edit_plan import EditPlan
+
+    plan = runs.plan_edit(steps=steps, fuse_start=0.5)
+    return EditPlan(
+        fuse=True,
+        shared_tokens=[(i, i) for i in range(77) if i != 5],
+        blend_target=[5],
+        blend_source=[5],
+        blend_threshold=0.3,
+        warnings=plan.warnings,
+    )
+
+
+def child(kind: str, size: int, steps: int, frames: int) -> dict:
+    """One measurement in this (fresh) process: ``plain`` sampling or ``edit`` (inversion + edit)."""
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    runs, model, latent, src, tgt, neg = _setup(size, frames)
+    baseline = _status_kib("VmRSS") * 1024
+    _reset_peak()
+    t = time.perf_counter()
+    with torch.no_grad():
+        if kind == "plain":
+            sigmas = runs.schedule(model, "ddim_uniform", steps)
+            noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(1))
+            comfy.sample.sample_custom(
+                model,
+                noise,
+                CFG,
+                comfy.samplers.sampler_object("ddim"),
+                sigmas,
+                tgt,
+                neg,
+                torch.zeros_like(latent["samples"]),
+                disable_pbar=True,
+                seed=1,
+            )
+        else:
+            source = runs.invert(model, latent, src, steps=steps, frames=frames if frames > 1 else None)
+            runs.edit(model, source, tgt, plan=edit_plan(runs, steps), negative=neg, cfg=CFG)
+    seconds = time.perf_counter() - t
+    peak = _status_kib("VmHWM") * 1024
+    return {
+        "kind": kind,
+        "seconds": seconds,
+        "baseline_bytes": baseline,
+        "peak_bytes": peak,
+        "working_bytes": peak - baseline,
+    }
+
+
+def run_child(kind: str, args) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--frames",
+            str(args.frames),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(result, flush=True)
+    return result
+
+
+def peak_and_time(args) -> dict:
+    runs = {"plain": [], "edit": []}
+    for kind in ("plain", "edit", "edit", "plain"):
+        runs[kind].append(run_child(kind, args))
+    med = {
+        k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_bytes", "working_bytes")}
+        for k, v in runs.items()
+    }
+    return {
+        "runs": runs,
+        "median": med,
+        "peak_ratio": med["edit"]["peak_bytes"] / med["plain"]["peak_bytes"],
+        "working_ratio": med["edit"]["working_bytes"] / med["plain"]["working_bytes"],
+        "time_ratio": med["edit"]["seconds"] / med["plain"]["seconds"],
+    }
+
+
+def store_sizes(args) -> dict:
+    import torch
+
+    runs, model, latent, src, tgt, neg = _setup(args.size, args.frames)
+    patch = importlib.import_module(runs.__name__.rsplit(".", 1)[0] + ".attention_patch")
+    from contextdiff.attention_store import store_bytes_per_frame
+    from contextdiff.editing import fused_steps
+
+    measured = {}
+    for store_maps in (False, True):
+        source = runs.invert(
+            model,
+            latent,
+            src,
+            steps=args.steps,
+            store_maps=store_maps,
+            store_dtype=torch.float32 if store_maps else torch.float16,
+            frames=args.frames,
+        )
+        out = runs.edit(model, source, tgt, plan=edit_plan(runs, args.steps), negative=neg, cfg=CFG).samples
+        measured[store_maps] = {"bytes": source.store.nbytes(), "out": out}
+        del source
+    h = args.size // 8
+    fused = len(fused_steps(args.steps, 0.5))
+    fp512 = patch.attention_footprint(model, (64, 64))
+    return {
+        "measured_latent": [h, h],
+        "fused_steps": fused,
+        "store_qk_fp16_bytes": measured[False]["bytes"],
+        "store_maps_fp32_bytes": measured[True]["bytes"],
+        "measured_ratio": measured[False]["bytes"] / measured[True]["bytes"],
+        "predicted_qk_bytes": store_bytes_per_frame(patch.attention_footprint(model, (h, h)), fused, 2) * args.frames,
+        "max_abs_output_difference": (measured[False]["out"] - measured[True]["out"]).abs().max().item(),
+        "output_scale": measured[True]["out"].abs().max().item(),
+        "per_frame_512_ours_bytes": store_bytes_per_frame(fp512, 10, 2),
+        "per_frame_512_maps_bytes": full_map_bytes(fp512, 10),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--child", choices=["plain", "edit"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    pack = import_pack()
-    runtime = importlib.import_module(pack.__name__ + ".nodes.edit_runtime")
-    video = importlib.import_module(pack.__name__ + ".nodes.video_edit")
-    import torch
-    from comfy_models import build_sd15, random_conditioning
-
-    model = build_sd15(0, full_size=True, weight_scale=0.5)
-    src, tgt, neg = random_conditioning(1), random_conditioning(3), random_conditioning(2)
+    if args.child:
+        print(json.dumps(child(args.child, args.size, args.steps, args.frames)))
+        return
+    timing = peak_and_time(args)  # first, before this process holds a model of its own
+    store = store_sizes(args)
+    result = {
+        "size": args.size,
+        "steps": args.steps,
+        "frames": args.frames,
+        "cfg": CFG,
+        **timing,
+        **store,
+        "ratio_512": store["per_frame_512_ours_bytes"] / store["per_frame_512_maps_bytes"],
+    }
+    print({k: v for k, v in result.items() if k != "runs"})
+    med, gib, mib = timing["median"], 2**30, 2**20
+    ours, maps = store["per_frame_512_ours_bytes"], store["per_frame_512_maps_bytes"]
+    rows = "\n".join(f"| {n} | {n * ours / gib:.2f} GiB | {n * maps / gib:.1f} GiB |" for n in (1, 2, 4, 8, 16, 24))
     h = args.size // 8
-    latent = {"samples": torch.randn(args.frames, 4, h, h, generator=torch.Generator().manual_seed(0))}
-    measured = {}
-    for store_maps in (False, True):
-        t = time.perf_counter()
-        source = runtime.invert(model, latent, src, steps=args.steps, store_maps=store_maps,
-                                store_dtype=torch.float32 if store_maps else torch.float16, frames=args.frames)
-        t_inv = time.perf_counter() - t
-        t = time.perf_counter()
-        out, _ = runtime.edit(model, source, tgt, neg, cfg=7.5)
-        measured[store_maps] = {"bytes": source.store.nbytes(), "out": out, "invert_s": t_inv,
-                                "edit_s": time.perf_counter() - t}
-    same = (measured[False]["out"] - measured[True]["out"]).abs().max().item()
-    scale = measured[True]["out"].abs().max().item()
-    from contextdiff.editing import fused_steps
-    fused = len(fused_steps(args.steps, 0.5))
-    footprint = video.attention_footprint(model, (h, h))
-    predicted_ours = video.store_bytes_per_frame(footprint, fused, 2) * args.frames
-    fps = args.frames / (measured[False]["invert_s"] + measured[False]["edit_s"])
+    plain, edit = med["plain"], med["edit"]
+    table = "\n".join(
+        [
+            f"| peak resident memory | {plain['peak_bytes'] / gib:.2f} GiB | {edit['peak_bytes'] / gib:.2f} GiB "
+            f"| **{timing['peak_ratio']:.2f}x** | <= 1.25x |",
+            f"| above the loaded model | {plain['working_bytes'] / mib:.0f} MiB | "
+            f"{edit['working_bytes'] / mib:.0f} MiB | {timing['working_ratio']:.2f}x | |",
+            f"| time | {plain['seconds']:.1f} s | {edit['seconds']:.1f} s | **{timing['time_ratio']:.2f}x** "
+            "| <= 2.3x |",
+        ]
+    )
+    write_section(
+        "edit_memory",
+        result,
+        f"""## Editing memory and time (`bench/edit_memory.py`)
 
-    fp512 = video.attention_footprint(model, (64, 64))
-    per_frame_ours = video.store_bytes_per_frame(fp512, 10, 2)
-    per_frame_maps = full_map_bytes(fp512, 10)
-    rows = "\n".join(f"| {n} | {n * per_frame_ours / 2**30:.2f} GiB | {n * per_frame_maps / 2**30:.1f} GiB |"
-                     for n in (1, 2, 4, 8, 16, 24))
-    result = {"measured_latent": [h, h], "steps": args.steps, "frames": args.frames,
-              "store_qk_fp16_bytes": measured[False]["bytes"], "store_maps_fp32_bytes": measured[True]["bytes"],
-              "measured_ratio": measured[False]["bytes"] / measured[True]["bytes"],
-              "predicted_qk_bytes": predicted_ours, "max_abs_output_difference": same, "output_scale": scale,
-              "edit_frames_per_second": fps, "per_frame_512_ours_bytes": per_frame_ours,
-              "per_frame_512_maps_bytes": per_frame_maps, "ratio_512": per_frame_ours / per_frame_maps}
-    print(result)
-    write_section("edit_memory", result, f"""## Editing memory (`bench/edit_memory.py`)
+SD1.5-shaped UNet (random weights, fp32 on the CPU), latent {h}x{h}, {args.frames} frames (sparse-causal),
+{args.steps} DDIM steps, cfg {CFG}; the edit fuses self-attention, the cross-attention of 76 shared tokens and a
+blend word over {store["fused_steps"]} steps. Each run in a fresh process, order plain, edit, edit, plain, medians.
 
-Measured (SD1.5-shaped UNet, random weights, latent {h}x{h}, {args.frames} frames, {args.steps} DDIM steps, fused
-steps {fused}): the store of queries+keys in fp16 holds **{measured[False]['bytes'] / 2**20:.1f} MiB**, the store of
-full fp32 maps **{measured[True]['bytes'] / 2**20:.1f} MiB**: ratio **1/{1 / result['measured_ratio']:.1f}**
-(target at most 1/8). Identical output: max |difference| {same:.2e} against outputs of size {scale:.1f} (fp16
-queries/keys). The count from the UNet's attention sizes predicts {predicted_ours / 2**20:.1f} MiB for ours.
-Speed: inversion + edit {fps:.3f} frames/s on this CPU at {args.size}px, {args.steps} steps.
+| | plain sampling (ComfyUI `ddim`) | inversion + edit | ratio | target |
+|---|---|---|---|---|
+{table}
 
-At 512x512, 20 steps, fuse_start 0.5 (10 fused steps), sparse-causal self-attention:
-**{per_frame_ours / 2**20:.0f} MiB per frame** for ours against **{per_frame_maps / 2**30:.1f} GiB** for full maps
-(1/{per_frame_maps / per_frame_ours:.0f}).
+Peak: the resident-set high-water mark, reset once the model is loaded (the weights, {
+            med["plain"]["peak_bytes"] / gib
+            - med["plain"]["working_bytes"]
+            / gib:.2f} GiB with the host, are in both). Above the model, editing holds the
+attention store and the trajectory on top of the activations of one UNet call; self-attention fusion runs the fused
+kernel on the stored queries and keys (`SDPA(q_src, k_src, v)`), so no `heads x N x 2N` map is built; only the
+cross-attention maps (`N x 77`) are explicit. Inversion runs at cfg 1 (one UNet batch per step), the edit at cfg
+{CFG} (two).
+
+Store: queries+keys in fp16 hold **{store["store_qk_fp16_bytes"] / mib:.1f} MiB**, full fp32 maps
+**{store["store_maps_fp32_bytes"] / mib:.1f} MiB**: ratio **1/{1 / store["measured_ratio"]:.1f}** (target at most
+1/8); the same edit from both: max |difference| {store["max_abs_output_difference"]:.2e} against outputs of size
+{store["output_scale"]:.1f} (fp16 queries/keys). The count from the UNet's attention sizes predicts
+{store["predicted_qk_bytes"] / mib:.1f} MiB.
+
+At 512x512, 20 steps, fuse_start 0.5 (10 fused steps), sparse-causal self-attention: **{ours / mib:.0f} MiB per
+frame** for ours against **{maps / gib:.1f} GiB** for full maps (1/{maps / ours:.0f}).
 
 | frames | queries+keys, fp16 | full maps, fp32 |
 |---|---|---|
 {rows}
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Inversion-then-edit orchestration that is independent of the host: steps, windows, blending.
+"""Inversion-then-edit bookkeeping that is independent of the host: steps, the fused window, what
+inversion hands to editing.
 
 ``t in [fuse_start * T, T]`` (paper §4.2: fuse_start = 0.5, T = 20 DDIM steps) are the first
 ``(1 - fuse_start)`` of the sampling steps, counted from the noisiest.
@@ -6,7 +7,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
+
+from .attention_store import AttentionStore
 
 
 class StepIndex:
@@ -16,7 +22,7 @@ class StepIndex:
         self.sigmas = [float(s) for s in sigmas_desc]
         self.rtol = rtol
 
-    def __call__(self, sigma: float):
+    def __call__(self, sigma: float) -> int | None:
         for i, s in enumerate(self.sigmas):
             if abs(sigma - s) <= self.rtol * max(abs(s), 1e-8):
                 return i
@@ -30,10 +36,10 @@ def fused_steps(n_steps: int, fuse_start: float) -> set[int]:
     return set(range(int(round((1.0 - fuse_start) * n_steps))))
 
 
-def trajectory_recorder(store_latents: dict, step_of):
+def trajectory_recorder(store_latents: dict, step_of: Callable[[float], int | None]) -> Callable[[dict], None]:
     """An inversion callback keeping the inverted latent at every level (k-space) by step index."""
 
-    def callback(info):
+    def callback(info: dict) -> None:
         step = step_of(float(info["sigma"]))
         if step is not None:
             store_latents[step] = info["x"].detach().clone()
@@ -41,21 +47,18 @@ def trajectory_recorder(store_latents: dict, step_of):
     return callback
 
 
-def latent_blend(editor, source_latents: dict, step_of, threshold: float):
-    """``post_step`` for the sampler: outside the edited words' mask, stay on the source trajectory."""
+@dataclass
+class Inversion:
+    """What inversion hands to editing (it travels on the ``CONTEXTDIFF_EDIT_SOURCE`` socket).
 
-    def post_step(i, x, sigma_next):
-        step = step_of(float(sigma_next))
-        src = source_latents.get(step)
-        mask = editor.blend_mask(tuple(x.shape[-2:]), threshold)
-        if src is None or mask is None:
-            return x
-        src = src.to(x.device, x.dtype)
-        if src.shape != x.shape:
-            return x
-        mask = mask.to(x.device, x.dtype)
-        if mask.shape[0] != x.shape[0]:
-            mask = mask[:1].expand(x.shape[0], -1, -1, -1) if mask.shape[0] == 1 else mask.amax(0, keepdim=True)
-        return mask * x + (1 - mask) * src
+    ``settings`` records how it was made (steps, cfg, fuse_start, adapter name and strength), so
+    that an edit run with different settings can say so.
+    """
 
-    return post_step
+    noise: torch.Tensor  # inverted x_T as unit-variance noise (model space), ComfyUI's noise convention
+    store: AttentionStore
+    sigmas: torch.Tensor  # descending sampling schedule, ends at 0
+    latent_shape: tuple
+    frames: int | None
+    fuse_start: float
+    settings: dict = field(default_factory=dict)

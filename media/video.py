@@ -12,10 +12,10 @@ import hashlib
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -25,12 +25,12 @@ import torch.nn.functional as F
 # Leading bytes of containers we can recognise, so a damaged video and a non-video file get
 # different advice (offset, bytes).
 _VIDEO_SIGNATURES = (
-    (4, b"ftyp"),                 # MP4 / MOV / M4V / 3GP
-    (0, b"\x1a\x45\xdf\xa3"),     # Matroska / WebM
-    (0, b"RIFF"),                 # AVI
-    (0, b"GIF8"),                 # GIF
-    (0, b"\x00\x00\x01\xba"),     # MPEG program stream
-    (0, b"OggS"),                 # Ogg (Theora)
+    (4, b"ftyp"),  # MP4 / MOV / M4V / 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"GIF8"),  # GIF
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"OggS"),  # Ogg (Theora)
 )
 
 
@@ -42,7 +42,7 @@ class VideoError(ValueError):
 class VideoInfo:
     """What the container says about its first video stream."""
 
-    frames: int                    # exact when the container stores it, else duration x fps
+    frames: int  # exact when the container stores it, else duration x fps
     fps: float
     width: int
     height: int
@@ -50,8 +50,7 @@ class VideoInfo:
     frames_estimated: bool = False
 
 
-def estimate_frame_bytes(height: int, width: int, channels: int = 3,
-                         dtype: torch.dtype = torch.float32) -> int:
+def estimate_frame_bytes(height: int, width: int, channels: int = 3, dtype: torch.dtype = torch.float32) -> int:
     """Bytes of one (height, width, channels) frame of ``dtype``."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     return int(height) * int(width) * int(channels) * itemsize
@@ -82,12 +81,14 @@ def _open_error(path: Path, err: Exception) -> VideoError:
         return VideoError(f"{path.name} is empty (0 bytes); copy the video again or pick another file")
     with open(path, "rb") as f:
         head = f.read(16)
-    if any(head[o:o + len(sig)] == sig for o, sig in _VIDEO_SIGNATURES):
+    if any(head[o : o + len(sig)] == sig for o, sig in _VIDEO_SIGNATURES):
         return VideoError(
             f"{path.name} looks like a video but is truncated or corrupt ({err.__class__.__name__}); "
-            f"copy it again or re-encode it (for example with ffmpeg -i {path.name} out.mp4)")
+            f"copy it again or re-encode it (for example with ffmpeg -i {path.name} out.mp4)"
+        )
     return VideoError(
-        f"{path.name} is not a video file that FFmpeg recognises; pick an .mp4, .webm, .mkv, .mov or .gif file")
+        f"{path.name} is not a video file that FFmpeg recognises; pick an .mp4, .webm, .mkv, .mov or .gif file"
+    )
 
 
 def _open(path: Path):
@@ -103,8 +104,10 @@ def _info(container, path: Path) -> VideoInfo:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or float(rate) <= 0:
-        raise VideoError(f"{path.name} does not state a frame rate; re-encode it (for example with "
-                         f"ffmpeg -i {path.name} -r 24 out.mp4)")
+        raise VideoError(
+            f"{path.name} does not state a frame rate; re-encode it (for example with "
+            f"ffmpeg -i {path.name} -r 24 out.mp4)"
+        )
     fps = float(rate)
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
@@ -119,14 +122,19 @@ def _info(container, path: Path) -> VideoInfo:
     if not duration and frames:
         duration = frames / fps
     if stream.codec_context is None:
-        raise VideoError(f"{path.name} has a video stream this FFmpeg cannot decode (unknown or damaged codec data); "
-                         f"re-encode it (for example with ffmpeg -i {path.name} out.mp4)")
+        raise VideoError(
+            f"{path.name} has a video stream this FFmpeg cannot decode (unknown or damaged codec data); "
+            f"re-encode it (for example with ffmpeg -i {path.name} out.mp4)"
+        )
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
-        raise VideoError(f"{path.name} has a video stream without a size; re-encode it "
-                         f"(for example with ffmpeg -i {path.name} out.mp4)")
-    return VideoInfo(frames=frames, fps=fps, width=width, height=height, duration_s=duration,
-                     frames_estimated=estimated)
+        raise VideoError(
+            f"{path.name} has a video stream without a size; re-encode it "
+            f"(for example with ffmpeg -i {path.name} out.mp4)"
+        )
+    return VideoInfo(
+        frames=frames, fps=fps, width=width, height=height, duration_s=duration, frames_estimated=estimated
+    )
 
 
 def probe_video(path) -> VideoInfo:
@@ -167,9 +175,15 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
         raise VideoError(f"{name} must be an integer >= {minimum}, not {value!r}")
 
 
-def read_video(path, max_frames: int | None = None, stride: int = 1, start_frame: int = 0,
-               size: int | Sequence[int] | None = None, memory_limit_bytes: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, float]:
+def read_video(
+    path,
+    max_frames: int | None = None,
+    stride: int = 1,
+    start_frame: int = 0,
+    size: int | Sequence[int] | None = None,
+    memory_limit_bytes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, float]:
     """Decode frames ``start_frame, start_frame + stride, ...`` (at most ``max_frames``).
 
     Returns ``(frames, fps)``: frames (F, H, W, 3) float32 in [0, 1]; fps is the source rate
@@ -187,8 +201,10 @@ def read_video(path, max_frames: int | None = None, stride: int = 1, start_frame
         info = _info(container, path)
         out_w, out_h = _target_size(info.width, info.height, size)
         if not info.frames_estimated and info.frames and start_frame >= info.frames:
-            raise VideoError(f"start_frame {start_frame} is past the end of {path.name} "
-                             f"({info.frames} frames); use a start_frame below {info.frames}")
+            raise VideoError(
+                f"start_frame {start_frame} is past the end of {path.name} "
+                f"({info.frames} frames); use a start_frame below {info.frames}"
+            )
         expected = math.ceil(max(0, info.frames - start_frame) / stride)
         if max_frames is not None:
             expected = min(expected, max_frames) if expected else max_frames
@@ -209,8 +225,9 @@ def read_video(path, max_frames: int | None = None, stride: int = 1, start_frame
                     continue
                 if memory_limit_bytes is not None and (len(staged) + 1) * per_frame > memory_limit_bytes:
                     # Only reachable when the frame count was an estimate that proved too low.
-                    raise VideoError(_memory_message(len(staged) + 1, out_w, out_h, per_frame,
-                                                     memory_limit_bytes, at_least=True))
+                    raise VideoError(
+                        _memory_message(len(staged) + 1, out_w, out_h, per_frame, memory_limit_bytes, at_least=True)
+                    )
                 staged.append(_resize_uint8(frame.to_ndarray(format="rgb24"), out_w, out_h))
                 if progress is not None:
                     progress(len(staged), max(expected, len(staged)))
@@ -218,27 +235,35 @@ def read_video(path, max_frames: int | None = None, stride: int = 1, start_frame
                     break
         except av.error.FFmpegError as err:
             if index <= 0 and not staged:
-                raise VideoError(f"{path.name} has no decodable video frames; re-encode it (for example "
-                                 f"with ffmpeg -i {path.name} out.mp4) or pick another file") from err
-            raise VideoError(f"{path.name} is truncated or corrupt after {index + 1} frames; re-encode it "
-                             f"(for example with ffmpeg -i {path.name} out.mp4) or lower max_frames "
-                             f"to stay before the damage") from err
+                raise VideoError(
+                    f"{path.name} has no decodable video frames; re-encode it (for example "
+                    f"with ffmpeg -i {path.name} out.mp4) or pick another file"
+                ) from err
+            raise VideoError(
+                f"{path.name} is truncated or corrupt after {index + 1} frames; re-encode it "
+                f"(for example with ffmpeg -i {path.name} out.mp4) or lower max_frames "
+                f"to stay before the damage"
+            ) from err
     finally:
         container.close()
 
     if not staged:
         if index >= 0:
-            raise VideoError(f"start_frame {start_frame} is past the end of {path.name} ({index + 1} "
-                             f"frames); use a start_frame below {index + 1}")
-        raise VideoError(f"{path.name} has no decodable video frames; re-encode it (for example "
-                         f"with ffmpeg -i {path.name} out.mp4) or pick another file")
+            raise VideoError(
+                f"start_frame {start_frame} is past the end of {path.name} ({index + 1} "
+                f"frames); use a start_frame below {index + 1}"
+            )
+        raise VideoError(
+            f"{path.name} has no decodable video frames; re-encode it (for example "
+            f"with ffmpeg -i {path.name} out.mp4) or pick another file"
+        )
     # Fill a preallocated float tensor and drop each staged frame as it is copied, so peak
     # memory stays at the output plus the uint8 staging, not two float copies.
     frames = torch.empty((len(staged), out_h, out_w, 3), dtype=torch.float32)
     for i in range(0, len(staged), 16):
-        chunk = staged[i:i + 16]
-        frames[i:i + len(chunk)].copy_(torch.from_numpy(np.stack(chunk)))
-        staged[i:i + len(chunk)] = [None] * len(chunk)
+        chunk = staged[i : i + 16]
+        frames[i : i + len(chunk)].copy_(torch.from_numpy(np.stack(chunk)))
+        staged[i : i + len(chunk)] = [None] * len(chunk)
     frames.div_(255.0)
     return frames, info.fps / stride
 
@@ -246,8 +271,10 @@ def read_video(path, max_frames: int | None = None, stride: int = 1, start_frame
 def _memory_message(n: int, w: int, h: int, per_frame: int, limit: int, at_least: bool = False) -> str:
     fit = limit // per_frame
     more = "at least " if at_least else ""
-    return (f"reading this video needs {more}{_fmt_bytes(n * per_frame)} for {n} frames at {w}x{h}; "
-            f"at most {fit} frames fit in the {_fmt_bytes(limit)} limit: lower max_frames or size")
+    return (
+        f"reading this video needs {more}{_fmt_bytes(n * per_frame)} for {n} frames at {w}x{h}; "
+        f"at most {fit} frames fit in the {_fmt_bytes(limit)} limit: lower max_frames or size"
+    )
 
 
 def _resize_uint8(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -300,8 +327,9 @@ def write_video(path, frames, fps: float, codec: str = "libx264", crf: int = 18)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
         os.close(fd)
     except OSError as err:
-        raise VideoError(f"cannot create {path.name} in {path.parent} ({err.strerror}); pick a writable "
-                         f"output folder") from err
+        raise VideoError(
+            f"cannot create {path.name} in {path.parent} ({err.strerror}); pick a writable output folder"
+        ) from err
     try:
         options = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
         with av.open(tmp, mode="w", options=options) as container:
@@ -321,8 +349,10 @@ def write_video(path, frames, fps: float, codec: str = "libx264", crf: int = 18)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, (av.error.FFmpegError, OSError)):
-            raise VideoError(f"could not write {path.name} ({err}); check the folder is writable and "
-                             f"the extension is a video format such as .mp4") from err
+            raise VideoError(
+                f"could not write {path.name} ({err}); check the folder is writable and "
+                f"the extension is a video format such as .mp4"
+            ) from err
         raise
     return path
 

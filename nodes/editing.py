@@ -2,95 +2,225 @@
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import comfy.samplers
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
-from . import edit_runtime
-from .types import Adapter, EditSource
+from ..contextdiff.editing import Inversion
+from . import edit_runs, inputs
+from .types import EditSource
 
-CFG_INVERSION_TIP = ("Guidance during inversion. Keep 1.0: DDIM inversion follows the conditional ODE, and "
-                     "guidance > 1 amplifies the inversion error at every step, so the reconstruction drifts.")
-FUSE_TIP = ("Fraction of the schedule, from the noisy end, whose attention is fused: t in [fuse_start*T, T] "
-            "(paper: 0.5). Lower keeps more of the source's structure.")
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP, VAE
+
+    from .types import LoadedAdapter
+
+CFG_INVERSION_TIP = (
+    "Guidance during inversion. Keep 1.0: DDIM inversion follows the conditional ODE, and "
+    "guidance > 1 amplifies the inversion error at every step, so the reconstruction drifts."
+)
+MODEL_TIP = "The diffusion model (SD1.x, SD2.x or SDXL). Use the same model for the inversion and the edit."
+
+
+def report(node: str, warnings: list[str]) -> ui.PreviewText | None:
+    """Warnings as the node's UI text (and the log); ``None`` when there are none."""
+    for w in warnings:
+        logging.warning("%s: %s", node, w)
+    return ui.PreviewText("\n".join(f"warning: {w}" for w in warnings)) if warnings else None
 
 
 class ContextDiffDDIMInversion(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffDDIMInversion",
             display_name="ContextDiff DDIM Inversion",
             category="sampling/contextdiff/editing",
             description="Bias-aware DDIM inversion: runs the contextualized DDIM step (Eq. 11) backwards so that "
-                        "sampling with the same adapter returns the input, and records the source attention "
-                        "for editing (queries and keys of the fused steps, not full maps).",
+            "sampling with the same adapter returns the input, and records the source attention "
+            "for editing (queries and keys of the fused steps, not full maps).",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip=MODEL_TIP),
                 io.Latent.Input("latent", tooltip="The encoded image (or a batch of video frames)."),
                 io.Conditioning.Input("positive", tooltip="The source prompt: what the image shows."),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="DDIM steps (paper: 20)."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform"),
+                io.Int.Input(
+                    "steps",
+                    default=20,
+                    min=1,
+                    max=1000,
+                    tooltip="DDIM steps (paper: 20). The edit sampler runs the same schedule.",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.SCHEDULER_NAMES,
+                    default="ddim_uniform",
+                    tooltip="Sigma schedule of the inversion and of the edit (ddim_uniform: DDIM's "
+                    "evenly spaced timesteps).",
+                ),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=CFG_INVERSION_TIP),
-                io.Float.Input("fuse_start", default=0.5, min=0.0, max=1.0, step=0.05, tooltip=FUSE_TIP),
-                io.Int.Input("refine_steps", default=0, min=0, max=50,
-                             tooltip="Fixed-point refinements per step: each one more model call, making "
-                                     "inversion the exact inverse of sampling (0 = classic DDIM inversion)."),
-                io.Combo.Input("store_precision", options=["fp16", "fp32"], default="fp16",
-                               tooltip="Precision of the stored queries/keys (kept on the CPU)."),
-                io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05),
-                Adapter.Input("adapter", optional=True),
+                inputs.fuse_start(),
+                io.Int.Input(
+                    "refine_steps",
+                    default=0,
+                    min=0,
+                    max=50,
+                    tooltip="Fixed-point refinements per step: each one more model call, making "
+                    "inversion the exact inverse of sampling (0 = classic DDIM inversion).",
+                ),
+                io.Combo.Input(
+                    "store_precision",
+                    options=["fp16", "fp32"],
+                    default="fp16",
+                    tooltip="Precision of the stored queries/keys (kept on the CPU).",
+                ),
+                inputs.adapter_strength(),
+                inputs.adapter(),
                 io.Conditioning.Input("negative", optional=True, tooltip="Only used when cfg != 1."),
             ],
             outputs=[io.Latent.Output(display_name="noise"), EditSource.Output(display_name="edit_source")],
         )
 
     @classmethod
-    def execute(cls, model, latent, positive, steps, scheduler, cfg, fuse_start, refine_steps, store_precision,
-                adapter_strength, adapter=None, negative=None) -> io.NodeOutput:
-        source = edit_runtime.invert(model, latent, positive, negative, steps, scheduler, cfg, adapter,
-                                     adapter_strength, refine_steps, fuse_start,
-                                     torch.float16 if store_precision == "fp16" else torch.float32)
-        return io.NodeOutput({"samples": source.noise}, source)
+    def execute(
+        cls,
+        model: ModelPatcher,
+        latent: dict,
+        positive: list,
+        steps: int,
+        scheduler: str,
+        cfg: float,
+        fuse_start: float,
+        refine_steps: int,
+        store_precision: str,
+        adapter_strength: float,
+        adapter: LoadedAdapter | None = None,
+        negative: list | None = None,
+    ) -> io.NodeOutput:
+        warnings = []
+        if negative is not None and cfg == 1.0:
+            warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")
+        source = edit_runs.invert(
+            model,
+            latent,
+            positive,
+            negative=negative,
+            steps=steps,
+            scheduler=scheduler,
+            cfg=cfg,
+            adapter=adapter,
+            strength=adapter_strength,
+            refine_steps=refine_steps,
+            fuse_start=fuse_start,
+            store_dtype=torch.float16 if store_precision == "fp16" else torch.float32,
+        )
+        return io.NodeOutput({"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings))
 
 
 class ContextDiffEditSampler(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffEditSampler",
             display_name="ContextDiff Edit Sampler",
             category="sampling/contextdiff/editing",
             description="Samples from an inversion with the target prompt while fusing the source attention "
-                        "(FateZero, as the paper uses it): source self-attention, source cross-attention for the "
-                        "words both prompts share, and a blend mask from the edited words that keeps the rest "
-                        "of the image on the source trajectory. Target = source reproduces the reconstruction.",
+            "(FateZero, as the paper uses it): source self-attention, source cross-attention for the "
+            "words both prompts share, and a blend mask from the edited words that keeps the rest "
+            "of the image on the source trajectory. Target = source reproduces the reconstruction. "
+            "Inputs that switch part of this off are reported in the node's text.",
             inputs=[
-                io.Model.Input("model"),
-                EditSource.Input("edit_source"),
+                io.Model.Input("model", tooltip=MODEL_TIP),
+                EditSource.Input(
+                    "edit_source",
+                    tooltip="From ContextDiff DDIM Inversion: the inverted noise, the "
+                    "recorded source attention and trajectory.",
+                ),
                 io.Conditioning.Input("positive", tooltip="The target prompt's conditioning."),
-                io.Conditioning.Input("negative"),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01),
-                io.String.Input("source_prompt", multiline=True, default=""),
-                io.String.Input("target_prompt", multiline=True, default=""),
-                io.String.Input("blend_words", default="", tooltip="Words whose cross-attention marks the edited "
-                                "region (e.g. 'cat, dog'); empty = no local blend."),
-                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01),
-                io.Boolean.Input("fuse_attention", default=True,
-                                 tooltip="Off: plain contextualized DDIM from the inverted noise (a reconstruction "
-                                         "check when the prompts are equal)."),
-                io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05),
-                Adapter.Input("adapter", optional=True),
-                io.Clip.Input("clip", optional=True, tooltip="Tokenises the two prompts to align their shared words "
-                              "and find the blend words; without it only self-attention is fused."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (for cfg)."),
+                inputs.edit_cfg(),
+                io.String.Input(
+                    "source_prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="The source prompt's text, as typed in its CLIP encoder: aligns the words "
+                    "both prompts share and finds the blend words.",
+                ),
+                io.String.Input(
+                    "target_prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="The target prompt's text, as typed in its CLIP encoder.",
+                ),
+                inputs.blend_words(),
+                inputs.blend_threshold(),
+                io.Boolean.Input(
+                    "fuse_attention",
+                    default=True,
+                    tooltip="Off: plain contextualized DDIM from the inverted noise (a reconstruction "
+                    "check when the prompts are equal).",
+                ),
+                inputs.adapter_strength(),
+                inputs.adapter(),
+                io.Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="Tokenises the two prompts to align their shared words "
+                    "and find the blend words; without it only self-attention is fused.",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="The VAE of the image: sizes the blend_mask output "
+                    "(without it, the model's latent format says how many pixels a latent pixel covers).",
+                ),
             ],
-            outputs=[io.Latent.Output(), io.Mask.Output(display_name="blend_mask",
-                                                         tooltip="Where the edit was allowed (image size).")],
+            outputs=[
+                io.Latent.Output(tooltip="The edited latent."),
+                io.Mask.Output(display_name="blend_mask", tooltip="Where the edit was allowed (image size)."),
+            ],
         )
 
     @classmethod
-    def execute(cls, model, edit_source, positive, negative, cfg, source_prompt, target_prompt, blend_words,
-                blend_threshold, fuse_attention, adapter_strength, adapter=None, clip=None) -> io.NodeOutput:
-        samples, mask = edit_runtime.edit(model, edit_source, positive, negative, cfg, adapter, adapter_strength, clip,
-                                          source_prompt, target_prompt, blend_words, blend_threshold, fuse_attention)
-        return io.NodeOutput({"samples": samples}, edit_runtime.mask_image(mask, samples))
+    def execute(
+        cls,
+        model: ModelPatcher,
+        edit_source: Inversion,
+        positive: list,
+        negative: list,
+        cfg: float,
+        source_prompt: str,
+        target_prompt: str,
+        blend_words: str,
+        blend_threshold: float,
+        fuse_attention: bool,
+        adapter_strength: float,
+        adapter: LoadedAdapter | None = None,
+        clip: CLIP | None = None,
+        vae: VAE | None = None,
+    ) -> io.NodeOutput:
+        plan = edit_runs.plan_edit(
+            steps=int(edit_source.settings.get("steps", len(edit_source.sigmas) - 1)),
+            fuse_start=edit_source.fuse_start,
+            fuse=fuse_attention,
+            clip=clip,
+            source_prompt=source_prompt,
+            target_prompt=target_prompt,
+            blend_words=blend_words,
+            blend_threshold=blend_threshold,
+        )
+        result = edit_runs.edit(
+            model,
+            edit_source,
+            positive,
+            plan=plan,
+            negative=negative,
+            cfg=cfg,
+            adapter=adapter,
+            strength=adapter_strength,
+        )
+        mask = edit_runs.mask_image(result.mask, result.samples, edit_runs.pixel_ratio(model, vae))
+        return io.NodeOutput({"samples": result.samples}, mask, ui=report("ContextDiff Edit Sampler", result.warnings))

@@ -3,129 +3,220 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import comfy.model_management
 import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..contextdiff.editing import fused_steps
-from ..media.video import VideoError, read_video, safe_input_path, write_video
-from . import edit_runtime
-from .types import Adapter
+from ..media.video import VideoError, file_fingerprint, read_video, safe_input_path, write_video
+from . import inputs, video_runs
+from .editing import MODEL_TIP, report
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP, VAE
+
+    from .types import LoadedAdapter
+
+IMAGES_FPS = 8.0  # frames given as images carry no rate
 
 
-def encode_prompt(clip, text: str):
-    tokens = clip.tokenize(text)
-    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-    return [[cond, {"pooled_output": pooled}]]
+def output_prefix_error(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name a file in the output folder (ComfyUI's own rule), or ``None``."""
+    if not prefix or not os.path.basename(os.path.normpath(prefix)).strip(". "):
+        return "filename_prefix is empty: give a name such as contextdiff/edit"
+    out = os.path.abspath(folder_paths.get_output_directory())
+    folder = os.path.abspath(os.path.join(out, os.path.dirname(os.path.normpath(prefix))))
+    if os.path.commonpath((out, folder)) != out:
+        return (
+            f"filename_prefix {prefix!r} points outside the output folder: use a name inside it, e.g. contextdiff/edit"
+        )
+    return None
 
 
-def attention_footprint(model, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
-    """(tokens, channels) of every attention block at this latent size, from one probe forward pass."""
-    from comfy.ldm.modules.attention import BasicTransformerBlock
-
-    seen, hooks = [], []
-    for module in model.model.diffusion_model.modules():
-        if isinstance(module, BasicTransformerBlock):
-            hooks.append(module.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape[-2:]))))
-    try:
-        comfy.model_management.load_models_gpu([model])
-        base = model.model
-        device = model.load_device
-        c = base.latent_format.latent_channels
-        x = torch.zeros(1, c, *latent_hw, device=device)
-        ctx = torch.zeros(1, 77, base.model_config.unet_config["context_dim"], device=device)
-        with torch.no_grad():
-            base.apply_model(x, torch.ones(1, device=device), c_crossattn=ctx)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
-def store_bytes_per_frame(footprint, fused: int, bytes_per_value: int, text_tokens: int = 77) -> int:
-    """Bytes the attention store needs per frame: q and k of self- and cross-attention per fused step."""
-    per_step = sum(2 * n * c + n * c + text_tokens * c for n, c in footprint)
-    return fused * per_step * bytes_per_value
-
-
-def crossfade(chunks: list[tuple[int, torch.Tensor]], total: int) -> torch.Tensor:
-    """Overlapping chunks ``(start, frames)`` joined with linear weights in the overlaps."""
-    first = chunks[0][1]
-    acc = torch.zeros((total,) + tuple(first.shape[1:]), dtype=first.dtype)
-    weight = torch.zeros(total)
-    for start, frames in chunks:
-        n = frames.shape[0]
-        w = torch.ones(n)
-        if start > 0:
-            overlap = max(0, int(weight[start:start + n].gt(0).sum()))
-            if overlap:
-                w[:overlap] = torch.linspace(0, 1, overlap + 2)[1:-1]
-        acc[start:start + n] += frames * w.reshape(-1, *([1] * (frames.dim() - 1)))
-        weight[start:start + n] += w
-    return acc / weight.reshape(-1, *([1] * (acc.dim() - 1)))
+def input_errors(
+    chunk_size: int | None, overlap: int | None, save_mp4: bool | None, filename_prefix: str | None, video: str | None
+) -> str | None:
+    """The checks this node takes over from ComfyUI (``None`` values are links, checked at run time)."""
+    for name, value, lo, hi in (("chunk_size", chunk_size, 1, 64), ("overlap", overlap, 0, 32)):
+        if value is not None and not lo <= value <= hi:
+            return f"{name} must be between {lo} and {hi}, got {value}"
+    if chunk_size is not None and overlap is not None and overlap >= chunk_size:
+        return f"overlap ({overlap}) must be smaller than chunk_size ({chunk_size})"
+    if save_mp4 and filename_prefix is not None:
+        error = output_prefix_error(filename_prefix)
+        if error:
+            return error
+    if video:
+        try:
+            safe_input_path(folder_paths.get_input_directory(), video)
+        except VideoError as err:
+            return str(err)
+    return None
 
 
 class ContextDiffVideoEdit(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffVideoEdit",
             display_name="ContextDiff Video Edit",
             category="sampling/contextdiff/editing",
             description="Text-guided video editing (paper §4.2): bias-aware DDIM inversion of the frames with "
-                        "sparse-causal attention (each frame attends to the first and the previous one), then "
-                        "sampling with the target prompt while fusing the source attention. Long videos run in "
-                        "overlapping chunks; a memory estimate refuses jobs that would not fit.",
+            "sparse-causal attention (each frame attends to the first and the previous one), then "
+            "sampling with the target prompt while fusing the source attention. Long videos run in "
+            "overlapping chunks; a memory estimate refuses jobs that would not fit.",
             inputs=[
-                io.Model.Input("model"),
-                io.Vae.Input("vae"),
-                io.Clip.Input("clip"),
-                io.String.Input("source_prompt", multiline=True, default=""),
-                io.String.Input("target_prompt", multiline=True, default=""),
-                io.String.Input("blend_words", default="", tooltip="Edited words whose attention masks the edit."),
-                io.Int.Input("steps", default=20, min=1, max=200, tooltip="DDIM steps (paper: 20)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01),
-                io.Float.Input("fuse_start", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="Attention is fused for t in [fuse_start*T, T] (paper: 0.5)."),
-                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01),
-                io.Int.Input("max_frames", default=24, min=1, max=4096, tooltip="Refuse more frames than this."),
-                io.Int.Input("frame_stride", default=1, min=1, max=64, tooltip="Video file: keep every n-th frame."),
-                io.Int.Input("size", default=512, min=64, max=2048, step=8,
-                             tooltip="Video file: shorter side in pixels (multiple of 8)."),
-                io.Int.Input("chunk_size", default=8, min=1, max=64, tooltip="Frames inverted and edited together."),
-                io.Int.Input("overlap", default=2, min=0, max=32, tooltip="Frames shared by neighbouring chunks."),
-                io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=1024.0, step=0.5,
-                               tooltip="Attention store budget; 0 = half of the free memory."),
-                io.Boolean.Input("save_mp4", default=False),
-                io.String.Input("filename_prefix", default="contextdiff/edit"),
-                io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05),
-                io.Image.Input("images", optional=True, tooltip="Frames (e.g. from VideoHelperSuite's loader)."),
-                io.String.Input("video", optional=True, default="",
-                                tooltip="Or a video file in ComfyUI's input folder, read with PyAV."),
-                Adapter.Input("adapter", optional=True, tooltip="A video adapter tuned with trainer --mode video."),
+                io.Model.Input("model", tooltip=MODEL_TIP),
+                io.Vae.Input("vae", tooltip="Encodes the frames to latents and decodes the edit."),
+                io.Clip.Input("clip", tooltip="Encodes both prompts and aligns their shared words."),
+                io.String.Input("source_prompt", multiline=True, default="", tooltip="What the video shows."),
+                io.String.Input("target_prompt", multiline=True, default="", tooltip="What it should show."),
+                inputs.blend_words(),
+                io.Int.Input(
+                    "steps",
+                    default=20,
+                    min=1,
+                    max=200,
+                    tooltip="DDIM steps of the inversion and of the edit (paper: 20).",
+                ),
+                inputs.edit_cfg(),
+                inputs.fuse_start(),
+                inputs.blend_threshold(),
+                io.Int.Input(
+                    "max_frames",
+                    default=24,
+                    min=1,
+                    max=4096,
+                    tooltip="Refuse more frames than this (after frame_stride).",
+                ),
+                io.Int.Input("frame_stride", default=1, min=1, max=64, tooltip="Keep every n-th frame."),
+                io.Int.Input(
+                    "size",
+                    default=512,
+                    min=64,
+                    max=2048,
+                    step=8,
+                    tooltip="Video file: shorter side in pixels (multiple of 8). Frames given as images "
+                    "keep their size: resize them upstream.",
+                ),
+                io.Int.Input(
+                    "chunk_size",
+                    default=8,
+                    min=1,
+                    max=64,
+                    tooltip="Frames inverted and edited together (they attend to each other).",
+                ),
+                io.Int.Input(
+                    "overlap",
+                    default=2,
+                    min=0,
+                    max=32,
+                    tooltip="Frames shared by neighbouring chunks, cross-faded; smaller than chunk_size.",
+                ),
+                io.Float.Input(
+                    "memory_limit_gb",
+                    default=0.0,
+                    min=0.0,
+                    max=1024.0,
+                    step=0.5,
+                    tooltip="Attention store budget; 0 = half of the free memory.",
+                ),
+                io.Boolean.Input(
+                    "save_mp4",
+                    default=False,
+                    tooltip="Also write an mp4 to the output folder, at the source frame rate.",
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default="contextdiff/edit",
+                    tooltip="Name of the mp4 inside the output folder (a subfolder may be given).",
+                ),
+                inputs.adapter_strength(),
+                io.Image.Input(
+                    "images",
+                    optional=True,
+                    tooltip="Frames (e.g. from VideoHelperSuite's loader); or name a video file instead.",
+                ),
+                io.String.Input(
+                    "video",
+                    optional=True,
+                    default="",
+                    tooltip="Or a video file in ComfyUI's input folder, read with PyAV.",
+                ),
+                inputs.adapter("A video adapter tuned with trainer --mode video. Leave empty for the base sampler."),
             ],
-            outputs=[io.Image.Output(display_name="frames")],
+            outputs=[io.Image.Output(display_name="frames", tooltip="The edited frames.")],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, overlap, chunk_size, **kwargs):
-        if overlap >= chunk_size:
-            return f"overlap ({overlap}) must be smaller than chunk_size ({chunk_size})"
-        return True
+    def validate_inputs(
+        cls,
+        chunk_size: int | None,
+        overlap: int | None,
+        save_mp4: bool | None = None,
+        filename_prefix: str | None = None,
+        video: str | None = "",
+    ) -> bool | str:
+        # Only the inputs named here are taken from ComfyUI's own checks; each is checked in full.
+        return input_errors(chunk_size, overlap, save_mp4, filename_prefix, video) or True
 
     @classmethod
-    def execute(cls, model, vae, clip, source_prompt, target_prompt, blend_words, steps, cfg, fuse_start,
-                blend_threshold, max_frames, frame_stride, size, chunk_size, overlap, memory_limit_gb, save_mp4,
-                filename_prefix, adapter_strength, images=None, video="", adapter=None) -> io.NodeOutput:
-        fps = 8.0
+    def fingerprint_inputs(cls, video: str = "", **kwargs: object) -> str:
+        # The cache key follows the video file's content, not its name.
+        if not video:
+            return ""
+        try:
+            return file_fingerprint(safe_input_path(folder_paths.get_input_directory(), video))
+        except VideoError:
+            return ""
+
+    @classmethod
+    def execute(
+        cls,
+        model: ModelPatcher,
+        vae: VAE,
+        clip: CLIP,
+        source_prompt: str,
+        target_prompt: str,
+        blend_words: str,
+        steps: int,
+        cfg: float,
+        fuse_start: float,
+        blend_threshold: float,
+        max_frames: int,
+        frame_stride: int,
+        size: int,
+        chunk_size: int,
+        overlap: int,
+        memory_limit_gb: float,
+        save_mp4: bool,
+        filename_prefix: str,
+        adapter_strength: float,
+        images: torch.Tensor | None = None,
+        video: str = "",
+        adapter: LoadedAdapter | None = None,
+    ) -> io.NodeOutput:
+        error = input_errors(chunk_size, overlap, save_mp4, filename_prefix, video)
+        if error:
+            raise ValueError(error)
+        if images is not None and video:
+            raise ValueError(
+                "both images and a video file are given: connect frames to 'images' or name a video "
+                "file in 'video', not both"
+            )
+        warnings = []
         if images is not None:
-            frames = images[::frame_stride]
+            frames, fps = images[::frame_stride], IMAGES_FPS
             if frames.shape[0] > max_frames:
-                raise ValueError(f"{frames.shape[0]} frames given but max_frames is {max_frames}: raise max_frames "
-                                 "or trim the clip")
+                raise ValueError(
+                    f"{frames.shape[0]} frames given but max_frames is {max_frames}: raise max_frames or trim the clip"
+                )
+            if save_mp4:
+                warnings.append(f"frames given as images carry no frame rate: the mp4 is written at {IMAGES_FPS:g} fps")
         elif video:
             path = safe_input_path(folder_paths.get_input_directory(), video)
             frames, fps = read_video(path, max_frames=max_frames, stride=frame_stride, size=size)
@@ -133,39 +224,32 @@ class ContextDiffVideoEdit(io.ComfyNode):
             raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
         if frames.shape[0] == 0:
             raise VideoError("the video has no frames: pick another clip")
-        n = frames.shape[0]
-        h, w = frames.shape[1] // 8, frames.shape[2] // 8
-        fused = len(fused_steps(steps, fuse_start))
-        per_frame = store_bytes_per_frame(attention_footprint(model, (h, w)), fused, 2)
-        per_frame += (steps + 2) * 4 * h * w * 4 + frames[0].numel() * 4 * 2   # trajectory + frames in and out
-        budget = memory_limit_gb * 1e9 if memory_limit_gb > 0 else \
-            0.5 * comfy.model_management.get_free_memory(torch.device("cpu"))
-        need = per_frame * min(chunk_size, n) + frames[0].numel() * 4 * 2 * n
-        if need > budget:
-            fit = max(0, int((budget - frames[0].numel() * 8 * n) // per_frame))
-            raise MemoryError(f"editing needs about {need / 1e9:.2f} GB ({per_frame / 1e6:.1f} MB per frame in a "
-                              f"chunk of {min(chunk_size, n)}), over the {budget / 1e9:.2f} GB budget; at most "
-                              f"{fit} frames per chunk fit: lower chunk_size, size or steps")
-        positive_src, positive_tgt = encode_prompt(clip, source_prompt), encode_prompt(clip, target_prompt)
-        negative = encode_prompt(clip, "")
-        latents = torch.cat([vae.encode(frames[i:i + 4, :, :, :3]) for i in range(0, n, 4)])
-        step = max(1, chunk_size - overlap)
-        starts = list(range(0, max(1, n - overlap), step)) if n > chunk_size else [0]
-        outputs = []
-        for start in starts:
-            end = min(n, start + chunk_size)
-            chunk = {"samples": latents[start:end]}
-            frames_in_chunk = end - start if end - start > 1 else None
-            source = edit_runtime.invert(model, chunk, positive_src, negative, steps, "ddim_uniform", 1.0, adapter,
-                                         adapter_strength, 0, fuse_start, torch.float16, frames=frames_in_chunk)
-            edited, _ = edit_runtime.edit(model, source, positive_tgt, negative, cfg, adapter, adapter_strength, clip,
-                                          source_prompt, target_prompt, blend_words, blend_threshold)
-            outputs.append((start, vae.decode(edited).reshape(-1, *frames.shape[1:3], 3).cpu()))
-            if end == n:
-                break
-        result = crossfade(outputs, n).clamp(0, 1)
+        budget = (
+            memory_limit_gb * 1e9
+            if memory_limit_gb > 0
+            else 0.5 * comfy.model_management.get_free_memory(torch.device("cpu"))
+        )
+        result, run_warnings = video_runs.edit_video(
+            model,
+            vae,
+            clip,
+            frames,
+            source_prompt=source_prompt,
+            target_prompt=target_prompt,
+            blend_words=blend_words,
+            steps=steps,
+            cfg=cfg,
+            fuse_start=fuse_start,
+            blend_threshold=blend_threshold,
+            chunk_size=chunk_size,
+            overlap=overlap,
+            budget_bytes=budget,
+            adapter=adapter,
+            strength=adapter_strength,
+        )
         if save_mp4:
-            folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
-                                                                           folder_paths.get_output_directory())
+            folder, name, counter, _, _ = folder_paths.get_save_image_path(
+                filename_prefix, folder_paths.get_output_directory()
+            )
             write_video(os.path.join(folder, f"{name}_{counter:05}.mp4"), result, fps)
-        return io.NodeOutput(result)
+        return io.NodeOutput(result, ui=report("ContextDiff Video Edit", warnings + run_warnings))

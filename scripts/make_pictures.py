@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "digits" / "digits-contextdiff.safetensors"))
     args = ap.parse_args()
     pack = import_pack()
-    runtime = importlib.import_module(pack.__name__ + ".nodes.edit_runtime")
+    runtime = importlib.import_module(pack.__name__ + ".nodes.edit_runs")
     types_ = importlib.import_module(pack.__name__ + ".nodes.types")
     import comfy.model_patcher
 
@@ -53,8 +53,10 @@ def main():
     target = (y + 1) % 10
     source = runtime.invert(patcher, {"samples": x0}, cond(y), steps=30, scheduler="simple", adapter=loaded, refine_steps=4,
                             store_dtype=torch.float32)
-    rec, _ = runtime.edit(patcher, source, cond(y), cond([10] * 8), cfg=1.0, adapter=loaded, fuse=False)
-    edited, _ = runtime.edit(patcher, source, cond(target), cond([10] * 8), cfg=4.0, adapter=loaded)
+    plain, fused = (runtime.plan_edit(steps=30, fuse_start=source.fuse_start, fuse=f) for f in (False, True))
+    rec = runtime.edit(patcher, source, cond(y), plan=plain, negative=cond([10] * 8), cfg=1.0, adapter=loaded).samples
+    edited = runtime.edit(patcher, source, cond(target), plan=fused, negative=cond([10] * 8), cfg=4.0,
+                          adapter=loaded).samples
     err = ((rec - x0).norm() / x0.norm()).item()
     image_grid(torch.cat([x0, rec, edited]), rows=3, out_path=OUT / "inversion_digits.png", scale=8)
     print(f"inversion reconstruction: relative error {err:.4f}; edit rows: class +1")
@@ -64,7 +66,8 @@ def main():
     frames = torch.stack([a + (b - a) * t for t in torch.linspace(0, 1, 8)])
     source = runtime.invert(patcher, {"samples": frames}, cond([3] * 8), steps=30, scheduler="simple",
                             adapter=loaded, store_dtype=torch.float32, frames=8)
-    edited, _ = runtime.edit(patcher, source, cond([8] * 8), cond([10] * 8), cfg=4.0, adapter=loaded)
+    edited = runtime.edit(patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), cfg=4.0,
+                          adapter=loaded).samples
     image_grid(torch.cat([frames, edited]), rows=2, out_path=OUT / "video_edit_digits.png", scale=8)
     grid = ROOT / "out" / "digits_grid.png"
     if grid.exists():

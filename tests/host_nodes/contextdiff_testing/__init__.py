@@ -152,3 +152,7 @@ class RandomLatent:
 NODE_CLASS_MAPPINGS = {"ContextDiffTest_RandomLatent": RandomLatent, "ContextDiffTest_Poison": Poison, "ContextDiffTest_TinyCheckpoint": TinyCheckpoint, "ContextDiffTest_TinyControlNet": TinyControlNet,
                        "ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
                        "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
+
+from .editing_nodes import EDITING_NODES  # noqa: E402  (other packs' attention patches, interrupt tripwire)
+
+NODE_CLASS_MAPPINGS.update(EDITING_NODES)

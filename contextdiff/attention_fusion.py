@@ -1,0 +1,197 @@
+"""Attention record and fusion for editing (FateZero's split, as ContextDiff uses it, paper §4.2).
+
+During inversion the source's attention is *recorded* (:mod:`contextdiff.attention_store`); during
+editing it is *fused*: self-attention takes the source's maps, cross-attention keeps the source's
+maps for the words the two prompts share, and the cross-attention of the edited words feeds the
+blend mask (:mod:`contextdiff.blend_mask`).
+
+Self-attention with the source's maps is exactly ``SDPA(q_src, k_src, v)``: the fused kernel runs
+it, no ``heads x N x N`` map is built. Explicit maps are made only where they are edited
+(cross-attention, ``N x 77``).
+
+Everything here works on plain tensors; the nodes wire :class:`AttentionEditor` into ComfyUI's
+attention replace hooks on a clone of the model, and pass the attention to use where nothing is
+fused (ComfyUI's own kernel, or another pack's patch that was there first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .attention_store import AttentionStore, attention_probs, merge_heads, split_heads
+from .blend_mask import BlendMask
+
+# (q, k, v, extra) -> output, the signature of ComfyUI's attention replace patches.
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-head attention ``(B, N, heads*d)``; with ``probs`` given, those maps weight ``v``."""
+    if probs is None:
+        out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+        return merge_heads(out)
+    return merge_heads(probs.to(v.dtype) @ split_heads(v, heads))
+
+
+def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict) -> torch.Tensor:
+    """Plain multi-head attention with the head count of ComfyUI's ``extra_options``."""
+    return attend(q, k, v, extra["n_heads"])
+
+
+def sparse_causal(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Keys/values for sparse-causal attention: frame ``f`` sees frames 0 and ``f-1`` (Tune-A-Video).
+
+    ``x``: ``(S*frames, N, C)`` (clips of consecutive frames) -> ``(S*frames, 2N, C)``.
+    """
+    clips = rearrange(x, "(s f) n c -> s f n c", f=frames)
+    first = clips[:, :1].expand_as(clips)
+    prev = torch.cat([clips[:, :1], clips[:, :-1]], dim=1)
+    return rearrange(torch.cat([first, prev], dim=2), "s f n c -> (s f) n c")
+
+
+def cond_rows(extra: dict, batch: int) -> torch.Tensor:
+    """Rows of a CFG batch that belong to the conditional (positive) prompt."""
+    flags = extra.get("cond_or_uncond") or [0]
+    chunk = batch // len(flags)
+    rows = [i * chunk + j for i, f in enumerate(flags) if f == 0 for j in range(chunk)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class AttentionEditor:
+    """Callable pieces for ComfyUI's ``attn1``/``attn2`` replace hooks.
+
+    ``mode`` is ``record`` (inversion), ``fuse`` (editing) or ``plain``. ``step_of(sigma)`` maps the
+    current sigma to a step index shared by inversion and editing (``None`` outside the schedule).
+    Only the conditional rows of a CFG batch are recorded or fused; the unconditional ones run
+    untouched. ``frames`` turns self-attention sparse-causal (video). ``shared_tokens`` are
+    ``(target, source)`` positions whose cross-attention keeps the source's maps; ``blend`` collects
+    the edited words' maps. ``fused`` and ``missing`` count the layer calls that were fused and
+    those that found no recording to fuse (the caller reports the latter).
+    """
+
+    def __init__(
+        self,
+        store: AttentionStore,
+        mode: str,
+        step_of: Callable[[float], int | None],
+        frames: int | None = None,
+        shared_tokens: Sequence[tuple[int, int]] = (),
+        blend: BlendMask | None = None,
+    ):
+        if mode not in ("record", "fuse", "plain"):
+            raise ValueError(f"unknown attention mode {mode!r}; use record, fuse or plain")
+        self.store, self.mode, self.step_of, self.frames = store, mode, step_of, frames
+        shared = list(shared_tokens)
+        self.shared_tgt = torch.tensor([t for t, _ in shared], dtype=torch.long)
+        self.shared_src = torch.tensor([s for _, s in shared], dtype=torch.long)
+        self.blend = blend
+        self.fused = 0
+        self.missing = 0
+
+    @property
+    def replaces_self_attention(self) -> bool:
+        """Whether self-attention output is the editor's own (not the given attention's) somewhere."""
+        return self.mode == "fuse" and bool(self.store.fused_steps)
+
+    @property
+    def replaces_cross_attention(self) -> bool:
+        """Whether cross-attention probabilities are edited (shared words keep the source's maps)."""
+        return self.mode == "fuse" and bool(self.store.fused_steps) and len(self.shared_tgt) > 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _step(self, extra: dict) -> int | None:
+        sigmas = extra.get("sigmas")
+        if sigmas is None:
+            return None
+        return self.step_of(float(sigmas.reshape(-1)[0]))
+
+    @staticmethod
+    def _layer(extra: dict) -> tuple:
+        block = extra.get("block") or ("?", 0)
+        return (block[0], block[1], extra.get("block_index", 0))
+
+    def _self_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frames and self.frames > 1 and k.shape[0] % self.frames == 0:
+            return sparse_causal(k, self.frames), sparse_causal(v, self.frames)
+        return k, v
+
+    @staticmethod
+    def _mixed(q, k, v, heads: int, rows: torch.Tensor, cond_out: torch.Tensor) -> torch.Tensor:
+        """Unconditional rows attend normally; conditional ``rows`` get ``cond_out``."""
+        out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
+        keep = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+        keep[rows] = False
+        if keep.any():
+            out[keep] = attend(q[keep], k[keep], v[keep], heads)
+        out[rows] = cond_out.to(v.dtype)
+        return out
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def self_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, attention: Attention = default_attention
+    ) -> torch.Tensor:
+        """ComfyUI ``attn1`` replace: record or fuse the source's self-attention; ``attention`` elsewhere."""
+        heads = extra["n_heads"]
+        step = self._step(extra)
+        kk, vv = self._self_kv(k, v)
+        if self.mode == "plain" or step not in self.store.fused_steps:
+            return attention(q, kk, vv, extra)
+        rows = cond_rows(extra, q.shape[0]).to(q.device)
+        key = (step, self._layer(extra), "self")
+        if self.mode == "record":
+            # Raw per-frame keys: the sparse-causal keys are rebuilt from them when fusing.
+            keys = self._self_kv(k[rows], v[rows])[0] if self.store.store_maps else k[rows]
+            self.store.put(key, q[rows], keys, heads)
+            return attention(q, kk, vv, extra)
+        if self.store.store_maps:
+            probs = self.store.probs(key, heads, q.device)
+            if probs is None or probs.shape[0] != len(rows):
+                self.missing += 1
+                return attention(q, kk, vv, extra)
+            cond_out = attend(q[rows], kk[rows], vv[rows], heads, probs=probs)
+        else:
+            qk = self.store.queries_keys(key, q.device)
+            if qk is None or qk[0].shape[0] != len(rows):
+                self.missing += 1
+                return attention(q, kk, vv, extra)
+            q_src, k_src = (t.to(v.dtype) for t in qk)
+            k_src = self._self_kv(k_src, k_src)[0]
+            cond_out = attend(q_src, k_src, vv[rows], heads)  # = source maps applied to v, fused kernel
+        self.fused += 1
+        return self._mixed(q, kk, vv, heads, rows, cond_out)
+
+    def cross_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, attention: Attention = default_attention
+    ) -> torch.Tensor:
+        """ComfyUI ``attn2`` replace: record, fuse shared words, collect the blend maps; ``attention`` elsewhere."""
+        heads = extra["n_heads"]
+        step = self._step(extra)
+        if self.mode == "plain" or step not in self.store.fused_steps:
+            return attention(q, k, v, extra)
+        rows = cond_rows(extra, q.shape[0]).to(q.device)
+        key = (step, self._layer(extra), "cross")
+        if self.mode == "record":
+            self.store.put(key, q[rows], k[rows], heads)
+            return attention(q, k, v, extra)
+        edits_maps = len(self.shared_tgt) > 0
+        collects = self.blend is not None and self.blend.active
+        if not (edits_maps or collects):
+            return attention(q, k, v, extra)
+        src = self.store.probs(key, heads, q.device)
+        if src is None or src.shape[0] != len(rows):
+            self.missing += 1
+            return attention(q, k, v, extra)
+        probs = attention_probs(q[rows], k[rows], heads)
+        if collects:
+            self.blend.add(probs, src, (extra.get("activations_shape") or [0, 0, 0, 0])[2:])
+        self.fused += 1
+        if not edits_maps:
+            return attention(q, k, v, extra)
+        probs[..., self.shared_tgt.to(q.device)] = src[..., self.shared_src.to(q.device)]
+        return self._mixed(q, k, v, heads, rows, attend(q[rows], k[rows], v[rows], heads, probs=probs))

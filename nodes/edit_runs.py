@@ -1,0 +1,244 @@
+"""Inversion and editing runs on ComfyUI models: plan the edit, patch a clone, call the sampler.
+
+``invert`` records the source (its attention and trajectory) during bias-aware DDIM inversion;
+``plan_edit`` checks the edit inputs before anything is computed; ``edit`` samples from the
+inverted noise with the target prompt while fusing. What is stored: :mod:`contextdiff.attention_store`;
+how it is fused: :mod:`contextdiff.attention_fusion`; the blend mask: :mod:`contextdiff.blend_mask`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+
+from ..contextdiff import edit_plan
+from ..contextdiff.attention_fusion import AttentionEditor
+from ..contextdiff.attention_store import AttentionStore
+from ..contextdiff.blend_mask import BlendMask, latent_blend
+from ..contextdiff.edit_plan import EditInputError, EditPlan
+from ..contextdiff.editing import Inversion, StepIndex, fused_steps, trajectory_recorder
+from .attention_patch import attention_blocks, patched
+from .prompt_tokens import prompt_tokens
+from .sampler_function import contextdiff_ksampler, inversion_ksampler
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP
+
+    from .types import LoadedAdapter
+
+
+class EditResult(NamedTuple):
+    samples: torch.Tensor
+    mask: torch.Tensor | None  # latent size, 1 = edited; None without blend words
+    warnings: list[str]
+
+
+def schedule(model: ModelPatcher, scheduler: str, steps: int) -> torch.Tensor:
+    """The descending sigmas of ``scheduler`` for this model, on the CPU."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+
+
+def _negative_or_empty(positive: list, negative: list | None) -> list:
+    if negative is not None:
+        return negative
+    return [[torch.zeros_like(c), {k: v for k, v in d.items() if k != "pooled_output"}] for c, d in positive]
+
+
+def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:
+    """The factor ComfyUI's KSAMPLER puts on unit noise at ``sigma`` (see ``KSAMPLER.max_denoise``),
+    so that the edit sampler starts from exactly the inverted latent."""
+    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    at_max = math.isclose(sigma_max, float(sigma), rel_tol=1e-05) or float(sigma) > sigma_max
+    return (1.0 + sigma**2).sqrt() if at_max else sigma
+
+
+def invert(
+    model: ModelPatcher,
+    latent: dict,
+    positive: list,
+    *,
+    negative: list | None = None,
+    steps: int = 20,
+    scheduler: str = "ddim_uniform",
+    cfg: float = 1.0,
+    adapter: LoadedAdapter | None = None,
+    strength: float = 1.0,
+    refine_steps: int = 0,
+    fuse_start: float = 0.5,
+    store_dtype: torch.dtype = torch.float16,
+    store_maps: bool = False,
+    frames: int | None = None,
+) -> Inversion:
+    """Bias-aware DDIM inversion of ``latent`` with the source attention recorded."""
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    sigmas = schedule(model, scheduler, steps)
+    step_of = StepIndex(sigmas)
+    store = AttentionStore(
+        fused_steps(steps, fuse_start),
+        store_maps=store_maps,
+        dtype=store_dtype,
+        device=comfy.model_management.intermediate_device(),
+    )
+    editor = AttentionEditor(store, "record", step_of, frames=frames)
+    sampler = inversion_ksampler(
+        adapter, strength, frames, refine_steps=refine_steps, trajectory=trajectory_recorder(store.latents, step_of)
+    )
+    callback = latent_preview.prepare_callback(model, steps)
+    out = comfy.sample.sample_custom(
+        patched(model, editor),
+        torch.zeros_like(samples),
+        cfg,
+        sampler,
+        sigmas.flip(0),
+        positive,
+        _negative_or_empty(positive, negative),
+        samples,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=0,
+    )
+    x_top = model.model.process_latent_in(out)  # undo the guider's process_latent_out: this is noise, not an image
+    settings = {
+        "steps": steps,
+        "scheduler": scheduler,
+        "cfg": cfg,
+        "fuse_start": fuse_start,
+        "adapter": adapter.name if adapter is not None else None,
+        "strength": strength,
+    }
+    return Inversion(
+        noise=(x_top / noise_scale(model, sigmas[0])).cpu(),
+        store=store,
+        sigmas=sigmas,
+        latent_shape=tuple(samples.shape),
+        frames=frames,
+        fuse_start=fuse_start,
+        settings=settings,
+    )
+
+
+def plan_edit(
+    *,
+    steps: int,
+    fuse_start: float,
+    fuse: bool = True,
+    clip: CLIP | None = None,
+    source_prompt: str = "",
+    target_prompt: str = "",
+    blend_words: str = "",
+    blend_threshold: float = 0.3,
+) -> EditPlan:
+    """What the edit will fuse, checked before any computation (see :func:`contextdiff.edit_plan.plan_edit`)."""
+    return edit_plan.plan_edit(
+        fuse=fuse,
+        fused_step_count=len(fused_steps(steps, fuse_start)),
+        inversion_steps=steps,
+        fuse_start=fuse_start,
+        has_clip=clip is not None,
+        source_prompt=source_prompt,
+        target_prompt=target_prompt,
+        source=prompt_tokens(clip, source_prompt, blend_words),
+        target=prompt_tokens(clip, target_prompt, blend_words),
+        blend_words=blend_words,
+        blend_threshold=blend_threshold,
+    )
+
+
+def check_source_fits(model: ModelPatcher, source: Inversion) -> None:
+    """Refuse an edit source that this model cannot fuse (recorded on another model)."""
+    channels = model.model.latent_format.latent_channels
+    if len(source.latent_shape) < 2 or source.latent_shape[1] != channels:
+        raise EditInputError(
+            f"the edit_source was inverted from {source.latent_shape[1]}-channel latents but this "
+            f"model uses {channels}: connect the same model to the inversion and the edit sampler"
+        )
+    recorded = source.store.layers()
+    if recorded and not recorded <= {key for key, _ in attention_blocks(model.model.diffusion_model)}:
+        raise EditInputError(
+            "the edit_source was recorded on another model (its attention layers do not match this "
+            "model's): connect the same model to the inversion and the edit sampler"
+        )
+
+
+def edit(
+    model: ModelPatcher,
+    source: Inversion,
+    positive: list,
+    *,
+    plan: EditPlan,
+    negative: list | None = None,
+    cfg: float = 7.5,
+    adapter: LoadedAdapter | None = None,
+    strength: float = 1.0,
+) -> EditResult:
+    """Sample from the inverted noise with the target prompt, fusing the source attention as ``plan`` says."""
+    check_source_fits(model, source)
+    warnings = list(plan.warnings)
+    warnings += edit_plan.settings_warnings(
+        source.settings, {"adapter": adapter.name if adapter else None, "strength": strength}
+    )
+    step_of = StepIndex(source.sigmas)
+    blend = BlendMask(plan.blend_target, plan.blend_source, plan.blend_threshold) if plan.fuse else None
+    editor = AttentionEditor(
+        source.store,
+        "fuse" if plan.fuse else "plain",
+        step_of,
+        frames=source.frames,
+        shared_tokens=plan.shared_tokens,
+        blend=blend,
+    )
+    post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
+    sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post)
+    steps = len(source.sigmas) - 1
+    callback = latent_preview.prepare_callback(model, steps)
+    zeros = torch.zeros(source.latent_shape)
+    out = comfy.sample.sample_custom(
+        patched(model, editor),
+        source.noise.clone(),
+        cfg,
+        sampler,
+        source.sigmas,
+        positive,
+        _negative_or_empty(positive, negative),
+        zeros,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=0,
+    )
+    if plan.fuse and editor.missing:
+        warnings.append(
+            f"{editor.missing} of {editor.missing + editor.fused} fused attention calls found no "
+            "recording of the source (a positive conditioning with another batch or more entries than "
+            "the inversion's): the edit is fused only in part"
+        )
+    mask = blend.mask(tuple(source.latent_shape[-2:])) if post is not None else None
+    if post is not None and mask is None:
+        warnings.append("no cross-attention map of the blend words was collected: the edit is not masked")
+    return EditResult(out, mask, warnings)
+
+
+def mask_image(mask: torch.Tensor | None, samples: torch.Tensor, ratio: int) -> torch.Tensor:
+    """A latent-size mask as a ComfyUI MASK at image size (``ratio`` x); all ones when nothing was masked."""
+    b, _, h, w = samples.shape
+    if mask is None:
+        return torch.ones(b, h * ratio, w * ratio)
+    up = torch.nn.functional.interpolate(mask.float().cpu(), scale_factor=ratio, mode="nearest")[:, 0]
+    return up.expand(b, -1, -1) if up.shape[0] == 1 else up
+
+
+def pixel_ratio(model: ModelPatcher, vae: object | None = None) -> int:
+    """Image pixels per latent pixel: the VAE's, else the model's latent format's (newer ComfyUI
+    declares ``spacial_downscale_ratio``; 8, its default, for the SD family; 1 for pixel-space models)."""
+    if vae is not None:
+        return int(vae.spacial_compression_decode())
+    return int(getattr(model.model.latent_format, "spacial_downscale_ratio", 8))

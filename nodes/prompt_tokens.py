@@ -1,0 +1,48 @@
+"""Prompts through the model's CLIP: token ids as the cross-attention keys see them, where the blend
+words sit in them, and prompt encoding for nodes that take text instead of conditioning."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..contextdiff.edit_plan import PromptTokens, split_words
+
+if TYPE_CHECKING:
+    from comfy.sd import CLIP
+
+
+def _first_encoder(tokens: dict | list) -> list:
+    return tokens[sorted(tokens)[0]] if isinstance(tokens, dict) else tokens
+
+
+def token_ids(clip: CLIP, text: str) -> list[int]:
+    """Token ids of the first encoder and chunk, as the cross-attention keys see them."""
+    return [int(t[0]) for t in _first_encoder(clip.tokenize(text))[0]]
+
+
+def word_positions(clip: CLIP, prompt_ids: list[int], word: str) -> list[int]:
+    """Positions of the tokens of ``word`` in a tokenised prompt (every occurrence)."""
+    ids = [i for i in token_ids(clip, word) if i not in (prompt_ids[0], prompt_ids[-1])][:4]
+    found = []
+    for pos in range(len(prompt_ids)):
+        if ids and prompt_ids[pos : pos + len(ids)] == ids:
+            found.extend(range(pos, pos + len(ids)))
+    return sorted(set(found))
+
+
+def prompt_tokens(clip: CLIP | None, text: str, blend_words: str) -> PromptTokens | None:
+    """The prompt's token ids and the positions of each blend word (``None`` without CLIP or text)."""
+    if clip is None or not text.strip():
+        return None
+    chunks = _first_encoder(clip.tokenize(text))
+    ids = [int(t[0]) for t in chunks[0]]
+    return PromptTokens(
+        ids=ids, word_positions={w: word_positions(clip, ids, w) for w in split_words(blend_words)}, chunks=len(chunks)
+    )
+
+
+def encode_prompt(clip: CLIP, text: str) -> list:
+    """``text`` as a ComfyUI CONDITIONING (what CLIPTextEncode gives)."""
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return [[cond, {"pooled_output": pooled}]]
