@@ -63,6 +63,7 @@ def build_joint_model(unet_config: dict, init_seed: int | None = 0):
     class PixelLatent(comfy.latent_formats.LatentFormat):
         scale_factor = 1.0
         latent_channels = channels
+        spacial_downscale_ratio = 1  # pixel space (newer ComfyUI's attribute; the edit sampler's mask reads it)
 
     class JointConfig(comfy.supported_models_base.BASE):
         unet_extra_config = {}
