@@ -113,7 +113,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def grid_position_embedding(h: int, w: int, dim: int, device) -> torch.Tensor:
+def grid_position_embedding(h: int, w: int, dim: int, device: torch.device | str) -> torch.Tensor:
     """Fixed 2D sine-cosine positions for an ``h x w`` token grid, any size: ``(h*w, dim)``."""
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
@@ -137,7 +137,8 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(kv_dim or dim, 2 * dim)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x, context=None, mask=None):
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
         k, v = rearrange(self.to_kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
@@ -145,7 +146,7 @@ class Attention(nn.Module):
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
-def causal_window_mask(frames: int, window: int, device) -> torch.Tensor:
+def causal_window_mask(frames: int, window: int, device: torch.device | str) -> torch.Tensor:
     """Boolean ``(frames, frames)``: frame i sees frames ``i-window+1 .. i`` (True = attend)."""
     i = torch.arange(frames, device=device)
     d = i[:, None] - i[None, :]
@@ -170,7 +171,7 @@ class AdapterBlock(nn.Module):
         hidden = cfg.hidden_mlp()
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
 
-    def forward(self, x, text, temb, frames: int):
+    def forward(self, x: torch.Tensor, text: torch.Tensor, temb: torch.Tensor, frames: int) -> torch.Tensor:
         x = x + self.time_proj(temb)[:, None]
         x = x + self.self_attn(self.norm_self(x))
         if self.temporal is not None and frames > 1:
@@ -207,7 +208,8 @@ class ContextAdapter(nn.Module):
         nn.init.zeros_(self.patch_out.weight)
         nn.init.zeros_(self.patch_out.bias)
 
-    def forward(self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, frames: int | None = None):
+    def forward(self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,
+                frames: int | None = None) -> torch.Tensor:
         cfg = self.cfg
         if x0.dim() != 4 or x0.shape[1] != cfg.latent_channels:
             raise ValueError(f"adapter expects latents (B, {cfg.latent_channels}, H, W), got {tuple(x0.shape)}")
@@ -234,7 +236,8 @@ class ContextAdapter(nn.Module):
         out = rearrange(out, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=gh, w=gw, p1=p, p2=p)
         return out[..., :h, :w].to(x0.dtype)
 
-    def pair(self, x0: torch.Tensor, text: torch.Tensor, t_pair: torch.Tensor, frames: int | None = None):
+    def pair(self, x0: torch.Tensor, text: torch.Tensor, t_pair: torch.Tensor,
+             frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r(x0, c, t_a), r(x0, c, t_b))`` from one batched call (the two ends of a step)."""
         b = x0.shape[0]
         t = torch.cat([t_pair[0].reshape(1).expand(b), t_pair[1].reshape(1).expand(b)])

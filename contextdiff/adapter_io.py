@@ -207,7 +207,7 @@ def _data_bytes(path: Path) -> int:
         return os.fstat(f.fileno()).st_size - 8 - n
 
 
-def load_adapter(path: str | os.PathLike, device="cpu") -> tuple[ContextAdapter, dict]:
+def load_adapter(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[ContextAdapter, dict]:
     """Load and validate an adapter file; returns ``(adapter in eval mode, metadata)``.
 
     Every check that needs no tensor (format, bounded hyper-parameters, the tensor table against

@@ -12,7 +12,7 @@ from .types import Adapter, LoadedAdapter
 
 class ContextDiffAdapterLoader(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffAdapterLoader",
             display_name="Load ContextDiff Adapter",
@@ -30,7 +30,7 @@ class ContextDiffAdapterLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, adapter_name):
+    def fingerprint_inputs(cls, adapter_name: str) -> str:
         # The content decides: a file rewritten with the same size and mtime (even in place) still reloads.
         path = folder_paths.get_full_path(FOLDER, adapter_name)
         if path is None:
@@ -41,7 +41,7 @@ class ContextDiffAdapterLoader(io.ComfyNode):
             return adapter_name    # vanished or unreadable: execute() names the problem
 
     @classmethod
-    def execute(cls, adapter_name) -> io.NodeOutput:
+    def execute(cls, adapter_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, adapter_name)
         if path is None:
             raise FileNotFoundError(f"ContextDiff adapter '{adapter_name}' is not in models/contextdiff/; "
