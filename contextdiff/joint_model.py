@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from . import __version__
 from .adapter import AdapterConfig, ContextAdapter
-from .adapter_io import AdapterFileError, atomic_save_file, read_header
+from .adapter_io import AdapterFileError, atomic_save_file, check_tensor_table, expected_shapes, read_header
 
 JOINT_FORMAT = "contextdiff-joint"
 TEXT_JOINT_FORMAT = "contextdiff-text-joint"   # contextdiff/text_joint.py
@@ -179,9 +179,15 @@ def load_joint(path, device="cpu"):
         raise AdapterFileError(f"{path.name} is not a ContextDiff class-conditional joint checkpoint "
                                f"(format={fmt!r}); {hint}.")
     check_version(path, meta, JOINT_VERSION)
+    try:
+        adapter_cfg = AdapterConfig.from_dict(json.loads(meta["adapter_config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise AdapterFileError(f"{path.name} has invalid adapter metadata ({e}); re-export the checkpoint.") from None
+    # The adapter's tensors against its declared architecture before anything is built (a forged header).
+    check_tensor_table(path, read_header(path), expected_shapes(adapter_cfg), prefix="adapter.")
     unet_config = json.loads(meta["unet_config"])
     model = build_joint_model(unet_config, init_seed=None)
-    adapter = ContextAdapter(AdapterConfig.from_dict(json.loads(meta["adapter_config"])))
+    adapter = ContextAdapter(adapter_cfg, source=f"ContextDiff adapter in '{path.name}'")
     classes = ClassEmbedding(int(meta["num_classes"]), unet_config["context_dim"], int(meta.get("class_tokens", 1)))
     load_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, device)
     meta["unet_config"], meta["training"] = unet_config, json.loads(meta.get("training", "{}"))

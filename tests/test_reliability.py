@@ -124,6 +124,27 @@ def test_fuzz_forged_hyper_parameters(tmp_path, valid_adapter, data):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
 
 
+def test_forged_joint_checkpoint_adapter_refused_before_allocating(tmp_path):
+    """A 500-byte joint checkpoint whose metadata declares a 2 GB adapter: refused before any model is built."""
+    from safetensors.torch import save_file
+
+    from contextdiff.joint_model import JOINT_FORMAT, JOINT_VERSION, joint_unet_config, load_joint
+    path = tmp_path / "forged-joint.safetensors"
+    meta = {"format": JOINT_FORMAT, "format_version": str(JOINT_VERSION),
+            "unet_config": json.dumps(joint_unet_config(model_channels=8, context_dim=8)),
+            "adapter_config": json.dumps(AdapterConfig(dim=4096, depth=2).to_dict()), "num_classes": "10"}
+    save_file({"adapter.patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with pytest.raises(AdapterFileError) as err:
+        load_joint(path)
+    assert "forged-joint.safetensors does not match its own architecture" in str(err.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
+    meta["adapter_config"] = json.dumps({**AdapterConfig().to_dict(), "heads": 0})
+    save_file({"adapter.patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
+    with pytest.raises(AdapterFileError, match="heads=0"):
+        load_joint(path)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_video_reader(tmp_path, valid_video, data):
