@@ -23,9 +23,18 @@ def graph(sampler: dict, adapter: str | None = None, extra: dict | None = None, 
     _counter[0] += 1
     prefix = f"t{_counter[0]}"
     prompt = {
-        "model": {"class_type": "ContextDiffTest_TinyModel", "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768}},
-        "pos": {"class_type": "ContextDiffTest_RandomConditioning", "inputs": {"seed": 1, "context_dim": 768, "tokens": 77}},
-        "neg": {"class_type": "ContextDiffTest_RandomConditioning", "inputs": {"seed": 2, "context_dim": 768, "tokens": 77}},
+        "model": {
+            "class_type": "ContextDiffTest_TinyModel",
+            "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768},
+        },
+        "pos": {
+            "class_type": "ContextDiffTest_RandomConditioning",
+            "inputs": {"seed": 1, "context_dim": 768, "tokens": 77},
+        },
+        "neg": {
+            "class_type": "ContextDiffTest_RandomConditioning",
+            "inputs": {"seed": 2, "context_dim": 768, "tokens": 77},
+        },
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "sampler": sampler,
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
@@ -38,13 +47,24 @@ def graph(sampler: dict, adapter: str | None = None, extra: dict | None = None, 
 
 
 def common(seed=3):
-    return {"model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": STEPS, "cfg": 4.0, "scheduler": "normal", "denoise": 1.0}
+    return {
+        "model": ["model", 0],
+        "positive": ["pos", 0],
+        "negative": ["neg", 0],
+        "latent_image": ["latent", 0],
+        "seed": seed,
+        "steps": STEPS,
+        "cfg": 4.0,
+        "scheduler": "normal",
+        "denoise": 1.0,
+    }
 
 
 def ours(method="ddim", strength=1.0, eta=0.0, **kw):
-    return {"class_type": "ContextDiffKSampler",
-            "inputs": {**common(**kw), "method": method, "eta": eta, "adapter_strength": strength}}
+    return {
+        "class_type": "ContextDiffKSampler",
+        "inputs": {**common(**kw), "method": method, "eta": eta, "adapter_strength": strength},
+    }
 
 
 def core(sampler_name="ddim", **kw):
@@ -151,17 +171,35 @@ def test_ddpm_fixed_seed_reproduces(server, adapters):
 
 def test_sampler_for_sampler_custom(server, adapters):
     def custom(sampler_ref):
-        return {"class_type": "SamplerCustom", "inputs": {
-            "model": ["model", 0], "add_noise": True, "noise_seed": 3, "cfg": 4.0, "positive": ["pos", 0],
-            "negative": ["neg", 0], "sampler": sampler_ref, "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
+        return {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": ["model", 0],
+                "add_noise": True,
+                "noise_seed": 3,
+                "cfg": 4.0,
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "sampler": sampler_ref,
+                "sigmas": ["sigmas", 0],
+                "latent_image": ["latent", 0],
+            },
+        }
 
-    sigmas = {"sigmas": {"class_type": "BasicScheduler",
-                         "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": STEPS, "denoise": 1.0}}}
+    sigmas = {
+        "sigmas": {
+            "class_type": "BasicScheduler",
+            "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": STEPS, "denoise": 1.0},
+        }
+    }
     core_sel = dict(sigmas, sel={"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}})
     base = run_latent(server, graph(custom(["sel", 0]), extra=core_sel))
     cd = {"class_type": "ContextDiffSampler", "inputs": {"method": "ddim", "eta": 0.0, "adapter_strength": 1.0}}
-    zero = dict(sigmas, cd=dict(cd, inputs=dict(cd["inputs"], adapter=["ad", 0])),
-                ad={"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "zero.safetensors"}})
+    zero = dict(
+        sigmas,
+        cd=dict(cd, inputs=dict(cd["inputs"], adapter=["ad", 0])),
+        ad={"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "zero.safetensors"}},
+    )
     assert rel_err(run_latent(server, graph(custom(["cd", 0]), extra=zero)), base) <= 1e-5
     live = dict(zero, ad={"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "live.safetensors"}})
     via_custom = run_latent(server, graph(custom(["cd", 0]), extra=live))
@@ -170,14 +208,18 @@ def test_sampler_for_sampler_custom(server, adapters):
     assert rel_err(via_custom, via_ksampler) <= 1e-5
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("corrupt.safetensors", "corrupt"),
-    ("pickled.safetensors", "pickle/torch.save file, which is refused"),
-    ("pickled.pt", "pickle/torch.save file, which is refused"),
-    ("sdxl.safetensors", "trained for context dim 2048 (SDXL), but this model's conditioning gives 768 (SD1.x)"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("corrupt.safetensors", "corrupt"),
+        ("pickled.safetensors", "pickle/torch.save file, which is refused"),
+        ("pickled.pt", "pickle/torch.save file, which is refused"),
+        ("sdxl.safetensors", "trained for context dim 2048 (SDXL), but this model's conditioning gives 768 (SD1.x)"),
+    ],
+)
 def test_bad_adapter_files_give_clear_errors(server, adapters, name, expected):
     from comfy_host import PromptError
+
     with pytest.raises(PromptError, match=None) as err:
         run_latent(server, graph(ours("ddim"), adapter=name))
     assert expected in str(err.value), str(err.value)
@@ -211,9 +253,9 @@ def test_interrupt_stops_within_a_step(server, adapters):
 def test_lora_patched_model_matches_core_and_differs_from_base(server, adapters, comfy_inprocess):
     from comfy_models import build_sd15
 
+    from contextdiff.adapter_io import atomic_save_file
     from trainer.lora import add_lora, lora_state_dict
 
-    from contextdiff.adapter_io import atomic_save_file
     unet = build_sd15(0, 32, 768).model.diffusion_model
     loras = add_lora(unet, rank=4)
     g = torch.Generator().manual_seed(0)
@@ -221,8 +263,12 @@ def test_lora_patched_model_matches_core_and_differs_from_base(server, adapters,
         m.up.weight.data = torch.randn(m.up.weight.shape, generator=g) * 3.0
     (server.models_dir / "loras").mkdir(exist_ok=True)
     atomic_save_file(lora_state_dict(loras), server.models_dir / "loras" / "tiny_lora.safetensors")
-    lora = {"lora": {"class_type": "LoraLoaderModelOnly",
-                     "inputs": {"model": ["model", 0], "lora_name": "tiny_lora.safetensors", "strength_model": 1.0}}}
+    lora = {
+        "lora": {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": ["model", 0], "lora_name": "tiny_lora.safetensors", "strength_model": 1.0},
+        }
+    }
 
     def on_lora(node):
         node["inputs"]["model"] = ["lora", 0]
@@ -240,13 +286,23 @@ def test_lora_patched_model_matches_core_and_differs_from_base(server, adapters,
 def test_controlnet_conditioning_matches_core(server, adapters):
     from PIL import Image
     from skimage import data
+
     Image.fromarray(data.astronaut()).resize((SIZE, SIZE)).save(server.input_dir / "hint.png")
     control = {
         "cn": {"class_type": "ContextDiffTest_TinyControlNet", "inputs": {"seed": 0}},
         "hint": {"class_type": "LoadImage", "inputs": {"image": "hint.png"}},
-        "apply": {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["hint", 0],
-            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+        "apply": {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "control_net": ["cn", 0],
+                "image": ["hint", 0],
+                "strength": 1.0,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+            },
+        },
     }
 
     def controlled(node):
@@ -260,3 +316,156 @@ def test_controlnet_conditioning_matches_core(server, adapters):
     assert rel_err(ours_cn, plain) > 1e-3, "the ControlNet must steer the sample"
     live_cn = run_latent(server, graph(controlled(ours("ddim")), adapter="live.safetensors", extra=control))
     assert rel_err(live_cn, ours_cn) > 1e-3
+
+
+def unsampling(sampler: dict, adapter: str | None = None) -> tuple[dict, str]:
+    """SamplerCustomAdvanced on FlipSigmas(normal): a random latent driven towards noise (core ddim's unsampling)."""
+    extra = {
+        "latent": {"class_type": "ContextDiffTest_RandomLatent", "inputs": {"channels": 4, "size": 16}},
+        "sig": {
+            "class_type": "BasicScheduler",
+            "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": STEPS, "denoise": 1.0},
+        },
+        "flip": {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sig", 0]}},
+        "guider": {
+            "class_type": "CFGGuider",
+            "inputs": {"model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "cfg": 4.0},
+        },
+        "nonoise": {"class_type": "DisableNoise", "inputs": {}},
+        "sel": sampler,
+    }
+    run = {
+        "class_type": "SamplerCustomAdvanced",
+        "inputs": {
+            "noise": ["nonoise", 0],
+            "guider": ["guider", 0],
+            "sampler": ["sel", 0],
+            "sigmas": ["flip", 0],
+            "latent_image": ["latent", 0],
+        },
+    }
+    prompt, prefix = graph(run, extra=extra)
+    if adapter is not None:
+        prompt["adapter"] = {"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": adapter}}
+        sampler["inputs"]["adapter"] = ["adapter", 0]
+    return prompt, prefix
+
+
+def cd_sampler(method="ddim", eta=0.0, strength=1.0) -> dict:
+    return {"class_type": "ContextDiffSampler", "inputs": {"method": method, "eta": eta, "adapter_strength": strength}}
+
+
+def test_unsampling_flip_sigmas_matches_core_ddim_not_misleading(server, adapters):
+    """FlipSigmas + SamplerCustomAdvanced: ContextDiff DDIM unsamples like core ddim (its Euler step run towards
+    noise, from sigma 1e-4) instead of failing with a NaN blamed on fp16 (issue 12.6)."""
+    core_run = run_latent(server, unsampling({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}))
+    assert torch.isfinite(core_run).all() and core_run.abs().max() > 0
+    assert rel_err(run_latent(server, unsampling(cd_sampler())), core_run) <= 1e-5
+    assert rel_err(run_latent(server, unsampling(cd_sampler(), adapter="zero.safetensors")), core_run) <= 1e-5
+    assert (
+        rel_err(run_latent(server, unsampling(cd_sampler(strength=0.0), adapter="live.safetensors")), core_run) <= 1e-5
+    )
+    live = run_latent(server, unsampling(cd_sampler(), adapter="live.safetensors"))
+    assert torch.isfinite(live).all() and rel_err(live, core_run) > 1e-3  # the bias acts while unsampling
+
+
+@pytest.mark.parametrize("method, eta", [("ddpm", 0.0), ("ddim", 0.5)])
+def test_stochastic_unsampling_is_refused_by_name(server, adapters, method, eta):
+    from comfy_host import PromptError
+
+    with pytest.raises(PromptError) as err:
+        run_latent(server, unsampling(cd_sampler(method, eta), adapter="live.safetensors"))
+    text = str(err.value)
+    assert "sigmas increase (unsampling, e.g. FlipSigmas)" in text and "method ddim with eta 0" in text, text
+    assert "NaN" not in text
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("adapter_strength", float("nan"), "adapter_strength is nan, not a finite number"),
+        ("eta", float("nan"), "eta is nan; it must be a number in [0, 1]"),
+    ],
+)
+def test_nan_options_are_refused_by_name_not_misleading(server, adapters, field, value, expected):
+    """A NaN adapter_strength / eta passes ComfyUI's range check (NaN compares false; infinity is refused there);
+    the sampler names it instead of reporting a NaN prediction blamed on the model or fp16."""
+    from comfy_host import PromptError
+
+    for node in (ours("ddim"), cd_sampler()):
+        node["inputs"][field] = value
+        prompt = (
+            graph(node, adapter="live.safetensors")
+            if node["class_type"] == "ContextDiffKSampler"
+            else unsampling(node, adapter="live.safetensors")
+        )
+        with pytest.raises(PromptError) as err:
+            run_latent(server, prompt)
+        text = str(err.value)
+        assert expected in text and "fp16" not in text and "predicted" not in text, text
+
+
+def test_nan_prediction_of_an_fp32_model_is_not_blamed_on_fp16_misleading(server, adapters):
+    from comfy_host import PromptError
+
+    node = ours("ddim")
+    node["inputs"]["model"] = ["nan_model", 0]
+    extra = {"nan_model": {"class_type": "ContextDiffTest_NaNPrediction", "inputs": {"model": ["model", 0]}}}
+    with pytest.raises(PromptError) as err:
+        run_latent(server, graph(node, adapter="gentle.safetensors", extra=extra))
+    text = str(err.value)
+    assert "the model predicted NaN or infinity at step 0" in text, text
+    assert "computes in float32, so this is no fp16 overflow" in text and "usually an overflow" not in text, text
+
+
+@pytest.mark.parametrize("scheduler", ["ddim_uniform", "normal"])
+def test_inversion_node_is_exact_with_the_gaussian_denoiser(server, adapters, scheduler):
+    """ContextDiff DDIM Inversion (50 refinements) then the Edit Sampler without fusion returns the latent,
+    with a live adapter's bias in both, when the model is the exact Gaussian denoiser (issue 12.7)."""
+
+    def round_trip(refine):
+        p, prefix = graph(
+            {
+                "class_type": "ContextDiffEditSampler",
+                "inputs": {
+                    "model": ["gauss", 0],
+                    "edit_source": ["inv", 1],
+                    "positive": ["pos", 0],
+                    "negative": ["neg", 0],
+                    "cfg": 1.0,
+                    "source_prompt": "",
+                    "target_prompt": "",
+                    "blend_words": "",
+                    "blend_threshold": 0.3,
+                    "fuse_attention": False,
+                    "adapter_strength": 1.0,
+                },
+            },
+            adapter="gentle.safetensors",
+        )
+        p["gauss"] = {
+            "class_type": "ContextDiffTest_GaussianDenoiser",
+            "inputs": {"model": ["model", 0], "mu": 0.0, "s": 1.0},
+        }
+        p["latent"] = {"class_type": "ContextDiffTest_RandomLatent", "inputs": {"channels": 4, "size": 16}}
+        p["inv"] = {
+            "class_type": "ContextDiffDDIMInversion",
+            "inputs": {
+                "model": ["gauss", 0],
+                "latent": ["latent", 0],
+                "positive": ["pos", 0],
+                "steps": 20,
+                "scheduler": scheduler,
+                "cfg": 1.0,
+                "fuse_start": 0.5,
+                "refine_steps": refine,
+                "store_precision": "fp32",
+                "adapter_strength": 1.0,
+                "adapter": ["adapter", 0],
+            },
+        }
+        return run_latent(server, (p, prefix))
+
+    x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))  # what RandomLatent gives
+    assert rel_err(round_trip(50), x0) <= 1e-4
+    assert rel_err(round_trip(0), x0) > 1e-3  # classic inversion is not exact: the refinement is the fix

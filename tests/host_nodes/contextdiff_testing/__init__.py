@@ -156,3 +156,7 @@ NODE_CLASS_MAPPINGS = {"ContextDiffTest_RandomLatent": RandomLatent, "ContextDif
 from .editing_nodes import EDITING_NODES  # noqa: E402  (other packs' attention patches, interrupt tripwire)
 
 NODE_CLASS_MAPPINGS.update(EDITING_NODES)
+
+from .sampling_nodes import SAMPLING_NODES  # noqa: E402  (exact Gaussian denoiser, NaN prediction)
+
+NODE_CLASS_MAPPINGS.update(SAMPLING_NODES)
