@@ -169,7 +169,7 @@ def sdxl_unet_config(variant: str = "SDXL", model_channels: int = 32, channel_mu
         "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
         "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "out_channels": 4,
         "model_channels": model_channels, "num_res_blocks": [res] * len(per_level), "transformer_depth": depth,
-        "transformer_depth_output": [d for d in reversed(per_level) for _ in range(res + 1)],
+        "transformer_depth_output": [d for d in per_level for _ in range(res + 1)],   # finest level first
         "channel_mult": list(channel_mult), "transformer_depth_middle": per_level[-1],
         "use_linear_in_transformer": True, "context_dim": 2048,
         "use_temporal_resblock": False, "use_temporal_attention": False,
@@ -192,7 +192,7 @@ def sd2_unet_config(model_channels: int = 64, checkpoint: bool = False) -> dict:
         "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
         "num_res_blocks": [res] * levels, "channel_mult": [1] * levels if checkpoint else [1, 2],
         "transformer_depth": [d for d in depth for _ in range(res)],
-        "transformer_depth_output": [d for d in reversed(depth) for _ in range(res + 1)],
+        "transformer_depth_output": [d for d in depth for _ in range(res + 1)],   # finest level first
         "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 1024,
         "use_temporal_resblock": False, "use_temporal_attention": False,
     }
@@ -202,6 +202,8 @@ def family_unet_config(config_name: str, checkpoint: bool = False) -> dict:
     """The UNet config of ComfyUI's ``config_name`` (SD15, SD20, SDXL, SSD1B, ...): small, or detectable."""
     if config_name == "SD15":
         cfg = sd15_unet_config(320 if checkpoint else 32)
+        if checkpoint:
+            cfg["channel_mult"] = [1, 1]
         return cfg
     if config_name == "SD20":
         return sd2_unet_config(checkpoint=checkpoint)
@@ -254,10 +256,10 @@ def family_conditioning(seed: int = 0, context_dim: int = 2048, pooled_dim: int 
     return [[cond, {"pooled_output": torch.randn(batch, pooled_dim, generator=gen)}]]
 
 
-def build_tiny_sdxl_clip(seed: int = 0, layers: int = 2):
+def build_tiny_sdxl_clip(seed: int = 0, layers: int = 3):
     """A real ComfyUI SDXL CLIP object: both tokenizers, CLIP-L (768) and CLIP-G (1280, projected pooled
-    output) at their true widths with a few random layers, so CLIPTextEncode gives SDXL's 2048-wide tokens
-    and 1280-wide pooled output."""
+    output) at their true widths with a few random layers (3: SDXL reads the penultimate layer), so
+    CLIPTextEncode gives SDXL's 2048-wide tokens and 1280-wide pooled output."""
     import comfy.sd
     import comfy.sdxl_clip
     import comfy.supported_models_base

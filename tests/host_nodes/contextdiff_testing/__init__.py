@@ -153,6 +153,10 @@ NODE_CLASS_MAPPINGS = {"ContextDiffTest_RandomLatent": RandomLatent, "ContextDif
                        "ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
                        "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
 
+from .families import FAMILY_NODES  # noqa: E402  (SD2.x / SDXL-family test nodes)
+
+NODE_CLASS_MAPPINGS.update(FAMILY_NODES)
+
 from .editing_nodes import EDITING_NODES  # noqa: E402  (other packs' attention patches, interrupt tripwire)
 
 NODE_CLASS_MAPPINGS.update(EDITING_NODES)
