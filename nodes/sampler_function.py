@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..contextdiff import inversion, sampling
+from ..contextdiff import families, inversion, sampling
 from ..contextdiff.bias import ContextBias, adapter_bias, finite_strength
 
 METHODS = ("ddim", "ddpm")
@@ -43,12 +42,9 @@ def positive_tokens(guider) -> torch.Tensor:
 
 
 def require_vp(model_sampling) -> None:
-    """ContextDiff's equations are written for variance-preserving (DDPM-family) models."""
-    if isinstance(model_sampling, comfy.model_sampling.CONST) or not hasattr(model_sampling, "timestep"):
-        raise ValueError(
-            "ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or "
-            "v-prediction); this model uses flow matching, for which the paper's equations do not hold."
-        )
+    """ContextDiff's equations are written for variance-preserving models; :mod:`contextdiff.families`
+    decides (every eps/v model, zero terminal SNR included; flow matching refused)."""
+    families.require_vp(model_sampling)
 
 
 def nan_cause(base_model) -> str:

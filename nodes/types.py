@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 import torch
 from comfy_api.latest import io
 
+from ..contextdiff import families
 from ..contextdiff.adapter import ContextAdapter
 
 Adapter = io.Custom("CONTEXTDIFF_ADAPTER")
 EditSource = io.Custom("CONTEXTDIFF_EDIT_SOURCE")
 Classes = io.Custom("CONTEXTDIFF_CLASSES")
 
-FAMILY_OF_CONTEXT_DIM = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+# Context width -> family name, from the one family table (contextdiff/families.py).
+FAMILY_OF_CONTEXT_DIM = {f.context_dim: f.name for f in families.FAMILIES}
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 The base model's own text encoder gives the CONDITIONING tokens the adapter reads, and its VAE
 gives the latents ``x0``; ``x_t`` follows Eq. 1 with the adapter's bias and the loss is Eq. 6 on
-the base model's ``x0`` prediction, so the gradient reaches ``r_phi`` through ``x_t``.
+the base model's ``x0`` prediction, so the gradient reaches ``r_phi`` through ``x_t``. The UNet gets
+its family's full conditioning (SDXL: ``y`` from the pooled text and the size embeddings), built as
+ComfyUI's samplers build it, in training and in the previews.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ class FrozenBaseTask(nn.Module):
         if cfg.grad_checkpointing:
             checkpoint_blocks(self.adapter, model.diffusion_model)
 
-    def loss(self, x0, ctx, t, eps, frames=None):
-        denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
+    def loss(self, x0, cond: dict, t, eps, frames=None):
+        """Eq. 6 for latents ``x0``; ``cond``: the UNet's conditioning keywords (:meth:`BaseBundle.conditioning`)."""
+        denoise = vp_x0_predictor(self.model, self.sigmas[t], cond)
+        tokens = cond["c_crossattn"]
 
         def relational(x, t_):
-            return self.adapter(x, ctx[:1] if frames else ctx, t_.float(), frames=frames)
+            return self.adapter(x, tokens[:1] if frames else tokens, t_.float(), frames=frames)
 
         loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise, relational, self.cfg.loss_weighting,
                                      self.cfg.min_snr_gamma, self.cfg.use_bias, self.cfg.bias_l2)
@@ -69,15 +73,18 @@ class FrozenBaseTask(nn.Module):
         return out
 
     @torch.no_grad()
-    def preview(self, x_shape, ctx, frames=None, seed=0):
-        """Contextualized DDIM from the current adapter (no CFG, ``preview_steps`` steps): a quick look."""
+    def preview(self, x_shape, tokens, pooled=None, frames=None, seed=0):
+        """Contextualized DDIM from the current adapter (no CFG, ``preview_steps`` steps): a quick look.
+
+        ``tokens`` (1, L, C) and ``pooled`` (1, P) or None: one prompt, conditioning the whole batch."""
         ms = self.model.model_sampling
         sigmas = spaced_sigmas(self.sigmas, self.cfg.preview_steps)
         x = prior_noise(x_shape, sigmas[0], seed, self.device)
-        bias = adapter_bias(self.adapter, ctx[:1], ms.timestep, float(ms.sigma_max), 1.0, frames=frames)
+        bias = adapter_bias(self.adapter, tokens[:1], ms.timestep, float(ms.sigma_max), 1.0, frames=frames)
+        cond = self.base.conditioning(tokens, pooled, x_shape)
 
         def denoiser(x_, s, **_):
-            return self.model.apply_model(x_, s, c_crossattn=ctx.expand(x_.shape[0], -1, -1))
+            return self.model.apply_model(x_, s, **cond)
 
         was = self.adapter.training
         self.adapter.eval()
@@ -117,9 +124,10 @@ class AdapterTask(FrozenBaseTask):
                 self._item(i)
 
     @torch.no_grad()
-    def _text(self, caption: str) -> torch.Tensor:
-        """The caption's conditioning tokens (L, context_dim)."""
-        return self.base.encode_text(caption)[0]
+    def _text(self, caption: str) -> tuple:
+        """The caption's conditioning tokens (L, context_dim) and pooled embedding (P,) or None."""
+        tokens, pooled = self.base.encode(caption)
+        return tokens[0], None if pooled is None else pooled[0]
 
     @torch.no_grad()
     def _item(self, i):
@@ -138,11 +146,12 @@ class AdapterTask(FrozenBaseTask):
         idx = torch.randint(len(self.data), (cfg.batch_size,), generator=gen).tolist()
         items = [self._item(i) for i in idx]
         x0 = torch.stack([a for a, _ in items]).to(self.device)
-        length = min(c.shape[0] for _, c in items)
-        ctx = torch.stack([c[:length] for _, c in items]).to(self.device)
+        length = min(c.shape[0] for _, (c, _) in items)
+        tokens = torch.stack([c[:length] for _, (c, _) in items]).to(self.device)
+        pooled = None if items[0][1][1] is None else torch.stack([p for _, (_, p) in items]).to(self.device)
         t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen).to(self.device)
         eps = torch.randn(x0.shape, generator=gen).to(self.device)
-        return self.loss(x0, ctx, t, eps)
+        return self.loss(x0, self.base.conditioning(tokens, pooled, x0.shape), t, eps)
 
     def sample_grid(self, out_path: Path) -> Path:
         """Each of the first ``preview_count`` training images beside a sample from its caption."""
@@ -150,9 +159,10 @@ class AdapterTask(FrozenBaseTask):
         shown = []
         for i in range(min(self.cfg.preview_count, len(self.data))):
             path, caption = self.data.items[i]
-            ctx = self._cache[i][1] if i in self._cache else self._text(caption)
+            tokens, pooled = self._cache[i][1] if i in self._cache else self._text(caption)
             image = data.load_image(path, side).permute(2, 0, 1).unsqueeze(0) * 2 - 1
             shape = self.preview_latent_shape(self.latent_shape, 1)
-            latents = self.preview(shape, ctx.unsqueeze(0).to(self.device), seed=i)
+            latents = self.preview(shape, tokens.unsqueeze(0).to(self.device),
+                                   None if pooled is None else pooled.unsqueeze(0).to(self.device), seed=i)
             shown += [image, self.to_pixels(latents, image)]
         return plots.image_grid(torch.cat(shown), rows=len(shown) // 2, out_path=out_path, scale=2)

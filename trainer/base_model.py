@@ -1,45 +1,65 @@
 """The frozen base model for ``adapter`` and ``video`` modes, through ComfyUI's own loaders.
 
 A :class:`BaseBundle` is what the trainer needs from a base model: the ComfyUI ``BaseModel``,
-a text encoder giving CONDITIONING tokens, a VAE encoder (pixels -> model latents) and,
-optionally, a decoder for previews. ``--checkpoint`` builds it from a ComfyUI checkpoint file
-(SD1.x, SD2.x, SDXL); ``--base_factory module:function`` lets research code or tests supply one.
+a text encoder giving CONDITIONING tokens and the pooled embedding, a VAE encoder (pixels -> model
+latents) and, optionally, a decoder for previews. ``--checkpoint`` builds it from a ComfyUI
+checkpoint file; ``--base_factory module:function`` lets research code or tests supply one. Either
+way the family is checked by :mod:`contextdiff.families` (SD1.x, SD2.x, SDXL and its variants; eps or
+v-prediction, zero terminal SNR included) and the UNet's conditioning is built the way ComfyUI's
+samplers build it (SDXL: ``y`` from the pooled text and the size embeddings).
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
-FAMILIES = {"SD15": "sd15", "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SDXL": "sdxl",
-            "SDXLRefiner": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
-            "KOALA_1B": "sdxl"}
+from contextdiff import families
+
+# caption -> tokens (1, L, context_dim), or (tokens, pooled (1, P)) where the family reads the pooled text
+TextEncoder = Callable[[str], Union[torch.Tensor, tuple]]
 
 
 @dataclass
 class BaseBundle:
     model: torch.nn.Module                                   # comfy.model_base.BaseModel
-    encode_text: Callable[[str], torch.Tensor]               # caption -> (1, L, context_dim)
+    encode_text: TextEncoder
     encode_images: Callable[[torch.Tensor], torch.Tensor]    # (B, H, W, 3) in [0, 1] -> model latents
-    family: str
+    family: str                                              # the adapter file's base_model metadata
     decode_latents: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # latents -> (B, H, W, 3)
 
+    def encode(self, caption: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(tokens (1, L, C), pooled (1, P) or None)`` of one caption."""
+        out = self.encode_text(caption)
+        return (out, None) if isinstance(out, torch.Tensor) else (out[0], out[1])
 
-def from_checkpoint(path: str, device) -> BaseBundle:
+    def conditioning(self, tokens: torch.Tensor, pooled: Optional[torch.Tensor], latent_shape) -> dict:
+        """``apply_model`` keyword arguments for a batch of latents of ``latent_shape`` (see
+        :func:`contextdiff.families.unet_conditioning`)."""
+        return families.unet_conditioning(self.model, tokens, pooled, tuple(latent_shape))
+
+
+def load_checkpoint(path: str):
+    """``(model_patcher, clip, vae)`` from a single-file checkpoint, by ComfyUI's own detection."""
     import comfy.sd
 
     model_patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         path, output_vae=True, output_clip=True, embedding_directory=None)
-    if model_patcher is None or clip is None or vae is None:
-        raise SystemExit(f"{path}: ComfyUI could not find a UNet, text encoder and VAE in this checkpoint")
-    model = model_patcher.model.to(device)
-    family = FAMILIES.get(type(model.model_config).__name__, type(model.model_config).__name__.lower())
+    return model_patcher, clip, vae
 
-    def encode_text(caption: str) -> torch.Tensor:
-        return clip.encode_from_tokens(clip.tokenize(caption)).to(device)
+
+def from_comfy(model_patcher, clip, vae, device, source: str = "the base model") -> BaseBundle:
+    """A bundle from ComfyUI objects (what CheckpointLoaderSimple outputs)."""
+    if model_patcher is None or clip is None or vae is None:
+        raise SystemExit(f"{source}: ComfyUI could not find a UNet, text encoder and VAE in this checkpoint")
+    model = model_patcher.model.to(device)
+
+    def encode_text(caption: str):
+        tokens, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
+        return tokens.to(device), pooled.to(device)
 
     def encode_images(pixels: torch.Tensor) -> torch.Tensor:
         return model.process_latent_in(vae.encode(pixels[..., :3]).to(device))
@@ -47,7 +67,11 @@ def from_checkpoint(path: str, device) -> BaseBundle:
     def decode(latents: torch.Tensor) -> torch.Tensor:
         return vae.decode(model.process_latent_out(latents))
 
-    return BaseBundle(model, encode_text, encode_images, family, decode)
+    return BaseBundle(model, encode_text, encode_images, _family_key(model, source), decode)
+
+
+def from_checkpoint(path: str, device) -> BaseBundle:
+    return from_comfy(*load_checkpoint(path), device, source=path)
 
 
 def from_factory(spec: str, cfg, device) -> BaseBundle:
@@ -57,8 +81,16 @@ def from_factory(spec: str, cfg, device) -> BaseBundle:
     return getattr(importlib.import_module(module), func)(cfg, device)
 
 
+def _family_key(model, source: str) -> str:
+    try:
+        return families.require_trainable(families.identify(model)).key
+    except ValueError as e:
+        raise SystemExit(f"{source}: {e}") from None
+
+
 def load_base(cfg, device) -> BaseBundle:
     bundle = from_factory(cfg.base_factory, cfg, device) if cfg.base_factory else from_checkpoint(cfg.checkpoint, device)
+    bundle.family = _family_key(bundle.model, cfg.base_factory or cfg.checkpoint)
     bundle.model.requires_grad_(False)
     bundle.model.eval()
     return bundle

@@ -22,13 +22,18 @@ def training_schedule(model, device) -> tuple[torch.Tensor, torch.Tensor]:
     return sigmas.to(device), abar_from_sigma(sigmas.double()).to(device)
 
 
-def vp_x0_predictor(model, sigma: torch.Tensor, context: torch.Tensor) -> Callable:
-    """``denoise(x_t, t) -> x0hat`` for VP-space ``x_t`` at per-sample ``sigma`` (Eq. 6's ``f_theta``)."""
+def vp_x0_predictor(model, sigma: torch.Tensor, context: torch.Tensor | dict) -> Callable:
+    """``denoise(x_t, t) -> x0hat`` for VP-space ``x_t`` at per-sample ``sigma`` (Eq. 6's ``f_theta``).
+
+    ``context``: the cross-attention tokens, or every conditioning keyword of ``apply_model`` (SDXL needs
+    ``y`` too: :meth:`trainer.base_model.BaseBundle.conditioning` builds it).
+    """
     to_k = abar_from_sigma(sigma).rsqrt()   # x_k = x_vp / sqrt(abar)
+    cond = context if isinstance(context, dict) else {"c_crossattn": context}
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         scale = to_k.reshape(-1, *([1] * (x_t.dim() - 1)))
-        return model.apply_model(x_t * scale, sigma, c_crossattn=context)
+        return model.apply_model(x_t * scale, sigma, **cond)
 
     return denoise
 

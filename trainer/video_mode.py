@@ -24,7 +24,7 @@ class VideoTask(FrozenBaseTask):
         self.frames = frames.permute(0, 3, 1, 2) * 2 - 1   # (F, 3, H, W) in [-1, 1]: the preview's reference
         with torch.no_grad():
             self.latents = torch.cat([self.base.encode_images(frames[i:i + 4]) for i in range(0, len(frames), 4)])
-            self.ctx = self.base.encode_text(cfg.prompt).to(device)
+            self.tokens, self.pooled = self.base.encode(cfg.prompt)   # (1, L, C), (1, P) or None
         self.clip = self.latents.shape[0]
         print(f"[trainer] {Path(cfg.video).name}: a clip of {self.clip} frames at stride {cfg.frame_stride}")
 
@@ -33,8 +33,7 @@ class VideoTask(FrozenBaseTask):
         # One timestep per clip, as in one-shot video tuning: the frames share a noise level.
         t = torch.randint(len(self.sigmas), (1,), generator=gen).expand(self.clip).to(self.device)
         eps = torch.randn(x0.shape, generator=gen).to(self.device)
-        ctx = self.ctx.expand(self.clip, -1, -1)
-        return self.loss(x0, ctx, t, eps, frames=self.clip)
+        return self.loss(x0, self.base.conditioning(self.tokens, self.pooled, x0.shape), t, eps, frames=self.clip)
 
     def sample_grid(self, out_path: Path) -> Path:
         """The first ``preview_count`` frames of the clip above a clip sampled from the source prompt."""
@@ -45,6 +44,6 @@ class VideoTask(FrozenBaseTask):
         if scale != 1:
             size = [max(1, round(n * scale)) for n in reference.shape[-2:]]
             reference = torch.nn.functional.interpolate(reference, size=size, mode="bilinear", antialias=True)
-        latents = self.preview(shape, self.ctx, frames=count)
+        latents = self.preview(shape, self.tokens, self.pooled, frames=count)
         return plots.image_grid(torch.cat([reference, self.to_pixels(latents, reference)]), rows=2,
                                 out_path=out_path, scale=2)
