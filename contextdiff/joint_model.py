@@ -146,6 +146,17 @@ def check_version(path: Path, meta: dict, version: int) -> None:
                                f"this pack reads {version}; update the pack or retrain.")
 
 
+def checked_adapter(path: Path, meta: dict) -> ContextAdapter:
+    """The (empty) adapter a checkpoint declares, its tensor table checked against that architecture before
+    anything is built: a forged header fails here, naming the file."""
+    try:
+        adapter_cfg = AdapterConfig.from_dict(json.loads(meta["adapter_config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise AdapterFileError(f"{path.name} has invalid adapter metadata ({e}); re-export the checkpoint.") from None
+    check_tensor_table(path, read_header(path), expected_shapes(adapter_cfg), prefix="adapter.")
+    return ContextAdapter(adapter_cfg, source=f"ContextDiff adapter in '{path.name}'")
+
+
 def save_joint(path, model, adapter: ContextAdapter, classes: ClassEmbedding, unet_config: dict,
                training: dict | None = None, with_bias: bool = True):
     """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
@@ -179,15 +190,9 @@ def load_joint(path, device="cpu"):
         raise AdapterFileError(f"{path.name} is not a ContextDiff class-conditional joint checkpoint "
                                f"(format={fmt!r}); {hint}.")
     check_version(path, meta, JOINT_VERSION)
-    try:
-        adapter_cfg = AdapterConfig.from_dict(json.loads(meta["adapter_config"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise AdapterFileError(f"{path.name} has invalid adapter metadata ({e}); re-export the checkpoint.") from None
-    # The adapter's tensors against its declared architecture before anything is built (a forged header).
-    check_tensor_table(path, read_header(path), expected_shapes(adapter_cfg), prefix="adapter.")
+    adapter = checked_adapter(path, meta)
     unet_config = json.loads(meta["unet_config"])
     model = build_joint_model(unet_config, init_seed=None)
-    adapter = ContextAdapter(adapter_cfg, source=f"ContextDiff adapter in '{path.name}'")
     classes = ClassEmbedding(int(meta["num_classes"]), unet_config["context_dim"], int(meta.get("class_tokens", 1)))
     load_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, device)
     meta["unet_config"], meta["training"] = unet_config, json.loads(meta.get("training", "{}"))

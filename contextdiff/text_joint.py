@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .adapter import AdapterConfig, ContextAdapter
+from .adapter import ContextAdapter
 from .adapter_io import AdapterFileError
-from .joint_model import (JOINT_FORMAT, TEXT_JOINT_FORMAT, build_joint_model, check_version, checkpoint_format,
-                          load_parts, save_parts)
+from .joint_model import (JOINT_FORMAT, TEXT_JOINT_FORMAT, build_joint_model, check_version, checked_adapter,
+                          checkpoint_format, load_parts, save_parts)
 from .text_encoder import build_text_clip, text_transformer
 
 TEXT_JOINT_VERSION = 1
@@ -78,9 +78,12 @@ def load_text_joint(path, recipe: str | None = None, device="cpu") -> TextJointM
     if recipe is not None and meta.get("recipe") != recipe:
         raise AdapterFileError(f"{path.name} was trained on recipe {meta.get('recipe')!r}, this loader reads "
                                f"{recipe!r} checkpoints: pick a {recipe} checkpoint or retrain with its recipe.")
-    unet_config, text_config = json.loads(meta["unet_config"]), json.loads(meta["text_config"])
+    adapter = checked_adapter(path, meta)
+    try:
+        unet_config, text_config = json.loads(meta["unet_config"]), json.loads(meta["text_config"])
+    except (KeyError, ValueError) as e:
+        raise AdapterFileError(f"{path.name} has invalid model metadata ({e}); re-export the checkpoint.") from None
     model = build_joint_model(unet_config, init_seed=None)
-    adapter = ContextAdapter(AdapterConfig.from_dict(json.loads(meta["adapter_config"])))
     clip = build_text_clip(text_config, init_seed=None)
     load_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "text": text_transformer(clip)}, device)
     meta = dict(meta, unet_config=unet_config, text_config=text_config, training=json.loads(meta.get("training", "{}")))
