@@ -38,23 +38,26 @@ def difference(rows: dict, a: str, b: str, metric: str) -> str:
     return f"{d:+.1f} points ({verdict})"
 
 
-def bars(path: Path, groups: dict[str, dict], metrics: tuple[str, ...], title: str, percent: bool = True) -> None:
+def bars(path: Path, groups: dict[str, dict], metrics: tuple[str, ...], title: str) -> None:
+    """Grouped bars (percent, mean ± sd); names "model | split" get one panel per split."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(groups)
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(metrics) * max(1, len(names)) / 2.5), 4))
-    width = 0.8 / len(names)
+    panels: dict[str, list[str]] = {}
+    for name in groups:
+        panels.setdefault(name.split(" | ")[1] if " | " in name else "", []).append(name)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False, sharey=True)
     x = np.arange(len(metrics))
-    scale = 100 if percent else 1
-    for i, name in enumerate(names):
-        mean = [scale * groups[name][m][0] for m in metrics]
-        sd = [scale * groups[name][m][1] for m in metrics]
-        ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=sd, capsize=2, label=name)
-    ax.set_xticks(x, metrics)
-    ax.set_ylabel("% (mean ± sd over seeds)" if percent else "mean ± sd over seeds")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    for ax, (panel, names) in zip(axes[0], panels.items()):
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            ax.bar(x + i * width - 0.4 + width / 2, [100 * groups[name][m][0] for m in metrics], width,
+                   yerr=[100 * groups[name][m][1] for m in metrics], capsize=2, label=name.split(" | ")[0])
+        ax.set_xticks(x, metrics, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{title}{': ' + panel if panel else ''}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("% (mean ± sd over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -86,11 +89,10 @@ def write_report(result: dict, args) -> None:
     result["stamp"] = stamp
     agg = result["aggregate"]
     (docs / "quality.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    bars(docs / "quality_generation.png", agg["generation"], GEN_METRICS,
-         "Generation: judge accuracy per attribute (seen and held-out colour-shape pairs)")
+    bars(docs / "quality_generation.png", agg["generation"], GEN_METRICS, "generation, judge accuracy")
     edit_plot(docs / "quality_editing.png", agg["editing"])
     bars(docs / "quality_video.png", {k: {m: v[m] for m in ("frame_success", "flicker")} for k, v in agg["video"].items()},
-         ("frame_success", "flicker"), "Video editing: per-frame success and flicker")
+         ("frame_success", "flicker"), "video editing")
 
     d = result["defaults"]
     chosen = d["chosen"]
