@@ -41,6 +41,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 from shapesworld import judge, scoring, world  # noqa: E402
 
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
+RECIPE_COPY = "recipe.yaml"  # every model of a run trains from this copy, taken when the run starts
 VARIANTS = {"contextdiff": [], "no_bias": ["--use_bias", "false"], "bias_l2": ["--bias_l2", "1.0"]}
 FUSE_STARTS = (0.3, 0.5, 0.7, 0.9)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
@@ -76,7 +77,7 @@ def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 
         info = json.loads(done.read_text())
         if info["args"] == extra and Path(info["checkpoint"]).exists():
             return Path(info["checkpoint"]), info["seconds"]
-    cmd = [sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "trainer.train", "--config", str(runs / RECIPE_COPY), "--seed", str(seed),
            "--output_dir", str(out), "--name", f"shapes-{variant}-seed{seed}", *VARIANTS[variant], *extra]
     print("[quality] train:", " ".join(cmd[2:]), flush=True)
     t = time.perf_counter()
@@ -98,22 +99,27 @@ def final_checkpoint(out: Path) -> Path:
 
 @dataclass
 class Bundle:
-    """What the shapes loader node gives: MODEL, CLIP and the adapter (``None`` for a no-bias model)."""
+    """What Load ContextDiff Shapes Model gives: MODEL, CLIP, the pixel-space VAE and the adapter."""
 
     model: object
     clip: object
+    vae: object
     adapter: object
     name: str
 
 
 def load(path: Path, pack) -> Bundle:
-    """The checkpoint through the pack's shapes loader node (the code a workflow runs)."""
-    loader = getattr(pack.nodes.joint, "load_text_bundle", None)
-    if loader is None:
-        raise RuntimeError("nodes.joint has no load_text_bundle(path) -> (model, clip, adapter); "
-                           "the shapes loader is needed for this benchmark")
-    model, clip, adapter = loader(str(path))
-    return Bundle(model, clip, adapter, path.stem)
+    """The checkpoint through the pack's shapes loader node, from a folder registered like models/contextdiff."""
+    import folder_paths
+    folder = pack.nodes.paths.FOLDER
+    runs = str(path.parent.parent)
+    if folder not in folder_paths.folder_names_and_paths:
+        pack.nodes.paths.register_model_folder()
+    if runs not in folder_paths.get_folder_paths(folder):
+        folder_paths.add_model_folder_path(folder, runs)
+    name = f"{path.parent.name}/{path.name}"
+    model, clip, vae, adapter = pack.nodes.joint.ContextDiffShapesLoader.execute(name).result
+    return Bundle(model, clip, vae, adapter, name)
 
 
 # ---- running the nodes' code -----------------------------------------------------------------------
@@ -173,28 +179,12 @@ def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: S
     return to_images(res.samples)[0]
 
 
-class PixelVAE:
-    """The identity 'VAE' of a pixel-space model: IMAGE in [0, 1] <-> latent in [-1, 1]."""
-
-    def encode(self, x):
-        return x.permute(0, 3, 1, 2) * 2.0 - 1.0
-
-    def decode(self, z):
-        return (z.clamp(-1, 1) + 1.0).permute(0, 2, 3, 1) / 2.0
-
-    def spacial_compression_encode(self):
-        return 1
-
-    def spacial_compression_decode(self):
-        return 1
-
-
 def edit_clip(pack, b: Bundle, task: scoring.ClipEditTask, s: Settings) -> np.ndarray:
     """The video edit node's run on a rendered clip; ``chunk_size`` 1 edits frame by frame."""
     import torch
     frames = torch.from_numpy(task.source.frames).float() / 255.0
     out, _ = pack.nodes.video_runs.edit_video(
-        b.model, PixelVAE(), b.clip, frames, source_prompt=task.source_caption, target_prompt=task.target_caption,
+        b.model, b.vae, b.clip, frames, source_prompt=task.source_caption, target_prompt=task.target_caption,
         blend_words=task.blend_words if s.blend else "", steps=s.steps, cfg=s.cfg, fuse_start=s.fuse_start,
         blend_threshold=s.blend_threshold, chunk_size=s.chunk_size, overlap=0 if s.chunk_size == 1 else 2,
         budget_bytes=16e9, adapter=b.adapter, strength=s.strength)
@@ -268,15 +258,19 @@ def choose_defaults(pack, cache: Cache, b: Bundle, key: str, base: Settings, n: 
     val_tasks = [t for t in scoring.edit_tasks(VAL_EDIT_SEED, 4 * edits) if t.source_caption not in test_edit_captions]
     val_tasks = val_tasks[:edits]
     sweep = {"generation": {}, "edit_fuse_start": {}, "edit_threshold": {}}
-    for steps in STEP_CHOICES:
-        for strength in STRENGTHS:
-            s = base.but(steps=steps, strength=strength)
-            sweep["generation"][f"{steps}/{strength:g}"] = cache.get(
-                f"{key}/val-gen/{steps}/{strength}/{s.cfg}/{n}",
-                lambda s=s: generation_score(pack, b, val, s, VAL_SEED))
-    best = max(sweep["generation"].items(), key=lambda kv: (kv[1]["caption"], -int(kv[0].split("/")[0])))
-    steps, strength = best[0].split("/")
-    chosen = base.but(steps=int(steps), strength=float(strength))
+    def gen_value(kv):  # whole-caption accuracy; ties go to fewer steps
+        return kv[1]["caption"], -int(kv[0].split("/")[0])
+
+    def sweep_generation(settings: list[Settings]) -> Settings:
+        for s in settings:
+            sweep["generation"][f"{s.steps}/{s.strength:g}"] = cache.get(
+                f"{key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{n}", lambda s=s: generation_score(pack, b, val, s, VAL_SEED))
+        steps, strength = max(sweep["generation"].items(), key=gen_value)[0].split("/")
+        return base.but(steps=int(steps), strength=float(strength))
+
+    # one input at a time: the strength at 20 steps, then the steps at that strength
+    chosen = sweep_generation([base.but(steps=20, strength=v) for v in STRENGTHS])
+    chosen = sweep_generation([chosen.but(steps=v) for v in STEP_CHOICES])
 
     def edit_value(r):  # an edit counts when it succeeds and keeps the rest (agreement within 8/255)
         return r["success"] * r["agree_tol"]
@@ -315,13 +309,15 @@ def edit_ablations(chosen: Settings) -> dict[str, tuple[str, Settings]]:
 def run(args) -> dict:
     from host import import_pack
     pack = import_pack()
-    for sub in ("joint", "samplers", "edit_runs", "video_runs"):
+    for sub in ("paths", "joint", "samplers", "edit_runs", "video_runs"):
         __import__(f"{pack.__name__}.nodes.{sub}")
     import comfy.utils
     comfy.utils.PROGRESS_BAR_ENABLED = False
 
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
+    if not (runs / RECIPE_COPY).exists():
+        (runs / RECIPE_COPY).write_text(RECIPE.read_text())
     cache = Cache(runs / "quality_cache.json")
     extra = ["--steps", str(args.train_steps)] if args.train_steps else []
     base = Settings(cfg=args.cfg)
@@ -329,7 +325,8 @@ def run(args) -> dict:
     test_held = prompts(HELD_SEED, args.n, "heldout")
     test_tasks = scoring.edit_tasks(EDIT_SEED, args.edits)
     clip_tasks = scoring.clip_edit_tasks(CLIP_SEED, args.clips)
-    result = {"settings": vars(args), "per_seed": {}, "training_seconds": {}}
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "started"}, "recipe": (runs / RECIPE_COPY).read_text(), "per_seed": {},
+              "training_seconds": {}}
     chosen = None
     for seed in range(args.seeds):
         ckpts, bundles = {}, {}
@@ -356,13 +353,21 @@ def run(args) -> dict:
                                            lambda v=variant, s=s: edit_score(pack, bundles[v], test_tasks, s))
         for name, s in (("sparse-causal (chunk of 8)", chosen.but(chunk_size=8)),
                         ("frame by frame (chunk of 1)", chosen.but(chunk_size=1))):
-            for variant, label in (("contextdiff", "ContextDiff"), ("no_bias", "no bias")):
-                sv = s if variant == "contextdiff" else s.but(strength=0.0)
-                r["video"][f"{label}, {name}"] = cache.get(f"{keys[variant]}/video/{sv}/{len(clip_tasks)}",
-                                                           lambda v=variant, sv=sv: clip_score(pack, bundles[v], clip_tasks, sv))
+            r["video"][f"ContextDiff, {name}"] = cache.get(
+                f"{keys['contextdiff']}/video/{s}/{len(clip_tasks)}",
+                lambda s=s: clip_score(pack, bundles["contextdiff"], clip_tasks, s))
         if seed == 0:
             result["samples"] = sample_figure(pack, bundles["contextdiff"], test_seen, test_held, chosen, args.docs)
+        report(result, args)  # after every seed, so that a long run shows what it has so far
     return result
+
+
+def report(result: dict, args) -> None:
+    from quality_report import write_report
+    result["seeds_done"] = len(result["per_seed"])
+    result["aggregate"] = aggregate(result["per_seed"])
+    result["wall_seconds"] = time.perf_counter() - args.started
+    write_report(result, args)
 
 
 def aggregate(per_seed: dict) -> dict:
@@ -423,12 +428,8 @@ def main(argv=None) -> int:
         args.train_steps = args.train_steps or 60
         args.runs = str(Path(args.runs).with_name(Path(args.runs).name + "-quick"))
     args.docs.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    result = run(args)
-    result["aggregate"] = aggregate(result["per_seed"])
-    result["wall_seconds"] = time.perf_counter() - t
-    from quality_report import write_report
-    write_report(result, args)
+    args.started = time.perf_counter()
+    run(args)
     return 0
 
 

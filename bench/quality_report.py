@@ -102,13 +102,16 @@ def write_report(result: dict, args) -> None:
         "# Quality of the text-conditioned shapes model, judged exactly",
         "",
         f"Written by `python -m bench quality {'--quick ' if args.quick else ''}--seeds {args.seeds} --n {args.n} "
-        f"--edits {args.edits} --clips {args.clips} --cfg {args.cfg}`"
-        + (f" --train_steps {args.train_steps}" if args.train_steps else "") + f" in {result['wall_seconds'] / 60:.0f} min.",
+        f"--edits {args.edits} --clips {args.clips} --cfg {args.cfg}"
+        + (f" --train_steps {args.train_steps}" if args.train_steps else "") + f"`: {result['seeds_done']} of {args.seeds} "
+        f"training seeds done after {result['wall_seconds'] / 60:.0f} min.",
         "",
-        stamp,
+        stamp + f"\n- load average at the end: {', '.join(f'{x:.1f}' for x in __import__('os').getloadavg())} "
+                "(the CPU was shared with other jobs: training times are wall-clock)",
         "",
         f"Models: the shapes recipe (`trainer/configs/shapes.yaml`"
-        + (f", {args.train_steps} steps" if args.train_steps else "") + f"), {args.seeds} training seeds x 3 variants "
+        + (f", {args.train_steps} steps instead of its own" if args.train_steps else "") + f"; the copy used is at the end), "
+        f"{result['seeds_done']} training seeds x 3 variants "
         "(ContextDiff; identical model with `--use_bias false`; ContextDiff with `--bias_l2 1.0`). Training time per "
         f"model: {np.mean(list(secs.values())) / 60:.1f} min on average ({min(secs.values()) / 60:.1f}-"
         f"{max(secs.values()) / 60:.1f}). Every number is mean ± sd over the training seeds; the judge "
@@ -187,6 +190,12 @@ def write_report(result: dict, args) -> None:
                      "flicker") + ".",
         "",
         "All numbers per seed are in [quality.json](quality.json).",
+        "",
+        "## The recipe every model was trained from",
+        "",
+        "```yaml",
+        result["recipe"].strip(),
+        "```",
     ]
     (docs / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
