@@ -57,7 +57,9 @@ class ContextDiffKSampler(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="Seed of the initial noise (and of DDPM's per-step noise).",
                 ),
-                io.Int.Input("steps", default=20, min=1, max=10000),
+                io.Int.Input(
+                    "steps", default=20, min=1, max=10000, tooltip="Sampling steps: one denoiser evaluation each."
+                ),
                 io.Float.Input(
                     "cfg",
                     default=7.5,
