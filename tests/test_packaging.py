@@ -30,6 +30,7 @@ HOST_MODULES = {
     "folder_paths",
     "latent_preview",
     "node_helpers",
+    "scipy",  # in ComfyUI's requirements.txt (the shapes judge uses its connected components)
     "torch",
     "torchvision",
     "typing_extensions",
