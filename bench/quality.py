@@ -69,6 +69,7 @@ class Settings:
 
 # ---- models: train, load --------------------------------------------------------------------------
 
+
 def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 1) -> tuple[Path, float]:
     """Train one model (or reuse the finished one) and return its checkpoint and training seconds."""
     out = runs / f"{variant}-seed{seed}"
@@ -77,8 +78,21 @@ def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 
         info = json.loads(done.read_text())
         if info["args"] == extra and Path(info["checkpoint"]).exists():
             return Path(info["checkpoint"]), info["seconds"]
-    cmd = [sys.executable, "-m", "trainer.train", "--config", str(runs / RECIPE_COPY), "--seed", str(seed),
-           "--output_dir", str(out), "--name", f"shapes-{variant}-seed{seed}", *VARIANTS[variant], *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.train",
+        "--config",
+        str(runs / RECIPE_COPY),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        "--name",
+        f"shapes-{variant}-seed{seed}",
+        *VARIANTS[variant],
+        *extra,
+    ]
     print("[quality] train:", " ".join(cmd[2:]), flush=True)
     t = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -111,6 +125,7 @@ class Bundle:
 def load(path: Path, pack) -> Bundle:
     """The checkpoint through the pack's shapes loader node, from a folder registered like models/contextdiff."""
     import folder_paths
+
     folder = pack.nodes.paths.FOLDER
     runs = str(path.parent.parent)
     if folder not in folder_paths.folder_names_and_paths:
@@ -124,10 +139,12 @@ def load(path: Path, pack) -> Bundle:
 
 # ---- running the nodes' code -----------------------------------------------------------------------
 
+
 def encode(clip, texts: list[str]) -> list:
     """One CONDITIONING holding a batch of prompts, each encoded by the core CLIPTextEncode node."""
-    import nodes as comfy_nodes
     import torch
+
+    import nodes as comfy_nodes  # ComfyUI's nodes.py
 
     conds = [comfy_nodes.CLIPTextEncode().encode(clip, t)[0][0] for t in texts]
     tokens = torch.cat([c[0] for c in conds])
@@ -140,6 +157,7 @@ def encode(clip, texts: list[str]) -> list:
 
 def to_latent(images: np.ndarray):
     import torch
+
     return torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
@@ -151,14 +169,28 @@ def to_images(samples) -> np.ndarray:
 def generate(pack, b: Bundle, captions: list[str], s: Settings, seed: int, batch: int = 32) -> np.ndarray:
     """Images for ``captions`` through ContextDiffKSampler (ddim, eta 0, scheduler normal)."""
     import torch
+
     sampler = pack.nodes.samplers.ContextDiffKSampler
     negative_one = encode(b.clip, [""])
     out = []
     for i in range(0, len(captions), batch):
-        part = captions[i:i + batch]
+        part = captions[i : i + batch]
         latent = {"samples": torch.zeros(len(part), 3, 32, 32)}
-        res = sampler.execute(b.model, encode(b.clip, part), negative_one, latent, seed + i, s.steps, s.cfg,
-                              "normal", "ddim", 0.0, s.strength, 1.0, b.adapter)
+        res = sampler.execute(
+            b.model,
+            encode(b.clip, part),
+            negative_one,
+            latent,
+            seed + i,
+            s.steps,
+            s.cfg,
+            "normal",
+            "ddim",
+            0.0,
+            s.strength,
+            1.0,
+            b.adapter,
+        )
         out.append(to_images(res.result[0]["samples"]))
     return np.concatenate(out)
 
@@ -166,32 +198,62 @@ def generate(pack, b: Bundle, captions: list[str], s: Settings, seed: int, batch
 def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: Settings) -> np.ndarray:
     """Invert ``source`` with its caption, then edit it to the target caption: the edit nodes' runs."""
     import torch
+
     runs = pack.nodes.edit_runs
     pos_src, pos_tgt, neg = (encode(b.clip, [t]) for t in (task.source_caption, task.target_caption, ""))
-    inv = runs.invert(b.model, {"samples": to_latent(source[None])}, pos_src, steps=s.steps, cfg=1.0,
-                      adapter=b.adapter, strength=s.strength, fuse_start=s.fuse_start, store_dtype=torch.float16)
-    plan = runs.plan_edit(steps=s.steps, fuse_start=s.fuse_start, fuse=s.fuse, clip=b.clip,
-                          source_prompt=task.source_caption, target_prompt=task.target_caption,
-                          blend_words=task.blend_words if (s.blend and s.fuse) else "",
-                          blend_threshold=s.blend_threshold)
-    res = runs.edit(b.model, inv, pos_tgt, plan=plan, negative=neg, cfg=s.cfg, adapter=b.adapter,
-                    strength=s.strength)
+    inv = runs.invert(
+        b.model,
+        {"samples": to_latent(source[None])},
+        pos_src,
+        steps=s.steps,
+        cfg=1.0,
+        adapter=b.adapter,
+        strength=s.strength,
+        fuse_start=s.fuse_start,
+        store_dtype=torch.float16,
+    )
+    plan = runs.plan_edit(
+        steps=s.steps,
+        fuse_start=s.fuse_start,
+        fuse=s.fuse,
+        clip=b.clip,
+        source_prompt=task.source_caption,
+        target_prompt=task.target_caption,
+        blend_words=task.blend_words if (s.blend and s.fuse) else "",
+        blend_threshold=s.blend_threshold,
+    )
+    res = runs.edit(b.model, inv, pos_tgt, plan=plan, negative=neg, cfg=s.cfg, adapter=b.adapter, strength=s.strength)
     return to_images(res.samples)[0]
 
 
 def edit_clip(pack, b: Bundle, task: scoring.ClipEditTask, s: Settings) -> np.ndarray:
     """The video edit node's run on a rendered clip; ``chunk_size`` 1 edits frame by frame."""
     import torch
+
     frames = torch.from_numpy(task.source.frames).float() / 255.0
     out, _ = pack.nodes.video_runs.edit_video(
-        b.model, b.vae, b.clip, frames, source_prompt=task.source_caption, target_prompt=task.target_caption,
-        blend_words=task.blend_words if s.blend else "", steps=s.steps, cfg=s.cfg, fuse_start=s.fuse_start,
-        blend_threshold=s.blend_threshold, chunk_size=s.chunk_size, overlap=0 if s.chunk_size == 1 else 2,
-        budget_bytes=16e9, adapter=b.adapter, strength=s.strength)
+        b.model,
+        b.vae,
+        b.clip,
+        frames,
+        source_prompt=task.source_caption,
+        target_prompt=task.target_caption,
+        blend_words=task.blend_words if s.blend else "",
+        steps=s.steps,
+        cfg=s.cfg,
+        fuse_start=s.fuse_start,
+        blend_threshold=s.blend_threshold,
+        chunk_size=s.chunk_size,
+        overlap=0 if s.chunk_size == 1 else 2,
+        budget_bytes=16e9,
+        adapter=b.adapter,
+        strength=s.strength,
+    )
     return (out.clamp(0, 1) * 255).round().byte().numpy()
 
 
 # ---- experiments (cached) -------------------------------------------------------------------------
+
 
 class Cache:
     """Results per (model file digest, experiment key) in one json file, written after each entry."""
@@ -251,20 +313,33 @@ def mean_rows(rows: list[dict]) -> dict:
 
 # ---- the benchmark --------------------------------------------------------------------------------
 
-def choose_defaults(pack, cache: Cache, b: Bundle, key: str, base: Settings, n: int, edits: int,
-                    test_captions: set[str], test_edit_captions: set[str]) -> tuple[Settings, dict]:
+
+def choose_defaults(
+    pack,
+    cache: Cache,
+    b: Bundle,
+    key: str,
+    base: Settings,
+    n: int,
+    edits: int,
+    test_captions: set[str],
+    test_edit_captions: set[str],
+) -> tuple[Settings, dict]:
     """Sweep the node defaults on validation prompts and edits (disjoint from the test set)."""
     val = prompts(VAL_SEED, n, "train", test_captions)
     val_tasks = [t for t in scoring.edit_tasks(VAL_EDIT_SEED, 4 * edits) if t.source_caption not in test_edit_captions]
     val_tasks = val_tasks[:edits]
     sweep = {"generation": {}, "edit_fuse_start": {}, "edit_threshold": {}}
+
     def gen_value(kv):  # whole-caption accuracy; ties go to fewer steps
         return kv[1]["caption"], -int(kv[0].split("/")[0])
 
     def sweep_generation(settings: list[Settings]) -> Settings:
         for s in settings:
             sweep["generation"][f"{s.steps}/{s.strength:g}"] = cache.get(
-                f"{key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{n}", lambda s=s: generation_score(pack, b, val, s, VAL_SEED))
+                f"{key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{n}",
+                lambda s=s: generation_score(pack, b, val, s, VAL_SEED),
+            )
         steps, strength = max(sweep["generation"].items(), key=gen_value)[0].split("/")
         return base.but(steps=int(steps), strength=float(strength))
 
@@ -277,18 +352,25 @@ def choose_defaults(pack, cache: Cache, b: Bundle, key: str, base: Settings, n: 
 
     for fs in FUSE_STARTS:
         s = chosen.but(fuse_start=fs)
-        sweep["edit_fuse_start"][str(fs)] = cache.get(f"{key}/val-edit/{s}/{len(val_tasks)}",
-                                                      lambda s=s: edit_score(pack, b, val_tasks, s))
+        sweep["edit_fuse_start"][str(fs)] = cache.get(
+            f"{key}/val-edit/{s}/{len(val_tasks)}", lambda s=s: edit_score(pack, b, val_tasks, s)
+        )
     chosen = chosen.but(fuse_start=float(max(sweep["edit_fuse_start"].items(), key=lambda kv: edit_value(kv[1]))[0]))
     for th in THRESHOLDS:
         s = chosen.but(blend_threshold=th)
-        sweep["edit_threshold"][str(th)] = cache.get(f"{key}/val-edit/{s}/{len(val_tasks)}",
-                                                     lambda s=s: edit_score(pack, b, val_tasks, s))
-    chosen = chosen.but(blend_threshold=float(max(sweep["edit_threshold"].items(),
-                                                  key=lambda kv: edit_value(kv[1]))[0]))
-    return chosen, {"validation_prompts": len(val), "validation_edits": len(val_tasks), "sweep": sweep,
-                    "criterion": "generation: whole-caption accuracy (ties: fewer steps); editing: mean of "
-                                 "success x agreement-within-8 outside the edited object"}
+        sweep["edit_threshold"][str(th)] = cache.get(
+            f"{key}/val-edit/{s}/{len(val_tasks)}", lambda s=s: edit_score(pack, b, val_tasks, s)
+        )
+    chosen = chosen.but(
+        blend_threshold=float(max(sweep["edit_threshold"].items(), key=lambda kv: edit_value(kv[1]))[0])
+    )
+    return chosen, {
+        "validation_prompts": len(val),
+        "validation_edits": len(val_tasks),
+        "sweep": sweep,
+        "criterion": "generation: whole-caption accuracy (ties: fewer steps); editing: mean of "
+        "success x agreement-within-8 outside the edited object",
+    }
 
 
 def edit_ablations(chosen: Settings) -> dict[str, tuple[str, Settings]]:
@@ -308,10 +390,12 @@ def edit_ablations(chosen: Settings) -> dict[str, tuple[str, Settings]]:
 
 def run(args) -> dict:
     from host import import_pack
+
     pack = import_pack()
     for sub in ("paths", "joint", "samplers", "edit_runs", "video_runs"):
         __import__(f"{pack.__name__}.nodes.{sub}")
     import comfy.utils
+
     comfy.utils.PROGRESS_BAR_ENABLED = False
 
     runs = Path(args.runs)
@@ -325,8 +409,12 @@ def run(args) -> dict:
     test_held = prompts(HELD_SEED, args.n, "heldout")
     test_tasks = scoring.edit_tasks(EDIT_SEED, args.edits)
     clip_tasks = scoring.clip_edit_tasks(CLIP_SEED, args.clips)
-    result = {"settings": {k: v for k, v in vars(args).items() if k != "started"}, "recipe": (runs / RECIPE_COPY).read_text(), "per_seed": {},
-              "training_seconds": {}}
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k != "started"},
+        "recipe": (runs / RECIPE_COPY).read_text(),
+        "per_seed": {},
+        "training_seconds": {},
+    }
     chosen = None
     for seed in range(args.seeds):
         ckpts, bundles = {}, {}
@@ -337,25 +425,42 @@ def run(args) -> dict:
         keys = {v: digest(p) for v, p in ckpts.items()}
         if chosen is None:  # defaults from validation on the first seed's ContextDiff model
             chosen, selection = choose_defaults(
-                pack, cache, bundles["contextdiff"], keys["contextdiff"], base, args.n, args.edits,
-                {world.caption(x) for x in test_seen}, {t.source_caption for t in test_tasks})
+                pack,
+                cache,
+                bundles["contextdiff"],
+                keys["contextdiff"],
+                base,
+                args.n,
+                args.edits,
+                {world.caption(x) for x in test_seen},
+                {t.source_caption for t in test_tasks},
+            )
             result["defaults"] = {"chosen": asdict(chosen), **selection}
         r = result["per_seed"][seed] = {"generation": {}, "editing": {}, "video": {}}
-        gen = {"ContextDiff": ("contextdiff", chosen), "ContextDiff, strength 0": ("contextdiff", chosen.but(strength=0.0)),
-               "no bias": ("no_bias", chosen.but(strength=0.0))}
+        gen = {
+            "ContextDiff": ("contextdiff", chosen),
+            "ContextDiff, strength 0": ("contextdiff", chosen.but(strength=0.0)),
+            "no bias": ("no_bias", chosen.but(strength=0.0)),
+        }
         for name, (variant, s) in gen.items():
             for split, scenes, sd in (("seen", test_seen, TEST_SEED), ("held-out", test_held, HELD_SEED)):
                 r["generation"][f"{name} | {split}"] = cache.get(
                     f"{keys[variant]}/gen/{split}/{s}/{len(scenes)}",
-                    lambda v=variant, s=s, sc=scenes, sd=sd: generation_score(pack, bundles[v], sc, s, sd))
+                    lambda b=bundles[variant], s=s, sc=scenes, sd=sd: generation_score(pack, b, sc, s, sd),
+                )
         for name, (variant, s) in edit_ablations(chosen).items():
-            r["editing"][name] = cache.get(f"{keys[variant]}/edit/{s}/{len(test_tasks)}",
-                                           lambda v=variant, s=s: edit_score(pack, bundles[v], test_tasks, s))
-        for name, s in (("sparse-causal (chunk of 8)", chosen.but(chunk_size=8)),
-                        ("frame by frame (chunk of 1)", chosen.but(chunk_size=1))):
+            r["editing"][name] = cache.get(
+                f"{keys[variant]}/edit/{s}/{len(test_tasks)}",
+                lambda b=bundles[variant], s=s: edit_score(pack, b, test_tasks, s),
+            )
+        for name, s in (
+            ("sparse-causal (chunk of 8)", chosen.but(chunk_size=8)),
+            ("frame by frame (chunk of 1)", chosen.but(chunk_size=1)),
+        ):
             r["video"][f"ContextDiff, {name}"] = cache.get(
                 f"{keys['contextdiff']}/video/{s}/{len(clip_tasks)}",
-                lambda s=s: clip_score(pack, bundles["contextdiff"], clip_tasks, s))
+                lambda s=s, b=bundles["contextdiff"]: clip_score(pack, b, clip_tasks, s),
+            )
         if seed == 0:
             result["samples"] = sample_figure(pack, bundles["contextdiff"], test_seen, test_held, chosen, args.docs)
         report(result, args)  # after every seed, so that a long run shows what it has so far
@@ -364,6 +469,7 @@ def run(args) -> dict:
 
 def report(result: dict, args) -> None:
     from quality_report import write_report
+
     result["seeds_done"] = len(result["per_seed"])
     result["aggregate"] = aggregate(result["per_seed"])
     result["wall_seconds"] = time.perf_counter() - args.started
@@ -387,16 +493,20 @@ def aggregate(per_seed: dict) -> dict:
 def sample_figure(pack, b: Bundle, seen, held, s: Settings, docs: Path) -> str:
     """Prompts and their images (first seed's ContextDiff model) as docs/quality_samples.png."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     scenes = list(seen[:6]) + list(held[:6])
     images = generate(pack, b, [world.caption(x) for x in scenes], s, 7)
     fig, axes = plt.subplots(2, 6, figsize=(15, 6.2))
-    for ax, im, sc in zip(axes.flat, images, scenes):
+    for ax, im, sc in zip(axes.flat, images, scenes, strict=False):
         ok = judge.compare(sc, judge.read(im))["caption"]
         ax.imshow(im, interpolation="nearest")
-        ax.set_title(world.caption(sc).replace(" and ", "\nand ") + ("\n[judge: right]" if ok else "\n[judge: wrong]"),
-                     fontsize=7)
+        ax.set_title(
+            world.caption(sc).replace(" and ", "\nand ") + ("\n[judge: right]" if ok else "\n[judge: wrong]"),
+            fontsize=7,
+        )
         ax.axis("off")
     fig.suptitle("top: seen colour-shape pairs; bottom: held-out pairs", fontsize=9)
     fig.tight_layout()
@@ -407,8 +517,9 @@ def sample_figure(pack, b: Bundle, seen, held, s: Settings, docs: Path) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench quality", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", type=int, default=3, help="training seeds (>= 3 for mean +- sd)")
     ap.add_argument("--n", type=int, default=96, help="prompts per generation set (seen, held-out, validation)")
     ap.add_argument("--edits", type=int, default=24, help="image edits per configuration")
@@ -418,10 +529,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: --n 12 --edits 4 --clips 2, 60 training steps")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "quality"), help="models and result cache")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="where quality.md/json/png go")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared CPU, OpenMP's spinning "
-                    "threads made a forward pass 20x slower than one thread)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared CPU, OpenMP's spinning "
+        "threads made a forward pass 20x slower than one thread)",
+    )
     args = ap.parse_args(argv)
     import torch
+
     torch.set_num_threads(args.threads)
     if args.quick:
         args.n, args.edits, args.clips = min(args.n, 12), min(args.edits, 4), min(args.clips, 2)

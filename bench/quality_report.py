@@ -11,8 +11,23 @@ import numpy as np
 GEN_METRICS = ("colour", "shape", "size", "position", "count", "caption")
 EDIT_METRICS = ("success", "attribute", "kept", "psnr_outside", "agree_exact", "agree_tol", "background")
 VIDEO_METRICS = ("frame_success", "flicker", "trajectory_px", "missing")
-PERCENT = {"colour", "shape", "size", "position", "count", "caption", "success", "attribute", "kept",
-           "agree_exact", "agree_tol", "background", "frame_success", "flicker", "missing"}
+PERCENT = {
+    "colour",
+    "shape",
+    "size",
+    "position",
+    "count",
+    "caption",
+    "success",
+    "attribute",
+    "kept",
+    "agree_exact",
+    "agree_tol",
+    "background",
+    "frame_success",
+    "flicker",
+    "missing",
+}
 
 
 def fmt(metric: str, v: list[float]) -> str:
@@ -41,18 +56,26 @@ def difference(rows: dict, a: str, b: str, metric: str) -> str:
 def bars(path: Path, groups: dict[str, dict], metrics: tuple[str, ...], title: str) -> None:
     """Grouped bars (percent, mean ± sd); names "model | split" get one panel per split."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     panels: dict[str, list[str]] = {}
     for name in groups:
         panels.setdefault(name.split(" | ")[1] if " | " in name else "", []).append(name)
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False, sharey=True)
     x = np.arange(len(metrics))
-    for ax, (panel, names) in zip(axes[0], panels.items()):
+    for ax, (panel, names) in zip(axes[0], panels.items(), strict=True):
         width = 0.8 / len(names)
         for i, name in enumerate(names):
-            ax.bar(x + i * width - 0.4 + width / 2, [100 * groups[name][m][0] for m in metrics], width,
-                   yerr=[100 * groups[name][m][1] for m in metrics], capsize=2, label=name.split(" | ")[0])
+            ax.bar(
+                x + i * width - 0.4 + width / 2,
+                [100 * groups[name][m][0] for m in metrics],
+                width,
+                yerr=[100 * groups[name][m][1] for m in metrics],
+                capsize=2,
+                label=name.split(" | ")[0],
+            )
         ax.set_xticks(x, metrics, fontsize=8)
         ax.set_ylim(0, 105)
         ax.set_title(f"{title}{': ' + panel if panel else ''}", fontsize=9)
@@ -65,15 +88,24 @@ def bars(path: Path, groups: dict[str, dict], metrics: tuple[str, ...], title: s
 
 def edit_plot(path: Path, rows: dict) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     names = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * len(names) + 1.5), sharey=True)
     y = np.arange(len(names))
-    for ax, metric, label in ((axes[0], "success", "edit success (judge), %"),
-                              (axes[1], "agree_tol", "pixels kept outside the object (within 8/255), %")):
-        ax.barh(y, [100 * rows[n][metric][0] for n in names], xerr=[100 * rows[n][metric][1] for n in names],
-                capsize=2, color="tab:blue" if metric == "success" else "tab:green")
+    for ax, metric, label in (
+        (axes[0], "success", "edit success (judge), %"),
+        (axes[1], "agree_tol", "pixels kept outside the object (within 8/255), %"),
+    ):
+        ax.barh(
+            y,
+            [100 * rows[n][metric][0] for n in names],
+            xerr=[100 * rows[n][metric][1] for n in names],
+            capsize=2,
+            color="tab:blue" if metric == "success" else "tab:green",
+        )
         ax.set_xlabel(label)
         ax.set_xlim(0, 100)
     axes[0].set_yticks(y, names, fontsize=8)
@@ -91,8 +123,12 @@ def write_report(result: dict, args) -> None:
     (docs / "quality.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     bars(docs / "quality_generation.png", agg["generation"], GEN_METRICS, "generation, judge accuracy")
     edit_plot(docs / "quality_editing.png", agg["editing"])
-    bars(docs / "quality_video.png", {k: {m: v[m] for m in ("frame_success", "flicker")} for k, v in agg["video"].items()},
-         ("frame_success", "flicker"), "video editing")
+    bars(
+        docs / "quality_video.png",
+        {k: {m: v[m] for m in ("frame_success", "flicker")} for k, v in agg["video"].items()},
+        ("frame_success", "flicker"),
+        "video editing",
+    )
 
     d = result["defaults"]
     chosen = d["chosen"]
@@ -103,14 +139,16 @@ def write_report(result: dict, args) -> None:
         "",
         f"Written by `python -m bench quality {'--quick ' if args.quick else ''}--seeds {args.seeds} --n {args.n} "
         f"--edits {args.edits} --clips {args.clips} --cfg {args.cfg}"
-        + (f" --train_steps {args.train_steps}" if args.train_steps else "") + f"`: {result['seeds_done']} of {args.seeds} "
+        + (f" --train_steps {args.train_steps}" if args.train_steps else "")
+        + f"`: {result['seeds_done']} of {args.seeds} "
         f"training seeds done after {result['wall_seconds'] / 60:.0f} min.",
         "",
         stamp + f"\n- load average at the end: {', '.join(f'{x:.1f}' for x in __import__('os').getloadavg())} "
-                "(the CPU was shared with other jobs: training times are wall-clock)",
+        "(the CPU was shared with other jobs: training times are wall-clock)",
         "",
-        f"Models: the shapes recipe (`trainer/configs/shapes.yaml`"
-        + (f", {args.train_steps} steps instead of its own" if args.train_steps else "") + f"; the copy used is at the end), "
+        "Models: the shapes recipe (`trainer/configs/shapes.yaml`"
+        + (f", {args.train_steps} steps instead of its own" if args.train_steps else "")
+        + f"; the copy used is at the end), "
         f"{result['seeds_done']} training seeds x 3 variants "
         "(ContextDiff; identical model with `--use_bias false`; ContextDiff with `--bias_l2 1.0`). Training time per "
         f"model: {np.mean(list(secs.values())) / 60:.1f} min on average ({min(secs.values()) / 60:.1f}-"
@@ -126,15 +164,23 @@ def write_report(result: dict, args) -> None:
         f"fixed). Validation: {d['validation_prompts']} prompts and {d['validation_edits']} edits of their own seeds, "
         f"test captions removed, on the first seed's ContextDiff model. Criterion: {d['criterion']}.",
         "",
-        "| steps / adapter_strength | " + " | ".join(GEN_METRICS) + " |", "|---" * (len(GEN_METRICS) + 1) + "|",
-        *[f"| {k} | " + " | ".join(f"{100 * v[m]:.1f}" for m in GEN_METRICS) + " |"
-          for k, v in d["sweep"]["generation"].items()],
+        "| steps / adapter_strength | " + " | ".join(GEN_METRICS) + " |",
+        "|---" * (len(GEN_METRICS) + 1) + "|",
+        *[
+            f"| {k} | " + " | ".join(f"{100 * v[m]:.1f}" for m in GEN_METRICS) + " |"
+            for k, v in d["sweep"]["generation"].items()
+        ],
         "",
-        "| edit setting (validation) | success | agree_tol | psnr_outside |", "|---|---|---|---|",
-        *[f"| fuse_start {k} | {100 * v['success']:.1f} | {100 * v['agree_tol']:.1f} | {v['psnr_outside']:.1f} |"
-          for k, v in d["sweep"]["edit_fuse_start"].items()],
-        *[f"| blend threshold {k} | {100 * v['success']:.1f} | {100 * v['agree_tol']:.1f} | {v['psnr_outside']:.1f} |"
-          for k, v in d["sweep"]["edit_threshold"].items()],
+        "| edit setting (validation) | success | agree_tol | psnr_outside |",
+        "|---|---|---|---|",
+        *[
+            f"| fuse_start {k} | {100 * v['success']:.1f} | {100 * v['agree_tol']:.1f} | {v['psnr_outside']:.1f} |"
+            for k, v in d["sweep"]["edit_fuse_start"].items()
+        ],
+        *[
+            f"| blend threshold {k} | {100 * v['success']:.1f} | {100 * v['agree_tol']:.1f} | {v['psnr_outside']:.1f} |"
+            for k, v in d["sweep"]["edit_threshold"].items()
+        ],
         "",
         "## Generation",
         "",
@@ -150,10 +196,10 @@ def write_report(result: dict, args) -> None:
         "## Image editing",
         "",
         f"{args.edits} test edits, half attribute swaps (colour), half object replacements (shape), each on a rendered "
-        "source inverted with its caption. `success`: the judge reads the whole target caption; `attribute`: the edited "
-        "attribute changed; `kept`: every other attribute and the count as in the source; `psnr_outside` (dB, capped at "
-        "60) and `agree_exact`/`agree_tol` (share of pixels equal / within 8 of 255): outside the edited object "
-        "(grown by 1 px); `background`: the background kind survives.",
+        "source inverted with its caption. `success`: the judge reads the whole target caption; `attribute`: the "
+        "edited attribute changed; `kept`: every other attribute and the count as in the source; `psnr_outside` (dB, "
+        "capped at 60) and `agree_exact`/`agree_tol` (share of pixels equal / within 8 of 255): outside the edited "
+        "object (grown by 1 px); `background`: the background kind survives.",
         "",
         table(ed, EDIT_METRICS, "configuration"),
         "",
@@ -173,21 +219,32 @@ def write_report(result: dict, args) -> None:
         "## The paper's claims at this scale",
         "",
         "- Text alignment (generation), ContextDiff minus no-bias, whole caption: seen "
-        + difference(gen, "ContextDiff | seen", "no bias | seen", "caption") + "; held-out "
-        + difference(gen, "ContextDiff | held-out", "no bias | held-out", "caption") + ".",
+        + difference(gen, "ContextDiff | seen", "no bias | seen", "caption")
+        + "; held-out "
+        + difference(gen, "ContextDiff | held-out", "no bias | held-out", "caption")
+        + ".",
         "- The adapter's share (same ContextDiff model, strength 1 minus 0), whole caption: seen "
-        + difference(gen, "ContextDiff | seen", "ContextDiff, strength 0 | seen", "caption") + ".",
+        + difference(gen, "ContextDiff | seen", "ContextDiff, strength 0 | seen", "caption")
+        + ".",
         "- Editing fidelity, bias-aware minus plain inversion: success "
         + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "plain inversion + fusion (no bias)", "success")
-        + "; kept pixels " + difference(ed, "bias-aware inversion + fusion (ContextDiff)",
-                                        "plain inversion + fusion (no bias)", "agree_tol") + ".",
+        + "; kept pixels "
+        + difference(
+            ed, "bias-aware inversion + fusion (ContextDiff)", "plain inversion + fusion (no bias)", "agree_tol"
+        )
+        + ".",
         "- The paper's objective minus `--bias_l2`, edit success: "
-        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "--bias_l2 model", "success") + ".",
+        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "--bias_l2 model", "success")
+        + ".",
         "- Sparse-causal minus frame-by-frame (ContextDiff), per-frame success: "
-        + difference(vid, "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)",
-                     "frame_success") + "; flicker "
-        + difference(vid, "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)",
-                     "flicker") + ".",
+        + difference(
+            vid, "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)", "frame_success"
+        )
+        + "; flicker "
+        + difference(
+            vid, "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)", "flicker"
+        )
+        + ".",
         "",
         "All numbers per seed are in [quality.json](quality.json).",
         "",

@@ -41,8 +41,10 @@ def _as_image(img: np.ndarray) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] != img.shape[1]:
         raise ValueError(f"The judge reads square RGB images of shape (size, size, 3), got {img.shape}.")
     if img.dtype != np.uint8:
-        raise ValueError(f"The judge reads uint8 images (0-255), got {img.dtype}: convert with "
-                         "np.clip(x * 255, 0, 255).round().astype(np.uint8).")
+        raise ValueError(
+            f"The judge reads uint8 images (0-255), got {img.dtype}: convert with "
+            "np.clip(x * 255, 0, 255).round().astype(np.uint8)."
+        )
     return img.astype(np.float32)
 
 
@@ -62,7 +64,7 @@ def _shape_of(mask: np.ndarray) -> str:
     # Centre the component in a square box so that a clipped or squashed shape is compared fairly.
     box = np.zeros((side, side), bool)
     r0, c0 = (side - h) // 2, (side - w) // 2
-    box[r0:r0 + h, c0:c0 + w] = mask
+    box[r0 : r0 + h, c0 : c0 + w] = mask
     offsets = np.arange(side) + 0.5 - side / 2.0
     ious = np.zeros(len(SHAPES))
     # A shape of half-side h covers the pixel centres within h, so its pixel box is 2h rounded either
@@ -82,15 +84,24 @@ def read(img: np.ndarray, min_area: float = 0.012) -> Scene:
     objects = []
     for k, name in enumerate(_NAMES):
         comp, n = ndimage.label(labels == k)
-        for sl, idx in zip(ndimage.find_objects(comp), range(1, n + 1)):
+        for sl, idx in zip(ndimage.find_objects(comp), range(1, n + 1), strict=True):
             mask = comp[sl] == idx
             if mask.sum() < min_area * size * size:
                 continue
             (r0, r1), (c0, c1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
             half = max(r1 - r0, c1 - c0) / 2.0 / size
             cx, cy = (c0 + c1) / 2.0 / size - 0.5, (r0 + r1) / 2.0 / size - 0.5
-            objects.append(Obj(name, _shape_of(mask), world.size_word(half), world.region(cx, cy),
-                               float(cx), float(cy), float(half)))
+            objects.append(
+                Obj(
+                    name,
+                    _shape_of(mask),
+                    world.size_word(half),
+                    world.region(cx, cy),
+                    float(cx),
+                    float(cy),
+                    float(half),
+                )
+            )
     objects.sort(key=lambda o: (o.cy, o.cx))
     bg = np.asarray(img, np.float32)[labels < 0]
     level = float(bg.mean()) if bg.size else 128.0
@@ -120,12 +131,16 @@ def compare(target: Scene, seen: Scene) -> dict[str, bool]:
     for perm in itertools.permutations(slots, len(want)):
         if any(p is not None and perm.count(p) > 1 for p in perm):
             continue
-        score = sum(sum(a == b for a, b in zip(w, got[p])) for w, p in zip(want, perm) if p is not None)
+        score = sum(
+            sum(a == b for a, b in zip(w, got[p], strict=True))
+            for w, p in zip(want, perm, strict=True)
+            if p is not None
+        )
         if score > best_score:
             best, best_score = perm, score
     out = {}
     for i, attr in enumerate(ATTRIBUTES):
-        out[attr] = all(p is not None and w[i] == got[p][i] for w, p in zip(want, best))
+        out[attr] = all(p is not None and w[i] == got[p][i] for w, p in zip(want, best, strict=True))
     out["count"] = len(want) == len(got)
     out["caption"] = out["count"] and all(out[a] for a in ATTRIBUTES)
     return out
@@ -135,11 +150,12 @@ def accuracy(targets: list[Scene], seen: list[Scene]) -> dict[str, float]:
     """Fraction of scenes for which each verdict of :func:`compare` holds."""
     if len(targets) != len(seen) or not targets:
         raise ValueError(f"accuracy needs as many readings as targets (> 0); got {len(targets)} and {len(seen)}.")
-    verdicts = [compare(t, s) for t, s in zip(targets, seen)]
+    verdicts = [compare(t, s) for t, s in zip(targets, seen, strict=True)]
     return {m: float(np.mean([v[m] for v in verdicts])) for m in METRICS}
 
 
 # ---- validation: clean, blurred and noisy renders -------------------------------------------------
+
 
 def degrade(images: np.ndarray, blur: float = 0.0, noise: float = 0.0, seed: int = 0) -> np.ndarray:
     """Gaussian blur (sigma in pixels) then Gaussian noise (sd on the 0-255 scale) on (..., H, W, 3) uint8."""
@@ -154,8 +170,12 @@ def degrade(images: np.ndarray, blur: float = 0.0, noise: float = 0.0, seed: int
 
 CONDITIONS: tuple[tuple[str, float, float], ...] = (
     ("clean", 0.0, 0.0),
-    ("blur 0.5 px", 0.5, 0.0), ("blur 0.8 px", 0.8, 0.0), ("blur 1.2 px", 1.2, 0.0),
-    ("noise sd 10", 0.0, 10.0), ("noise sd 25", 0.0, 25.0), ("noise sd 50", 0.0, 50.0),
+    ("blur 0.5 px", 0.5, 0.0),
+    ("blur 0.8 px", 0.8, 0.0),
+    ("blur 1.2 px", 1.2, 0.0),
+    ("noise sd 10", 0.0, 10.0),
+    ("noise sd 25", 0.0, 25.0),
+    ("noise sd 50", 0.0, 50.0),
     ("blur 0.8 + noise 25", 0.8, 25.0),
 )
 
@@ -178,29 +198,36 @@ def validate(n: int = 2000, clips: int = 300, seed: int = 1234, size: int = 32) 
 
 
 def stamp() -> str:
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cores), "
-            f"python {platform.python_version()}, numpy {np.__version__}")
+    return (
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cores), "
+        f"python {platform.python_version()}, numpy {np.__version__}"
+    )
 
 
 def table(result: dict) -> str:
     head = "| data | condition | n | " + " | ".join(METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
     for r in result["rows"]:
-        lines.append(f"| {r['data']} | {r['condition']} | {r['n']} | "
-                     + " | ".join(f"{100 * r[m]:.1f}" for m in METRICS) + " |")
+        lines.append(
+            f"| {r['data']} | {r['condition']} | {r['n']} | " + " | ".join(f"{100 * r[m]:.1f}" for m in METRICS) + " |"
+        )
     return "\n".join(lines)
 
 
-CAVEAT = ("Reading the table: on clean renders the judge is exact. Its errors under blur are almost all small "
-          "(9 px) squares and triangles read as circles, because blur rounds their corners; colour and position "
-          "survive every condition. So a 'wrong shape' verdict on a soft generated image of a small object may be "
-          "the judge's: look at the samples in docs/quality.md before reading much into shape errors.")
+CAVEAT = (
+    "Reading the table: on clean renders the judge is exact. Its errors under blur are almost all small "
+    "(9 px) squares and triangles read as circles, because blur rounds their corners; colour and position "
+    "survive every condition. So a 'wrong shape' verdict on a soft generated image of a small object may be "
+    "the judge's: look at the samples in docs/quality.md before reading much into shape errors."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shapesworld.judge", description="Validate the shapes-world "
-                                 "judge on clean, blurred and noisy renders and write the table to docs/.")
+    ap = argparse.ArgumentParser(
+        prog="python -m shapesworld.judge",
+        description="Validate the shapes-world judge on clean, blurred and noisy renders and write the table to docs/.",
+    )
     ap.add_argument("--n", type=int, default=2000, help="scenes per split (default 2000)")
     ap.add_argument("--clips", type=int, default=300, help="clips (8 frames each; default 300)")
     ap.add_argument("--seed", type=int, default=1234)
@@ -216,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         "Percent of scenes (or clip frames) for which the judge reads each attribute of every object right "
         "(`count`: the number of objects; `caption`: everything at once). Blur is Gaussian (sigma in "
         "pixels), noise Gaussian per channel (sd on 0-255), both applied to the 32 px renders. "
-        "How the judge reads: see the docstring of `shapesworld/judge.py`.\n\n"
-        + table(result) + "\n\n" + CAVEAT + "\n")
+        "How the judge reads: see the docstring of `shapesworld/judge.py`.\n\n" + table(result) + "\n\n" + CAVEAT + "\n"
+    )
     print(table(result))
     return 0
 

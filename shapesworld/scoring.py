@@ -27,8 +27,8 @@ class EditTask:
     source_caption: str
     target_caption: str
     blend_words: str  # "source word, target word", as the edit node takes them
-    index: int        # which object is edited
-    kind: str         # "colour" or "shape"
+    index: int  # which object is edited
+    kind: str  # "colour" or "shape"
 
 
 def _edited(obj: Obj, kind: str, rng: np.random.Generator) -> Obj:
@@ -47,7 +47,7 @@ def edit_task(scene: Scene, kind: str, rng: np.random.Generator) -> EditTask:
     i = int(rng.integers(len(scene.objects)))
     old = scene.objects[i]
     new = _edited(old, kind, rng)
-    target = replace(scene, objects=scene.objects[:i] + (new,) + scene.objects[i + 1:])
+    target = replace(scene, objects=scene.objects[:i] + (new,) + scene.objects[i + 1 :])
     words = f"{getattr(old, kind)}, {getattr(new, kind)}"
     return EditTask(scene, target, world.caption(scene), world.caption(target), words, i, kind)
 
@@ -61,7 +61,8 @@ def edit_tasks(seed: int, n: int, split: str = "train") -> list[EditTask]:
 def edited_region(task: EditTask, size: int, margin: int = 1) -> np.ndarray:
     """Boolean (size, size): the edited object's pixels before or after the edit, grown by ``margin`` px."""
     region = world.object_mask(task.source.objects[task.index], size) | world.object_mask(
-        task.target.objects[task.index], size)
+        task.target.objects[task.index], size
+    )
     return ndimage.binary_dilation(region, iterations=margin) if margin else region
 
 
@@ -103,6 +104,7 @@ def score_edit(edited: np.ndarray, source_image: np.ndarray, task: EditTask, tol
 
 
 # ---- clips -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClipEditTask:
@@ -148,12 +150,14 @@ def score_clip_edit(edited: np.ndarray, task: ClipEditTask) -> dict[str, float]:
     object's centre (frames without an object are left out, ``missing`` counts them)."""
     readings = judge.read_clip(edited)
     size = edited.shape[1]
-    success = [judge.compare(t, r)["caption"] for t, r in zip(task.targets, readings)]
+    success = [judge.compare(t, r)["caption"] for t, r in zip(task.targets, readings, strict=True)]
     mains = [_main_object(r) for r in readings]
-    changes = [(a is None) != (b is None) or (a is not None and (a.colour, a.shape) != (b.colour, b.shape))
-               for a, b in zip(mains, mains[1:])]
+    changes = [
+        (a is None) != (b is None) or (a is not None and (a.colour, a.shape) != (b.colour, b.shape))
+        for a, b in zip(mains, mains[1:], strict=False)
+    ]
     dists = []
-    for m, s in zip(mains, task.source.scenes):
+    for m, s in zip(mains, task.source.scenes, strict=True):
         if m is not None:
             cx, cy, _ = s.objects[0].geometry()
             dists.append(np.hypot(m.cx - cx, m.cy - cy) * size)

@@ -46,14 +46,23 @@ POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "centre")
 BACKGROUNDS: tuple[str, ...] = ("dark", "light", "stripes")
 BACKGROUND_LEVELS: dict[str, tuple[int, ...]] = {"dark": (30,), "light": (225,), "stripes": (112, 142)}
 
-HELD_OUT: frozenset[tuple[str, str]] = frozenset({
-    ("red", "square"), ("green", "triangle"), ("blue", "cross"), ("yellow", "circle"),
-})
+HELD_OUT: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("red", "square"),
+        ("green", "triangle"),
+        ("blue", "cross"),
+        ("yellow", "circle"),
+    }
+)
 
 HALF: dict[str, float] = {"small": 0.14, "large": 0.22}
 ANCHOR: dict[str, float] = {"small": 0.33, "large": 0.26}
 DIRECTION: dict[str, tuple[float, float]] = {
-    "left": (-1.0, 0.0), "right": (1.0, 0.0), "top": (0.0, -1.0), "bottom": (0.0, 1.0), "centre": (0.0, 0.0),
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "top": (0.0, -1.0),
+    "bottom": (0.0, 1.0),
+    "centre": (0.0, 0.0),
 }
 CENTRE_RADIUS = 0.15
 JITTER = 0.02
@@ -61,11 +70,17 @@ MIN_GAP = 0.04
 CLEAR = 0.025  # clip frames keep this far (0.8 px at 32 px) from a region or size boundary
 CROSS_ARM = 1.0 / 3.0  # arm width of the cross as a fraction of its side
 PHRASE: dict[str, str] = {
-    "left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
     "centre": "in the centre",
 }
 MOTION_PHRASE: dict[str, str] = {
-    "right": "moving to the right", "left": "moving to the left", "bottom": "moving down", "top": "moving up",
+    "right": "moving to the right",
+    "left": "moving to the left",
+    "bottom": "moving down",
+    "top": "moving up",
 }
 SPLITS = ("train", "heldout")
 
@@ -155,8 +170,7 @@ def _place(rng: np.random.Generator, colour: str, shape: str) -> Obj:
     jx, jy = rng.uniform(-JITTER, JITTER, size=2)
     cx, cy = dx * ANCHOR[size] + jx, dy * ANCHOR[size] + jy
     lim = 0.5 - HALF[size]  # keep the whole box inside the image
-    return Obj(colour, shape, size, position, float(np.clip(cx, -lim, lim)), float(np.clip(cy, -lim, lim)),
-               HALF[size])
+    return Obj(colour, shape, size, position, float(np.clip(cx, -lim, lim)), float(np.clip(cy, -lim, lim)), HALF[size])
 
 
 def _pairs(held_out: bool) -> list[tuple[str, str]]:
@@ -282,8 +296,9 @@ def _clear(value: float, edge: float, margin: float = CLEAR) -> float:
     return float(np.copysign(mag, value))
 
 
-def _clip_scenes(rng: np.random.Generator, kind: str, frames: int, colour: str, shape: str,
-                 background: str) -> tuple[list[Scene], str]:
+def _clip_scenes(
+    rng: np.random.Generator, kind: str, frames: int, colour: str, shape: str, background: str
+) -> tuple[list[Scene], str]:
     t = np.linspace(0.0, 1.0, frames)
     if kind == "move":  # across the image through the centre, along one axis
         size = SIZES[rng.integers(len(SIZES))]
@@ -311,13 +326,13 @@ def _clip_scenes(rng: np.random.Generator, kind: str, frames: int, colour: str, 
     new = [c for c in COLOURS if c != colour and (c, shape) not in HELD_OUT]
     target = new[rng.integers(len(new))]
     base = Obj(colour, shape, size, position)
-    scenes = [Scene((replace(base, colour=target if i >= frames // 2 else colour),), background)
-              for i in range(frames)]
+    scenes = [Scene((replace(base, colour=target if i >= frames // 2 else colour),), background) for i in range(frames)]
     return scenes, f"a {size} {colour} {shape} turning {target} {PHRASE[position]}"
 
 
-def sample_clip(rng: np.random.Generator, frames: int = 8, size: int = 32, split: str = "train",
-                kind: str | None = None) -> Clip:
+def sample_clip(
+    rng: np.random.Generator, frames: int = 8, size: int = 32, split: str = "train", kind: str | None = None
+) -> Clip:
     """A clip of one object that moves across the image, grows from small to large, or changes colour
     (``kind``: "move", "grow", "colour"; random when None). ``split="train"`` uses training pairs in
     every frame; ``"heldout"`` starts from a held-out pair."""
@@ -332,7 +347,7 @@ def sample_clip(rng: np.random.Generator, frames: int = 8, size: int = 32, split
     scenes, text = _clip_scenes(rng, kind, frames, colour, shape, background)
     phase = int(rng.integers(max(2, size // 8)))
     imgs = np.stack([background_image(background, size, phase) for _ in scenes])
-    for img, sc in zip(imgs, scenes):
+    for img, sc in zip(imgs, scenes, strict=True):
         for o in sc.objects:
             img[object_mask(o, size)] = COLOURS[o.colour]
     return Clip(imgs, text, tuple(scenes), kind)

@@ -88,8 +88,12 @@ def test_judge_reads_clean_renders_at_least_99_percent():
 
 def test_judge_notices_every_wrong_attribute():
     """A judge that always agrees would pass the test above: each mutated caption must be caught."""
-    others = {"colour": list(world.COLOURS), "shape": list(world.SHAPES), "size": list(world.SIZES),
-              "position": list(world.POSITIONS)}
+    others = {
+        "colour": list(world.COLOURS),
+        "shape": list(world.SHAPES),
+        "size": list(world.SIZES),
+        "position": list(world.POSITIONS),
+    }
     rng = np.random.default_rng(9)
     for _ in range(100):
         scene = world.sample_scene(rng)
@@ -111,7 +115,7 @@ def test_judge_reads_background_and_mild_noise():
     noisy = judge.degrade(images, blur=0.5, noise=10.0, seed=1)
     seen = [judge.read(im) for im in noisy]
     assert judge.accuracy(scenes, seen)["caption"] >= 0.99
-    assert np.mean([a.background == b.background for a, b in zip(scenes, seen)]) >= 0.99
+    assert np.mean([a.background == b.background for a, b in zip(scenes, seen, strict=True)]) >= 0.99
 
 
 def test_bad_inputs_are_refused_with_a_clear_message():
@@ -135,10 +139,14 @@ from shapesworld import scoring  # noqa: E402
 
 def test_edit_tasks_change_exactly_one_attribute_of_one_object():
     for task in scoring.edit_tasks(3, 40):
-        diffs = [(a, b) for a, b in zip(task.source.objects, task.target.objects) if a.attributes != b.attributes]
+        diffs = [
+            (a, b)
+            for a, b in zip(task.source.objects, task.target.objects, strict=True)
+            if a.attributes != b.attributes
+        ]
         assert len(diffs) == 1
-        (a, b), = diffs
-        changed = [i for i, (x, y) in enumerate(zip(a.attributes, b.attributes)) if x != y]
+        ((a, b),) = diffs
+        changed = [i for i, (x, y) in enumerate(zip(a.attributes, b.attributes, strict=True)) if x != y]
         assert [judge.ATTRIBUTES[i] for i in changed] == [task.kind]
         assert (b.colour, b.shape) not in world.HELD_OUT
         old, new = task.blend_words.split(", ")
