@@ -1,6 +1,9 @@
-"""The main job: train ContextDiff on scikit-learn's digits (CPU, a few minutes), start a headless
-ComfyUI with this pack, run the shipped digits workflow through the HTTP API, and write a grid of
-generated digits with the adapter's bias on and off, side by side.
+"""The main job: train ContextDiff on the CPU, start a headless ComfyUI with this pack, run the shipped
+workflows through the HTTP API and write the pictures into out/.
+
+``--demo shapes`` (the default, scripts/shapes_demo.py): the text-conditioned model on the captioned shapes
+world: captions and their images with the bias on and off, an image edit and a video edit.
+``--demo digits``: class-conditional 8x8 digits, a grid with the adapter's bias on and off.
 
 With a real checkpoint (``--checkpoint PATH`` or ``CONTEXTDIFF_CHECKPOINT``) it runs the
 text-to-image workflow on that model instead (``--adapter`` adds a trained adapter).
@@ -145,14 +148,24 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=512, help="image width in pixels (--checkpoint; a multiple of 8)")
     ap.add_argument("--height", type=int, default=512, help="image height in pixels (--checkpoint; a multiple of 8)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of the text-to-image run (--checkpoint)")
-    ap.add_argument("--retrain", action="store_true", help="train the digits model again")
+    ap.add_argument("--demo", choices=["shapes", "digits"], default="shapes",
+                    help="shapes: text-to-image and text-guided edits on the shapes world; digits: class-conditional "
+                         "digits")
+    ap.add_argument("--train_steps", type=int, default=0, help="shapes: training steps (0 = the recipe's)")
+    ap.add_argument("--retrain", action="store_true", help="train the demo model again")
     ap.add_argument("--out", default=str(ROOT / "out"), help="where results go")
     args = ap.parse_args(argv)
     out_dir = Path(args.out)
     if (out_dir / "host").exists():
         shutil.rmtree(out_dir / "host")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_text_to_image(args, out_dir) if args.checkpoint else run_digits(args, out_dir)
+    if args.checkpoint:
+        result = run_text_to_image(args, out_dir)
+    elif args.demo == "shapes":
+        from shapes_demo import run_shapes
+        result = ", ".join(str(p) for p in run_shapes(args, out_dir))
+    else:
+        result = run_digits(args, out_dir)
     log(f"done: {result}")
     return 0
 

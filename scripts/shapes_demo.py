@@ -1,0 +1,131 @@
+"""The shapes demo (scripts/demo.py's default): train the text-conditioned model on the captioned shapes world,
+run the three shapes workflows in a headless ComfyUI through the HTTP API, and write three pictures:
+
+- ``shapes_text_to_image.png``: captions and their samples, the adapter's bias on and off (strength 0);
+- ``shapes_edit.png``: a rendered scene, inverted and edited (red -> green, circle -> square);
+- ``shapes_video_edit.png``: a moving red circle and its edit to a blue one, frame by frame.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from comfy_host import ROOT, ComfyServer, ui_to_api
+from shapes_inputs import write_inputs
+
+RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
+CKPT = "shapes-contextdiff.safetensors"
+# One attribute changes at a time down the rows; none of them is a held-out colour-shape pair.
+PROMPTS = [
+    "a large red circle in the centre",
+    "a large green circle in the centre",
+    "a large blue square in the centre",
+    "a large yellow triangle in the centre",
+    "a small magenta cross on the left",
+    "a small magenta cross on the right",
+    "a small cyan square at the top",
+    "a small red triangle on the left and a small blue circle on the right",
+]
+SAMPLES = 4
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def train(run_dir: Path, retrain: bool, steps: int = 0) -> Path:
+    """The recipe's checkpoint; trained unless a finished run is there (``--retrain`` forces it)."""
+    ckpt = run_dir / CKPT
+    if ckpt.exists() and (run_dir / "rank-0.json").exists() and not retrain:
+        log(f"using the trained checkpoint {ckpt.relative_to(ROOT)} (--retrain to train again)")
+        return ckpt
+    log(f"training {RECIPE.relative_to(ROOT)} (text-to-image on the shapes world: UNet + adapter + CLIP text "
+        "encoder, Eq. 6, CPU)")
+    t = time.time()
+    cmd = [sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--output_dir", str(run_dir),
+           "--device", "cpu"] + (["--steps", str(steps)] if steps else [])
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    log(f"trained in {time.time() - t:.0f} s; loss curve: {(run_dir / 'loss.png').relative_to(ROOT)}")
+    return ckpt
+
+
+def images_of(server: ComfyServer, entry: dict, node_id: str) -> list[Image.Image]:
+    return [Image.open(server.output_dir / im.get("subfolder", "") / im["filename"]).convert("RGB")
+            for im in entry["outputs"].get(node_id, {}).get("images", [])]
+
+
+def workflow(server: ComfyServer, name: str) -> dict:
+    return ui_to_api(json.loads((ROOT / "workflows" / f"{name}.json").read_text()), server.get("/object_info"))
+
+
+def sheet(rows: list[tuple[str, list[Image.Image]]], out: Path, title: str, label_width: int = 470,
+          gap_after: int | None = None) -> Path:
+    """Rows of equal-size pictures, each row labelled on the left; an extra gap after column ``gap_after``."""
+    font = ImageFont.load_default(size=15)
+    w, h = rows[0][1][0].size
+    pad, head = 6, 34
+    cols = max(len(pics) for _, pics in rows)
+    extra = 3 * pad if gap_after else 0
+    canvas = Image.new("RGB", (label_width + cols * (w + pad) + extra + pad, head + len(rows) * (h + pad) + pad),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 8), title, fill="black", font=font)
+    for r, (label, pics) in enumerate(rows):
+        y = head + r * (h + pad)
+        draw.text((pad, y + h // 2 - 8), label, fill="black", font=font)
+        for c, pic in enumerate(pics):
+            canvas.paste(pic, (label_width + c * (w + pad) + (extra if gap_after and c >= gap_after else 0), y))
+    canvas.save(out)
+    return out
+
+
+def text_to_image(server: ComfyServer, out_dir: Path) -> Path:
+    rows = []
+    for text in PROMPTS:
+        prompt = workflow(server, "shapes_text_to_image")
+        prompt["3"]["inputs"]["text"] = text
+        prompt["5"]["inputs"]["batch_size"] = SAMPLES
+        entry = server.run(prompt, timeout=900)
+        rows.append((text, images_of(server, entry, "12") + images_of(server, entry, "13")))
+    return sheet(rows, out_dir / "shapes_text_to_image.png", f"ContextDiff: {SAMPLES} samples with the adapter's "
+                 f"bias (left) | the same model and noise, bias off (right)", gap_after=SAMPLES)
+
+
+def image_edit(server: ComfyServer, out_dir: Path) -> Path:
+    entry = server.run(workflow(server, "shapes_image_edit"), timeout=900)
+    source, colour, shape = images_of(server, entry, "17")
+    return sheet([("source (rendered): a large red circle in the centre", [source]),
+                  ("edit 'red' -> 'green' (blend words: red, green)", [colour]),
+                  ("edit 'circle' -> 'square' (blend words: circle, square)", [shape])],
+                 out_dir / "shapes_edit.png", "Inversion + attention fusion, one inversion, two edits")
+
+
+def video_edit(server: ComfyServer, out_dir: Path) -> Path:
+    entry = server.run(workflow(server, "shapes_video_edit"), timeout=900)
+    frames = images_of(server, entry, "7")
+    half = len(frames) // 2
+    return sheet([("source: a large red circle moving to the right", frames[:half]),
+                  ("edit: ... blue circle ... (sparse-causal attention)", frames[half:])],
+                 out_dir / "shapes_video_edit.png", "ContextDiff Video Edit, frame by frame")
+
+
+def run_shapes(args, out_dir: Path) -> list[Path]:
+    ckpt = train(ROOT / "runs" / "shapes", args.retrain, args.train_steps)
+    t = time.time()
+    server = ComfyServer(out_dir / "host")
+    try:
+        shutil.copy(ckpt, server.adapters_dir / CKPT)
+        write_inputs(server.input_dir)
+        log(f"ComfyUI is up on {server.url}; running the shapes workflows")
+        results = [text_to_image(server, out_dir), image_edit(server, out_dir), video_edit(server, out_dir)]
+    finally:
+        server.stop()
+    log(f"workflows ran in {time.time() - t:.0f} s")
+    return results
