@@ -83,11 +83,11 @@ def edit_plan(runs, steps: int):
 
 def child(kind: str, size: int, steps: int, frames: int) -> dict:
     """One measurement in this (fresh) process: ``plain`` sampling or ``edit`` (inversion + edit)."""
+    runs, model, latent, src, tgt, neg = _setup(size, frames)  # puts ComfyUI on the path
     import comfy.sample
     import comfy.samplers
     import torch
 
-    runs, model, latent, src, tgt, neg = _setup(size, frames)
     baseline = _status_kib("VmRSS") * 1024
     _reset_peak()
     t = time.perf_counter()

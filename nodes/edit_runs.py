@@ -30,7 +30,7 @@ from .sampler_function import contextdiff_ksampler, inversion_ksampler
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
-    from comfy.sd import CLIP
+    from comfy.sd import CLIP, VAE
 
     from .types import LoadedAdapter
 
@@ -51,7 +51,9 @@ def schedule(model: ModelPatcher, scheduler: str, steps: int) -> torch.Tensor:
 def _negative_or_empty(positive: list, negative: list | None) -> list:
     if negative is not None:
         return negative
-    return [[torch.zeros_like(c), {k: v for k, v in d.items() if k != "pooled_output"}] for c, d in positive]
+    # As ComfyUI's ConditioningZeroOut: the pooled output zeroed too, not dropped (SDXL's y is built from it).
+    return [[torch.zeros_like(c), {k: torch.zeros_like(v) if k == "pooled_output" and v is not None else v
+                                   for k, v in d.items()}] for c, d in positive]
 
 
 def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:
@@ -198,7 +200,7 @@ def edit(
         blend=blend,
     )
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
-    sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post)
+    sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post, start_has_bias=True)
     steps = len(source.sigmas) - 1
     callback = latent_preview.prepare_callback(model, steps)
     zeros = torch.zeros(source.latent_shape)
@@ -215,6 +217,11 @@ def edit(
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
         seed=0,
     )
+    if plan.fuse and not (editor.fused or editor.missing):
+        warnings.append(
+            "no attention layer was fused (the sampling steps did not meet the inversion's schedule): "
+            "the result is a plain edit"
+        )
     if plan.fuse and editor.missing:
         warnings.append(
             f"{editor.missing} of {editor.missing + editor.fused} fused attention calls found no "
@@ -236,7 +243,7 @@ def mask_image(mask: torch.Tensor | None, samples: torch.Tensor, ratio: int) -> 
     return up.expand(b, -1, -1) if up.shape[0] == 1 else up
 
 
-def pixel_ratio(model: ModelPatcher, vae: object | None = None) -> int:
+def pixel_ratio(model: ModelPatcher, vae: VAE | None = None) -> int:
     """Image pixels per latent pixel: the VAE's, else the model's latent format's (newer ComfyUI
     declares ``spacial_downscale_ratio``; 8, its default, for the SD family; 1 for pixel-space models)."""
     if vae is not None:
