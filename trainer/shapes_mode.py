@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from contextdiff.adapter import AdapterConfig, ContextAdapter
 from contextdiff.joint_model import build_joint_model, joint_unet_config
 from contextdiff.objective import contextual_x0_loss
 from contextdiff.text_encoder import build_text_clip, encode_batch, text_config, text_transformer
@@ -22,9 +21,9 @@ from contextdiff.text_joint import save_text_joint
 from shapesworld import world
 
 from . import plots
+from .components import build_adapter, checkpoint_blocks
 from .diffusion import training_schedule, vp_x0_predictor
 from .joint import sample_conditioned
-from .runtime import enable_checkpointing
 
 RECIPE = "shapes"
 VALIDATION_SEED = 2**40 + 17   # a fixed batch, outside the training seeds' practical range
@@ -60,17 +59,13 @@ class ShapesTask(nn.Module):
         self.clip = build_text_clip(self.text_config, init_seed=cfg.seed + 2)
         self.text = text_transformer(self.clip).to(device).train().requires_grad_(True)
         torch.manual_seed(cfg.seed + 1)
-        self.adapter = ContextAdapter(AdapterConfig(
-            latent_channels=3, context_dim=cfg.context_dim, dim=cfg.adapter_dim, depth=cfg.adapter_depth,
-            heads=cfg.adapter_heads, patch_size=cfg.adapter_patch)).to(device)
+        self.adapter = build_adapter(cfg, latent_channels=3, context_dim=cfg.context_dim, device=device)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
         self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
                                         "text": self.text})
         if cfg.grad_checkpointing:
-            dm = self.model.diffusion_model
-            enable_checkpointing(list(self.adapter.blocks) + list(dm.input_blocks) + [dm.middle_block]
-                                 + list(dm.output_blocks))
+            checkpoint_blocks(self.adapter, self.model.diffusion_model)
 
     def forward(self, gen: torch.Generator):
         cfg = self.cfg
