@@ -24,14 +24,18 @@ class Family:
     name: str
     context_dim: int           # width of the CONDITIONING tokens the adapter reads
     native_size: int           # pixels per side the family was trained at
-    pooled: bool               # the UNet reads the pooled text embedding (SDXL's ``y``)
+    pooled_dim: int            # width of the pooled text embedding the UNet reads (SDXL's ``y``), 0 for none
     configs: tuple[str, ...]   # ComfyUI ``comfy.supported_models`` classes of the family
     latent_channels: int = 4
 
+    @property
+    def pooled(self) -> bool:
+        return self.pooled_dim > 0
 
-SD1 = Family("sd15", "SD1.x", 768, 512, False, ("SD15",))
-SD2 = Family("sd2", "SD2.x", 1024, 768, False, ("SD20",))
-SDXL = Family("sdxl", "SDXL", 2048, 1024, True, ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"))
+
+SD1 = Family("sd15", "SD1.x", 768, 512, 0, ("SD15",))
+SD2 = Family("sd2", "SD2.x", 1024, 768, 0, ("SD20",))
+SDXL = Family("sdxl", "SDXL", 2048, 1024, 1280, ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"))
 FAMILIES = (SD1, SD2, SDXL)
 
 # Class names in ComfyUI's model_sampling hierarchy that mark a non-VP parameterisation.
@@ -132,3 +136,13 @@ def unet_conditioning(base_model, tokens: torch.Tensor, pooled: torch.Tensor | N
     for name, cond in conds.items():
         out[name] = cond.process_cond(batch_size=batch, device=tokens.device, area=None).cond.to(tokens.device)
     return out
+
+
+def probe_conditioning(base_model, latent_shape: tuple[int, ...], tokens: int = 77) -> dict:
+    """Zero text (and pooled) conditioning of the family's widths, for probe passes that only need shapes."""
+    info = identify(base_model)
+    device = next(base_model.diffusion_model.parameters()).device
+    text = torch.zeros(latent_shape[0], tokens, info.context_dim, device=device)
+    pooled = torch.zeros(latent_shape[0], info.family.pooled_dim, device=device) \
+        if info.family is not None and info.family.pooled else None
+    return unet_conditioning(base_model, text, pooled, latent_shape)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import comfy.model_management
 import torch
 
+from ..contextdiff import families
 from ..contextdiff.attention_fusion import AttentionEditor
 
 if TYPE_CHECKING:
@@ -53,9 +54,9 @@ def attention_footprint(model: ModelPatcher, latent_hw: tuple[int, int]) -> list
         base = model.model
         device = model.load_device
         x = torch.zeros(1, base.latent_format.latent_channels, *latent_hw, device=device)
-        ctx = torch.zeros(1, 77, base.model_config.unet_config["context_dim"], device=device)
+        cond = families.probe_conditioning(base, tuple(x.shape))   # SDXL's UNet needs y as well
         with torch.no_grad():
-            base.apply_model(x, torch.ones(1, device=device), c_crossattn=ctx)
+            base.apply_model(x, torch.ones(1, device=device), **cond)
     finally:
         for h in hooks:
             h.remove()

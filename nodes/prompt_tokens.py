@@ -21,8 +21,12 @@ def token_ids(clip: CLIP, text: str) -> list[int]:
 
 
 def word_positions(clip: CLIP, prompt_ids: list[int], word: str) -> list[int]:
-    """Positions of the tokens of ``word`` in a tokenised prompt (every occurrence)."""
-    ids = [i for i in token_ids(clip, word) if i not in (prompt_ids[0], prompt_ids[-1])][:4]
+    """Positions of the tokens of ``word`` in a tokenised prompt (every occurrence).
+
+    The word's own start, end and padding tokens are left out: those of the empty prompt, as each encoder
+    has its own (SDXL's CLIP-G pads with 0, CLIP-L with its end token)."""
+    special = set(token_ids(clip, ""))
+    ids = [i for i in token_ids(clip, word) if i not in special][:4]
     found = []
     for pos in range(len(prompt_ids)):
         if ids and prompt_ids[pos : pos + len(ids)] == ids:
