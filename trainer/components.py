@@ -1,5 +1,5 @@
-"""What every training mode builds the same way from its config: the adapter ``r_phi`` and the
-list of modules that gradient checkpointing wraps."""
+"""What every training mode builds the same way from its config: the adapter ``r_phi``, the modules
+a from-scratch mode optimises, and those that gradient checkpointing wraps."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def build_adapter(cfg, latent_channels: int, context_dim: int, device, video: bo
     return ContextAdapter(AdapterConfig(latent_channels=latent_channels, context_dim=context_dim, dim=cfg.adapter_dim,
                                         depth=cfg.adapter_depth, heads=cfg.adapter_heads,
                                         patch_size=cfg.adapter_patch, **extra)).to(device)
+
+
+def trainable_modules(cfg, model, adapter: ContextAdapter, **conditioners: nn.Module) -> nn.ModuleDict:
+    """What a from-scratch mode optimises: the ComfyUI model's UNet, the adapter and the conditioning
+    modules (class embedding, text encoder); with ``--grad_checkpointing`` the UNet's and the adapter's
+    blocks recompute their activations in backward."""
+    if cfg.grad_checkpointing:
+        checkpoint_blocks(adapter, model.diffusion_model)
+    return nn.ModuleDict({"unet": model.diffusion_model, "adapter": adapter, **conditioners})
 
 
 def unet_blocks(unet: nn.Module) -> list[nn.Module]:

@@ -17,7 +17,7 @@ from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_une
 from contextdiff.objective import contextual_x0_loss
 
 from . import plots
-from .components import build_adapter, checkpoint_blocks
+from .components import build_adapter, trainable_modules
 from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
 
 
@@ -56,12 +56,9 @@ class JointTask(nn.Module):
         torch.manual_seed(cfg.seed + 1)
         self.adapter = build_adapter(cfg, latent_channels=1, context_dim=cfg.context_dim, device=device)
         self.classes = ClassEmbedding(self.num_classes, cfg.context_dim).to(device)
+        self.trainable = trainable_modules(cfg, self.model, self.adapter, classes=self.classes)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
-        self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
-                                        "classes": self.classes})
-        if cfg.grad_checkpointing:
-            checkpoint_blocks(self.adapter, self.model.diffusion_model)
 
     def forward(self, gen: torch.Generator):
         cfg, device = self.cfg, self.sigmas.device
