@@ -36,17 +36,25 @@ DDIM = functools.partial(process.ddim_step, eta=0.0)
 
 
 def first_guess(
-    model, x: torch.Tensor, sigma, sigma_next, s_in: torch.Tensor, extra_args: dict, bias=None, cause: str = MODEL_CAUSE
+    model,
+    x: torch.Tensor,
+    sigma,
+    sigma_next,
+    s_in: torch.Tensor,
+    extra_args: dict,
+    bias=None,
+    cause: str = MODEL_CAUSE,
+    index: int = 0,
 ):
-    """Classic (explicit) DDIM inversion of one step: ``(x at sigma_next, x0hat)``, one model call."""
+    """Classic (explicit) DDIM inversion of step ``index``: ``(x at sigma_next, x0hat)``, one model call."""
     if sigma > 0:
         x0hat = model(x, sigma * s_in, **extra_args)
-        check_finite(x0hat, -1, sigma, cause)
+        check_finite(x0hat, index, sigma, cause)
         return transition(DDIM, x, x0hat, sigma, sigma_next, *biases(bias, x0hat, sigma, sigma_next)), x0hat
     # Clean start: the noise direction is undefined at sigma 0; take the model's estimate at the next level,
     # and Eq. 1 with the bias of the clean latent itself.
     x0hat = model(x, sigma_next * s_in, **extra_args)
-    check_finite(x0hat, -1, sigma_next, cause)
+    check_finite(x0hat, index, sigma_next, cause)
     eps = (x - x0hat) / sigma_next
     b_next, _ = biases(bias, x, sigma_next, sigma)
     dt = step_dtype(x)
@@ -108,6 +116,7 @@ def refine(
     max_iter: int = 10,
     rel_tol: float | None = None,
     cause: str = MODEL_CAUSE,
+    index: int = 0,
 ) -> torch.Tensor:
     """The ``x_t`` (k-space, at ``sigma_next``) that the contextualized DDIM step takes back to ``x``.
 
@@ -119,7 +128,7 @@ def refine(
 
     def residual(y):
         x0hat = model(y, sigma_next * s_in, **extra_args)
-        check_finite(x0hat, -1, sigma_next, cause)
+        check_finite(x0hat, index, sigma_next, cause)
         back = transition(DDIM, y, x0hat, sigma_next, sigma, *biases(bias, x0hat, sigma_next, sigma))
         return back.to(target.dtype) - target
 
@@ -162,10 +171,10 @@ def invert_ddim(
     s_in = x.new_ones([x.shape[0]])
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x_next, x0hat = first_guess(model, x, sigma, sigma_next, s_in, extra_args, bias, cause)
+        x_next, x0hat = first_guess(model, x, sigma, sigma_next, s_in, extra_args, bias, cause, index=i)
         if refine_steps > 0:
             x_next = refine(
-                model, x, x_next, sigma, sigma_next, s_in, extra_args, bias, refine_steps, refine_tol, cause
+                model, x, x_next, sigma, sigma_next, s_in, extra_args, bias, refine_steps, refine_tol, cause, index=i
             )
         x = x_next
         if callback is not None:

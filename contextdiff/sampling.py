@@ -111,6 +111,7 @@ def sample(
     noise_sampler=None,
     post_step=None,
     cause: str = MODEL_CAUSE,
+    start_has_bias: bool = True,
 ):
     """The sampler loop: one model call per step, then ``step`` (see :func:`transition`).
 
@@ -118,6 +119,13 @@ def sample(
     ``ddpm`` draws it; deterministic ones may run on increasing sigmas (unsampling).
     ``post_step(i, x_next, sigma_next) -> x_next`` may adjust each result (editing's latent blend);
     ``cause`` is named when the model predicts NaN (the caller knows the model's dtype).
+
+    ``start_has_bias`` says whether ``x`` carries ``b_t`` at ``sigmas[0]`` (Eq. 1), as a latent from
+    :func:`contextdiff.inversion.invert_ddim` does; then the first step subtracts it like any other. A latent
+    that ComfyUI noised (``sigma_0 * noise``, or image + noise for img2img) carries none: pass ``False`` and
+    the first step takes ``b_t = 0``, as ``k_T = 0`` does for a start at T. It matters only for schedules
+    that start below T (``ddim_uniform``: t = 951), where the first step's term is most of the bias's net
+    effect on the sample (``python -m analysis.first_step_bias``).
     """
     extra_args = {} if extra_args is None else extra_args
     require_direction(sigmas, reversible=not stochastic)
@@ -131,6 +139,8 @@ def sample(
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         b_t, b_next = biases(bias, denoised, sigma, sigma_next)
+        if i == 0 and not start_has_bias:
+            b_t = None
         noise = noise_sampler(sigma, sigma_next) if stochastic and sigma_next > 0 else None
         x = transition(step, x, denoised, sigma, sigma_next, b_t, b_next, noise)
         if post_step is not None:
@@ -150,6 +160,7 @@ def sample_contextdiff_ddim(
     bias=None,
     post_step=None,
     cause: str = MODEL_CAUSE,
+    start_has_bias: bool = True,
 ):
     """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any sigma list (increasing too, at eta 0)."""
     return sample(
@@ -165,6 +176,7 @@ def sample_contextdiff_ddim(
         noise_sampler=noise_sampler,
         post_step=post_step,
         cause=cause,
+        start_has_bias=start_has_bias,
     )
 
 
@@ -178,6 +190,7 @@ def sample_contextdiff_ddpm(
     noise_sampler=None,
     bias=None,
     cause: str = MODEL_CAUSE,
+    start_has_bias: bool = True,
 ):
     """Contextualized ancestral DDPM (Eq. 7 mean, posterior variance) over any descending sigma list."""
     return sample(
@@ -192,4 +205,5 @@ def sample_contextdiff_ddpm(
         bias=bias,
         noise_sampler=noise_sampler,
         cause=cause,
+        start_has_bias=start_has_bias,
     )

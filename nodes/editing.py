@@ -68,8 +68,11 @@ class ContextDiffDDIMInversion(io.ComfyNode):
                     default=0,
                     min=0,
                     max=50,
-                    tooltip="Fixed-point refinements per step: each one more model call, making "
-                    "inversion the exact inverse of sampling (0 = classic DDIM inversion).",
+                    tooltip="Refinements per step, each one more model call at most: each step is solved so that "
+                    "sampling takes it back exactly (stops early at float precision; 0 = classic DDIM inversion). "
+                    "Exact to 1e-4 for a Gaussian model on every scheduler at 10-50 steps with 3-14 refinements "
+                    "(up to ~50 where a schedule jumps from sigma 0 to sigma > 1, e.g. linear_quadratic at 10 "
+                    "steps); with a real model, where the model is smooth enough.",
                 ),
                 io.Combo.Input(
                     "store_precision",

@@ -97,18 +97,20 @@ def contextdiff_sample(
     strength: float = 1.0,
     frames: int | None = None,
     post_step=None,
+    start_has_bias: bool = False,
 ):
     """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt.
 
     On increasing sigmas (FlipSigmas) DDIM at eta 0 unsamples, like core ``ddim``; ``post_step`` adjusts
-    DDIM steps (editing's latent blend).
+    DDIM steps (editing's latent blend); ``start_has_bias``: see :func:`contextdiff.sampling.sample`.
     """
     bias, cause = prepare(model, x, adapter, strength, frames)
+    options = dict(bias=bias, cause=cause, start_has_bias=start_has_bias)
     if method == "ddim":
         return sampling.sample_contextdiff_ddim(
-            model, x, sigmas, extra_args, callback, disable, eta=eta, bias=bias, post_step=post_step, cause=cause
+            model, x, sigmas, extra_args, callback, disable, eta=eta, post_step=post_step, **options
         )
-    return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, bias=bias, cause=cause)
+    return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, **options)
 
 
 def contextdiff_invert(
@@ -169,10 +171,23 @@ def contextdiff_ksampler(
     strength: float = 1.0,
     frames: int | None = None,
     post_step=None,
+    start_has_bias: bool = False,
 ) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node."""
+    """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node.
+
+    ComfyUI noises the start itself (``sigma_0 * noise``, image + noise): it carries no ``b_t``, so the first
+    step takes ``b_t = 0`` (``start_has_bias=False``). Sampling from an inversion passes ``True``.
+    """
     check_options(strength, eta, method)
-    options = dict(adapter=adapter, method=method, eta=eta, strength=strength, frames=frames, post_step=post_step)
+    options = dict(
+        adapter=adapter,
+        method=method,
+        eta=eta,
+        strength=strength,
+        frames=frames,
+        post_step=post_step,
+        start_has_bias=start_has_bias,
+    )
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
     return comfy.samplers.KSAMPLER(
         contextdiff_sample, extra_options=options, inpaint_options={"random": method == "ddim"}

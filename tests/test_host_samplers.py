@@ -3,6 +3,7 @@ against the pure-PyTorch reference, DDPM determinism, interrupts and bad adapter
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -115,7 +116,7 @@ def test_zero_adapter_ddpm_equals_core_ddpm(server, adapters):
     assert rel_err(other_seed, base) > 1e-2
 
 
-def reference(adapter_path, method="ddim", strength=1.0, seed=3):
+def reference(adapter_path, method="ddim", strength=1.0, seed=3, scheduler="normal", start_has_bias=False):
     """The same run without the node pack: tiny model, hand-written CFG, contextdiff samplers."""
     import comfy.sample
     import comfy.samplers
@@ -131,7 +132,7 @@ def reference(adapter_path, method="ddim", strength=1.0, seed=3):
     neg = random_conditioning(2)[0][0]
     latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
     noise = comfy.sample.prepare_noise(latent, seed)
-    sigmas = comfy.samplers.calculate_sigmas(ms, "normal", STEPS)
+    sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, STEPS)
 
     def denoiser(x, sigma, **_):
         with torch.no_grad():
@@ -141,11 +142,13 @@ def reference(adapter_path, method="ddim", strength=1.0, seed=3):
 
     adapter, _ = load_adapter(adapter_path)
     bias = adapter_bias(adapter, pos, ms.timestep, float(ms.sigma_max), strength)
-    x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
+    at_max = math.isclose(float(sigmas[0]), float(ms.sigma_max), rel_tol=1e-5)  # ComfyUI's noise scaling
+    x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2) if at_max else sigmas[0])
+    options = dict(bias=bias, disable=True, start_has_bias=start_has_bias)
     if method == "ddim":
-        out = sampling.sample_contextdiff_ddim(denoiser, x, sigmas, bias=bias, disable=True)
+        out = sampling.sample_contextdiff_ddim(denoiser, x, sigmas, **options)
     else:
-        out = sampling.sample_contextdiff_ddpm(denoiser, x, sigmas, bias=bias, disable=True, extra_args={"seed": seed})
+        out = sampling.sample_contextdiff_ddpm(denoiser, x, sigmas, extra_args={"seed": seed}, **options)
     return base.process_latent_out(out)
 
 
@@ -158,6 +161,18 @@ def test_live_adapter_matches_reference(server, adapters, comfy_inprocess, metho
     assert rel_err(mine, ref) <= 1e-4
     half = run_latent(server, graph(ours(method, strength=0.5), adapter="live.safetensors"))
     assert rel_err(half, mine) > 1e-4 and rel_err(half, base) > 1e-4
+
+
+@pytest.mark.parametrize("method", ["ddim", "ddpm"])
+def test_start_below_T_takes_no_first_step_bias(server, adapters, comfy_inprocess, method):
+    """ddim_uniform starts at t = 951 from ComfyUI's noise, which carries no b_t: the first step takes b_t = 0
+    (as at T), then the bias as usual; subtracting k_951 r there would move the sample (see first_step_bias)."""
+    node = ours(method)
+    node["inputs"]["scheduler"] = "ddim_uniform"
+    mine = run_latent(server, graph(node, adapter="live.safetensors"))
+    path = adapters / "live.safetensors"
+    assert rel_err(mine, reference(path, method, scheduler="ddim_uniform", start_has_bias=False)) <= 1e-4
+    assert rel_err(mine, reference(path, method, scheduler="ddim_uniform", start_has_bias=True)) > 1e-3
 
 
 def test_ddpm_fixed_seed_reproduces(server, adapters):

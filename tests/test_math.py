@@ -317,9 +317,11 @@ def test_stochastic_loops_match_reference(kind, timesteps):
     assert (plain - want).abs().max() > 1e-3
 
 
-def test_first_step_below_T_carries_its_bias():
-    """A schedule that starts below T (ddim_uniform starts at t = 951) applies b_t at its first step
-    (k_951 > 0); one that starts at T applies none there (k_T = 0). See docs/notation.md."""
+@pytest.mark.parametrize("start_has_bias", [True, False])
+def test_first_step_bias_below_T(start_has_bias):
+    """A schedule that starts below T (ddim_uniform starts at t = 951): a latent that carries b_t there (from an
+    inversion) has it subtracted at the first step (k_951 > 0); a latent ComfyUI noised carries none, so the
+    first step takes b_t = 0, as every start at T does (k_T = 0). From the second step on both use the bias."""
     seen = []
 
     def r(x0, sig):
@@ -327,18 +329,34 @@ def test_first_step_below_T_carries_its_bias():
 
     def record(x0hat, sigma, sigma_next):
         b_t, b_next = ContextBias(r, SIGMA_T)(x0hat, sigma, sigma_next)
-        seen.append(float(b_t.abs().max()))
+        seen.append((float(b_t.abs().max()), float(b_next.abs().max())))
         return b_t, b_next
 
-    model = nonlinear_denoiser()
-    for timesteps in (range(951, 0, -50), range(999, 0, -50)):
+    def first_b_t(sigmas, start_has_bias):
+        """The b_t the first step subtracts, read off the step: the same run with b_t forced to 0 differs by c b_t."""
         seen.clear()
-        sigmas = sd_sigmas(timesteps)
-        sampling.sample_contextdiff_ddim(model, torch.ones(1, D), sigmas, bias=record, disable=True)
-        abar0 = float(schedule.abar_from_sigma(sigmas[0]))
-        want = 0.0 if timesteps.start == 999 else math.sqrt(abar0) * (1 - math.sqrt(abar0))
-        assert seen[0] == pytest.approx(want, rel=1e-6, abs=1e-12)
-    assert seen[1] > 0
+        x = torch.full((1, D), 3.0)
+        out = sampling.sample_contextdiff_ddim(
+            model, x, sigmas[:2], bias=record, disable=True, start_has_bias=start_has_bias
+        )
+        no_bt = sampling.sample_contextdiff_ddim(
+            model, x, sigmas[:2], disable=True, bias=lambda x0, s, n: (torch.zeros_like(x0), record(x0, s, n)[1])
+        )
+        abar_t, abar_p = (float(schedule.abar_from_sigma(s)) for s in sigmas[:2])
+        c = math.sqrt(1 - abar_p) / math.sqrt(1 - abar_t)
+        return float((no_bt - out).abs().max()) * math.sqrt(abar_p) / c  # VP units
+
+    model = nonlinear_denoiser()
+    below, at_T = sd_sigmas(range(951, 0, -50)), sd_sigmas(range(999, 0, -50))
+    abar0 = float(schedule.abar_from_sigma(below[0]))
+    k_951 = math.sqrt(abar0) * (1 - math.sqrt(abar0))
+    assert first_b_t(below, start_has_bias) == pytest.approx(k_951 if start_has_bias else 0.0, rel=1e-6, abs=1e-12)
+    assert first_b_t(at_T, start_has_bias) == pytest.approx(0.0, abs=1e-12)
+    seen.clear()
+    sampling.sample_contextdiff_ddim(
+        model, torch.ones(1, D), below, bias=record, disable=True, start_has_bias=start_has_bias
+    )
+    assert seen[0][1] > 0 and seen[1][0] > 0  # the bias enters from the first step's b_{t-1} on
 
 
 def test_unsampling_is_the_classic_inversion_step():
