@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["sampler_overhead", "train_step", "edit_memory"]
+BENCHMARKS = ["sampler_overhead", "train_step", "edit_memory", "family_store"]
 # Run only when named: trains nine small models (docs/quality.md); its options follow the name,
 # e.g. ``python -m bench quality --quick``.
 ON_REQUEST = ["quality"]
