@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from host import import_pack  # noqa: E402
-
 from report import write_section  # noqa: E402
 
 STEPS, FUSE_START = 20, 0.5
@@ -31,6 +30,7 @@ STEPS, FUSE_START = 20, 0.5
 def real_config(name: str) -> dict:
     """The real UNet configs (as ComfyUI detects them from the released checkpoints)."""
     from comfy_models import sd15_unet_config, sdxl_unet_config
+
     if name == "SD15":
         return sd15_unet_config(full_size=True)
     if name == "SD20":
@@ -42,6 +42,7 @@ def meta_unet(name: str, cfg: dict):
     import comfy.model_base
     import comfy.supported_models
     import torch
+
     model_config = getattr(comfy.supported_models, name)(cfg)
     model_config.set_inference_dtype(torch.float32, None)
     cls = comfy.model_base.SDXL if cfg.get("adm_in_channels") == 2816 else comfy.model_base.BaseModel
@@ -53,6 +54,7 @@ def structural_footprint(diffusion_model, latent_hw: tuple[int, int]) -> list[tu
     each block is the number of downsamplings before it minus the upsamplings (stride-2, rounding up)."""
     from comfy.ldm.modules.attention import BasicTransformerBlock
     from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
     level, out = 0, []
     for module in diffusion_model.modules():
         if isinstance(module, Downsample):
@@ -60,7 +62,7 @@ def structural_footprint(diffusion_model, latent_hw: tuple[int, int]) -> list[tu
         elif isinstance(module, Upsample):
             level -= 1
         elif isinstance(module, BasicTransformerBlock):
-            h, w = (math.ceil(n / 2 ** level) for n in latent_hw)
+            h, w = (math.ceil(n / 2**level) for n in latent_hw)
             out.append((h * w, module.attn1.to_q.in_features))
     return out
 
@@ -79,19 +81,28 @@ def main():
     for name in ("SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M"):
         small = build_family(name, 0)
         probe = attention_patch.attention_footprint(small, (12, 10))
-        assert structural_footprint(small.model.diffusion_model, (12, 10)) == probe, name   # the count is right
+        assert structural_footprint(small.model.diffusion_model, (12, 10)) == probe, name  # the count is right
         family = families.family_of_config(name)
         side = family.native_size // 8
         footprint = structural_footprint(meta_unet(name, real_config(name)), (side, side))
         per_frame = store_bytes_per_frame(footprint, fused, 2)
-        result["families"][name] = {"family": family.name, "native_size": family.native_size,
-                                    "attention_blocks": len(footprint), "store_bytes_per_frame": per_frame,
-                                    "footprint": footprint}
-        rows.append(f"| {family.name} ({name}) | {family.native_size}x{family.native_size} | {len(footprint)} | "
-                    f"{per_frame / 2**20:,.0f} MiB | {24 * per_frame / 2**30:.1f} GiB |")
+        result["families"][name] = {
+            "family": family.name,
+            "native_size": family.native_size,
+            "attention_blocks": len(footprint),
+            "store_bytes_per_frame": per_frame,
+            "footprint": footprint,
+        }
+        rows.append(
+            f"| {family.name} ({name}) | {family.native_size}x{family.native_size} | {len(footprint)} | "
+            f"{per_frame / 2**20:,.0f} MiB | {24 * per_frame / 2**30:.1f} GiB |"
+        )
     print(result)
     table = "\n".join(rows)
-    write_section("family_store", result, f"""## Editing store per model family (`bench/family_store.py`)
+    write_section(
+        "family_store",
+        result,
+        f"""## Editing store per model family (`bench/family_store.py`)
 
 The attention store (queries and keys of self- and cross-attention, fp16, on the CPU) per frame at each family's
 native resolution, {STEPS} DDIM steps, fuse_start {FUSE_START} ({fused} fused steps). Attention blocks counted on the
@@ -102,7 +113,8 @@ decoder that mirrors them (their real decoders are pruned differently), so their
 | family | resolution | attention blocks | store per frame | 24 frames |
 |---|---|---|---|---|
 {table}
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import torch
 class Family:
     """A model family the adapter, the samplers and the trainer support and test."""
 
-    key: str                   # the adapter file's ``base_model`` metadata
+    key: str  # the adapter file's ``base_model`` metadata
     name: str
-    context_dim: int           # width of the CONDITIONING tokens the adapter reads
-    native_size: int           # pixels per side the family was trained at
-    pooled_dim: int            # width of the pooled text embedding the UNet reads (SDXL's ``y``), 0 for none
-    configs: tuple[str, ...]   # ComfyUI ``comfy.supported_models`` classes of the family
+    context_dim: int  # width of the CONDITIONING tokens the adapter reads
+    native_size: int  # pixels per side the family was trained at
+    pooled_dim: int  # width of the pooled text embedding the UNet reads (SDXL's ``y``), 0 for none
+    configs: tuple[str, ...]  # ComfyUI ``comfy.supported_models`` classes of the family
     latent_channels: int = 4
 
     @property
@@ -41,8 +41,10 @@ FAMILIES = (SD1, SD2, SDXL)
 # Class names in ComfyUI's model_sampling hierarchy that mark a non-VP parameterisation.
 FLOW_SAMPLING = {"CONST", "ModelSamplingFlux", "ModelSamplingDiscreteFlow", "COSMOS_RFLOW", "StableCascadeSampling"}
 
-FLOW_MESSAGE = ("ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or v-prediction); "
-                "this model uses flow matching, for which the paper's equations do not hold.")
+FLOW_MESSAGE = (
+    "ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or v-prediction); "
+    "this model uses flow matching, for which the paper's equations do not hold."
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,9 @@ class ModelInfo:
     """What ``identify`` found: the family (None for a VP model outside the tested families)."""
 
     family: Family | None
-    config: str          # ComfyUI's supported-model class, e.g. "SSD1B"
-    prediction: str      # eps, v, edm, x0, flow, or the sampling class name when unknown
-    zsnr: bool           # zero terminal SNR schedule (ComfyUI's rescaled sigmas)
+    config: str  # ComfyUI's supported-model class, e.g. "SSD1B"
+    prediction: str  # eps, v, edm, x0, flow, or the sampling class name when unknown
+    zsnr: bool  # zero terminal SNR schedule (ComfyUI's rescaled sigmas)
     context_dim: int | None
 
     @property
@@ -89,8 +91,13 @@ def identify(base_model, model_sampling=None) -> ModelInfo:
     config_name = type(base_model.model_config).__name__
     sampling = model_sampling if model_sampling is not None else base_model.model_sampling
     context_dim = base_model.model_config.unet_config.get("context_dim")
-    return ModelInfo(family_of_config(config_name), config_name, prediction_of(sampling),
-                     bool(getattr(sampling, "zsnr", False)), context_dim)
+    return ModelInfo(
+        family_of_config(config_name),
+        config_name,
+        prediction_of(sampling),
+        bool(getattr(sampling, "zsnr", False)),
+        context_dim,
+    )
 
 
 def require_vp(model_sampling) -> None:
@@ -105,16 +112,21 @@ def require_trainable(info: ModelInfo) -> Family:
         raise ValueError(FLOW_MESSAGE)
     if info.family is None:
         names = ", ".join(f"{f.name} ({', '.join(f.configs)})" for f in FAMILIES)
-        raise ValueError(f"the trainer supports {names}; this checkpoint is ComfyUI's {info.config}, whose "
-                         "conditioning it does not build: train on one of those families")
+        raise ValueError(
+            f"the trainer supports {names}; this checkpoint is ComfyUI's {info.config}, whose "
+            "conditioning it does not build: train on one of those families"
+        )
     if info.prediction not in ("eps", "v"):
-        raise ValueError(f"the trainer supports eps- and v-prediction models; this {info.family.name} model uses "
-                         f"{info.prediction}: train on an eps or v checkpoint")
+        raise ValueError(
+            f"the trainer supports eps- and v-prediction models; this {info.family.name} model uses "
+            f"{info.prediction}: train on an eps or v checkpoint"
+        )
     return info.family
 
 
-def unet_conditioning(base_model, tokens: torch.Tensor, pooled: torch.Tensor | None,
-                      latent_shape: tuple[int, ...]) -> dict:
+def unet_conditioning(
+    base_model, tokens: torch.Tensor, pooled: torch.Tensor | None, latent_shape: tuple[int, ...]
+) -> dict:
     """The keyword arguments of ``base_model.apply_model`` for text ``tokens`` (and ``pooled``), built by
     the model's own ``extra_conds`` as ComfyUI's samplers build them for CLIPTextEncode's output.
 
@@ -123,12 +135,22 @@ def unet_conditioning(base_model, tokens: torch.Tensor, pooled: torch.Tensor | N
     """
     info = identify(base_model)
     if info.family is not None and info.family.pooled and pooled is None:
-        raise ValueError(f"{info.family.name} conditioning needs the pooled text embedding (SDXL's y): encode the "
-                         "prompt with the model's own CLIP (encode_from_tokens(..., return_pooled=True))")
+        raise ValueError(
+            f"{info.family.name} conditioning needs the pooled text embedding (SDXL's y): encode the "
+            "prompt with the model's own CLIP (encode_from_tokens(..., return_pooled=True))"
+        )
     batch, height, width = latent_shape[0], latent_shape[-2] * 8, latent_shape[-1] * 8
-    kwargs = {"cross_attn": tokens, "device": tokens.device, "noise": torch.zeros(latent_shape, device=tokens.device),
-              "width": width, "height": height, "crop_w": 0, "crop_h": 0, "target_width": width,
-              "target_height": height}
+    kwargs = {
+        "cross_attn": tokens,
+        "device": tokens.device,
+        "noise": torch.zeros(latent_shape, device=tokens.device),
+        "width": width,
+        "height": height,
+        "crop_w": 0,
+        "crop_h": 0,
+        "target_width": width,
+        "target_height": height,
+    }
     if pooled is not None:
         kwargs["pooled_output"] = pooled
     conds = base_model.extra_conds(**kwargs)
@@ -143,6 +165,9 @@ def probe_conditioning(base_model, latent_shape: tuple[int, ...], tokens: int = 
     info = identify(base_model)
     device = next(base_model.diffusion_model.parameters()).device
     text = torch.zeros(latent_shape[0], tokens, info.context_dim, device=device)
-    pooled = torch.zeros(latent_shape[0], info.family.pooled_dim, device=device) \
-        if info.family is not None and info.family.pooled else None
+    pooled = (
+        torch.zeros(latent_shape[0], info.family.pooled_dim, device=device)
+        if info.family is not None and info.family.pooled
+        else None
+    )
     return unet_conditioning(base_model, text, pooled, latent_shape)

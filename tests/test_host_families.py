@@ -13,33 +13,35 @@ import itertools
 
 import pytest
 import torch
+from comfy_host import PromptError
 from safetensors.torch import load_file
 
-from comfy_host import PromptError
-
 STEPS = 3
-SIZE = 64          # pixels: an 8x8 latent
-TOKENS = 8         # random conditionings: the 2048 -> 320 key/value projections of 70 blocks dominate the cost
-CHECKPOINTS = {    # file -> (ComfyUI class, v_pred, zsnr)
+SIZE = 64  # pixels: an 8x8 latent
+TOKENS = 8  # random conditionings: the 2048 -> 320 key/value projections of 70 blocks dominate the cost
+CHECKPOINTS = {  # file -> (ComfyUI class, v_pred, zsnr)
     "sd15.safetensors": ("SD15", False, False),
     "sd2_v.safetensors": ("SD20", True, False),
     "sdxl.safetensors": ("SDXL", False, False),
     "ssd1b.safetensors": ("SSD1B", False, False),
     "vega_v_zsnr.safetensors": ("Segmind_Vega", True, True),
     "koala_700m.safetensors": ("KOALA_700M", False, False),
+    "koala_1b.safetensors": ("KOALA_1B", False, False),
 }
 # Under zero terminal SNR ComfyUI's float32 ddim/ddpm are ~2e-4 from their own float64 runs (the first step from
 # sigma 4519 cancels); ours are within 1e-6 of those (tests/test_zsnr.py). So 1e-3 against the core there.
 ZSNR_TOL = 1e-3
-CONTEXT = {"SD15": (768, 768), "SD20": (1024, 1024)}   # (tokens, pooled) widths; SDXL family: (2048, 1280)
+CONTEXT = {"SD15": (768, 768), "SD20": (1024, 1024)}  # (tokens, pooled) widths; SDXL family: (2048, 1280)
 _ids = itertools.count()
 
 
 def checkpoint(server, name: str) -> str:
     """Write the checkpoint into the host's models/checkpoints once (they are large: write lazily)."""
     from host import import_comfy_cpu
+
     import_comfy_cpu()
     from comfy_models import save_family_checkpoint
+
     folder = server.models_dir / "checkpoints"
     folder.mkdir(exist_ok=True)
     if not (folder / name).exists():
@@ -55,6 +57,7 @@ def family_adapters(server, adapters):
     """Adapters whose output is live, one per context width (the conftest's 'zero' ones are SD1.5/SDXL)."""
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.adapter_io import save_adapter
+
     for key, dim in (("sd2", 1024), ("sdxl", 2048)):
         torch.manual_seed(7)
         live = ContextAdapter(AdapterConfig(dim=64, depth=2, context_dim=dim))
@@ -70,17 +73,28 @@ def widths(config: str) -> tuple[int, int]:
 
 def base_graph(model: dict, config: str, clip_text: bool = False) -> dict:
     """Model node, positive/negative conditioning of the family's widths, an empty latent."""
-    if clip_text:   # SDXL family: CLIPTextEncode on the tiny dual-encoder CLIP (pooled output + size embeddings)
-        conds = {"clip": {"class_type": "ContextDiffTest_TinySDXLClip", "inputs": {"seed": 0}},
-                 "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "a red cube on grass"}},
-                 "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "blurry"}}}
+    if clip_text:  # SDXL family: CLIPTextEncode on the tiny dual-encoder CLIP (pooled output + size embeddings)
+        conds = {
+            "clip": {"class_type": "ContextDiffTest_TinySDXLClip", "inputs": {"seed": 0}},
+            **{
+                name: {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": text}}
+                for name, text in (("pos", "a red cube on grass"), ("neg", "blurry"))
+            },
+        }
     else:
         tokens, pooled = widths(config)
-        conds = {name: {"class_type": "ContextDiffTest_FamilyConditioning",
-                        "inputs": {"seed": seed, "context_dim": tokens, "pooled_dim": pooled, "tokens": TOKENS}}
-                 for name, seed in (("pos", 1), ("neg", 2))}
-    return {"model": model, **conds,
-            "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}}
+        conds = {
+            name: {
+                "class_type": "ContextDiffTest_FamilyConditioning",
+                "inputs": {"seed": seed, "context_dim": tokens, "pooled_dim": pooled, "tokens": TOKENS},
+            }
+            for name, seed in (("pos", 1), ("neg", 2))
+        }
+    return {
+        "model": model,
+        **conds,
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+    }
 
 
 def loader(name: str) -> dict:
@@ -88,18 +102,32 @@ def loader(name: str) -> dict:
 
 
 def sampler_node(kind: str, method: str = "ddim", strength: float = 1.0, seed: int = 3, model=("model", 0)) -> dict:
-    inputs = {"model": list(model), "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-              "seed": seed, "steps": STEPS, "cfg": 4.0, "scheduler": "normal", "denoise": 1.0}
+    inputs = {
+        "model": list(model),
+        "positive": ["pos", 0],
+        "negative": ["neg", 0],
+        "latent_image": ["latent", 0],
+        "seed": seed,
+        "steps": STEPS,
+        "cfg": 4.0,
+        "scheduler": "normal",
+        "denoise": 1.0,
+    }
     if kind == "core":
         return {"class_type": "KSampler", "inputs": {**inputs, "sampler_name": method}}
-    return {"class_type": "ContextDiffKSampler", "inputs": {**inputs, "method": method, "eta": 0.0,
-                                                            "adapter_strength": strength}}
+    return {
+        "class_type": "ContextDiffKSampler",
+        "inputs": {**inputs, "method": method, "eta": 0.0, "adapter_strength": strength},
+    }
 
 
 def run_latent(server, graph: dict, sampler: dict, adapter: str | None = None) -> torch.Tensor:
     prefix = f"fam{next(_ids)}"
-    prompt = dict(graph, sampler=sampler,
-                  save={"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}})
+    prompt = dict(
+        graph,
+        sampler=sampler,
+        save={"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    )
     if adapter is not None:
         prompt["adapter"] = {"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": adapter}}
         sampler["inputs"]["adapter"] = ["adapter", 0]
@@ -110,8 +138,13 @@ def run_latent(server, graph: dict, sampler: dict, adapter: str | None = None) -
 
 
 def identify(server, model: dict, extra: dict | None = None) -> dict:
-    entry = server.run({"model": model, **(extra or {}),
-                        "id": {"class_type": "ContextDiffTest_Identify", "inputs": {"model": ["model", 0]}}})
+    entry = server.run(
+        {
+            "model": model,
+            **(extra or {}),
+            "id": {"class_type": "ContextDiffTest_Identify", "inputs": {"model": ["model", 0]}},
+        }
+    )
     return {k: v[0] for k, v in entry["outputs"]["id"].items()}
 
 
@@ -119,16 +152,22 @@ def rel_err(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("name, family, config, prediction, zsnr", [
-    ("sd15.safetensors", "sd15", "SD15", "eps", False),
-    ("sd2_v.safetensors", "sd2", "SD20", "v", False),
-    ("sdxl.safetensors", "sdxl", "SDXL", "eps", False),
-    ("ssd1b.safetensors", "sdxl", "SSD1B", "eps", False),
-    ("vega_v_zsnr.safetensors", "sdxl", "Segmind_Vega", "v", True),
-    ("koala_700m.safetensors", "sdxl", "KOALA_700M", "eps", False),
-], ids=lambda v: v if isinstance(v, str) and v.endswith(".safetensors") else None)
-def test_checkpoint_loads_as_its_family_and_zero_strength_is_core_ddim(server, family_adapters, name, family, config,
-                                                                       prediction, zsnr):
+@pytest.mark.parametrize(
+    "name, family, config, prediction, zsnr",
+    [
+        ("sd15.safetensors", "sd15", "SD15", "eps", False),
+        ("sd2_v.safetensors", "sd2", "SD20", "v", False),
+        ("sdxl.safetensors", "sdxl", "SDXL", "eps", False),
+        ("ssd1b.safetensors", "sdxl", "SSD1B", "eps", False),
+        ("vega_v_zsnr.safetensors", "sdxl", "Segmind_Vega", "v", True),
+        ("koala_700m.safetensors", "sdxl", "KOALA_700M", "eps", False),
+        ("koala_1b.safetensors", "sdxl", "KOALA_1B", "eps", False),
+    ],
+    ids=lambda v: v if isinstance(v, str) and v.endswith(".safetensors") else None,
+)
+def test_checkpoint_loads_as_its_family_and_zero_strength_is_core_ddim(
+    server, family_adapters, name, family, config, prediction, zsnr
+):
     """CheckpointLoaderSimple names the family as ComfyUI does; ContextDiff agrees and, at strength 0 with a
     live adapter of the family's width, samples exactly the core ddim."""
     found = identify(server, loader(checkpoint(server, name)))
@@ -167,8 +206,8 @@ def reference_sdxl(adapter_path, seed=3):
 
     base = build_family("SDXL", 0).model
     ms = base.model_sampling
-    (pos, pos_extra), = family_conditioning(1, tokens=TOKENS)
-    (neg, neg_extra), = family_conditioning(2, tokens=TOKENS)
+    ((pos, pos_extra),) = family_conditioning(1, tokens=TOKENS)
+    ((neg, neg_extra),) = family_conditioning(2, tokens=TOKENS)
 
     def adm(pooled):
         sizes = torch.tensor([SIZE, SIZE, 0, 0, SIZE, SIZE], dtype=torch.float32)
@@ -192,8 +231,10 @@ def reference_sdxl(adapter_path, seed=3):
 
 def test_sdxl_bias_reads_the_2048_wide_tokens(server, family_adapters, comfy_inprocess):
     """A live SDXL adapter in the host equals the pure reference that feeds it the 2048-wide positive tokens."""
-    model = {"class_type": "ContextDiffTest_FamilyModel", "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps",
-                                                                     "zsnr": False}}
+    model = {
+        "class_type": "ContextDiffTest_FamilyModel",
+        "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps", "zsnr": False},
+    }
     graph = base_graph(model, "SDXL")
     core = run_latent(server, graph, sampler_node("core"))
     mine = run_latent(server, graph, sampler_node("ours"), adapter="live_sdxl.safetensors")
@@ -212,10 +253,14 @@ def test_sd15_adapter_on_sdxl_is_refused_by_name(server, adapters):
 def test_sdxl_vpred_zsnr_equals_core_and_stays_finite(server, family_adapters, method):
     """An SDXL-shaped model through ComfyUI's ModelSamplingDiscrete node (v_prediction, zsnr: sigma_max 4519):
     strength 0 is the core sampler (ZSNR_TOL), a live adapter gives a finite, different sample."""
-    tiny = {"class_type": "ContextDiffTest_FamilyModel", "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps",
-                                                                    "zsnr": False}}
-    patched = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["tiny", 0], "sampling": "v_prediction",
-                                                                 "zsnr": True}}
+    tiny = {
+        "class_type": "ContextDiffTest_FamilyModel",
+        "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps", "zsnr": False},
+    }
+    patched = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": ["tiny", 0], "sampling": "v_prediction", "zsnr": True},
+    }
     found = identify(server, patched, {"tiny": tiny})
     assert (found["config"], found["prediction"], found["zsnr"]) == ("SDXL", "v", True)
     graph = dict(base_graph(patched, "SDXL"), tiny=tiny)
@@ -239,9 +284,13 @@ def test_sd2_vpred_live_adapter_reads_1024_wide_tokens(server, family_adapters):
 def test_flow_matching_model_is_refused(server, adapters):
     """SD3/Flux-style sampling (ComfyUI's ModelSamplingSD3 patch: discrete flow) stops with the clear message."""
     flow = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["tiny", 0], "shift": 3.0}}
-    graph = dict(base_graph(flow, "SD15"),
-                 tiny={"class_type": "ContextDiffTest_TinyModel", "inputs": {"seed": 0, "model_channels": 32,
-                                                                             "context_dim": 768}})
+    graph = dict(
+        base_graph(flow, "SD15"),
+        tiny={
+            "class_type": "ContextDiffTest_TinyModel",
+            "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768},
+        },
+    )
     assert identify(server, flow, {"tiny": graph["tiny"]})["prediction"] == "flow"
     with pytest.raises(PromptError) as err:
         run_latent(server, graph, sampler_node("ours"), adapter="live.safetensors")

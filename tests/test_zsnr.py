@@ -23,20 +23,20 @@ from contextdiff.bias import ContextBias
 from contextdiff.inversion import invert_ddim
 
 D = 6
-COMFY_ABAR_T = 4.8973451890853435e-08   # ComfyUI's stand-in for abar_T = 0
+COMFY_ABAR_T = 4.8973451890853435e-08  # ComfyUI's stand-in for abar_T = 0
 
 
 def zsnr_abar() -> torch.Tensor:
     """SD's scaled-linear schedule rescaled to zero terminal SNR (Lin et al. 2024, Algorithm 1), float64:
     ``sqrt(abar)`` shifted so its last entry is 0 and scaled so its first is unchanged."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     root = torch.cumprod(1.0 - betas, 0).sqrt()
     root = (root - root[-1]) * root[0] / (root[0] - root[-1])
-    return root ** 2
+    return root**2
 
 
 ABAR = zsnr_abar()
-STEPS = list(range(999, -1, -111))[::-1]      # 9 skipped steps ending at T = 999
+STEPS = list(range(999, -1, -111))[::-1]  # 9 skipped steps ending at T = 999
 
 
 def make_r(seed=0):
@@ -44,8 +44,9 @@ def make_r(seed=0):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(D, D, generator=g, dtype=torch.float64) / math.sqrt(D)
     c = torch.randn(D, generator=g, dtype=torch.float64)
-    return lambda x0, abar: torch.tanh(x0 @ W.T.to(x0.dtype) + c.to(x0.dtype)) * (1.0 + torch.sin(3.0 * abar)) \
-        + 0.3 * x0 ** 2
+    return lambda x0, abar: (
+        torch.tanh(x0 @ W.T.to(x0.dtype) + c.to(x0.dtype)) * (1.0 + torch.sin(3.0 * abar)) + 0.3 * x0**2
+    )
 
 
 def pair(r):
@@ -72,6 +73,7 @@ class GaussianDenoiser:
 def test_schedule_matches_comfyui(comfy_inprocess):
     """Our float64 rescale is ComfyUI's (zsnr=True), which only replaces abar_T = 0 by 4.9e-8."""
     import comfy.model_sampling
+
     sigmas = comfy.model_sampling.ModelSamplingDiscrete(zsnr=True).sigmas.double()
     abar = schedule.abar_from_sigma(sigmas)
     torch.testing.assert_close(abar[:-1], ABAR[:-1], rtol=2e-6, atol=1e-9)
@@ -83,7 +85,7 @@ def test_schedule_matches_comfyui(comfy_inprocess):
 def test_k_vanishes_at_zero_terminal_snr():
     k = schedule.k_coefficient(ABAR, ABAR[-1])
     assert k[-1] == 0 and (k[:-1] > 0).all()
-    assert schedule.k_coefficient(torch.tensor(0.0, dtype=torch.float64)) == 0   # by the formula, no rule needed
+    assert schedule.k_coefficient(torch.tensor(0.0, dtype=torch.float64)) == 0  # by the formula, no rule needed
     sigma_T = schedule.sigma_from_abar(torch.tensor(COMFY_ABAR_T, dtype=torch.float64))
     below = schedule.sigma_from_abar(ABAR[STEPS[-2]])
     k_comfy = schedule.k_from_sigma(torch.stack([sigma_T, below]).float(), float(sigma_T))
@@ -128,7 +130,7 @@ def vp_ddim(denoiser, x_T, abars, r):
     """Contextualized DDIM written directly in VP space over ``abars`` (descending, ending at 1): no sigma,
     so abar_T = 0 is representable. The bias is k * r with k_T = 0 at abars[0]."""
     x = x_T
-    for a, a_next in zip(abars[:-1], abars[1:]):
+    for a, a_next in zip(abars[:-1], abars[1:], strict=True):
         x0hat = denoiser.vp(x, a)
         b = schedule.k_coefficient(a, abars[0]) * r(x0hat, a)
         b_next = schedule.k_coefficient(a_next, abars[0]) * r(x0hat, a_next)
@@ -149,7 +151,7 @@ def test_comfyui_zsnr_is_the_abar_zero_process_up_to_sqrt_abar():
     comfy_abars[0] = COMFY_ABAR_T
     sigmas = schedule.sigma_from_abar(comfy_abars)
     bias = ContextBias(pair(r), sigmas[0])
-    x = x_T / math.sqrt(COMFY_ABAR_T)             # VP prior sample in k-space (ComfyUI: noise * sqrt(1 + sigma^2))
+    x = x_T / math.sqrt(COMFY_ABAR_T)  # VP prior sample in k-space (ComfyUI: noise * sqrt(1 + sigma^2))
     comfy = sampling.sample_contextdiff_ddim(denoiser, x, sigmas, bias=bias, disable=True)
     gap = (comfy - exact).abs().max().item()
     assert torch.isfinite(comfy).all() and gap < 10 * math.sqrt(COMFY_ABAR_T), gap
@@ -203,16 +205,22 @@ def test_zero_strength_equals_comfyui_samplers_with_zsnr_vpred(comfy_inprocess, 
         denoiser = GaussianDenoiser(mu.to(dtype), 0.7)
         if method == "ddim":
             return kd.sample_euler(denoiser, x.to(dtype), sigmas.to(dtype), disable=True)
-        gen = torch.Generator().manual_seed(4)   # k-diffusion's default noise sampler, in this dtype
-        return kd.sample_ddpm(denoiser, x.to(dtype), sigmas.to(dtype), disable=True,
-                              noise_sampler=lambda *_: torch.randn(x.size(), generator=gen).to(dtype))
+        gen = torch.Generator().manual_seed(4)  # k-diffusion's default noise sampler, in this dtype
+        return kd.sample_ddpm(
+            denoiser,
+            x.to(dtype),
+            sigmas.to(dtype),
+            disable=True,
+            noise_sampler=lambda *_: torch.randn(x.size(), generator=gen).to(dtype),
+        )
 
     denoiser = GaussianDenoiser(mu, 0.7)
     if method == "ddim":
         ours = sampling.sample_contextdiff_ddim(denoiser, x.clone(), sigmas, bias=bias, disable=True)
     else:
-        ours = sampling.sample_contextdiff_ddpm(denoiser, x.clone(), sigmas, extra_args={"seed": 4}, bias=bias,
-                                                disable=True)
+        ours = sampling.sample_contextdiff_ddpm(
+            denoiser, x.clone(), sigmas, extra_args={"seed": 4}, bias=bias, disable=True
+        )
     assert torch.isfinite(ours).all()
     exact, core32 = core(torch.float64), core(torch.float32)
     assert ((ours.double() - exact).norm() / exact.norm()).item() <= 1e-6
@@ -222,8 +230,9 @@ def test_zero_strength_equals_comfyui_samplers_with_zsnr_vpred(comfy_inprocess, 
 @pytest.mark.parametrize("method", ["ddim", "ddim_eta1", "ddpm", "invert"])
 def test_no_nan_or_inf_with_a_live_bias_under_zsnr(method):
     """float32 (ComfyUI's dtype) on the zsnr schedule with a bias: every output finite, and the bias acts."""
-    sigmas = schedule.sigma_from_abar(torch.cat([ABAR[STEPS[::-1]].clone().clamp(min=COMFY_ABAR_T),
-                                                 torch.ones(1, dtype=torch.float64)])).float()
+    sigmas = schedule.sigma_from_abar(
+        torch.cat([ABAR[STEPS[::-1]].clone().clamp(min=COMFY_ABAR_T), torch.ones(1, dtype=torch.float64)])
+    ).float()
     g = torch.Generator().manual_seed(8)
     mu = torch.randn(2, D, generator=g)
     denoiser, r = GaussianDenoiser(mu, 0.8), make_r(4)
@@ -231,10 +240,12 @@ def test_no_nan_or_inf_with_a_live_bias_under_zsnr(method):
     x = torch.randn(2, D, generator=g) * torch.sqrt(1.0 + sigmas[0] ** 2)
     runs = {
         "ddim": lambda b: sampling.sample_contextdiff_ddim(denoiser, x, sigmas, bias=b, disable=True),
-        "ddim_eta1": lambda b: sampling.sample_contextdiff_ddim(denoiser, x, sigmas, eta=1.0, bias=b, disable=True,
-                                                                extra_args={"seed": 1}),
-        "ddpm": lambda b: sampling.sample_contextdiff_ddpm(denoiser, x, sigmas, bias=b, disable=True,
-                                                           extra_args={"seed": 1}),
+        "ddim_eta1": lambda b: sampling.sample_contextdiff_ddim(
+            denoiser, x, sigmas, eta=1.0, bias=b, disable=True, extra_args={"seed": 1}
+        ),
+        "ddpm": lambda b: sampling.sample_contextdiff_ddpm(
+            denoiser, x, sigmas, bias=b, disable=True, extra_args={"seed": 1}
+        ),
         "invert": lambda b: invert_ddim(denoiser, mu, sigmas.flip(0), bias=b, refine_steps=5, disable=True),
     }
     with_bias, without = runs[method](bias), runs[method](None)
@@ -245,6 +256,7 @@ def test_no_nan_or_inf_with_a_live_bias_under_zsnr(method):
 @pytest.fixture(scope="module")
 def sdxl_vpred_zsnr(comfy_inprocess):
     from comfy_models import build_family
+
     return build_family("SDXL", 0, prediction="v", zsnr=True).model
 
 
@@ -264,7 +276,7 @@ def test_sdxl_vpred_zsnr_unet_zero_strength_equals_comfyui(sdxl_vpred_zsnr, meth
     base = sdxl_vpred_zsnr
     info = families.identify(base)
     assert (info.family, info.prediction, info.zsnr) == (families.SDXL, "v", True)
-    (pos, extra), = family_conditioning(1, tokens=8)
+    ((pos, extra),) = family_conditioning(1, tokens=8)
     cond = families.unet_conditioning(base, pos, extra["pooled_output"], (1, 4, 8, 8))
 
     def denoiser(x, sigma, **_):
@@ -279,15 +291,21 @@ def test_sdxl_vpred_zsnr_unet_zero_strength_equals_comfyui(sdxl_vpred_zsnr, meth
         if method == "ddim":
             return kd.sample_euler(denoiser, x.to(dtype), sigmas.to(dtype), disable=True)
         gen.manual_seed(3)
-        return kd.sample_ddpm(denoiser, x.to(dtype), sigmas.to(dtype), disable=True,
-                              noise_sampler=lambda *_: torch.randn(x.size(), generator=gen).to(dtype))
+        return kd.sample_ddpm(
+            denoiser,
+            x.to(dtype),
+            sigmas.to(dtype),
+            disable=True,
+            noise_sampler=lambda *_: torch.randn(x.size(), generator=gen).to(dtype),
+        )
 
     bias = ContextBias(lambda x0, s: (x0, x0), float(base.model_sampling.sigma_max), strength=0.0)
     if method == "ddim":
         ours = sampling.sample_contextdiff_ddim(denoiser, x.clone(), sigmas, bias=bias, disable=True)
     else:
-        ours = sampling.sample_contextdiff_ddpm(denoiser, x.clone(), sigmas, extra_args={"seed": 3}, bias=bias,
-                                                disable=True)
+        ours = sampling.sample_contextdiff_ddpm(
+            denoiser, x.clone(), sigmas, extra_args={"seed": 3}, bias=bias, disable=True
+        )
     exact, core32 = core(torch.float64), core(torch.float32)
     assert torch.isfinite(ours).all() and ours.dtype == torch.float32
     assert ((ours.double() - exact).norm() / exact.norm()).item() <= 1e-6

@@ -12,31 +12,31 @@ samplers build it (SDXL: ``y`` from the pooled text and the size embeddings).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
 
 import torch
 
 from contextdiff import families
 
 # caption -> tokens (1, L, context_dim), or (tokens, pooled (1, P)) where the family reads the pooled text
-TextEncoder = Callable[[str], Union[torch.Tensor, tuple]]
+TextEncoder = Callable[[str], torch.Tensor | tuple]
 
 
 @dataclass
 class BaseBundle:
-    model: torch.nn.Module                                   # comfy.model_base.BaseModel
+    model: torch.nn.Module  # comfy.model_base.BaseModel
     encode_text: TextEncoder
-    encode_images: Callable[[torch.Tensor], torch.Tensor]    # (B, H, W, 3) in [0, 1] -> model latents
-    family: str                                              # the adapter file's base_model metadata
-    decode_latents: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # latents -> (B, H, W, 3)
+    encode_images: Callable[[torch.Tensor], torch.Tensor]  # (B, H, W, 3) in [0, 1] -> model latents
+    family: str  # the adapter file's base_model metadata
+    decode_latents: Callable[[torch.Tensor], torch.Tensor] | None = None  # latents -> (B, H, W, 3)
 
-    def encode(self, caption: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def encode(self, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(tokens (1, L, C), pooled (1, P) or None)`` of one caption."""
         out = self.encode_text(caption)
         return (out, None) if isinstance(out, torch.Tensor) else (out[0], out[1])
 
-    def conditioning(self, tokens: torch.Tensor, pooled: Optional[torch.Tensor], latent_shape) -> dict:
+    def conditioning(self, tokens: torch.Tensor, pooled: torch.Tensor | None, latent_shape) -> dict:
         """``apply_model`` keyword arguments for a batch of latents of ``latent_shape`` (see
         :func:`contextdiff.families.unet_conditioning`)."""
         return families.unet_conditioning(self.model, tokens, pooled, tuple(latent_shape))
@@ -47,7 +47,8 @@ def load_checkpoint(path: str):
     import comfy.sd
 
     model_patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        path, output_vae=True, output_clip=True, embedding_directory=None)
+        path, output_vae=True, output_clip=True, embedding_directory=None
+    )
     return model_patcher, clip, vae
 
 
@@ -89,7 +90,10 @@ def _family_key(model, source: str) -> str:
 
 
 def load_base(cfg, device) -> BaseBundle:
-    bundle = from_factory(cfg.base_factory, cfg, device) if cfg.base_factory else from_checkpoint(cfg.checkpoint, device)
+    if cfg.base_factory:
+        bundle = from_factory(cfg.base_factory, cfg, device)
+    else:
+        bundle = from_checkpoint(cfg.checkpoint, device)
     bundle.family = _family_key(bundle.model, cfg.base_factory or cfg.checkpoint)
     bundle.model.requires_grad_(False)
     bundle.model.eval()

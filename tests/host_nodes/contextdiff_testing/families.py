@@ -8,11 +8,15 @@ from comfy_models import build_family, build_tiny_sdxl_clip, family_conditioning
 class FamilyModel:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"config": (["SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"],),
-                             "seed": ("INT", {"default": 0}),
-                             "prediction": (["eps", "v"],),
-                             "zsnr": ("BOOLEAN", {"default": False})},
-                "optional": {"attn_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})}}
+        return {
+            "required": {
+                "config": (["SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"],),
+                "seed": ("INT", {"default": 0}),
+                "prediction": (["eps", "v"],),
+                "zsnr": ("BOOLEAN", {"default": False}),
+            },
+            "optional": {"attn_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})},
+        }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
@@ -25,8 +29,14 @@ class FamilyModel:
 class FamilyConditioning:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0}), "context_dim": ("INT", {"default": 2048}),
-                             "pooled_dim": ("INT", {"default": 1280}), "tokens": ("INT", {"default": 77})}}
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0}),
+                "context_dim": ("INT", {"default": 2048}),
+                "pooled_dim": ("INT", {"default": 1280}),
+                "tokens": ("INT", {"default": 77}),
+            }
+        }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "build"
@@ -49,8 +59,11 @@ class TinySDXLClip:
         return (build_tiny_sdxl_clip(seed),)
 
 
-FAMILY_NODES = {"ContextDiffTest_FamilyModel": FamilyModel, "ContextDiffTest_FamilyConditioning": FamilyConditioning,
-                "ContextDiffTest_TinySDXLClip": TinySDXLClip}
+FAMILY_NODES = {
+    "ContextDiffTest_FamilyModel": FamilyModel,
+    "ContextDiffTest_FamilyConditioning": FamilyConditioning,
+    "ContextDiffTest_TinySDXLClip": TinySDXLClip,
+}
 
 
 class Identify:
@@ -69,8 +82,15 @@ class Identify:
         from contextdiff import families
 
         info = families.identify(model.model, model.get_model_object("model_sampling"))
-        return {"ui": {"family": [info.family.key if info.family else ""], "config": [info.config],
-                       "prediction": [info.prediction], "zsnr": [info.zsnr], "describe": [info.describe()]}}
+        return {
+            "ui": {
+                "family": [info.family.key if info.family else ""],
+                "config": [info.config],
+                "prediction": [info.prediction],
+                "zsnr": [info.zsnr],
+                "describe": [info.describe()],
+            }
+        }
 
 
 FAMILY_NODES["ContextDiffTest_Identify"] = Identify
@@ -89,6 +109,7 @@ class TinySDXLCheckpoint:
 
     def build(self, ckpt_name):
         from comfy_models import build_tiny_vae
+
         return build_family("SDXL", 0, attn_scale=6.0), build_tiny_sdxl_clip(0), build_tiny_vae(0)
 
 
