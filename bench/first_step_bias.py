@@ -20,7 +20,7 @@ Measured (both lines per step count): the difference A - B on a pure-noise start
 the whole effect of the bias (A - plain DDIM), for the exact Gaussian denoiser with an O(1) nonlinear ``r``
 and for a random tiny SD UNet with a small random adapter; and the inversion round trip sampled with A or B.
 
-Run: ``python -m analysis.first_step_bias`` (CPU, about a minute).
+Run: ``python bench/first_step_bias.py`` (CPU, about a minute; not part of ``python -m bench``).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def sample(
     that ComfyUI noised (``sigma_0 * noise``, or image + noise for img2img) carries none: pass ``False`` and
     the first step takes ``b_t = 0``, as ``k_T = 0`` does for a start at T. It matters only for schedules
     that start below T (``ddim_uniform``: t = 951), where the first step's term is most of the bias's net
-    effect on the sample (``python -m analysis.first_step_bias``).
+    effect on the sample (``bench/first_step_bias.py``).
     """
     extra_args = {} if extra_args is None else extra_args
     require_direction(sigmas, reversible=not stochastic)

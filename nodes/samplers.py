@@ -149,7 +149,8 @@ class ContextDiffSampler(io.ComfyNode):
             display_name="ContextDiff Sampler",
             category="sampling/custom_sampling/samplers",
             description="A SAMPLER for SamplerCustom / SamplerCustomAdvanced: contextualized DDIM/DDPM with any "
-            "sigmas and any guider. The bias uses the guider's positive conditioning.",
+            "sigmas and any guider. The bias uses the guider's positive conditioning. The starting latent is taken "
+            "as ComfyUI noised it (no bias in it); to sample an inversion back, use the ContextDiff Edit Sampler.",
             inputs=[*_method_inputs(), inputs.adapter()],
             outputs=[io.Sampler.Output()],
         )
