@@ -242,6 +242,51 @@ def test_sdxl_bias_reads_the_2048_wide_tokens(server, family_adapters, comfy_inp
     assert rel_err(mine, reference_sdxl(family_adapters / "live_sdxl.safetensors")) <= 1e-4
 
 
+def test_sdxl_sampler_for_sampler_custom(server, family_adapters):
+    """ContextDiffSampler in the core SamplerCustom on the SDXL-shaped model: strength 0 with a live adapter is the
+    core ddim there too, and at strength 1 it equals the ContextDiff KSampler."""
+
+    def custom(sampler_ref):
+        inputs = {
+            "model": ["model", 0],
+            "add_noise": True,
+            "noise_seed": 3,
+            "cfg": 4.0,
+            "positive": ["pos", 0],
+            "negative": ["neg", 0],
+            "sampler": sampler_ref,
+            "sigmas": ["sigmas", 0],
+            "latent_image": ["latent", 0],
+        }
+        return {"class_type": "SamplerCustom", "inputs": inputs}
+
+    def ours(strength):
+        return {
+            "class_type": "ContextDiffSampler",
+            "inputs": {"method": "ddim", "eta": 0.0, "adapter_strength": strength, "adapter": ["ad", 0]},
+        }
+
+    model = {
+        "class_type": "ContextDiffTest_FamilyModel",
+        "inputs": {"config": "SDXL", "seed": 0, "prediction": "eps", "zsnr": False},
+    }
+    graph = dict(
+        base_graph(model, "SDXL"),
+        sigmas={
+            "class_type": "BasicScheduler",
+            "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": STEPS, "denoise": 1.0},
+        },
+        sel={"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        ad={"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": "live_sdxl.safetensors"}},
+    )
+    core = run_latent(server, dict(graph), custom(["sel", 0]))
+    off = run_latent(server, dict(graph, cd=ours(0.0)), custom(["cd", 0]))
+    assert rel_err(off, core) <= 1e-5
+    on = run_latent(server, dict(graph, cd=ours(1.0)), custom(["cd", 0]))
+    ksampler = run_latent(server, graph, sampler_node("ours"), adapter="live_sdxl.safetensors")
+    assert rel_err(on, core) > 1e-3 and rel_err(on, ksampler) <= 1e-5
+
+
 def test_sd15_adapter_on_sdxl_is_refused_by_name(server, adapters):
     graph = base_graph(loader(checkpoint(server, "sdxl.safetensors")), "SDXL")
     with pytest.raises(PromptError) as err:
