@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .types import LoadedAdapter
 
 IMAGES_FPS = 8.0  # frames given as images carry no rate
+# Declared ranges of the inputs validate_inputs takes over from ComfyUI (so it checks them itself).
+RANGES = {"chunk_size": (1, 64), "overlap": (0, 32)}
 
 
 def output_prefix_error(prefix: str) -> str | None:
@@ -40,7 +42,8 @@ def input_errors(
     chunk_size: int | None, overlap: int | None, save_mp4: bool | None, filename_prefix: str | None, video: str | None
 ) -> str | None:
     """The checks this node takes over from ComfyUI (``None`` values are links, checked at run time)."""
-    for name, value, lo, hi in (("chunk_size", chunk_size, 1, 64), ("overlap", overlap, 0, 32)):
+    for name, value in (("chunk_size", chunk_size), ("overlap", overlap)):
+        lo, hi = RANGES[name]
         if value is not None and not lo <= value <= hi:
             return f"{name} must be between {lo} and {hi}, got {value}"
     if chunk_size is not None and overlap is not None and overlap >= chunk_size:
@@ -105,15 +108,15 @@ class ContextDiffVideoEdit(io.ComfyNode):
                 io.Int.Input(
                     "chunk_size",
                     default=8,
-                    min=1,
-                    max=64,
+                    min=RANGES["chunk_size"][0],
+                    max=RANGES["chunk_size"][1],
                     tooltip="Frames inverted and edited together (they attend to each other).",
                 ),
                 io.Int.Input(
                     "overlap",
                     default=2,
-                    min=0,
-                    max=32,
+                    min=RANGES["overlap"][0],
+                    max=RANGES["overlap"][1],
                     tooltip="Frames shared by neighbouring chunks, cross-faded; smaller than chunk_size.",
                 ),
                 io.Float.Input(
