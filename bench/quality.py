@@ -331,8 +331,10 @@ def choose_defaults(
     val_tasks = val_tasks[:edits]
     sweep = {"generation": {}, "edit_fuse_start": {}, "edit_threshold": {}}
 
-    def gen_value(kv):  # whole-caption accuracy; ties go to fewer steps
-        return kv[1]["caption"], -int(kv[0].split("/")[0])
+    def gen_value(kv):  # whole-caption accuracy; ties go to the node's defaults, then to fewer steps
+        steps, strength = kv[0].split("/")
+        default = Settings()
+        return kv[1]["caption"], -abs(float(strength) - default.strength), -abs(int(steps) - default.steps), -int(steps)
 
     def sweep_generation(settings: list[Settings]) -> Settings:
         for s in settings:
@@ -347,29 +349,32 @@ def choose_defaults(
     chosen = sweep_generation([base.but(steps=20, strength=v) for v in STRENGTHS])
     chosen = sweep_generation([chosen.but(steps=v) for v in STEP_CHOICES])
 
-    def edit_value(r):  # an edit counts when it succeeds and keeps the rest (agreement within 8/255)
-        return r["success"] * r["agree_tol"]
+    def edit_best(sweep_part: dict, default: float) -> float:
+        """An edit counts when it succeeds and keeps the rest (agreement within 8/255); ties: the node default."""
+        return float(
+            max(
+                sweep_part.items(), key=lambda kv: (kv[1]["success"] * kv[1]["agree_tol"], -abs(float(kv[0]) - default))
+            )[0]
+        )
 
     for fs in FUSE_STARTS:
         s = chosen.but(fuse_start=fs)
         sweep["edit_fuse_start"][str(fs)] = cache.get(
             f"{key}/val-edit/{s}/{len(val_tasks)}", lambda s=s: edit_score(pack, b, val_tasks, s)
         )
-    chosen = chosen.but(fuse_start=float(max(sweep["edit_fuse_start"].items(), key=lambda kv: edit_value(kv[1]))[0]))
+    chosen = chosen.but(fuse_start=edit_best(sweep["edit_fuse_start"], Settings().fuse_start))
     for th in THRESHOLDS:
         s = chosen.but(blend_threshold=th)
         sweep["edit_threshold"][str(th)] = cache.get(
             f"{key}/val-edit/{s}/{len(val_tasks)}", lambda s=s: edit_score(pack, b, val_tasks, s)
         )
-    chosen = chosen.but(
-        blend_threshold=float(max(sweep["edit_threshold"].items(), key=lambda kv: edit_value(kv[1]))[0])
-    )
+    chosen = chosen.but(blend_threshold=edit_best(sweep["edit_threshold"], Settings().blend_threshold))
     return chosen, {
         "validation_prompts": len(val),
         "validation_edits": len(val_tasks),
         "sweep": sweep,
-        "criterion": "generation: whole-caption accuracy (ties: fewer steps); editing: mean of "
-        "success x agreement-within-8 outside the edited object",
+        "criterion": "generation: whole-caption accuracy; editing: mean of success x agreement-within-8 outside "
+        "the edited object; ties go to the node's defaults (strength 1, 20 steps, fuse_start 0.5, threshold 0.3)",
     }
 
 
