@@ -53,6 +53,25 @@ def difference(rows: dict, a: str, b: str, metric: str) -> str:
     return f"{d:+.1f} points ({verdict})"
 
 
+FLOOR = 0.10  # whole-caption accuracy below which the models do not yet draw what the prompts say
+
+
+def floor_warning(gen: dict) -> str:
+    """One sentence on whether the comparisons can say anything about the paper at all."""
+    best = max(v["caption"][0] for v in gen.values())
+    if best >= FLOOR:
+        return (
+            f"The best model reads right on {100 * best:.0f}% of the prompts, so the comparisons below mean something."
+        )
+    colour = max(v["colour"][0] for v in gen.values())
+    return (
+        f"**At this training length the models do not draw the prompts yet**: the best whole-caption accuracy "
+        f"is {100 * best:.1f}% (best colour accuracy {100 * colour:.1f}%), so the differences below are between "
+        "models at the floor and say nothing for or against the paper. Train longer (`--train_steps 0` runs the "
+        "recipe's own length) on a machine with CPU to spare."
+    )
+
+
 def bars(path: Path, groups: dict[str, dict], metrics: tuple[str, ...], title: str) -> None:
     """Grouped bars (percent, mean ± sd); names "model | split" get one panel per split."""
     import matplotlib
@@ -217,6 +236,8 @@ def write_report(result: dict, args) -> None:
         "![video](quality_video.png)",
         "",
         "## The paper's claims at this scale",
+        "",
+        floor_warning(gen),
         "",
         "- Text alignment (generation), ContextDiff minus no-bias, whole caption: seen "
         + difference(gen, "ContextDiff | seen", "no bias | seen", "caption")
