@@ -39,7 +39,7 @@ SDXL = Family("sdxl", "SDXL", 2048, 1024, 1280, ("SDXL", "SSD1B", "Segmind_Vega"
 FAMILIES = (SD1, SD2, SDXL)
 
 # Class names in ComfyUI's model_sampling hierarchy that mark a non-VP parameterisation.
-FLOW_SAMPLING = {"CONST", "ModelSamplingFlux", "ModelSamplingDiscreteFlow", "COSMOS_RFLOW", "StableCascadeSampling"}
+FLOW_SAMPLING = {"CONST", "ModelSamplingFlux", "ModelSamplingDiscreteFlow", "COSMOS_RFLOW"}
 
 FLOW_MESSAGE = (
     "ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or v-prediction); "
