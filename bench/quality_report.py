@@ -66,9 +66,10 @@ def floor_warning(gen: dict) -> str:
     colour = max(v["colour"][0] for v in gen.values())
     return (
         f"**At this training length the models do not draw the prompts yet**: the best whole-caption accuracy "
-        f"is {100 * best:.1f}% (best colour accuracy {100 * colour:.1f}%), so the differences below are between "
-        "models at the floor and say nothing for or against the paper. Train longer (`--train_steps 0` runs the "
-        "recipe's own length) on a machine with CPU to spare."
+        f"is {100 * best:.1f}% (best colour accuracy {100 * colour:.1f}%), so the generation differences below are "
+        "between models at the floor and say nothing for or against the paper; the editing rows still measure how "
+        "well inversion and fusion keep the source, not whether the model can draw the edit. Train longer "
+        "(`--train_steps 0` runs the recipe's own length) on a machine with CPU to spare."
     )
 
 
