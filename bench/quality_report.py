@@ -161,7 +161,8 @@ def write_report(result: dict, args) -> None:
         f"--edits {args.edits} --clips {args.clips} --cfg {args.cfg}"
         + (f" --train_steps {args.train_steps}" if args.train_steps else "")
         + f"`: {result['seeds_done']} of {args.seeds} "
-        f"training seeds done after {result['wall_seconds'] / 60:.0f} min.",
+        f"training seeds done ({result['wall_seconds'] / 60:.0f} min in the last invocation; results of earlier "
+        "invocations come from its cache).",
         "",
         stamp + f"\n- load average at the end: {', '.join(f'{x:.1f}' for x in __import__('os').getloadavg())} "
         "(the CPU was shared with other jobs: training times are wall-clock)",
