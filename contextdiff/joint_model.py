@@ -25,11 +25,17 @@ JOINT_VERSION = 1
 
 def joint_unet_config(channels: int = 1, model_channels: int = 64, context_dim: int = 64,
                       channel_mult=(1, 2), num_res_blocks: int = 2, heads: int = 4,
-                      attention_from_level: int = 0) -> dict:
+                      attention_from_level: int = 0, norm_groups: int = 32, pooled_dim: int = 0) -> dict:
     """A small SD-style UNet config (pixel space, cross-attention to class/text tokens).
 
     Levels below ``attention_from_level`` (the high resolutions) get no transformer blocks: attention
     costs grow with the square of the pixel count, and small models learn layout at low resolution.
+    ``norm_groups`` replaces the 32 groups of ComfyUI's GroupNorms (not a ``UNetModel`` argument: applied by
+    :func:`build_joint_model`): with 32 channels, 32 groups normalise each channel alone, which erases
+    every feature's mean over the image, so a small model can hardly carry global brightness or colour.
+    ``pooled_dim > 0`` also conditions every residual block on a pooled text embedding of that width (ComfyUI's
+    ``adm`` input, as SDXL's UNet takes CLIP's pooled output): a direct global path from the caption, which a
+    small model trained from scratch learns far sooner than attention over 77 mostly-padding tokens.
     """
     levels = len(channel_mult)
     if not 0 <= attention_from_level < levels:
@@ -44,6 +50,8 @@ def joint_unet_config(channels: int = 1, model_channels: int = 64, context_dim: 
         "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
         "context_dim": context_dim, "num_heads": heads, "num_head_channels": -1, "adm_in_channels": None,
         "use_temporal_attention": False, "use_temporal_resblock": False,
+        **({} if norm_groups == 32 else {"norm_groups": norm_groups}),
+        **({"num_classes": "sequential", "adm_in_channels": pooled_dim} if pooled_dim else {}),
     }
 
 
@@ -58,6 +66,8 @@ def build_joint_model(unet_config: dict, init_seed: int | None = 0):
     import comfy.model_sampling
     import comfy.supported_models_base
 
+    unet_config = dict(unet_config)
+    groups = unet_config.pop("norm_groups", 32)
     channels = unet_config["in_channels"]
 
     class PixelLatent(comfy.latent_formats.LatentFormat):
@@ -72,7 +82,8 @@ def build_joint_model(unet_config: dict, init_seed: int | None = 0):
         memory_usage_factor = 1.0
 
         def get_model(self, state_dict, prefix="", device=None):
-            model = comfy.model_base.BaseModel(self, model_type=comfy.model_base.ModelType.EPS, device=device)
+            base = PooledTextModel if self.unet_config.get("adm_in_channels") else comfy.model_base.BaseModel
+            model = base(self, model_type=comfy.model_base.ModelType.EPS, device=device)
 
             class X0Sampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.X0):
                 pass
@@ -80,9 +91,22 @@ def build_joint_model(unet_config: dict, init_seed: int | None = 0):
             model.model_sampling = X0Sampling(self)
             return model
 
+    class PooledTextModel(comfy.model_base.BaseModel):
+        def encode_adm(self, **kwargs):
+            # CLIPTextEncode's pooled_output; conditioning without one (e.g. zeroed) gets a zero embedding.
+            pooled = kwargs.get("pooled_output")
+            if pooled is None:
+                return torch.zeros((1, self.adm_channels), device=kwargs["device"])
+            return pooled
+
     config = JointConfig(dict(unet_config))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
+    for m in model.diffusion_model.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            if m.num_channels % groups:
+                raise ValueError(f"norm_groups={groups} does not divide a {m.num_channels}-channel feature map")
+            m.num_groups = groups
     if init_seed is not None:
         reset_parameters(model.diffusion_model, init_seed)
     return model

@@ -78,23 +78,27 @@ def token_ids(clip, captions: list[str]) -> list[list[int]]:
     return out
 
 
-def encode_batch(clip, captions: list[str]) -> torch.Tensor:
-    """``(B, 77, width)`` conditioning tokens of a batch of captions, differentiable (for training).
+def encode_batch(clip, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens (B, 77, width), pooled (B, width))`` of a batch of captions, differentiable (for training).
 
     ComfyUI's ``CLIPLayer`` adds its residuals in place (it is inference code), which autograd
-    refuses; this runs the same submodules of the same transformer with out-of-place residuals,
-    the computation of ``SDClipModel`` with ``layer="last"`` (tests compare it with CLIPTextEncode).
+    refuses; this runs the same submodules of the same transformer with out-of-place residuals: the
+    computation of ``SDClipModel`` with ``layer="last"``, and its unprojected pooled output (the state at
+    the first end token), which CLIPTextEncode puts in ``pooled_output`` (tests compare both).
     Prompt weights are a host feature and are not applied here (training captions have none).
     """
     from comfy.ldm.modules.attention import optimized_attention_for_device
 
     text = text_transformer(clip).text_model
     device = text.embeddings.token_embedding.weight.device
-    x = text.embeddings(torch.tensor(token_ids(clip, captions), device=device), dtype=torch.float32)
+    ids = torch.tensor(token_ids(clip, captions), device=device)
+    x = text.embeddings(ids, dtype=torch.float32)
     n = x.shape[1]
     causal = torch.full((n, n), -torch.finfo(x.dtype).max, dtype=x.dtype, device=device).triu_(1)
     attention = optimized_attention_for_device(device, mask=True, small_input=True)
     for layer in text.encoder.layers:
         x = x + layer.self_attn(layer.layer_norm1(x), causal, attention)
         x = x + layer.mlp(layer.layer_norm2(x))
-    return text.final_layer_norm(x)
+    x = text.final_layer_norm(x)
+    first_end = (ids == text.eos_token_id).int().argmax(dim=1)
+    return x, x[torch.arange(len(ids), device=device), first_end]

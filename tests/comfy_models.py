@@ -335,7 +335,7 @@ def save_tiny_shapes_checkpoint(path, seed: int = 0, recipe: str = "shapes"):
     from contextdiff.text_encoder import build_text_clip, text_config
     from contextdiff.text_joint import save_text_joint
 
-    unet, text = joint_unet_config(3, 32, 64, (1, 2), 1, 4, 1), text_config(64, 1, 4)
+    unet, text = joint_unet_config(3, 32, 64, (1, 2), 1, 4, 1, norm_groups=8, pooled_dim=64), text_config(64, 1, 4)
     torch.manual_seed(seed)
     adapter = ContextAdapter(AdapterConfig(latent_channels=3, context_dim=64, dim=32, depth=1, heads=4, patch_size=4))
     torch.nn.init.normal_(adapter.patch_out.weight, std=0.02)   # a small non-zero bias, like a trained adapter's

@@ -31,15 +31,18 @@ def tiny_clip(comfy_inprocess):
 
 
 def test_training_encoder_matches_clip_text_encode(tiny_clip):
-    """The trainer's differentiable encoder is ComfyUI's CLIPTextEncode computation (same tokens, same layer)."""
+    """The trainer's differentiable encoder is ComfyUI's CLIPTextEncode computation (same tokens, same layer,
+    same pooled output)."""
     from contextdiff.text_encoder import encode_batch
 
-    batch = encode_batch(tiny_clip, PROMPTS)
-    for row, prompt in zip(batch, PROMPTS):
-        cond, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(prompt), return_pooled=True)
-        assert cond.shape == (1, 77, 64)
+    batch, pooled = encode_batch(tiny_clip, PROMPTS)
+    for row, row_pooled, prompt in zip(batch, pooled, PROMPTS):
+        cond, host_pooled = tiny_clip.encode_from_tokens(tiny_clip.tokenize(prompt), return_pooled=True)
+        assert cond.shape == (1, 77, 64) and host_pooled.shape == (1, 64)
         assert (cond[0] - row).abs().max() <= 1e-5 * max(1.0, float(row.abs().max()))
+        assert (host_pooled[0] - row_pooled).abs().max() <= 1e-5 * max(1.0, float(row_pooled.abs().max()))
     assert (batch[0] - batch[1]).abs().max() > 1e-2, "different captions must give different conditioning"
+    assert (pooled[0] - pooled[1]).abs().max() > 1e-2
 
 
 def test_prompt_weight_scales_only_the_weighted_word(tiny_clip):
@@ -48,7 +51,7 @@ def test_prompt_weight_scales_only_the_weighted_word(tiny_clip):
 
     plain, weighted = "a large red circle in the centre", "a large (red:1.3) circle in the centre"
     cond, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(weighted), return_pooled=True)
-    base, empty = encode_batch(tiny_clip, [plain, ""])
+    base, empty = encode_batch(tiny_clip, [plain, ""])[0]
     red = token_ids(tiny_clip, ["red"])[0][1]
     at = [i for i, t in enumerate(token_ids(tiny_clip, [plain])[0]) if t == red]
     assert len(at) == 1
@@ -154,16 +157,17 @@ def reference_latent(path: Path, text: str, cfg: float = 3.0, strength: float = 
 
     loaded = load_text_joint(path, recipe="shapes")
     model, ms = loaded.model, loaded.model.model_sampling
-    pos, neg = (c.expand(2, -1, -1) for c in encode_batch(loaded.clip, [text, ""]).detach().split(1))
+    tokens, pooled = (c.detach() for c in encode_batch(loaded.clip, [text, ""]))
+    pos, neg = ({"c_crossattn": tokens[i:i + 1].expand(2, -1, -1), "y": pooled[i:i + 1].expand(2, -1)} for i in (0, 1))
     sigmas = comfy.samplers.calculate_sigmas(ms, "simple", 4)
 
     def denoiser(x, sigma, **_):
         with torch.no_grad():
-            c, u = model.apply_model(x, sigma, c_crossattn=pos), model.apply_model(x, sigma, c_crossattn=neg)
+            c, u = model.apply_model(x, sigma, **pos), model.apply_model(x, sigma, **neg)
         return u + cfg * (c - u)
 
     x = comfy.sample.prepare_noise(torch.zeros(2, 3, 32, 32), seed) * torch.sqrt(1.0 + sigmas[0] ** 2)
-    bias = adapter_bias(loaded.adapter, pos, ms.timestep, float(ms.sigma_max), strength)
+    bias = adapter_bias(loaded.adapter, pos["c_crossattn"], ms.timestep, float(ms.sigma_max), strength)
     return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, bias=bias, disable=True)
 
 

@@ -73,6 +73,8 @@ class TrainConfig:
     unet_res_blocks: int = opt(1, "UNet residual blocks per level", modes=("shapes",))
     attention_from_level: int = opt(1, "UNet level from which on blocks have attention (0 = every level; 1 skips "
                                     "the full resolution, which costs most)", modes=("shapes",))
+    norm_groups: int = opt(32, "groups of the UNet's GroupNorms (ComfyUI: 32); fewer keep more of each feature's "
+                           "mean over the image, which a small model needs", modes=("shapes",))
     text_layers: int = opt(2, "layers of the CLIP text encoder", modes=("shapes",))
     text_heads: int = opt(4, "attention heads of the CLIP text encoder", modes=("shapes",))
     sample_classes: int = opt(10, "classes in the preview grid", modes=("joint",))
@@ -151,6 +153,8 @@ class TrainConfig:
         if self.image_size % 2 ** (levels - 1):
             raise ConfigError(f"image_size={self.image_size}: the UNet halves it {levels - 1} times, give a multiple "
                               f"of {2 ** (levels - 1)}")
+        if self.norm_groups < 1 or self.unet_channels % self.norm_groups:
+            raise ConfigError(f"norm_groups={self.norm_groups} must divide unet_channels={self.unet_channels}")
         if min(self.text_layers, self.text_heads, self.unet_res_blocks) < 1 or self.context_dim % self.text_heads:
             raise ConfigError(f"context_dim={self.context_dim} (the text width) must be divisible by text_heads="
                               f"{self.text_heads}, and text_layers, text_heads, unet_res_blocks must be at least 1")

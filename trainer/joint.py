@@ -132,18 +132,22 @@ def sample_joint(model, adapter, classes, labels, seed, steps=20, cfg_scale=2.0,
 
 
 def sample_conditioned(model, adapter, cond, uncond, seed, steps=20, cfg_scale=2.0, strength=1.0, eta=0.0, size=8):
-    """Contextualized DDIM of a joint model with classifier-free guidance from ``cond``/``uncond``
-    tokens (one row per sample); returns pixels."""
-    device = cond.device
+    """Contextualized DDIM of a joint model with classifier-free guidance; returns pixels.
+
+    ``cond``/``uncond``: cross-attention tokens (one row per sample), or every conditioning keyword of
+    ``apply_model`` (``{"c_crossattn": tokens, "y": pooled}`` for a model with a pooled-text input)."""
+    cond, uncond = (c if isinstance(c, dict) else {"c_crossattn": c} for c in (cond, uncond))
+    tokens = cond["c_crossattn"]
+    device = tokens.device
     ms = model.model_sampling
     c = model.model_config.unet_config["in_channels"]
     sigmas = spaced_sigmas(ms.sigmas, steps).to(device)
+    both = {key: torch.cat([cond[key], uncond[key]]) for key in cond}
 
     def denoiser(x, sigma, **_):
-        both = model.apply_model(torch.cat([x, x]), torch.cat([sigma, sigma]), c_crossattn=torch.cat([cond, uncond]))
-        c_out, u_out = both.chunk(2)
+        c_out, u_out = model.apply_model(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
         return u_out + cfg_scale * (c_out - u_out)
 
-    bias = adapter_bias(adapter, cond, ms.timestep, float(ms.sigma_max), strength) if strength else None
-    x = prior_noise((len(cond), c, size, size), sigmas[0], seed, device)
+    bias = adapter_bias(adapter, tokens, ms.timestep, float(ms.sigma_max), strength) if strength else None
+    x = prior_noise((len(tokens), c, size, size), sigmas[0], seed, device)
     return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias, eta=eta)

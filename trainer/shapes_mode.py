@@ -52,7 +52,8 @@ class ShapesTask(nn.Module):
         self.cfg = cfg
         self.unet_config = joint_unet_config(channels=3, model_channels=cfg.unet_channels, context_dim=cfg.context_dim,
                                              channel_mult=cfg.unet_levels(), num_res_blocks=cfg.unet_res_blocks,
-                                             heads=UNET_HEADS, attention_from_level=cfg.attention_from_level)
+                                             heads=UNET_HEADS, attention_from_level=cfg.attention_from_level,
+                                             norm_groups=cfg.norm_groups, pooled_dim=cfg.context_dim)
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
         self.text_config = text_config(cfg.context_dim, cfg.text_layers, cfg.text_heads)
@@ -80,8 +81,8 @@ class ShapesTask(nn.Module):
     def loss(self, x0: torch.Tensor, captions: list[str], t: torch.Tensor, eps: torch.Tensor, weighting=None):
         device = self.sigmas.device
         x0, t, eps = x0.to(device), t.to(device), eps.to(device)
-        ctx = encode_batch(self.clip, captions)
-        denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
+        ctx, pooled = encode_batch(self.clip, captions)
+        denoise = vp_x0_predictor(self.model, self.sigmas[t], {"c_crossattn": ctx, "y": pooled})
         cfg = self.cfg
         loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise, lambda x, t_: self.adapter(x, ctx, t_.float()),
                                      weighting or cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
@@ -114,8 +115,8 @@ class ShapesTask(nn.Module):
         was = self.training
         self.eval()
         try:
-            cond = encode_batch(self.clip, prompts)
-            uncond = encode_batch(self.clip, [""] * len(prompts))
+            cond, uncond = ({"c_crossattn": tokens, "y": pooled} for tokens, pooled in
+                            (encode_batch(self.clip, p) for p in (prompts, [""] * len(prompts))))
             return sample_conditioned(self.model, self.adapter, cond, uncond, seed, steps, cfg_scale, strength,
                                       size=self.cfg.image_size)
         finally:
