@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -420,10 +421,15 @@ def run(args) -> dict:
         "per_seed": {},
         "training_seconds": {},
     }
+    plan = [(v, seed) for seed in range(args.seeds) for v in VARIANTS if v != "bias_l2" or seed < args.bias_l2_seeds]
+    if args.jobs > 1:  # train everything first, several single-threaded trainers side by side
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda vs: train(vs[0], vs[1], runs, extra, args.threads), plan))
     chosen = None
     for seed in range(args.seeds):
         ckpts, bundles = {}, {}
-        for variant in VARIANTS:
+        variants = [v for v in VARIANTS if v != "bias_l2" or seed < args.bias_l2_seeds]
+        for variant in variants:
             ckpts[variant], secs = train(variant, seed, runs, extra, args.threads)
             result["training_seconds"][f"{variant}-seed{seed}"] = secs
             bundles[variant] = load(ckpts[variant], pack)
@@ -454,6 +460,8 @@ def run(args) -> dict:
                     lambda b=bundles[variant], s=s, sc=scenes, sd=sd: generation_score(pack, b, sc, s, sd),
                 )
         for name, (variant, s) in edit_ablations(chosen).items():
+            if variant not in bundles:
+                continue
             r["editing"][name] = cache.get(
                 f"{keys[variant]}/edit/{s}/{len(test_tasks)}",
                 lambda b=bundles[variant], s=s: edit_score(pack, b, test_tasks, s),
@@ -482,16 +490,17 @@ def report(result: dict, args) -> None:
 
 
 def aggregate(per_seed: dict) -> dict:
-    """section -> name -> metric -> [mean, sd] over seeds (sd with ddof=1; 0 for one seed)."""
+    """section -> name -> metric -> [mean, sd, seeds] over the seeds that ran it (sd with ddof=1; 0 for one)."""
     seeds = list(per_seed.values())
     out = {}
     for section in seeds[0]:
         out[section] = {}
         for name in seeds[0][section]:
             out[section][name] = {}
-            for m in seeds[0][section][name]:
-                v = np.asarray([s[section][name][m] for s in seeds], float)
-                out[section][name][m] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+            have = [s[section][name] for s in seeds if name in s[section]]
+            for m in have[0]:
+                v = np.asarray([h[m] for h in have], float)
+                out[section][name][m] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)]
     return out
 
 
@@ -529,6 +538,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=96, help="prompts per generation set (seen, held-out, validation)")
     ap.add_argument("--edits", type=int, default=24, help="image edits per configuration")
     ap.add_argument("--clips", type=int, default=8, help="video edits (8 frames each) per configuration")
+    ap.add_argument(
+        "--bias_l2_seeds",
+        type=int,
+        default=1,
+        help="train the --bias_l2 ablation model on the first N seeds only (an editing ablation; its rows say N)",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="models trained side by side before the evaluation")
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance of sampling and editing")
     ap.add_argument("--train_steps", type=int, default=0, help="override the recipe's training steps (0 = recipe)")
     ap.add_argument("--quick", action="store_true", help="smoke run: --n 12 --edits 4 --clips 2, 60 training steps")

@@ -30,24 +30,25 @@ PERCENT = {
 }
 
 
-def fmt(metric: str, v: list[float]) -> str:
-    mean, sd = v
+def fmt(metric: str, v: list[float], seeds: int | None = None) -> str:
+    mean, sd, n = v
+    fewer = f" ({n} seed{'s' * (n > 1)})" if seeds is not None and n < seeds else ""
     if metric in PERCENT:
-        return f"{100 * mean:.1f} ± {100 * sd:.1f}"
-    return f"{mean:.2f} ± {sd:.2f}"
+        return f"{100 * mean:.1f} ± {100 * sd:.1f}{fewer}"
+    return f"{mean:.2f} ± {sd:.2f}{fewer}"
 
 
-def table(rows: dict, metrics: tuple[str, ...], first: str) -> str:
+def table(rows: dict, metrics: tuple[str, ...], first: str, seeds: int | None = None) -> str:
     columns = first.count("|") + 1 + len(metrics)  # the row names may hold a "|" themselves
     lines = [f"| {first} | " + " | ".join(metrics) + " |", "|---" * columns + "|"]
     for name, vals in rows.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(m, vals[m]) for m in metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(m, vals[m], seeds) for m in metrics) + " |")
     return "\n".join(lines)
 
 
 def difference(rows: dict, a: str, b: str, metric: str) -> str:
     """'a - b' in points with both sds, and whether the gap exceeds the larger sd."""
-    (ma, sa), (mb, sb) = rows[a][metric], rows[b][metric]
+    (ma, sa, _), (mb, sb, _) = rows[a][metric], rows[b][metric]
     d = 100 * (ma - mb)
     verdict = "larger than the seed-to-seed sd" if abs(ma - mb) > max(sa, sb) else "within the seed-to-seed sd"
     return f"{d:+.1f} points ({verdict})"
@@ -170,8 +171,9 @@ def write_report(result: dict, args) -> None:
         "Models: the shapes recipe (`trainer/configs/shapes.yaml`"
         + (f", {args.train_steps} steps instead of its own" if args.train_steps else "")
         + f"; the copy used is at the end), "
-        f"{result['seeds_done']} training seeds x 3 variants "
-        "(ContextDiff; identical model with `--use_bias false`; ContextDiff with `--bias_l2 1.0`). Training time per "
+        f"{result['seeds_done']} training seeds x 2 variants (ContextDiff; the identical model with `--use_bias "
+        f"false`), and ContextDiff with `--bias_l2 1.0` on {min(args.bias_l2_seeds, result['seeds_done'])} seed(s) "
+        "(an editing ablation; its rows say so). Training time per "
         f"model: {np.mean(list(secs.values())) / 60:.1f} min on average ({min(secs.values()) / 60:.1f}-"
         f"{max(secs.values()) / 60:.1f}). Every number is mean ± sd over the training seeds; the judge "
         "(`shapesworld/judge.py`, 100% on clean renders, see [quality_judge.md](quality_judge.md)) reads every image. "
@@ -222,7 +224,7 @@ def write_report(result: dict, args) -> None:
         "capped at 60) and `agree_exact`/`agree_tol` (share of pixels equal / within 8 of 255): outside the edited "
         "object (grown by 1 px); `background`: the background kind survives.",
         "",
-        table(ed, EDIT_METRICS, "configuration"),
+        table(ed, EDIT_METRICS, "configuration", result["seeds_done"]),
         "",
         "![editing](quality_editing.png)",
         "",
