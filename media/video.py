@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +20,11 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+try:  # inside the node pack (ComfyUI imports the repository as one package)
+    from ..contextdiff.atomic_file import create_temp_file
+except ImportError:  # as the top-level package ``media`` (the trainer, analysis, tests)
+    from contextdiff.atomic_file import create_temp_file
 
 # Leading bytes of containers we can recognise, so a damaged video and a non-video file get
 # different advice (offset, bytes).
@@ -324,8 +328,8 @@ def write_video(path, frames, fps: float, codec: str = "libx264", crf: int = 18)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same folder so os.replace is an atomic rename; the real suffix lets FFmpeg pick the muxer.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-        os.close(fd)
+        # Mode 0666 & ~umask like every other output (mkstemp's 0600 would hide it from other users).
+        tmp = str(create_temp_file(path.parent, f".{path.stem}.", f".tmp{path.suffix}"))
     except OSError as err:
         raise VideoError(
             f"cannot create {path.name} in {path.parent} ({err.strerror}); pick a writable output folder"

@@ -171,6 +171,16 @@ def test_write_read_round_trip(tmp_path, carphone_ref):
         assert c.streams.video[0].codec_context.name == "h264"
 
 
+def test_written_video_follows_the_umask(tmp_path, carphone_ref):
+    """The mp4 gets the mode a plain open() gives (0644 under umask 022), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        out = write_video(tmp_path / "clip.mp4", carphone_ref[:2], 10)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
 def test_uint8_input_and_fractional_fps(tmp_path, carphone_ref):
     u8 = (carphone_ref[:6] * 255).round().to(torch.uint8)
     out = write_video(tmp_path / "u8.mp4", u8, 12.5)
