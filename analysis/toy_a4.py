@@ -63,8 +63,8 @@ SD_STEPS = 1000
 
 # --------------------------------------------------------------------------- schedule
 
-def sd_abar(n_steps: int = SD_STEPS, beta_start: float = SD_BETA_START,
-            beta_end: float = SD_BETA_END) -> np.ndarray:
+
+def sd_abar(n_steps: int = SD_STEPS, beta_start: float = SD_BETA_START, beta_end: float = SD_BETA_END) -> np.ndarray:
     """SD's scaled-linear schedule: ``betas = linspace(sqrt(b0), sqrt(b1), n)**2``, ``abar = cumprod(1 - betas)``.
 
     Index ``t = 0 .. n-1``; ``abar[0] = 1 - b0`` (the least noisy training step), ``abar[-1] = abar_T``.
@@ -88,6 +88,7 @@ def k_coefficient(abar, abar_T=None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- analytic (Eqs. 34, 35)
+
 
 def gain_sq(abar, r) -> np.ndarray:
     """``s^2 = (sqrt(abar) + r)^2`` (the signal gain of ``x0`` in ``x_t``, squared), written as
@@ -136,13 +137,14 @@ def equivalent_plain_t(abar_schedule: np.ndarray, abar_eq) -> np.ndarray:
 
 # --------------------------------------------------------------------------- toy data and adapters
 
+
 @dataclass(frozen=True)
 class Toy:
     """Eq. 32 with a categorical caption ``c in {0..K-1}``: ``x0 | c ~ N(mu[c], sigma[c]^2 I_d)``."""
 
-    mu: np.ndarray        # (K, d)
-    sigma: np.ndarray     # (K,)
-    weights: np.ndarray   # (K,), p(c)
+    mu: np.ndarray  # (K, d)
+    sigma: np.ndarray  # (K,)
+    weights: np.ndarray  # (K,), p(c)
 
     @property
     def d(self) -> int:
@@ -153,7 +155,7 @@ class Toy:
         return int(self.mu.shape[0])
 
     @staticmethod
-    def make(mu, sigma, weights=None) -> "Toy":
+    def make(mu, sigma, weights=None) -> Toy:
         mu = np.atleast_2d(np.asarray(mu, dtype=np.float64))
         sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (mu.shape[0],)).copy()
         w = np.full(mu.shape[0], 1.0 / mu.shape[0]) if weights is None else np.asarray(weights, np.float64)
@@ -173,11 +175,11 @@ class Adapter:
     """``r_phi(x0, c) = rho[c] x0 + beta[c]``; the bias is ``b_t = k_t r_phi`` and the toy's ``r = k_t rho[c]``."""
 
     name: str
-    rho: np.ndarray                   # (K,)
+    rho: np.ndarray  # (K,)
     beta: np.ndarray | None = field(default=None)  # (K, d) caption-only part, or None
 
     @staticmethod
-    def make(name: str, toy: Toy, rho, beta=None) -> "Adapter":
+    def make(name: str, toy: Toy, rho, beta=None) -> Adapter:
         rho = np.broadcast_to(np.asarray(rho, dtype=np.float64), (toy.K,)).copy()
         if beta is not None:
             beta = np.broadcast_to(np.asarray(beta, dtype=np.float64), (toy.K, toy.d)).copy()
@@ -216,8 +218,10 @@ def expected_contextdiff_error(abar, k, toy: Toy, adapter: Adapter) -> np.ndarra
 
 # --------------------------------------------------------------------------- Monte Carlo
 
+
 def plain_posterior_mean(x_t, abar, mu, sigma) -> np.ndarray:
-    """Eq. 34, first line: ``E[x0|x_t,c] = mu + sqrt(abar) sigma^2 / (abar sigma^2 + 1 - abar) (x_t - sqrt(abar) mu)``."""
+    """Eq. 34, first line:
+    ``E[x0|x_t,c] = mu + sqrt(abar) sigma^2 / (abar sigma^2 + 1 - abar) (x_t - sqrt(abar) mu)``."""
     s = np.sqrt(abar)
     sig2 = sigma * sigma
     g = s * sig2 / ((1.0 - abar) + abar * sig2)
@@ -256,8 +260,9 @@ def mc_plain_error(abar: float, toy: Toy, n: int, rng: np.random.Generator) -> t
     return _mean_se(((x0 - xhat) ** 2).sum(-1))
 
 
-def mc_contextdiff_error(abar: float, k: float, toy: Toy, adapter: Adapter, n: int,
-                         rng: np.random.Generator) -> tuple[float, float]:
+def mc_contextdiff_error(
+    abar: float, k: float, toy: Toy, adapter: Adapter, n: int, rng: np.random.Generator
+) -> tuple[float, float]:
     """Monte-Carlo estimate of Eq. 35 averaged over captions: ``x_t = sqrt(abar) x0 + b_t + sqrt(1-abar) eps'``
     with ``b_t = k_t (rho(c) x0 + beta(c))`` (Eq. 1 / Eq. 30), estimator of :func:`adapter_posterior_mean`.
     Draws the same random numbers as :func:`mc_plain_error` for the same generator state, so a zero
@@ -273,17 +278,18 @@ def mc_contextdiff_error(abar: float, k: float, toy: Toy, adapter: Adapter, n: i
 
 # --------------------------------------------------------------------------- the claim, on a grid
 
+
 def check_claim(abar: np.ndarray, k: np.ndarray, rhos=None, sigmas=None) -> dict:
     """The claim after Eq. 35 on a grid of strengths ``rho``, spreads ``sigma`` and all ``t``:
     the largest ``adapter - plain`` for ``rho >= 0`` (claim: <= 0), and where ``rho < 0`` raises the error."""
     rhos = np.linspace(-3.0, 5.0, 81) if rhos is None else np.asarray(rhos, np.float64)
     sigmas = np.array([0.1, 0.5, 1.0, 2.0, 5.0]) if sigmas is None else np.asarray(sigmas, np.float64)
     A, R, S = abar[:, None, None], k[:, None, None] * rhos[None, :, None], sigmas[None, None, :]
-    diff = adapter_error(A, S, R) - plain_error(A, S)            # (t, rho, sigma)
+    diff = adapter_error(A, S, R) - plain_error(A, S)  # (t, rho, sigma)
     rel = diff / plain_error(A, S)
     nonneg = rhos >= 0
     neg = ~nonneg
-    worse_neg = (diff[:, neg, :] > 0).any(-1)                    # (t, n_neg)
+    worse_neg = (diff[:, neg, :] > 0).any(-1)  # (t, n_neg)
     return {
         "rho_grid": [float(rhos.min()), float(rhos.max()), int(rhos.size)],
         "sigma_grid": sigmas.tolist(),
@@ -314,7 +320,7 @@ def run(samples: int = 20000, seed: int = 0, d: int = 4, t_mc=None) -> dict:
     curves = {a.name: expected_contextdiff_error(abar, k, toy, a) for a in adapters}
 
     def mc_block(fn):
-        means, ses = zip(*(fn(int(t)) for t in t_mc))
+        means, ses = zip(*(fn(int(t)) for t in t_mc), strict=False)
         return np.array(means), np.array(ses)
 
     mc = {"plain": mc_block(lambda t: mc_plain_error(abar[t], toy, samples, rng))}
@@ -324,15 +330,28 @@ def run(samples: int = 20000, seed: int = 0, d: int = 4, t_mc=None) -> dict:
     settings = {"plain": plain, **curves}
     out = {
         "source": "ContextDiff (ICLR 2024) Appendix A.4, Eqs. 32-35; analysis/toy_a4.py",
-        "schedule": {"kind": "SD scaled-linear", "beta_start": SD_BETA_START, "beta_end": SD_BETA_END,
-                     "steps": SD_STEPS, "abar_T": float(abar[-1]), "k_T": float(k[-1]),
-                     "k": "sqrt(abar)(1 - sqrt(abar)), 0 at t = T"},
+        "schedule": {
+            "kind": "SD scaled-linear",
+            "beta_start": SD_BETA_START,
+            "beta_end": SD_BETA_END,
+            "steps": SD_STEPS,
+            "abar_T": float(abar[-1]),
+            "k_T": float(k[-1]),
+            "k": "sqrt(abar)(1 - sqrt(abar)), 0 at t = T",
+        },
         "toy": {"d": toy.d, "mu": toy.mu.tolist(), "sigma": toy.sigma.tolist(), "p_c": toy.weights.tolist()},
-        "adapters": [{"name": a.name, "rho": a.rho.tolist(),
-                      "beta": None if a.beta is None else a.beta.tolist(),
-                      "non_negative": a.non_negative} for a in adapters],
+        "adapters": [
+            {
+                "name": a.name,
+                "rho": a.rho.tolist(),
+                "beta": None if a.beta is None else a.beta.tolist(),
+                "non_negative": a.non_negative,
+            }
+            for a in adapters
+        ],
         "error_unit": "E||x0 - E[x0|x_t,c]||^2 / d, averaged over c",
-        "samples_per_point": samples, "seed": seed,
+        "samples_per_point": samples,
+        "seed": seed,
         "mc": {"t": t_mc.tolist(), "abar": abar[t_mc].tolist(), "k": k[t_mc].tolist(), "settings": {}},
         "curves": {"t": list(range(0, SD_STEPS, 10)) + [SD_STEPS - 1]},
         "claim": check_claim(abar, k),
@@ -341,14 +360,18 @@ def run(samples: int = 20000, seed: int = 0, d: int = 4, t_mc=None) -> dict:
     for name, curve in settings.items():
         m, se = mc[name]
         out["mc"]["settings"][name] = {
-            "analytic": (curve[t_mc] / d).tolist(), "mc_mean": (m / d).tolist(), "mc_se": (se / d).tolist(),
-            "z": ((m - curve[t_mc]) / se).tolist(), "ratio_to_plain": (curve[t_mc] / plain[t_mc]).tolist(),
+            "analytic": (curve[t_mc] / d).tolist(),
+            "mc_mean": (m / d).tolist(),
+            "mc_se": (se / d).tolist(),
+            "z": ((m - curve[t_mc]) / se).tolist(),
+            "ratio_to_plain": (curve[t_mc] / plain[t_mc]).tolist(),
         }
         out["curves"][name] = (curve[ct] / d).tolist()
     for a in adapters:
         if np.all(a.rho == a.rho[0]):  # one gain for every caption: a single equivalent plain timestep
             out["mc"]["settings"][a.name]["equivalent_plain_t"] = equivalent_plain_t(
-                abar, equivalent_plain_abar(abar[t_mc], k[t_mc] * a.rho[0])).tolist()
+                abar, equivalent_plain_abar(abar[t_mc], k[t_mc] * a.rho[0])
+            ).tolist()
     out["_arrays"] = {"abar": abar, "k": k, "t_mc": t_mc, "settings": settings, "mc": mc, "d": d}
     return out
 
@@ -359,8 +382,11 @@ def print_table(res: dict, file=None) -> None:
     abar, k, settings, d = arr["abar"], arr["k"], arr["settings"], arr["d"]
     idx = {int(t): i for i, t in enumerate(arr["t_mc"])}
     names = [n for n in settings if n != "plain"]
-    print("ContextDiff App. A.4 toy: optimal error E||x0 - E[x0|x_t,c]||^2 / d (Eqs. 34, 35), "
-          f"d={d}, {res['samples_per_point']} MC samples/point", file=file)
+    print(
+        "ContextDiff App. A.4 toy: optimal error E||x0 - E[x0|x_t,c]||^2 / d (Eqs. 34, 35), "
+        f"d={d}, {res['samples_per_point']} MC samples/point",
+        file=file,
+    )
     print("ratio = ContextDiff / plain (analytic); MC in brackets as (MC - analytic)/SE", file=file)
     head = f"{'t':>4} {'abar':>7} {'k_t':>6} {'plain':>7} {'MC plain':>17} " + " ".join(f"{n[:16]:>16}" for n in names)
     print(head, file=file)
@@ -379,15 +405,22 @@ def print_table(res: dict, file=None) -> None:
             row += f"{ratio:.4f} ({z:+.1f})".rjust(16) + " "
         print(row.rstrip(), file=file)
     c = res["claim"]
-    print(f"claim (rho >= 0 never raises the error), grid rho in [{c['rho_grid'][0]}, {c['rho_grid'][1]}], "
-          f"sigma in {c['sigma_grid']}, all t: {'HOLDS' if c['holds_for_nonnegative'] else 'FAILS'} "
-          f"(max adapter - plain = {c['nonnegative_max_diff']:.3g})", file=file)
-    print(f"negative rho that raise the error somewhere: {len(c['negative_rho_raising_error'])} of the grid's "
-          f"negative values; condition: {c['condition']}", file=file)
+    print(
+        f"claim (rho >= 0 never raises the error), grid rho in [{c['rho_grid'][0]}, {c['rho_grid'][1]}], "
+        f"sigma in {c['sigma_grid']}, all t: {'HOLDS' if c['holds_for_nonnegative'] else 'FAILS'} "
+        f"(max adapter - plain = {c['nonnegative_max_diff']:.3g})",
+        file=file,
+    )
+    print(
+        f"negative rho that raise the error somewhere: {len(c['negative_rho_raising_error'])} of the grid's "
+        f"negative values; condition: {c['condition']}",
+        file=file,
+    )
 
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -395,14 +428,22 @@ def plot(res: dict, path: Path) -> None:
     settings, mc, t_mc, d = arr["settings"], arr["mc"], arr["t_mc"], arr["d"]
     t = np.arange(len(arr["abar"]))
     plain = settings["plain"]
-    colors = {"plain": "black", "rho=0.5": "tab:cyan", "rho=1": "tab:blue", "rho=2": "tab:purple",
-              "rho(c)=(2, 0.5)": "tab:green", "rho=1, beta(c)=3 mu(c)": "tab:orange",
-              "rho=-1 (negative)": "tab:red"}
+    colors = {
+        "plain": "black",
+        "rho=0.5": "tab:cyan",
+        "rho=1": "tab:blue",
+        "rho=2": "tab:purple",
+        "rho(c)=(2, 0.5)": "tab:green",
+        "rho=1, beta(c)=3 mu(c)": "tab:orange",
+        "rho=-1 (negative)": "tab:red",
+    }
     styles = {"rho=1, beta(c)=3 mu(c)": ":", "rho=-1 (negative)": "--"}
     markers = {"rho=1, beta(c)=3 mu(c)": "x"}
-    labels = {"plain": "plain diffusion (Eq. 34)",
-              "rho=1, beta(c)=3 mu(c)": "rho=1 + caption offset beta(c) (same as rho=1)",
-              "rho=-1 (negative)": "rho=-1 (negative; outside the claim)"}
+    labels = {
+        "plain": "plain diffusion (Eq. 34)",
+        "rho=1, beta(c)=3 mu(c)": "rho=1 + caption offset beta(c) (same as rho=1)",
+        "rho=-1 (negative)": "rho=-1 (negative; outside the claim)",
+    }
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.15, 1.15, 0.9]})
     ax, axr, axz = axes
@@ -411,41 +452,60 @@ def plot(res: dict, path: Path) -> None:
         lab = labels.get(name, f"ContextDiff {name} (Eq. 35)")
         ax.plot(t, curve / d, color=col, ls=styles.get(name, "-"), lw=1.6, label=lab)
         m, se = mc[name]
-        ax.errorbar(t_mc, m / d, yerr=2 * se / d, fmt=markers.get(name, "o"), ms=3.5, color=col,
-                    capsize=2, lw=0.8)
+        ax.errorbar(t_mc, m / d, yerr=2 * se / d, fmt=markers.get(name, "o"), ms=3.5, color=col, capsize=2, lw=0.8)
         axr.plot(t, curve / plain, color=col, ls=styles.get(name, "-"), lw=1.6)
-        axr.errorbar(t_mc, m / plain[t_mc], yerr=2 * se / plain[t_mc], fmt=markers.get(name, "o"), ms=3.5,
-                     color=col, capsize=2, lw=0.8)
+        axr.errorbar(
+            t_mc,
+            m / plain[t_mc],
+            yerr=2 * se / plain[t_mc],
+            fmt=markers.get(name, "o"),
+            ms=3.5,
+            color=col,
+            capsize=2,
+            lw=0.8,
+        )
         off = (j - len(settings) / 2) * 3.0
-        axz.errorbar(t_mc + off, (m - curve[t_mc]) / se, yerr=1.0, fmt=markers.get(name, "o"), ms=3,
-                     color=col, lw=0.6)
-    ax.set(xlabel="timestep t (SD scaled-linear schedule, T = 999)",
-           ylabel=r"optimal error  $E\|x_0 - E[x_0|x_t,c]\|^2 / d$",
-           title="Estimation error: analytic (lines), Monte Carlo (points, ±2 SE)")
+        axz.errorbar(t_mc + off, (m - curve[t_mc]) / se, yerr=1.0, fmt=markers.get(name, "o"), ms=3, color=col, lw=0.6)
+    ax.set(
+        xlabel="timestep t (SD scaled-linear schedule, T = 999)",
+        ylabel=r"optimal error  $E\|x_0 - E[x_0|x_t,c]\|^2 / d$",
+        title="Estimation error: analytic (lines), Monte Carlo (points, ±2 SE)",
+    )
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     axr.axhline(1.0, color="black", lw=0.8)
-    axr.set(xlabel="timestep t", ylabel="error ratio  ContextDiff / plain",
-            title=r"Ratio to plain; $b_t = k_t(\rho(c)\,x_0 + \beta(c))$, $k_t=\sqrt{\bar\alpha_t}(1-\sqrt{\bar\alpha_t})$")
+    axr.set(
+        xlabel="timestep t",
+        ylabel="error ratio  ContextDiff / plain",
+        title=r"Ratio to plain; $b_t = k_t(\rho(c)\,x_0 + \beta(c))$, $k_t=\sqrt{\bar\alpha_t}(1-\sqrt{\bar\alpha_t})$",
+    )
     axr.grid(alpha=0.3)
     axz.axhspan(-5, 5, color="0.9", label="±5 SE (test tolerance)")
     axz.axhline(0.0, color="black", lw=0.8)
-    axz.set(xlabel="timestep t (points offset for legibility)", ylabel="(MC − analytic) / SE",
-            title=f"Monte Carlo residuals, {res['samples_per_point']} samples/point")
+    axz.set(
+        xlabel="timestep t (points offset for legibility)",
+        ylabel="(MC − analytic) / SE",
+        title=f"Monte Carlo residuals, {res['samples_per_point']} samples/point",
+    )
     axz.set_ylim(-6, 6)
     axz.legend(fontsize=8, loc="lower left")
     axz.grid(alpha=0.3)
-    fig.suptitle("ContextDiff Appendix A.4 toy: x0 = mu(c) + sigma(c) eps, two captions "
-                 f"(sigma = {', '.join(f'{s:g}' for s in res['toy']['sigma'])}), d = {d}", fontsize=11)
+    fig.suptitle(
+        "ContextDiff Appendix A.4 toy: x0 = mu(c) + sigma(c) eps, two captions "
+        f"(sigma = {', '.join(f'{s:g}' for s in res['toy']['sigma'])}), d = {d}",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.toy_a4",
-                                description="ContextDiff Appendix A.4 toy: analytic (Eqs. 34, 35) vs Monte Carlo "
-                                            "optimal estimation error, with and without the adapter.")
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.toy_a4",
+        description="ContextDiff Appendix A.4 toy: analytic (Eqs. 34, 35) vs Monte Carlo "
+        "optimal estimation error, with and without the adapter.",
+    )
     p.add_argument("--samples", type=int, default=20000, help="Monte-Carlo samples per (t, setting) point")
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for toy_a4.png and toy_a4.json")
     p.add_argument("--seed", type=int, default=0)

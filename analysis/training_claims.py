@@ -31,10 +31,33 @@ def run_dir(runs: Path, variant: str, seed: int) -> Path:
 def train(out: Path, use_bias: str, seed: int, steps: int):
     if (out / "rank-0.json").exists():
         return
-    subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--output_dir", str(out),
-                    "--use_bias", use_bias, "--seed", str(seed), "--steps", str(steps), "--val_fraction", "0.15",
-                    "--val_every", str(max(1, steps // 12)), "--save_every", str(steps), "--device", "cpu"],
-                   cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.train",
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(out),
+            "--use_bias",
+            use_bias,
+            "--seed",
+            str(seed),
+            "--steps",
+            str(steps),
+            "--val_fraction",
+            "0.15",
+            "--val_every",
+            str(max(1, steps // 12)),
+            "--save_every",
+            str(steps),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
 
 
 def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
@@ -57,8 +80,15 @@ def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
         k = k_coefficient(abar[idx], abar[-1]).to(x.dtype).reshape(-1, 1, 1, 1)
         return k * adapter(x, ctx, idx.float())
 
-    out = variational_bound(x0, abar, denoise, bias if use_bias else None, bin_width=2 / 16, t_samples=t_samples,
-                            generator=torch.Generator().manual_seed(0))
+    out = variational_bound(
+        x0,
+        abar,
+        denoise,
+        bias if use_bias else None,
+        bin_width=2 / 16,
+        t_samples=t_samples,
+        generator=torch.Generator().manual_seed(0),
+    )
     return float(out["bits_per_dim"].mean())
 
 
@@ -72,6 +102,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from trainer.comfy_env import ensure_comfy_importable
+
     ensure_comfy_importable(cpu=True)
     runs, out = Path(args.runs), Path(args.out)
     results = {v: {"seeds": {}} for v in VARIANTS}
@@ -81,13 +112,21 @@ def main(argv=None):
             train(d, flag, seed, args.steps)
             log = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
             curve = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
-            bpd = bound(d / "contextdiff.safetensors" if (d / "contextdiff.safetensors").exists()
-                        else next(d.glob("*.safetensors")), flag == "true", args.t_samples)
+            bpd = bound(
+                d / "contextdiff.safetensors"
+                if (d / "contextdiff.safetensors").exists()
+                else next(d.glob("*.safetensors")),
+                flag == "true",
+                args.t_samples,
+            )
             results[variant]["seeds"][seed] = {"val_curve": curve, "final_val_loss": curve[-1][1], "bits_per_dim": bpd}
             print(f"{variant:>20} seed {seed}: val x0-loss {curve[-1][1]:.4f}, bound {bpd:.3f} bits/dim", flush=True)
         for key in ("final_val_loss", "bits_per_dim"):
             vals = [r[key] for r in results[variant]["seeds"].values()]
-            results[variant][key] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+            results[variant][key] = {
+                "mean": statistics.mean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            }
     plot(results, out / "training_claims.png")
     (out / "training_claims.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, args, out / "training_claims.md")
@@ -95,10 +134,12 @@ def main(argv=None):
 
 def plot(results, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
-    for (variant, res), color in zip(results.items(), ("tab:orange", "tab:blue")):
+    for (variant, res), color in zip(results.items(), ("tab:orange", "tab:blue"), strict=False):
         curves = [dict(r["val_curve"]) for r in res["seeds"].values()]
         steps = sorted(set.intersection(*(set(c) for c in curves)))
         vals = [[c[s] for c in curves] for s in steps]
@@ -123,14 +164,19 @@ def write_markdown(results, args, path):
     rows = []
     for variant, res in results.items():
         per_seed = ", ".join(f"{r['bits_per_dim']:.3f}" for r in res["seeds"].values())
-        rows.append(f"| {variant} | {res['final_val_loss']['mean']:.4f} ± {res['final_val_loss']['std']:.4f} | "
-                    f"{res['bits_per_dim']['mean']:.3f} ± {res['bits_per_dim']['std']:.3f} | {per_seed} |")
+        rows.append(
+            f"| {variant} | {res['final_val_loss']['mean']:.4f} ± {res['final_val_loss']['std']:.4f} | "
+            f"{res['bits_per_dim']['mean']:.3f} ± {res['bits_per_dim']['std']:.3f} | {per_seed} |"
+        )
     cd, base = results["contextdiff"], results["baseline (no bias)"]
     dl = 100 * (cd["final_val_loss"]["mean"] / base["final_val_loss"]["mean"] - 1)
     db = cd["bits_per_dim"]["mean"] - base["bits_per_dim"]["mean"]
     spread = math.hypot(cd["bits_per_dim"]["std"], base["bits_per_dim"]["std"])
-    verdict_bpd = ("no difference beyond the spread over seeds" if abs(db) <= spread else
-                   ("lower (better) with the bias" if db < 0 else "higher (worse) with the bias"))
+    verdict_bpd = (
+        "no difference beyond the spread over seeds"
+        if abs(db) <= spread
+        else ("lower (better) with the bias" if db < 0 else "higher (worse) with the bias")
+    )
     path.write_text(f"""# Training claims at small scale (`python -m analysis.training_claims`)
 
 The digits recipe (`trainer/configs/digits_joint.yaml`: joint UNet + adapter, class tokens, Eq. 6, min-SNR

@@ -23,11 +23,14 @@ ON_REQUEST = ["quality"]
 
 def stamp() -> str:
     import torch
-    lines = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
-             f"{__import__('os').cpu_count()} cores, {platform.system()} {platform.release()}",
-             f"- python {platform.python_version()}, torch {torch.__version__}, "
-             f"CUDA {'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not used'}"]
+
+    lines = [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
+        f"{__import__('os').cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, "
+        f"CUDA {'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not used'}",
+    ]
     return "\n".join(lines)
 
 
@@ -41,11 +44,16 @@ def restamp() -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", default=BENCHMARKS,
-                    help=f"subset of {BENCHMARKS + ON_REQUEST} (default: all but {ON_REQUEST}); options after "
-                         "the names go to each benchmark script")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "names",
+        nargs="*",
+        default=BENCHMARKS,
+        help=f"subset of {BENCHMARKS + ON_REQUEST} (default: all but {ON_REQUEST}); options after "
+        "the names go to each benchmark script",
+    )
     args, options = ap.parse_known_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS + ON_REQUEST]
     if unknown:

@@ -40,22 +40,29 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from host import import_pack
+
     pack = import_pack()
     import comfy.cli_args
+
     comfy.cli_args.args.cpu = not torch.cuda.is_available()
     import comfy.sd
+
     samplers = importlib.import_module(pack.__name__ + ".nodes.samplers")
     video_edit = importlib.import_module(pack.__name__ + ".nodes.video_edit")
     types_ = importlib.import_module(pack.__name__ + ".nodes.types")
+    from analysis.clip_metrics import clip_temporal_scores, clip_text_score, image_embeddings, load_clip, text_embedding
     from contextdiff.adapter_io import load_adapter
     from media.video import read_video
-    from analysis.clip_metrics import clip_temporal_scores, clip_text_score, image_embeddings, load_clip, text_embedding
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip_model, tokenizer = load_clip("ViT-B-32", args.clip_weights, device)
-    results = {"checkpoint": Path(args.checkpoint).name, "device": torch.cuda.get_device_name(0) if device == "cuda"
-               else "cpu", "edits": [], "text_to_image": {}}
+    results = {
+        "checkpoint": Path(args.checkpoint).name,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "edits": [],
+        "text_to_image": {},
+    }
 
     def adapter_of(path):
         if not path:
@@ -63,18 +70,39 @@ def main(argv=None):
         module, meta = load_adapter(path)
         return types_.LoadedAdapter(module, meta, Path(path).name)
 
-    for line in (Path(args.edits).read_text().splitlines() if args.edits else []):
+    for line in Path(args.edits).read_text().splitlines() if args.edits else []:
         job = json.loads(line)
         row = {"video": job["video"], "target_prompt": job["target_prompt"]}
         for label, adapter in (("contextdiff", adapter_of(job.get("adapter", ""))), ("no_adapter", None)):
             frames, _ = read_video(job["video"], max_frames=args.frames, stride=2, size=args.size)
             out = video_edit.ContextDiffVideoEdit.execute(
-                model, vae, clip, job["source_prompt"], job["target_prompt"], job.get("blend_words", ""), 20, 7.5,
-                0.5, 0.3, args.frames, 1, args.size, args.frames, 0, 0.0, False, "gpu_protocol", 1.0,
-                images=frames, adapter=adapter).args[0]
+                model,
+                vae,
+                clip,
+                job["source_prompt"],
+                job["target_prompt"],
+                job.get("blend_words", ""),
+                20,
+                7.5,
+                0.5,
+                0.3,
+                args.frames,
+                1,
+                args.size,
+                args.frames,
+                0,
+                0.0,
+                False,
+                "gpu_protocol",
+                1.0,
+                images=frames,
+                adapter=adapter,
+            ).args[0]
             emb = image_embeddings(clip_model, out)
-            row[label] = {"clip_text": clip_text_score(emb, text_embedding(clip_model, tokenizer, job["target_prompt"])),
-                          **{f"clip_temp_{k}": v for k, v in clip_temporal_scores(emb).items()}}
+            row[label] = {
+                "clip_text": clip_text_score(emb, text_embedding(clip_model, tokenizer, job["target_prompt"])),
+                **{f"clip_temp_{k}": v for k, v in clip_temporal_scores(emb).items()},
+            }
         results["edits"].append(row)
         print(json.dumps(row))
 
@@ -87,8 +115,9 @@ def main(argv=None):
     for i in range(args.repeats + 1):
         for label, ad in (("contextdiff", adapter), ("base", None)):
             t = time.perf_counter()
-            samplers.ContextDiffKSampler.execute(model, pos, neg, latent, i, 50, 7.5, "normal", "ddim", 0.0, 1.0, 1.0,
-                                                 adapter=ad)
+            samplers.ContextDiffKSampler.execute(
+                model, pos, neg, latent, i, 50, 7.5, "normal", "ddim", 0.0, 1.0, 1.0, adapter=ad
+            )
             if device == "cuda":
                 torch.cuda.synchronize()
             if i:  # the first round warms up

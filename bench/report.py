@@ -13,7 +13,11 @@ def write_section(name: str, result: dict, markdown: str) -> None:
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     page = DOCS / "benchmarks.md"
-    text = page.read_text() if page.exists() else "# Benchmarks\n\nEach section is rewritten by its script under `bench/`.\n"
+    text = (
+        page.read_text()
+        if page.exists()
+        else "# Benchmarks\n\nEach section is rewritten by its script under `bench/`.\n"
+    )
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text:

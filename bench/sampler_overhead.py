@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from host import import_pack  # noqa: E402
-
 from report import write_section  # noqa: E402
 
 
@@ -35,6 +34,7 @@ def main():
 
     pack = import_pack()
     import importlib
+
     samplers = importlib.import_module(pack.__name__ + ".nodes.samplers")
     types_ = importlib.import_module(pack.__name__ + ".nodes.types")
     import comfy.model_management
@@ -56,22 +56,27 @@ def main():
 
     def core():
         import nodes
+
         return nodes.common_ksampler(model, 0, args.steps, args.cfg, "ddim", "normal", pos, neg, latent)[0]["samples"]
 
     def ours():
-        return KSampler.execute(model, pos, neg, latent, 0, args.steps, args.cfg, "normal", "ddim", 0.0, 1.0, 1.0,
-                                adapter=adapter).args[0]["samples"]
+        return KSampler.execute(
+            model, pos, neg, latent, 0, args.steps, args.cfg, "normal", "ddim", 0.0, 1.0, 1.0, adapter=adapter
+        ).args[0]["samples"]
 
     comfy.model_management.load_models_gpu([model])
-    ours(); core()  # warm-up: model load, allocator, kernels
+    ours()
+    core()  # warm-up: model load, allocator, kernels
     times = {"core": [], "contextdiff": []}
     for i in range(args.repeats):
         # ABBA order: a slow drift of the machine hits both variants alike.
-        for name, fn in ((("core", core), ("contextdiff", ours)) if i % 2 == 0 else (("contextdiff", ours), ("core", core))):
+        for name, fn in (
+            (("core", core), ("contextdiff", ours)) if i % 2 == 0 else (("contextdiff", ours), ("core", core))
+        ):
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    ratios = [b / a for a, b in zip(times["core"], times["contextdiff"])]
+    ratios = [b / a for a, b in zip(times["core"], times["contextdiff"], strict=False)]
     # The same question, component-wise (less noisy): one adapter pair call against one CFG UNet call.
     base = model.model
     x = torch.randn(1, 4, args.size // 8, args.size // 8)
@@ -89,34 +94,45 @@ def main():
     component_pct = 100 * statistics.median(comp["adapter"]) / statistics.median(comp["unet"])
     unet_params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     result = {
-        "latent": [args.size // 8, args.size // 8], "steps": args.steps, "repeats": args.repeats,
-        "core_s": times["core"], "contextdiff_s": times["contextdiff"],
-        "median_ratio": statistics.median(ratios), "overhead_pct": 100 * (statistics.median(ratios) - 1),
-        "adapter_call_s": statistics.median(comp["adapter"]), "cfg_unet_call_s": statistics.median(comp["unet"]),
+        "latent": [args.size // 8, args.size // 8],
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "core_s": times["core"],
+        "contextdiff_s": times["contextdiff"],
+        "median_ratio": statistics.median(ratios),
+        "overhead_pct": 100 * (statistics.median(ratios) - 1),
+        "adapter_call_s": statistics.median(comp["adapter"]),
+        "cfg_unet_call_s": statistics.median(comp["unet"]),
         "component_overhead_pct": component_pct,
-        "adapter_params": module.parameter_count(), "unet_params": unet_params,
+        "adapter_params": module.parameter_count(),
+        "unet_params": unet_params,
         "param_ratio_pct": 100 * module.parameter_count() / unet_params,
-        "device": str(comfy.model_management.get_torch_device()), "cpu": platform.processor() or platform.machine(),
+        "device": str(comfy.model_management.get_torch_device()),
+        "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))
-    write_section("sampler_overhead", result, f"""## Sampler overhead (`bench/sampler_overhead.py`)
+    write_section(
+        "sampler_overhead",
+        result,
+        f"""## Sampler overhead (`bench/sampler_overhead.py`)
 
 SD1.5-shaped UNet (320 channels, {unet_params / 1e6:.0f}M parameters, random weights) on
-{result['device']}, latent {args.size // 8}x{args.size // 8}, {args.steps} steps, cfg {args.cfg}, runs alternated
+{result["device"]}, latent {args.size // 8}x{args.size // 8}, {args.steps} steps, cfg {args.cfg}, runs alternated
 {args.repeats} times.
 
 | | seconds per run (median) |
 |---|---|
-| core KSampler, ddim | {statistics.median(times['core']):.2f} |
-| ContextDiffKSampler, default adapter | {statistics.median(times['contextdiff']):.2f} |
+| core KSampler, ddim | {statistics.median(times["core"]):.2f} |
+| ContextDiffKSampler, default adapter | {statistics.median(times["contextdiff"]):.2f} |
 
-Overhead: **{result['overhead_pct']:+.1f}%** (median of per-pair ratios; target at most +3%).
-Component check: one adapter call (both timesteps batched) takes {1000 * result['adapter_call_s']:.1f} ms against
-{1000 * result['cfg_unet_call_s']:.0f} ms for one CFG UNet call (batch 2): **{component_pct:.1f}%** per step.
-Adapter: {module.parameter_count() / 1e6:.2f}M parameters, {result['param_ratio_pct']:.2f}% of the UNet
+Overhead: **{result["overhead_pct"]:+.1f}%** (median of per-pair ratios; target at most +3%).
+Component check: one adapter call (both timesteps batched) takes {1000 * result["adapter_call_s"]:.1f} ms against
+{1000 * result["cfg_unet_call_s"]:.0f} ms for one CFG UNet call (batch 2): **{component_pct:.1f}%** per step.
+Adapter: {module.parameter_count() / 1e6:.2f}M parameters, {result["param_ratio_pct"]:.2f}% of the UNet
 (the paper: a 188M adapter on a 3B model, +1.5% time).
-""")
+""",
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def step_times(cfg, repeats: int, threads: int) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step:   # the first step allocates and warms caches
+        if step:  # the first step allocates and warms caches
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
     return min(cpu), statistics.median(wall)
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "shapes_train.json"))
     args = ap.parse_args(argv)
     from trainer.comfy_env import ensure_comfy_importable
+
     ensure_comfy_importable(cpu=True)
     from trainer.config import load_config
 
@@ -79,14 +80,28 @@ def main(argv=None) -> int:
         load_before = os.getloadavg()[0]
         cpu1, _ = step_times(cfg, args.repeats, threads=1)
         _, wall = step_times(cfg, args.repeats, threads=threads)
-        row = {"variant": name, "change": change, "batch_size": cfg.batch_size,
-               "cpu_s_per_step_1_thread": round(cpu1, 3), f"wall_s_per_step_{threads}_threads": round(wall, 3),
-               "load_average": round((load_before + os.getloadavg()[0]) / 2, 2)}
+        row = {
+            "variant": name,
+            "change": change,
+            "batch_size": cfg.batch_size,
+            "cpu_s_per_step_1_thread": round(cpu1, 3),
+            f"wall_s_per_step_{threads}_threads": round(wall, 3),
+            "load_average": round((load_before + os.getloadavg()[0]) / 2, 2),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"cpu_count": threads, "recipe_steps": load_config(
-        ["--config", str(ROOT / "trainer" / "configs" / "shapes.yaml")]).steps, "rows": rows}, indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "cpu_count": threads,
+                "recipe_steps": load_config(["--config", str(ROOT / "trainer" / "configs" / "shapes.yaml")]).steps,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -41,14 +41,14 @@ class AdapterConfig:
     """Architecture hyper-parameters; stored in every adapter file's metadata."""
 
     latent_channels: int = 4
-    context_dim: int = 768       # SD1.x 768, SD2.x 1024, SDXL 2048
+    context_dim: int = 768  # SD1.x 768, SD2.x 1024, SDXL 2048
     dim: int = 256
-    depth: int = 4               # transformer blocks (Tables 7/8)
-    heads: int = 8               # attention heads (paper §4.1)
+    depth: int = 4  # transformer blocks (Tables 7/8)
+    heads: int = 8  # attention heads (paper §4.1)
     patch_size: int = 2
     mlp_ratio: float = 4.0
-    video: bool = False          # adds temporal causal attention
-    temporal_window: int = 3     # frames each frame attends to, itself included (Table 8)
+    video: bool = False  # adds temporal causal attention
+    temporal_window: int = 3  # frames each frame attends to, itself included (Table 8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,8 +79,9 @@ class AdapterConfig:
             raise ValueError(f"adapter hyper-parameter video={self.video!r} must be true or false")
         if self.dim % 2 or self.dim % self.heads:
             # Even: the sinusoidal timestep embedding has dim/2 frequencies; attention splits dim over heads.
-            raise ValueError(f"adapter hyper-parameter dim={self.dim} must be even and a multiple of "
-                             f"heads={self.heads}")
+            raise ValueError(
+                f"adapter hyper-parameter dim={self.dim} must be even and a multiple of heads={self.heads}"
+            )
 
     def hidden_mlp(self) -> int:
         """Width of each block's MLP."""
@@ -117,8 +118,11 @@ def grid_position_embedding(h: int, w: int, dim: int, device: torch.device | str
     """Fixed 2D sine-cosine positions for an ``h x w`` token grid, any size: ``(h*w, dim)``."""
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
     parts = []
     for coord in (ys.flatten(), xs.flatten()):
         ang = coord[:, None] * omega[None]
@@ -137,8 +141,9 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(kv_dim or dim, 2 * dim)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         context = x if context is None else context
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
         k, v = rearrange(self.to_kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
@@ -208,14 +213,14 @@ class ContextAdapter(nn.Module):
         nn.init.zeros_(self.patch_out.weight)
         nn.init.zeros_(self.patch_out.bias)
 
-    def forward(self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,
-                frames: int | None = None) -> torch.Tensor:
+    def forward(self, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         cfg = self.cfg
         if x0.dim() != 4 or x0.shape[1] != cfg.latent_channels:
             raise ValueError(f"adapter expects latents (B, {cfg.latent_channels}, H, W), got {tuple(x0.shape)}")
         if text.shape[-1] != cfg.context_dim:
-            raise ValueError(f"adapter was built for context dim {cfg.context_dim}, "
-                             f"the conditioning has {text.shape[-1]}")
+            raise ValueError(
+                f"adapter was built for context dim {cfg.context_dim}, the conditioning has {text.shape[-1]}"
+            )
         b, _, h, w = x0.shape
         p = cfg.patch_size
         frames = b if frames is None else frames
@@ -227,8 +232,9 @@ class ContextAdapter(nn.Module):
         dtype = self.patch_in.weight.dtype
         tokens = self.patch_in(rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p).to(dtype))
         tokens = tokens + grid_position_embedding(gh, gw, cfg.dim, x.device).to(tokens.dtype)
-        temb = self.time_embed(timestep_embedding(t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1),
-                                                  cfg.dim).to(dtype))
+        temb = self.time_embed(
+            timestep_embedding(t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1), cfg.dim).to(dtype)
+        )
         text = match_text_batch(text.to(dtype), b)
         for block in self.blocks:
             tokens = block(tokens, text, temb, frames if cfg.video else 1)
@@ -236,8 +242,9 @@ class ContextAdapter(nn.Module):
         out = rearrange(out, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=gh, w=gw, p1=p, p2=p)
         return out[..., :h, :w].to(x0.dtype)
 
-    def pair(self, x0: torch.Tensor, text: torch.Tensor, t_pair: torch.Tensor,
-             frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(
+        self, x0: torch.Tensor, text: torch.Tensor, t_pair: torch.Tensor, frames: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r(x0, c, t_a), r(x0, c, t_b))`` from one batched call (the two ends of a step)."""
         b = x0.shape[0]
         t = torch.cat([t_pair[0].reshape(1).expand(b), t_pair[1].reshape(1).expand(b)])
@@ -262,7 +269,8 @@ class ContextAdapter(nn.Module):
         raise FloatingPointError(
             f"{self.source} gave a bias of magnitude {size} (latents are of order 1, at most {MAX_OUTPUT:g} is "
             "accepted): its weights are too large because training diverged or the file is damaged; use an "
-            "earlier checkpoint or another adapter.")
+            "earlier checkpoint or another adapter."
+        )
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -45,13 +45,18 @@ def atomic_save_file(tensors: dict, path: str | os.PathLike, metadata: dict | No
     A crash or kill mid-write leaves the previous file intact, never a truncated one.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:   # the file gets the umask's mode, like the trainer's other outputs
+    with atomic_path(path) as tmp:  # the file gets the umask's mode, like the trainer's other outputs
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return path
 
 
-def save_adapter(adapter: ContextAdapter, path: str | os.PathLike, base_model: str,
-                 training: dict | None = None, producer: str = PRODUCER) -> Path:
+def save_adapter(
+    adapter: ContextAdapter,
+    path: str | os.PathLike,
+    base_model: str,
+    training: dict | None = None,
+    producer: str = PRODUCER,
+) -> Path:
     """Write ``adapter`` atomically with the metadata the loader validates."""
     cfg = adapter.cfg
     meta = {
@@ -100,13 +105,15 @@ def read_header(path: str | os.PathLike) -> dict:
         if kind in ("pickle", "zip"):
             raise AdapterFileError(
                 f"{name} is a pickle/torch.save file, which is refused because loading it can run code; "
-                "convert it to .safetensors with the trainer or save_adapter().")
+                "convert it to .safetensors with the trainer or save_adapter()."
+            )
         if len(head) < 9:
             raise AdapterFileError(f"{name} is empty or truncated; re-download or re-export the adapter.")
         if kind != "safetensors":
             if head[8:9] == b"{" or struct.unpack("<Q", head[:8])[0] > size - 8:
-                raise AdapterFileError(f"{name} is not a safetensors file (bad header length); "
-                                       "re-export it as .safetensors.")
+                raise AdapterFileError(
+                    f"{name} is not a safetensors file (bad header length); re-export it as .safetensors."
+                )
             raise AdapterFileError(f"{name} has a corrupt safetensors header; re-download or re-export it.")
         (n,) = struct.unpack("<Q", head[:8])
         f.seek(8)
@@ -129,15 +136,19 @@ def _parse_metadata(header: dict, path: Path) -> dict:
         raise AdapterFileError(f"{name} has a corrupt safetensors header; re-download or re-export it.")
     meta = dict(meta)
     if meta.get("format") != FORMAT:
-        raise AdapterFileError(f"{name} is a safetensors file but not a ContextDiff adapter "
-                               f"(metadata format={meta.get('format')!r}); pick an adapter trained with trainer.train.")
+        raise AdapterFileError(
+            f"{name} is a safetensors file but not a ContextDiff adapter "
+            f"(metadata format={meta.get('format')!r}); pick an adapter trained with trainer.train."
+        )
     try:
         version = int(meta.get("format_version", "?"))
     except (ValueError, TypeError):
         version = -1
     if version != FORMAT_VERSION:
-        raise AdapterFileError(f"{name} has adapter format version {meta.get('format_version')}, this pack reads "
-                               f"version {FORMAT_VERSION}; update the node pack or re-export the adapter.")
+        raise AdapterFileError(
+            f"{name} has adapter format version {meta.get('format_version')}, this pack reads "
+            f"version {FORMAT_VERSION}; update the node pack or re-export the adapter."
+        )
     try:
         meta["config"] = AdapterConfig.from_dict(json.loads(meta["config"]))
         meta["training"] = json.loads(meta.get("training", "{}"))
@@ -159,8 +170,9 @@ def expected_shapes(cfg: AdapterConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def check_tensor_table(path: str | os.PathLike, header: dict, expected: dict[str, tuple[int, ...]],
-                       prefix: str = "") -> None:
+def check_tensor_table(
+    path: str | os.PathLike, header: dict, expected: dict[str, tuple[int, ...]], prefix: str = ""
+) -> None:
     """The header's tensor table against the architecture's shapes and the bytes the file holds.
 
     Run before any tensor is read: after it, loading allocates no more than the file's own size.
@@ -168,30 +180,43 @@ def check_tensor_table(path: str | os.PathLike, header: dict, expected: dict[str
     """
     path = Path(path)
     name, data_bytes = path.name, _data_bytes(path)
-    table = {k[len(prefix):]: v for k, v in header.items() if k != "__metadata__" and k.startswith(prefix)}
+    table = {k[len(prefix) :]: v for k, v in header.items() if k != "__metadata__" and k.startswith(prefix)}
     missing, extra = sorted(set(expected) - set(table)), sorted(set(table) - set(expected))
     if missing or extra:
-        raise AdapterFileError(f"{name} does not match its own architecture metadata "
-                               f"(missing {missing[:3]}, unexpected {extra[:3]}); re-export the adapter.")
+        raise AdapterFileError(
+            f"{name} does not match its own architecture metadata "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}); re-export the adapter."
+        )
     for key in sorted(table):
         entry = table[key]
         shape = entry.get("shape") if isinstance(entry, dict) else None
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
-                and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-            raise AdapterFileError(f"{name} is corrupt (tensor {key} has no valid shape or offsets); "
-                                   "re-download or re-export it.")
+        if not (
+            isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+        ):
+            raise AdapterFileError(
+                f"{name} is corrupt (tensor {key} has no valid shape or offsets); re-download or re-export it."
+            )
         dtype = entry.get("dtype")
         if dtype not in FLOAT_DTYPES:
-            raise AdapterFileError(f"{name}: tensor {key} has dtype {dtype}, adapters store floating-point "
-                                   "weights; the file is damaged or not an adapter, re-export it.")
+            raise AdapterFileError(
+                f"{name}: tensor {key} has dtype {dtype}, adapters store floating-point "
+                "weights; the file is damaged or not an adapter, re-export it."
+            )
         if tuple(shape) != expected[key]:
-            raise AdapterFileError(f"{name}: tensor {key} has shape {tuple(shape)}, the architecture "
-                                   f"needs {expected[key]}; re-export the adapter.")
+            raise AdapterFileError(
+                f"{name}: tensor {key} has shape {tuple(shape)}, the architecture "
+                f"needs {expected[key]}; re-export the adapter."
+            )
         start, end = offsets
         if not 0 <= start <= end <= data_bytes or end - start != math.prod(shape) * FLOAT_DTYPES[dtype]:
-            raise AdapterFileError(f"{name} is corrupt (tensor {key}'s data does not fit the file); "
-                                   "re-download or re-export it.")
+            raise AdapterFileError(
+                f"{name} is corrupt (tensor {key}'s data does not fit the file); re-download or re-export it."
+            )
 
 
 def content_hash(path: str | os.PathLike) -> str:
@@ -223,19 +248,22 @@ def load_adapter(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterFileError(f"{name} is corrupt ({e}); re-download or re-export it.") from None
     expected = expected_shapes(meta["config"])
-    if set(state) != set(expected):    # the file changed since its header was checked
+    if set(state) != set(expected):  # the file changed since its header was checked
         raise AdapterFileError(f"{name} changed while it was read; run again.")
     for key, value in state.items():
         if not value.is_floating_point() or tuple(value.shape) != expected[key]:
             raise AdapterFileError(f"{name} changed while it was read; run again.")
         if not torch.isfinite(value).all():
-            raise AdapterFileError(f"{name}: tensor {key} contains NaN or infinity; the training run diverged, "
-                                   "use an earlier checkpoint.")
+            raise AdapterFileError(
+                f"{name}: tensor {key} contains NaN or infinity; the training run diverged, use an earlier checkpoint."
+            )
         peak = value.abs().max().item() if value.numel() else 0.0
         if peak > MAX_WEIGHT:
-            raise AdapterFileError(f"{name}: tensor {key} holds values up to {peak:.3g}, where an adapter's weights "
-                                   f"stay below {MAX_WEIGHT:g}; the training run diverged or the file is damaged: "
-                                   "use an earlier checkpoint.")
+            raise AdapterFileError(
+                f"{name}: tensor {key} holds values up to {peak:.3g}, where an adapter's weights "
+                f"stay below {MAX_WEIGHT:g}; the training run diverged or the file is damaged: "
+                "use an earlier checkpoint."
+            )
     with torch.device("meta"):
         adapter = ContextAdapter(meta["config"], source=f"ContextDiff adapter '{name}'")
     # assign: the loaded tensors become the parameters (no second copy, no random initialisation).

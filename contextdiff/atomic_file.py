@@ -58,7 +58,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
-        os.chmod(tmp, mode)   # some writers (safetensors' save_file) recreate the file as 0600
+        os.chmod(tmp, mode)  # some writers (safetensors' save_file) recreate the file as 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -19,13 +19,21 @@ from .adapter import AdapterConfig, ContextAdapter
 from .adapter_io import AdapterFileError, atomic_save_file, check_tensor_table, expected_shapes, read_header
 
 JOINT_FORMAT = "contextdiff-joint"
-TEXT_JOINT_FORMAT = "contextdiff-text-joint"   # contextdiff/text_joint.py
+TEXT_JOINT_FORMAT = "contextdiff-text-joint"  # contextdiff/text_joint.py
 JOINT_VERSION = 1
 
 
-def joint_unet_config(channels: int = 1, model_channels: int = 64, context_dim: int = 64,
-                      channel_mult=(1, 2), num_res_blocks: int = 2, heads: int = 4,
-                      attention_from_level: int = 0, norm_groups: int = 32, pooled_dim: int = 0) -> dict:
+def joint_unet_config(
+    channels: int = 1,
+    model_channels: int = 64,
+    context_dim: int = 64,
+    channel_mult=(1, 2),
+    num_res_blocks: int = 2,
+    heads: int = 4,
+    attention_from_level: int = 0,
+    norm_groups: int = 32,
+    pooled_dim: int = 0,
+) -> dict:
     """A small SD-style UNet config (pixel space, cross-attention to class/text tokens).
 
     Levels below ``attention_from_level`` (the high resolutions) get no transformer blocks: attention
@@ -42,14 +50,25 @@ def joint_unet_config(channels: int = 1, model_channels: int = 64, context_dim: 
         raise ValueError(f"attention_from_level={attention_from_level} must name one of the {levels} UNet levels")
     depth = [int(level >= attention_from_level) for level in range(levels)]
     return {
-        "use_checkpoint": False, "image_size": 32, "in_channels": channels, "out_channels": channels,
-        "model_channels": model_channels, "num_res_blocks": [num_res_blocks] * levels,
-        "channel_mult": list(channel_mult), "transformer_depth": [d for d in depth for _ in range(num_res_blocks)],
+        "use_checkpoint": False,
+        "image_size": 32,
+        "in_channels": channels,
+        "out_channels": channels,
+        "model_channels": model_channels,
+        "num_res_blocks": [num_res_blocks] * levels,
+        "channel_mult": list(channel_mult),
+        "transformer_depth": [d for d in depth for _ in range(num_res_blocks)],
         "transformer_depth_output": [d for d in depth for _ in range(num_res_blocks + 1)],
         "transformer_depth_middle": 1,
-        "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False,
-        "context_dim": context_dim, "num_heads": heads, "num_head_channels": -1, "adm_in_channels": None,
-        "use_temporal_attention": False, "use_temporal_resblock": False,
+        "use_spatial_transformer": True,
+        "use_linear_in_transformer": True,
+        "legacy": False,
+        "context_dim": context_dim,
+        "num_heads": heads,
+        "num_head_channels": -1,
+        "adm_in_channels": None,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
         **({} if norm_groups == 32 else {"norm_groups": norm_groups}),
         **({"num_classes": "sequential", "adm_in_channels": pooled_dim} if pooled_dim else {}),
     }
@@ -150,12 +169,14 @@ def load_parts(path: Path, parts: dict[str, torch.nn.Module], device="cpu") -> N
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         keys = list(f.keys())
         for prefix, module in parts.items():
-            state = {k[len(prefix) + 1:]: f.get_tensor(k) for k in keys if k.startswith(prefix + ".")}
+            state = {k[len(prefix) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(prefix + ".")}
             try:
                 module.load_state_dict(state)
             except RuntimeError as e:
-                raise AdapterFileError(f"{path.name}: the {prefix} weights do not match the stored "
-                                       f"configuration ({str(e).splitlines()[0]}); re-export the checkpoint.") from None
+                raise AdapterFileError(
+                    f"{path.name}: the {prefix} weights do not match the stored "
+                    f"configuration ({str(e).splitlines()[0]}); re-export the checkpoint."
+                ) from None
 
 
 def checkpoint_format(path) -> tuple[str | None, dict]:
@@ -166,8 +187,10 @@ def checkpoint_format(path) -> tuple[str | None, dict]:
 
 def check_version(path: Path, meta: dict, version: int) -> None:
     if meta.get("format_version") != str(version):
-        raise AdapterFileError(f"{path.name} has {meta.get('format')} format version {meta.get('format_version')}, "
-                               f"this pack reads {version}; update the pack or retrain.")
+        raise AdapterFileError(
+            f"{path.name} has {meta.get('format')} format version {meta.get('format_version')}, "
+            f"this pack reads {version}; update the pack or retrain."
+        )
 
 
 def checked_adapter(path: Path, meta: dict) -> ContextAdapter:
@@ -181,16 +204,28 @@ def checked_adapter(path: Path, meta: dict) -> ContextAdapter:
     return ContextAdapter(adapter_cfg, source=f"ContextDiff adapter in '{path.name}'")
 
 
-def save_joint(path, model, adapter: ContextAdapter, classes: ClassEmbedding, unet_config: dict,
-               training: dict | None = None, with_bias: bool = True):
+def save_joint(
+    path,
+    model,
+    adapter: ContextAdapter,
+    classes: ClassEmbedding,
+    unet_config: dict,
+    training: dict | None = None,
+    with_bias: bool = True,
+):
     """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
     meta = {
-        "format": JOINT_FORMAT, "format_version": str(JOINT_VERSION), "recipe": "digits",
+        "format": JOINT_FORMAT,
+        "format_version": str(JOINT_VERSION),
+        "recipe": "digits",
         "unet_config": json.dumps(unet_config, sort_keys=True),
         "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
-        "num_classes": str(classes.num_classes), "class_tokens": str(classes.tokens),
-        "latent_channels": str(unet_config["in_channels"]), "context_dim": str(unet_config["context_dim"]),
-        "base_model": "joint", "with_bias": str(bool(with_bias)).lower(),
+        "num_classes": str(classes.num_classes),
+        "class_tokens": str(classes.tokens),
+        "latent_channels": str(unet_config["in_channels"]),
+        "context_dim": str(unet_config["context_dim"]),
+        "base_model": "joint",
+        "with_bias": str(bool(with_bias)).lower(),
         "training": json.dumps(training or {}, sort_keys=True, default=str),
         "producer": f"contextdiff-comfyui {__version__}",
     }
@@ -209,10 +244,14 @@ def load_joint(path, device="cpu"):
     path = Path(path)
     fmt, meta = checkpoint_format(path)
     if fmt != JOINT_FORMAT:
-        hint = ("it is a text-conditioned joint model: load it with Load ContextDiff Shapes Model"
-                if fmt == TEXT_JOINT_FORMAT else "train one with python -m trainer.train --mode joint")
-        raise AdapterFileError(f"{path.name} is not a ContextDiff class-conditional joint checkpoint "
-                               f"(format={fmt!r}); {hint}.")
+        hint = (
+            "it is a text-conditioned joint model: load it with Load ContextDiff Shapes Model"
+            if fmt == TEXT_JOINT_FORMAT
+            else "train one with python -m trainer.train --mode joint"
+        )
+        raise AdapterFileError(
+            f"{path.name} is not a ContextDiff class-conditional joint checkpoint (format={fmt!r}); {hint}."
+        )
     check_version(path, meta, JOINT_VERSION)
     adapter = checked_adapter(path, meta)
     unet_config = json.loads(meta["unet_config"])

@@ -8,7 +8,7 @@ bias: the fair baseline.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,11 +37,18 @@ def loss_weight(abar: torch.Tensor, kind: str = "uniform", gamma: float = 5.0) -
     raise ValueError(f"unknown loss weighting {kind!r}; choose one of {WEIGHTINGS}")
 
 
-def contextual_x0_loss(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, abar_table: torch.Tensor,
-                       denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                       relational: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-                       weighting: str = "uniform", gamma: float = 5.0, use_bias: bool = True,
-                       bias_l2: float = 0.0):
+def contextual_x0_loss(
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    abar_table: torch.Tensor,
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    relational: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    weighting: str = "uniform",
+    gamma: float = 5.0,
+    use_bias: bool = True,
+    bias_l2: float = 0.0,
+):
     """Eq. 6 for one batch; returns ``(loss, per-sample loss)``.
 
     ``bias_l2 > 0`` adds ``bias_l2 * mean(b_t^2)``, not in the paper: ``r_phi`` sees ``x0`` itself, so

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-TEXT_KEY = "l"          # the SD1.x layout: tokens come as {"l": [...]}, weights live under clip_l
+TEXT_KEY = "l"  # the SD1.x layout: tokens come as {"l": [...]}, weights live under clip_l
 
 
 def text_config(width: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: int = 4) -> dict:
@@ -29,8 +29,13 @@ def text_config(width: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: in
         raise ValueError(f"text width {width} must be divisible by its heads {heads}")
     with open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")) as f:
         config = json.load(f)
-    config.update(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                  intermediate_size=width * mlp_ratio, projection_dim=width)
+    config.update(
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=width * mlp_ratio,
+        projection_dim=width,
+    )
     config.pop("_name_or_path", None)
     return config
 
@@ -49,15 +54,27 @@ def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype 
     width = config["hidden_size"]
 
     class TextModel(comfy.sd1_clip.SDClipModel):
-        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
             # "last": the final layer-normed hidden states, as SD1.x uses its CLIP.
-            super().__init__(device=device, dtype=dtype, textmodel_json_config=dict(config),
-                             model_options=model_options, layer="last", return_projected_pooled=False)
+            if model_options is None:
+                model_options = {}
+            super().__init__(
+                device=device,
+                dtype=dtype,
+                textmodel_json_config=dict(config),
+                model_options=model_options,
+                layer="last",
+                return_projected_pooled=False,
+            )
 
-    tokenizer = functools.partial(comfy.sd1_clip.SD1Tokenizer, clip_name=TEXT_KEY,
-                                  tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, embedding_size=width))
+    tokenizer = functools.partial(
+        comfy.sd1_clip.SD1Tokenizer,
+        clip_name=TEXT_KEY,
+        tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, embedding_size=width),
+    )
     target = comfy.supported_models_base.ClipTarget(
-        tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_name=TEXT_KEY, clip_model=TextModel))
+        tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_name=TEXT_KEY, clip_model=TextModel)
+    )
     clip = comfy.sd.CLIP(target=target, model_options={"dtype": dtype})
     if init_seed is not None:
         reset_parameters(text_transformer(clip), init_seed)

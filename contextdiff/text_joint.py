@@ -18,8 +18,16 @@ from pathlib import Path
 from . import __version__
 from .adapter import ContextAdapter
 from .adapter_io import AdapterFileError
-from .joint_model import (JOINT_FORMAT, TEXT_JOINT_FORMAT, build_joint_model, check_version, checked_adapter,
-                          checkpoint_format, load_parts, save_parts)
+from .joint_model import (
+    JOINT_FORMAT,
+    TEXT_JOINT_FORMAT,
+    build_joint_model,
+    check_version,
+    checked_adapter,
+    checkpoint_format,
+    load_parts,
+    save_parts,
+)
 from .text_encoder import build_text_clip, text_transformer
 
 TEXT_JOINT_VERSION = 1
@@ -39,17 +47,30 @@ class TextJointModel:
         return self.meta.get("recipe", "")
 
 
-def save_text_joint(path, model, adapter: ContextAdapter, clip, unet_config: dict, text_config: dict, recipe: str,
-                    training: dict | None = None, with_bias: bool = True) -> Path:
+def save_text_joint(
+    path,
+    model,
+    adapter: ContextAdapter,
+    clip,
+    unet_config: dict,
+    text_config: dict,
+    recipe: str,
+    training: dict | None = None,
+    with_bias: bool = True,
+) -> Path:
     """Write the three parts and the metadata that :func:`load_text_joint` rebuilds them from."""
     meta = {
-        "format": TEXT_JOINT_FORMAT, "format_version": str(TEXT_JOINT_VERSION), "recipe": recipe,
+        "format": TEXT_JOINT_FORMAT,
+        "format_version": str(TEXT_JOINT_VERSION),
+        "recipe": recipe,
         "unet_config": json.dumps(unet_config, sort_keys=True),
         "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
         "text_config": json.dumps(text_config, sort_keys=True),
         "tokenizer": "CLIP BPE (ComfyUI sd1_tokenizer), 77 tokens",
-        "latent_channels": str(unet_config["in_channels"]), "context_dim": str(unet_config["context_dim"]),
-        "base_model": "joint-text", "with_bias": str(bool(with_bias)).lower(),
+        "latent_channels": str(unet_config["in_channels"]),
+        "context_dim": str(unet_config["context_dim"]),
+        "base_model": "joint-text",
+        "with_bias": str(bool(with_bias)).lower(),
         "training": json.dumps(training or {}, sort_keys=True, default=str),
         "producer": f"contextdiff-comfyui {__version__}",
     }
@@ -66,18 +87,24 @@ def load_text_joint(path, recipe: str | None = None, device="cpu") -> TextJointM
     fmt, meta = checkpoint_format(path)
     if fmt != TEXT_JOINT_FORMAT:
         if fmt == JOINT_FORMAT:
-            what = (f"a class-conditional joint checkpoint (recipe {meta.get('recipe', 'digits')}), not a "
-                    "text-conditioned one: load it with Load ContextDiff Joint Model")
+            what = (
+                f"a class-conditional joint checkpoint (recipe {meta.get('recipe', 'digits')}), not a "
+                "text-conditioned one: load it with Load ContextDiff Joint Model"
+            )
         elif fmt == "contextdiff-adapter":
             what = "an adapter for a base model: load it with Load ContextDiff Adapter"
         else:
-            what = (f"not a ContextDiff text joint checkpoint (format={fmt!r}): train one with "
-                    "python -m trainer.train --config trainer/configs/shapes.yaml")
+            what = (
+                f"not a ContextDiff text joint checkpoint (format={fmt!r}): train one with "
+                "python -m trainer.train --config trainer/configs/shapes.yaml"
+            )
         raise AdapterFileError(f"{path.name} is {what}.")
     check_version(path, meta, TEXT_JOINT_VERSION)
     if recipe is not None and meta.get("recipe") != recipe:
-        raise AdapterFileError(f"{path.name} was trained on recipe {meta.get('recipe')!r}, this loader reads "
-                               f"{recipe!r} checkpoints: pick a {recipe} checkpoint or retrain with its recipe.")
+        raise AdapterFileError(
+            f"{path.name} was trained on recipe {meta.get('recipe')!r}, this loader reads "
+            f"{recipe!r} checkpoints: pick a {recipe} checkpoint or retrain with its recipe."
+        )
     adapter = checked_adapter(path, meta)
     try:
         unet_config, text_config = json.loads(meta["unet_config"]), json.loads(meta["text_config"])

@@ -7,15 +7,28 @@ from typing_extensions import override
 
 from .adapter_loader import ContextDiffAdapterLoader
 from .editing import ContextDiffDDIMInversion, ContextDiffEditSampler
-from .joint import (ContextDiffClassConditioning, ContextDiffJointLoader, ContextDiffPixelsToImage,
-                    ContextDiffShapesLoader)
+from .joint import (
+    ContextDiffClassConditioning,
+    ContextDiffJointLoader,
+    ContextDiffPixelsToImage,
+    ContextDiffShapesLoader,
+)
 from .paths import register_model_folder
 from .samplers import ContextDiffKSampler, ContextDiffSampler
 from .video_edit import ContextDiffVideoEdit
 
-NODES = [ContextDiffAdapterLoader, ContextDiffKSampler, ContextDiffSampler, ContextDiffDDIMInversion,
-         ContextDiffEditSampler, ContextDiffVideoEdit, ContextDiffJointLoader, ContextDiffClassConditioning,
-         ContextDiffPixelsToImage, ContextDiffShapesLoader]
+NODES = [
+    ContextDiffAdapterLoader,
+    ContextDiffKSampler,
+    ContextDiffSampler,
+    ContextDiffDDIMInversion,
+    ContextDiffEditSampler,
+    ContextDiffVideoEdit,
+    ContextDiffJointLoader,
+    ContextDiffClassConditioning,
+    ContextDiffPixelsToImage,
+    ContextDiffShapesLoader,
+]
 
 
 class ContextDiffExtension(ComfyExtension):

@@ -18,15 +18,20 @@ class ContextDiffAdapterLoader(io.ComfyNode):
             display_name="Load ContextDiff Adapter",
             category="loaders/contextdiff",
             description="Loads a context-aware adapter (the paper's relational network r_phi) from "
-                        "models/contextdiff/. Only .safetensors adapters written by this pack's trainer load; "
-                        "pickles are refused because they can run code.",
+            "models/contextdiff/. Only .safetensors adapters written by this pack's trainer load; "
+            "pickles are refused because they can run code.",
             inputs=[
-                io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(FOLDER),
-                               tooltip="An adapter file in models/contextdiff/ "
-                                       "(train one with python -m trainer.train)."),
+                io.Combo.Input(
+                    "adapter_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip="An adapter file in models/contextdiff/ (train one with python -m trainer.train).",
+                ),
             ],
-            outputs=[Adapter.Output(display_name="adapter",
-                                    tooltip="Connect to ContextDiff KSampler or ContextDiff Sampler.")],
+            outputs=[
+                Adapter.Output(
+                    display_name="adapter", tooltip="Connect to ContextDiff KSampler or ContextDiff Sampler."
+                )
+            ],
         )
 
     @classmethod
@@ -38,13 +43,15 @@ class ContextDiffAdapterLoader(io.ComfyNode):
         try:
             return content_hash(path)
         except OSError:
-            return adapter_name    # vanished or unreadable: execute() names the problem
+            return adapter_name  # vanished or unreadable: execute() names the problem
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, adapter_name)
         if path is None:
-            raise FileNotFoundError(f"ContextDiff adapter '{adapter_name}' is not in models/contextdiff/; "
-                                    "copy it there and refresh the page.")
+            raise FileNotFoundError(
+                f"ContextDiff adapter '{adapter_name}' is not in models/contextdiff/; "
+                "copy it there and refresh the page."
+            )
         module, meta = load_adapter(path)
         return io.NodeOutput(LoadedAdapter(module=module, meta=meta, name=adapter_name))

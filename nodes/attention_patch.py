@@ -54,7 +54,7 @@ def attention_footprint(model: ModelPatcher, latent_hw: tuple[int, int]) -> list
         base = model.model
         device = model.load_device
         x = torch.zeros(1, base.latent_format.latent_channels, *latent_hw, device=device)
-        cond = families.probe_conditioning(base, tuple(x.shape))   # SDXL's UNet needs y as well
+        cond = families.probe_conditioning(base, tuple(x.shape))  # SDXL's UNet needs y as well
         with torch.no_grad():
             base.apply_model(x, torch.ones(1, device=device), **cond)
     finally:

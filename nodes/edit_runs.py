@@ -52,8 +52,13 @@ def _negative_or_empty(positive: list, negative: list | None) -> list:
     if negative is not None:
         return negative
     # As ComfyUI's ConditioningZeroOut: the pooled output zeroed too, not dropped (SDXL's y is built from it).
-    return [[torch.zeros_like(c), {k: torch.zeros_like(v) if k == "pooled_output" and v is not None else v
-                                   for k, v in d.items()}] for c, d in positive]
+    return [
+        [
+            torch.zeros_like(c),
+            {k: torch.zeros_like(v) if k == "pooled_output" and v is not None else v for k, v in d.items()},
+        ]
+        for c, d in positive
+    ]
 
 
 def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:

@@ -9,21 +9,29 @@ from comfy_api.latest import io
 
 from .types import Adapter
 
-STRENGTH_TIP = ("Scales the context bias b_t = k_t r_phi(x0hat, c, t) (paper Eq. 1). 0 gives exactly the base "
-                "sampler; 0.5-1.5 is the useful range.")
+STRENGTH_TIP = (
+    "Scales the context bias b_t = k_t r_phi(x0hat, c, t) (paper Eq. 1). 0 gives exactly the base "
+    "sampler; 0.5-1.5 is the useful range."
+)
 ADAPTER_TIP = "Context-aware adapter from Load ContextDiff Adapter. Leave empty to run the base sampler."
-FUSE_TIP = ("Fraction of the schedule, from the noisy end, whose attention is fused: t in [fuse_start*T, T] "
-            "(paper: 0.5). Lower keeps more of the source's structure.")
-BLEND_WORDS_TIP = ("Words whose cross-attention marks the edited region, e.g. 'cat, dog' (source word, target "
-                   "word). Outside the mask the result follows the source. Empty: no blend mask.")
-BLEND_THRESHOLD_TIP = ("Cut-off of the normalised attention of the blend words: above it a pixel may change. "
-                       "Lower edits a larger region.")
+FUSE_TIP = (
+    "Fraction of the schedule, from the noisy end, whose attention is fused: t in [fuse_start*T, T] "
+    "(paper: 0.5). Lower keeps more of the source's structure."
+)
+BLEND_WORDS_TIP = (
+    "Words whose cross-attention marks the edited region, e.g. 'cat, dog' (source word, target "
+    "word). Outside the mask the result follows the source. Empty: no blend mask."
+)
+BLEND_THRESHOLD_TIP = (
+    "Cut-off of the normalised attention of the blend words: above it a pixel may change. Lower edits a larger region."
+)
 EDIT_CFG_TIP = "Classifier-free guidance scale of the edit (target prompt against the negative)."
 
 
 def adapter_strength() -> io.Float.Input:
-    return io.Float.Input("adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05, round=False,
-                          tooltip=STRENGTH_TIP)
+    return io.Float.Input(
+        "adapter_strength", default=1.0, min=-10.0, max=10.0, step=0.05, round=False, tooltip=STRENGTH_TIP
+    )
 
 
 def adapter(tooltip: str = ADAPTER_TIP) -> io.Input:

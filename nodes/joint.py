@@ -41,16 +41,21 @@ class ContextDiffJointLoader(io.ComfyNode):
             display_name="Load ContextDiff Joint Model",
             category="loaders/contextdiff",
             description="Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the "
-                        "denoiser as a MODEL (pixel space, x0-prediction), its adapter, and its class tokens.",
-            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
-                                   tooltip="A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
-                                           "runs/digits/digits-contextdiff.safetensors copied there).")],
+            "denoiser as a MODEL (pixel space, x0-prediction), its adapter, and its class tokens.",
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip="A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
+                    "runs/digits/digits-contextdiff.safetensors copied there).",
+                )
+            ],
             outputs=[io.Model.Output(), Adapter.Output(display_name="adapter"), Classes.Output(display_name="classes")],
         )
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name):
-        return ContextDiffAdapterLoader.fingerprint_inputs(ckpt_name)   # the file's content decides
+        return ContextDiffAdapterLoader.fingerprint_inputs(ckpt_name)  # the file's content decides
 
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
@@ -61,8 +66,11 @@ class ContextDiffJointLoader(io.ComfyNode):
 
 def model_patcher(model) -> comfy.model_patcher.ModelPatcher:
     """A loaded joint denoiser as a ComfyUI MODEL."""
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
 
 
 def pixel_space_vae() -> comfy.sd.VAE:
@@ -79,18 +87,29 @@ class ContextDiffShapesLoader(io.ComfyNode):
             display_name="Load ContextDiff Shapes Model",
             category="loaders/contextdiff",
             description="Loads a checkpoint of the shapes recipe (python -m trainer.train --config "
-                        "trainer/configs/shapes.yaml): a text-to-image model trained from scratch with its adapter "
-                        "and a CLIP text encoder. Prompts, weights like (red:1.3), blend words and word alignment "
-                        "run the same code as with an SD checkpoint.",
-            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
-                                   tooltip="A shapes checkpoint in models/contextdiff/ (e.g. "
-                                           "runs/shapes/shapes-contextdiff.safetensors copied there).")],
-            outputs=[io.Model.Output(tooltip="The denoiser: pixel space, 32x32 RGB, x0-prediction."),
-                     io.Clip.Output(tooltip="Its CLIP text encoder (CLIP's BPE tokenizer): use CLIPTextEncode."),
-                     io.Vae.Output(tooltip="ComfyUI's pixel-space VAE: VAEEncode/VAEDecode map images to the "
-                                           "model's [-1, 1] pixels and back, no compression."),
-                     Adapter.Output(display_name="adapter", tooltip="The adapter trained with the model; strength 0 "
-                                                                    "gives the same model without the bias.")],
+            "trainer/configs/shapes.yaml): a text-to-image model trained from scratch with its adapter "
+            "and a CLIP text encoder. Prompts, weights like (red:1.3), blend words and word alignment "
+            "run the same code as with an SD checkpoint.",
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip="A shapes checkpoint in models/contextdiff/ (e.g. "
+                    "runs/shapes/shapes-contextdiff.safetensors copied there).",
+                )
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The denoiser: pixel space, 32x32 RGB, x0-prediction."),
+                io.Clip.Output(tooltip="Its CLIP text encoder (CLIP's BPE tokenizer): use CLIPTextEncode."),
+                io.Vae.Output(
+                    tooltip="ComfyUI's pixel-space VAE: VAEEncode/VAEDecode map images to the "
+                    "model's [-1, 1] pixels and back, no compression."
+                ),
+                Adapter.Output(
+                    display_name="adapter",
+                    tooltip="The adapter trained with the model; strength 0 gives the same model without the bias.",
+                ),
+            ],
         )
 
     @classmethod
@@ -113,10 +132,12 @@ class ContextDiffClassConditioning(io.ComfyNode):
             display_name="ContextDiff Class Conditioning",
             category="conditioning/contextdiff",
             description="Class labels as conditioning tokens (paper §4.3, class-to-image). One label per latent in "
-                        "the batch, repeated to fill it; -1 is the null class (use it as the negative).",
-            inputs=[Classes.Input("classes", tooltip="The class tokens from Load ContextDiff Joint Model."),
-                    io.String.Input("labels", default="0-9", tooltip="e.g. '7', '0-9', '1, 3, 5', '-1'"),
-                    io.Int.Input("repeat", default=1, min=1, max=1024, tooltip="Each label this many times.")],
+            "the batch, repeated to fill it; -1 is the null class (use it as the negative).",
+            inputs=[
+                Classes.Input("classes", tooltip="The class tokens from Load ContextDiff Joint Model."),
+                io.String.Input("labels", default="0-9", tooltip="e.g. '7', '0-9', '1, 3, 5', '-1'"),
+                io.Int.Input("repeat", default=1, min=1, max=1024, tooltip="Each label this many times."),
+            ],
             outputs=[io.Conditioning.Output()],
         )
 
@@ -136,10 +157,12 @@ class ContextDiffPixelsToImage(io.ComfyNode):
             display_name="ContextDiff Pixels To Image",
             category="latent/contextdiff",
             description="Shows a pixel-space latent (joint models have no VAE): [-1, 1] to an IMAGE, optionally "
-                        "as one grid, enlarged for viewing.",
-            inputs=[io.Latent.Input("samples", tooltip="Pixel-space latents of a joint model."),
-                    io.Int.Input("scale", default=8, min=1, max=64, tooltip="Nearest-neighbour enlargement."),
-                    io.Int.Input("grid_columns", default=0, min=0, max=256, tooltip="0 = a batch of images.")],
+            "as one grid, enlarged for viewing.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="Pixel-space latents of a joint model."),
+                io.Int.Input("scale", default=8, min=1, max=64, tooltip="Nearest-neighbour enlargement."),
+                io.Int.Input("grid_columns", default=0, min=0, max=256, tooltip="0 = a batch of images."),
+            ],
             outputs=[io.Image.Output()],
         )
 
@@ -155,6 +178,6 @@ class ContextDiffPixelsToImage(io.ComfyNode):
             canvas = torch.ones(c, rows * (h + scale), grid_columns * (w + scale))
             for i in range(n):
                 r, col = divmod(i, grid_columns)
-                canvas[:, r * (h + scale):r * (h + scale) + h, col * (w + scale):col * (w + scale) + w] = x[i]
+                canvas[:, r * (h + scale) : r * (h + scale) + h, col * (w + scale) : col * (w + scale) + w] = x[i]
             x = canvas[None]
         return io.NodeOutput(x.permute(0, 2, 3, 1).contiguous())

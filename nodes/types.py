@@ -43,11 +43,13 @@ class LoadedAdapter:
             raise ValueError(
                 f"ContextDiff adapter '{self.name}' was trained for context dim {self.context_dim} ({want}), "
                 f"but this model's conditioning gives {context_dim} ({have}): load an adapter trained for "
-                f"{have} or switch the checkpoint.")
+                f"{have} or switch the checkpoint."
+            )
         if latent_channels != self.latent_channels:
             raise ValueError(
                 f"ContextDiff adapter '{self.name}' works on {self.latent_channels}-channel latents, "
-                f"this latent has {latent_channels} channels: use an adapter trained for this model family.")
+                f"this latent has {latent_channels} channels: use an adapter trained for this model family."
+            )
 
     def on(self, device: torch.device) -> ContextAdapter:
         """The module on ``device``; a copy per device, so the loaded original stays where it is."""

@@ -39,8 +39,9 @@ def free_port() -> int:
 class ComfyServer:
     """Starts ``main.py --cpu`` in a scratch folder; ``stop()`` ends it."""
 
-    def __init__(self, workdir: Path, extra_custom_nodes: list[Path] = (), timeout: float = 120,
-                 extra_paths: dict | None = None):
+    def __init__(
+        self, workdir: Path, extra_custom_nodes: list[Path] = (), timeout: float = 120, extra_paths: dict | None = None
+    ):
         """``extra_paths``: more model folders, ``{kind: folder}`` (e.g. ``{"checkpoints": ...}``)."""
         self.workdir = Path(workdir)
         self.port = free_port()
@@ -64,16 +65,35 @@ class ComfyServer:
             f"  custom_nodes: {nodes_dir}\n"
             "  contextdiff: contextdiff\n"
             "  checkpoints: checkpoints\n"
-            "  loras: loras\n")
+            "  loras: loras\n"
+        )
         # More folders, e.g. {"checkpoints": "/data/sd"} for a user's own checkpoint.
         for i, (kind, path) in enumerate((extra_paths or {}).items()):
             config.write_text(config.read_text() + f"extra_{i}:\n  base_path: {path}\n  {kind}: .\n")
         self.log_path = self.workdir / "comfyui.log"
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-               "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
-               "--user-directory", str(self.workdir / "user"), "--extra-model-paths-config", str(config),
-               "--disable-auto-launch", "--preview-method", "none"]
+        cmd = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-api-nodes",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--output-directory",
+            str(self.output_dir),
+            "--input-directory",
+            str(self.input_dir),
+            "--user-directory",
+            str(self.workdir / "user"),
+            "--extra-model-paths-config",
+            str(config),
+            "--disable-auto-launch",
+            "--preview-method",
+            "none",
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfyui_dir(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -97,8 +117,9 @@ class ComfyServer:
             return json.loads(r.read())
 
     def post(self, path: str, payload: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 body = r.read()

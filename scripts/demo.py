@@ -41,14 +41,27 @@ def saved_images(server: ComfyServer, entry: dict, node_id: str) -> list[Path]:
 
 def train_digits(run_dir: Path, retrain: bool) -> Path:
     ckpt = run_dir / "digits-contextdiff.safetensors"
-    info = run_dir / "rank-0.json"   # written when a run finishes
+    info = run_dir / "rank-0.json"  # written when a run finishes
     if ckpt.exists() and info.exists() and not retrain:
         log(f"using the trained checkpoint {ckpt.relative_to(ROOT)} (--retrain to train again)")
         return ckpt
     log("training the default recipe (joint ContextDiff on 8x8 digits, class-conditional, CPU)")
     t = time.time()
-    subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--output_dir", str(run_dir),
-                    "--device", "cpu"], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.train",
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(run_dir),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     log(f"trained in {time.time() - t:.0f} s; loss curve: {(run_dir / 'loss.png').relative_to(ROOT)}")
     return ckpt
 
@@ -76,8 +89,9 @@ def run_digits(args, out_dir: Path) -> Path:
         workflow = json.loads((ROOT / "workflows" / "digits_contextdiff.json").read_text())
         entry = server.run(ui_to_api(workflow, server.get("/object_info")), timeout=900)
         on, off = saved_images(server, entry, "10")[0], saved_images(server, entry, "11")[0]
-        grid = side_by_side(on, off, out_dir / "digits_grid.png",
-                            ("ContextDiff: adapter bias on", "same model: bias off (strength 0)"))
+        grid = side_by_side(
+            on, off, out_dir / "digits_grid.png", ("ContextDiff: adapter bias on", "same model: bias off (strength 0)")
+        )
     finally:
         server.stop()
     return grid
@@ -89,19 +103,23 @@ def check_text_to_image_inputs(args) -> tuple[Path, Path | None]:
 
     ckpt = Path(args.checkpoint).resolve()
     if not ckpt.is_file():
-        raise SystemExit(f"error: checkpoint {ckpt} does not exist; give --checkpoint (or CONTEXTDIFF_CHECKPOINT) "
-                         "the path of a ComfyUI checkpoint file")
+        raise SystemExit(
+            f"error: checkpoint {ckpt} does not exist; give --checkpoint (or CONTEXTDIFF_CHECKPOINT) "
+            "the path of a ComfyUI checkpoint file"
+        )
     if args.steps < 1:
         raise SystemExit(f"error: --steps {args.steps}: give at least 1")
-    for name in ("width", "height"):   # as ComfyUI's EmptyLatentImage takes them
+    for name in ("width", "height"):  # as ComfyUI's EmptyLatentImage takes them
         if getattr(args, name) < 16 or getattr(args, name) % 8:
             raise SystemExit(f"error: --{name} {getattr(args, name)}: give a multiple of 8, at least 16")
     if not args.adapter:
         return ckpt, None
     adapter = Path(args.adapter).resolve()
     if not adapter.is_file():
-        raise SystemExit(f"error: adapter {adapter} does not exist; give --adapter the .safetensors file that "
-                         "python -m trainer.train printed at the end of training")
+        raise SystemExit(
+            f"error: adapter {adapter} does not exist; give --adapter the .safetensors file that "
+            "python -m trainer.train printed at the end of training"
+        )
     try:
         read_metadata(adapter)
     except AdapterFileError as e:
@@ -140,17 +158,23 @@ def run_text_to_image(args, out_dir: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=os.environ.get("CONTEXTDIFF_CHECKPOINT", ""),
-                    help="a ComfyUI checkpoint (SD1.x/SD2.x/SDXL): run text-to-image on it instead of the digits demo")
+    ap.add_argument(
+        "--checkpoint",
+        default=os.environ.get("CONTEXTDIFF_CHECKPOINT", ""),
+        help="a ComfyUI checkpoint (SD1.x/SD2.x/SDXL): run text-to-image on it instead of the digits demo",
+    )
     ap.add_argument("--adapter", default=os.environ.get("CONTEXTDIFF_ADAPTER", ""), help="adapter for --checkpoint")
     ap.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
     ap.add_argument("--steps", type=int, default=30, help="sampling steps of the text-to-image run (--checkpoint)")
     ap.add_argument("--width", type=int, default=512, help="image width in pixels (--checkpoint; a multiple of 8)")
     ap.add_argument("--height", type=int, default=512, help="image height in pixels (--checkpoint; a multiple of 8)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of the text-to-image run (--checkpoint)")
-    ap.add_argument("--demo", choices=["shapes", "digits"], default="shapes",
-                    help="shapes: text-to-image and text-guided edits on the shapes world; digits: class-conditional "
-                         "digits")
+    ap.add_argument(
+        "--demo",
+        choices=["shapes", "digits"],
+        default="shapes",
+        help="shapes: text-to-image and text-guided edits on the shapes world; digits: class-conditional digits",
+    )
     ap.add_argument("--train_steps", type=int, default=0, help="shapes: training steps (0 = the recipe's)")
     ap.add_argument("--retrain", action="store_true", help="train the demo model again")
     ap.add_argument("--out", default=str(ROOT / "out"), help="where results go")
@@ -163,6 +187,7 @@ def main(argv=None) -> int:
         result = run_text_to_image(args, out_dir)
     elif args.demo == "shapes":
         from shapes_demo import run_shapes
+
         result = ", ".join(str(p) for p in run_shapes(args, out_dir))
     else:
         result = run_digits(args, out_dir)

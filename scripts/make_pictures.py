@@ -38,7 +38,9 @@ def main():
     if not ckpt.exists():
         raise SystemExit("train the digits model first: bash scripts/run.sh")
     model, adapter, classes, meta = load_joint(ckpt)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    patcher = comfy.model_patcher.ModelPatcher(
+        model, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
+    )
     loaded = types_.LoadedAdapter(adapter, meta, ckpt.name)
     images, labels = load_digits_tensor()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -51,12 +53,21 @@ def main():
     pick = torch.tensor([1700 + i for i in range(8)])
     x0, y = images[pick], labels[pick]
     target = (y + 1) % 10
-    source = runtime.invert(patcher, {"samples": x0}, cond(y), steps=30, scheduler="simple", adapter=loaded, refine_steps=4,
-                            store_dtype=torch.float32)
+    source = runtime.invert(
+        patcher,
+        {"samples": x0},
+        cond(y),
+        steps=30,
+        scheduler="simple",
+        adapter=loaded,
+        refine_steps=4,
+        store_dtype=torch.float32,
+    )
     plain, fused = (runtime.plan_edit(steps=30, fuse_start=source.fuse_start, fuse=f) for f in (False, True))
     rec = runtime.edit(patcher, source, cond(y), plan=plain, negative=cond([10] * 8), cfg=1.0, adapter=loaded).samples
-    edited = runtime.edit(patcher, source, cond(target), plan=fused, negative=cond([10] * 8), cfg=4.0,
-                          adapter=loaded).samples
+    edited = runtime.edit(
+        patcher, source, cond(target), plan=fused, negative=cond([10] * 8), cfg=4.0, adapter=loaded
+    ).samples
     err = ((rec - x0).norm() / x0.norm()).item()
     image_grid(torch.cat([x0, rec, edited]), rows=3, out_path=OUT / "inversion_digits.png", scale=8)
     print(f"inversion reconstruction: relative error {err:.4f}; edit rows: class +1")
@@ -64,10 +75,19 @@ def main():
     # 2. A 'video': one digit morphing into another of the same class; edited as a clip (sparse-causal).
     a, b = images[labels == 3][0], images[labels == 3][5]
     frames = torch.stack([a + (b - a) * t for t in torch.linspace(0, 1, 8)])
-    source = runtime.invert(patcher, {"samples": frames}, cond([3] * 8), steps=30, scheduler="simple",
-                            adapter=loaded, store_dtype=torch.float32, frames=8)
-    edited = runtime.edit(patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), cfg=4.0,
-                          adapter=loaded).samples
+    source = runtime.invert(
+        patcher,
+        {"samples": frames},
+        cond([3] * 8),
+        steps=30,
+        scheduler="simple",
+        adapter=loaded,
+        store_dtype=torch.float32,
+        frames=8,
+    )
+    edited = runtime.edit(
+        patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), cfg=4.0, adapter=loaded
+    ).samples
     image_grid(torch.cat([frames, edited]), rows=2, out_path=OUT / "video_edit_digits.png", scale=8)
     grid = ROOT / "out" / "digits_grid.png"
     if grid.exists():

@@ -29,174 +29,337 @@ def note(id, pos, text, size=(420, 260)):
 
 WORKFLOWS = {
     "digits_contextdiff": [
-        note(1, [0, 0], "ContextDiff demo: class-conditional digits.\n\n1. Train: python -m trainer.train --config "
-             "trainer/configs/digits_joint.yaml (or run bash scripts/run.sh, which does it all).\n2. Copy "
-             "runs/digits/digits-contextdiff.safetensors into ComfyUI/models/contextdiff/ and pick it in the loader.\n"
-             "3. Queue. Left: the trained adapter's bias on (strength 1). Right: the same model with the bias off "
-             "(strength 0). Rows are the classes 0-9.\n\nTip: class tokens are weak at cfg 1; cfg 3-5 brings the "
-             "digits out."),
+        note(
+            1,
+            [0, 0],
+            "ContextDiff demo: class-conditional digits.\n\n1. Train: python -m trainer.train --config "
+            "trainer/configs/digits_joint.yaml (or run bash scripts/run.sh, which does it all).\n2. Copy "
+            "runs/digits/digits-contextdiff.safetensors into ComfyUI/models/contextdiff/ and pick it in the loader.\n"
+            "3. Queue. Left: the trained adapter's bias on (strength 1). Right: the same model with the bias off "
+            "(strength 0). Rows are the classes 0-9.\n\nTip: class tokens are weak at cfg 1; cfg 3-5 brings the "
+            "digits out.",
+        ),
         N(2, "ContextDiffJointLoader", [450, 0], {"ckpt_name": "digits-contextdiff.safetensors"}),
-        N(3, "ContextDiffClassConditioning", [800, 0], {"labels": "0-9", "repeat": 6}, {"classes": (2, 2)},
-          title="positive: classes 0-9"),
-        N(4, "ContextDiffClassConditioning", [800, 200], {"labels": "-1", "repeat": 60}, {"classes": (2, 2)},
-          title="negative: null class"),
+        N(
+            3,
+            "ContextDiffClassConditioning",
+            [800, 0],
+            {"labels": "0-9", "repeat": 6},
+            {"classes": (2, 2)},
+            title="positive: classes 0-9",
+        ),
+        N(
+            4,
+            "ContextDiffClassConditioning",
+            [800, 200],
+            {"labels": "-1", "repeat": 60},
+            {"classes": (2, 2)},
+            title="negative: null class",
+        ),
         N(5, "EmptyLatentImage", [800, 400], {"width": 64, "height": 64, "batch_size": 60}),
-        N(6, "ContextDiffKSampler", [1150, 0], {"seed": 0, "steps": 30, "cfg": 4.0, "scheduler": "simple",
-                                                "method": "ddim", "adapter_strength": 1.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 1)},
-          title="ContextDiff (bias on)"),
-        N(7, "ContextDiffKSampler", [1150, 450], {"seed": 0, "steps": 30, "cfg": 4.0, "scheduler": "simple",
-                                                  "method": "ddim", "adapter_strength": 0.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 1)},
-          title="same model, bias off"),
+        N(
+            6,
+            "ContextDiffKSampler",
+            [1150, 0],
+            {"seed": 0, "steps": 30, "cfg": 4.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 1.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 1)},
+            title="ContextDiff (bias on)",
+        ),
+        N(
+            7,
+            "ContextDiffKSampler",
+            [1150, 450],
+            {"seed": 0, "steps": 30, "cfg": 4.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 0.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 1)},
+            title="same model, bias off",
+        ),
         N(8, "ContextDiffPixelsToImage", [1500, 0], {"scale": 8, "grid_columns": 6}, {"samples": (6, 0)}),
         N(9, "ContextDiffPixelsToImage", [1500, 450], {"scale": 8, "grid_columns": 6}, {"samples": (7, 0)}),
         N(10, "SaveImage", [1800, 0], {"filename_prefix": "contextdiff/digits_bias_on"}, {"images": (8, 0)}),
         N(11, "SaveImage", [1800, 450], {"filename_prefix": "contextdiff/digits_bias_off"}, {"images": (9, 0)}),
     ],
     "text_to_image": [
-        note(1, [0, 0], "ContextDiff text-to-image.\n\nSet: your SD1.x/SD2.x/SDXL checkpoint, and an adapter "
-             "trained for it (models/contextdiff/, from python -m trainer.train --mode adapter). The adapter's "
-             "context dim must match the model (768 SD1.x, 1024 SD2.x, 2048 SDXL): a mismatch stops with a clear "
-             "message.\n\nadapter_strength scales the context bias; 0 is exactly the base DDIM sampler. "
-             "method ddpm gives ancestral sampling with the contextualized posterior."),
+        note(
+            1,
+            [0, 0],
+            "ContextDiff text-to-image.\n\nSet: your SD1.x/SD2.x/SDXL checkpoint, and an adapter "
+            "trained for it (models/contextdiff/, from python -m trainer.train --mode adapter). The adapter's "
+            "context dim must match the model (768 SD1.x, 1024 SD2.x, 2048 SDXL): a mismatch stops with a clear "
+            "message.\n\nadapter_strength scales the context bias; 0 is exactly the base DDIM sampler. "
+            "method ddpm gives ancestral sampling with the contextualized posterior.",
+        ),
         N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}),
-        N(3, "CLIPTextEncode", [800, 0], {"text": "a photograph of an astronaut riding a horse"}, {"clip": (2, 1)},
-          title="positive"),
+        N(
+            3,
+            "CLIPTextEncode",
+            [800, 0],
+            {"text": "a photograph of an astronaut riding a horse"},
+            {"clip": (2, 1)},
+            title="positive",
+        ),
         N(4, "CLIPTextEncode", [800, 250], {"text": "blurry, low quality"}, {"clip": (2, 1)}, title="negative"),
         N(5, "EmptyLatentImage", [800, 500], {"width": 512, "height": 512, "batch_size": 1}),
         N(6, "ContextDiffAdapterLoader", [800, 700], {"adapter_name": "my-adapter.safetensors"}),
-        N(7, "ContextDiffKSampler", [1150, 0], {"seed": 0, "steps": 30, "cfg": 7.5, "scheduler": "normal",
-                                                "method": "ddim", "adapter_strength": 1.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (6, 0)}),
+        N(
+            7,
+            "ContextDiffKSampler",
+            [1150, 0],
+            {"seed": 0, "steps": 30, "cfg": 7.5, "scheduler": "normal", "method": "ddim", "adapter_strength": 1.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (6, 0)},
+        ),
         N(8, "VAEDecode", [1500, 0], {}, {"samples": (7, 0), "vae": (2, 2)}),
         N(9, "SaveImage", [1750, 0], {"filename_prefix": "contextdiff/t2i"}, {"images": (8, 0)}),
     ],
     "sampler_custom": [
-        note(1, [0, 0], "ContextDiff as a SAMPLER for the core SamplerCustom: any scheduler node gives the sigmas "
-             "(the equations are exact for skipped-step schedules), any guider works. The bias uses the guider's "
-             "positive conditioning.\n\nSet the checkpoint and the adapter."),
+        note(
+            1,
+            [0, 0],
+            "ContextDiff as a SAMPLER for the core SamplerCustom: any scheduler node gives the sigmas "
+            "(the equations are exact for skipped-step schedules), any guider works. The bias uses the guider's "
+            "positive conditioning.\n\nSet the checkpoint and the adapter.",
+        ),
         N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}),
-        N(3, "CLIPTextEncode", [800, 0], {"text": "a red fox in the snow, detailed fur"}, {"clip": (2, 1)},
-          title="positive"),
+        N(
+            3,
+            "CLIPTextEncode",
+            [800, 0],
+            {"text": "a red fox in the snow, detailed fur"},
+            {"clip": (2, 1)},
+            title="positive",
+        ),
         N(4, "CLIPTextEncode", [800, 250], {"text": "blurry"}, {"clip": (2, 1)}, title="negative"),
         N(5, "EmptyLatentImage", [800, 500], {"width": 512, "height": 512, "batch_size": 1}),
         N(6, "ContextDiffAdapterLoader", [800, 700], {"adapter_name": "my-adapter.safetensors"}),
-        N(7, "ContextDiffSampler", [1150, 600], {"method": "ddim", "eta": 0.0, "adapter_strength": 1.0},
-          {"adapter": (6, 0)}),
+        N(
+            7,
+            "ContextDiffSampler",
+            [1150, 600],
+            {"method": "ddim", "eta": 0.0, "adapter_strength": 1.0},
+            {"adapter": (6, 0)},
+        ),
         N(8, "BasicScheduler", [1150, 400], {"scheduler": "karras", "steps": 25, "denoise": 1.0}, {"model": (2, 0)}),
-        N(9, "SamplerCustom", [1500, 0], {"add_noise": True, "noise_seed": 0, "cfg": 7.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "sampler": (7, 0), "sigmas": (8, 0),
-           "latent_image": (5, 0)}),
+        N(
+            9,
+            "SamplerCustom",
+            [1500, 0],
+            {"add_noise": True, "noise_seed": 0, "cfg": 7.0},
+            {
+                "model": (2, 0),
+                "positive": (3, 0),
+                "negative": (4, 0),
+                "sampler": (7, 0),
+                "sigmas": (8, 0),
+                "latent_image": (5, 0),
+            },
+        ),
         N(10, "VAEDecode", [1850, 0], {}, {"samples": (9, 0), "vae": (2, 2)}),
         N(11, "SaveImage", [2100, 0], {"filename_prefix": "contextdiff/sampler_custom"}, {"images": (10, 0)}),
     ],
     "image_edit": [
-        note(1, [0, 0], "Invert an image, then edit it with a new prompt (paper §4.2, FateZero-style fusion).\n\n"
-             "Set: the checkpoint, the image, the source prompt (what the image shows) and the target prompt, the "
-             "same text in the CLIP encoders and in the edit sampler's prompt fields (they align shared words).\n"
-             "blend_words: the words being replaced (e.g. 'cat, dog'); their attention masks the edit, the rest "
-             "stays on the source trajectory.\n\nInversion cfg stays 1.0: guidance makes DDIM inversion drift. "
-             "Set fuse_attention off with equal prompts to check the reconstruction."),
+        note(
+            1,
+            [0, 0],
+            "Invert an image, then edit it with a new prompt (paper §4.2, FateZero-style fusion).\n\n"
+            "Set: the checkpoint, the image, the source prompt (what the image shows) and the target prompt, the "
+            "same text in the CLIP encoders and in the edit sampler's prompt fields (they align shared words).\n"
+            "blend_words: the words being replaced (e.g. 'cat, dog'); their attention masks the edit, the rest "
+            "stays on the source trajectory.\n\nInversion cfg stays 1.0: guidance makes DDIM inversion drift. "
+            "Set fuse_attention off with equal prompts to check the reconstruction.",
+        ),
         N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}),
         N(3, "LoadImage", [450, 250], {"image": "example.png"}),
         N(4, "VAEEncode", [800, 250], {}, {"pixels": (3, 0), "vae": (2, 2)}),
         N(5, "CLIPTextEncode", [800, 0], {"text": "a cat sitting on the grass"}, {"clip": (2, 1)}, title="source"),
         N(6, "CLIPTextEncode", [800, 450], {"text": "a dog sitting on the grass"}, {"clip": (2, 1)}, title="target"),
         N(7, "CLIPTextEncode", [800, 700], {"text": ""}, {"clip": (2, 1)}, title="negative"),
-        N(8, "ContextDiffDDIMInversion", [1150, 0], {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
-          {"model": (2, 0), "latent": (4, 0), "positive": (5, 0)}),
-        N(9, "ContextDiffEditSampler", [1500, 0], {"cfg": 7.5, "source_prompt": "a cat sitting on the grass",
-                                                   "target_prompt": "a dog sitting on the grass",
-                                                   "blend_words": "cat, dog", "blend_threshold": 0.3},
-          {"model": (2, 0), "edit_source": (8, 1), "positive": (6, 0), "negative": (7, 0), "clip": (2, 1),
-           "vae": (2, 2)}),
+        N(
+            8,
+            "ContextDiffDDIMInversion",
+            [1150, 0],
+            {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
+            {"model": (2, 0), "latent": (4, 0), "positive": (5, 0)},
+        ),
+        N(
+            9,
+            "ContextDiffEditSampler",
+            [1500, 0],
+            {
+                "cfg": 7.5,
+                "source_prompt": "a cat sitting on the grass",
+                "target_prompt": "a dog sitting on the grass",
+                "blend_words": "cat, dog",
+                "blend_threshold": 0.3,
+            },
+            {
+                "model": (2, 0),
+                "edit_source": (8, 1),
+                "positive": (6, 0),
+                "negative": (7, 0),
+                "clip": (2, 1),
+                "vae": (2, 2),
+            },
+        ),
         N(10, "VAEDecode", [1850, 0], {}, {"samples": (9, 0), "vae": (2, 2)}),
         N(11, "SaveImage", [2100, 0], {"filename_prefix": "contextdiff/edit"}, {"images": (10, 0)}),
         N(12, "MaskToImage", [1850, 300], {}, {"mask": (9, 1)}),
         N(13, "PreviewImage", [2100, 300], {}, {"images": (12, 0)}),
     ],
     "video_edit": [
-        note(1, [0, 0], "Text-guided video editing (paper §4.2).\n\nSet: the checkpoint; a video file in ComfyUI's "
-             "input folder (or connect frames from VideoHelperSuite's Load Video to 'images'); the prompts; "
-             "optionally an adapter tuned on this video with python -m trainer.train --mode video.\n\nMemory: the "
-             "node estimates the attention store before it starts and refuses a job that would not fit, saying how "
-             "many frames per chunk fit. Long videos run in overlapping chunks."),
+        note(
+            1,
+            [0, 0],
+            "Text-guided video editing (paper §4.2).\n\nSet: the checkpoint; a video file in ComfyUI's "
+            "input folder (or connect frames from VideoHelperSuite's Load Video to 'images'); the prompts; "
+            "optionally an adapter tuned on this video with python -m trainer.train --mode video.\n\nMemory: the "
+            "node estimates the attention store before it starts and refuses a job that would not fit, saying how "
+            "many frames per chunk fit. Long videos run in overlapping chunks.",
+        ),
         N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}),
         N(3, "ContextDiffAdapterLoader", [450, 250], {"adapter_name": "my-video-adapter.safetensors"}),
-        N(4, "ContextDiffVideoEdit", [800, 0], {"source_prompt": "a man riding a bike",
-                                               "target_prompt": "a robot riding a bike", "blend_words": "man, robot",
-                                               "video": "example.mp4", "save_mp4": True, "max_frames": 16,
-                                               "size": 512},
-          {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "adapter": (3, 0)}),
+        N(
+            4,
+            "ContextDiffVideoEdit",
+            [800, 0],
+            {
+                "source_prompt": "a man riding a bike",
+                "target_prompt": "a robot riding a bike",
+                "blend_words": "man, robot",
+                "video": "example.mp4",
+                "save_mp4": True,
+                "max_frames": 16,
+                "size": 512,
+            },
+            {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "adapter": (3, 0)},
+        ),
         N(5, "PreviewImage", [1200, 0], {}, {"images": (4, 0)}),
     ],
     "sdxl_text_to_image": [
-        note(1, [0, 0], "ContextDiff text-to-image on SDXL (and SSD-1B, Vega, KOALA: any SDXL-family checkpoint).\n\n"
-             "Set: your SDXL checkpoint and an adapter trained for SDXL (context dim 2048): python -m trainer.train "
-             "--mode adapter --checkpoint sd_xl_base_1.0.safetensors ... An SD1.x/SD2.x adapter stops with a clear "
-             "message.\n\nCLIPTextEncode gives SDXL's pooled output; the size embeddings follow the latent (1024).\n"
-             "v-prediction / zero-terminal-SNR fine-tunes: put ComfyUI's ModelSamplingDiscrete (v_prediction, zsnr) "
-             "between the loader and the sampler if the checkpoint does not say so itself."),
+        note(
+            1,
+            [0, 0],
+            "ContextDiff text-to-image on SDXL (and SSD-1B, Vega, KOALA: any SDXL-family checkpoint).\n\n"
+            "Set: your SDXL checkpoint and an adapter trained for SDXL (context dim 2048): python -m trainer.train "
+            "--mode adapter --checkpoint sd_xl_base_1.0.safetensors ... An SD1.x/SD2.x adapter stops with a clear "
+            "message.\n\nCLIPTextEncode gives SDXL's pooled output; the size embeddings follow the latent (1024).\n"
+            "v-prediction / zero-terminal-SNR fine-tunes: put ComfyUI's ModelSamplingDiscrete (v_prediction, zsnr) "
+            "between the loader and the sampler if the checkpoint does not say so itself.",
+        ),
         N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
-        N(3, "CLIPTextEncode", [800, 0], {"text": "a photograph of an astronaut riding a horse"}, {"clip": (2, 1)},
-          title="positive"),
+        N(
+            3,
+            "CLIPTextEncode",
+            [800, 0],
+            {"text": "a photograph of an astronaut riding a horse"},
+            {"clip": (2, 1)},
+            title="positive",
+        ),
         N(4, "CLIPTextEncode", [800, 250], {"text": "blurry, low quality"}, {"clip": (2, 1)}, title="negative"),
         N(5, "EmptyLatentImage", [800, 500], {"width": 1024, "height": 1024, "batch_size": 1}),
         N(6, "ContextDiffAdapterLoader", [800, 700], {"adapter_name": "my-sdxl-adapter.safetensors"}),
-        N(7, "ContextDiffKSampler", [1150, 0], {"seed": 0, "steps": 30, "cfg": 7.0, "scheduler": "normal",
-                                                "method": "ddim", "adapter_strength": 1.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (6, 0)}),
+        N(
+            7,
+            "ContextDiffKSampler",
+            [1150, 0],
+            {"seed": 0, "steps": 30, "cfg": 7.0, "scheduler": "normal", "method": "ddim", "adapter_strength": 1.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (6, 0)},
+        ),
         N(8, "VAEDecode", [1500, 0], {}, {"samples": (7, 0), "vae": (2, 2)}),
         N(9, "SaveImage", [1750, 0], {"filename_prefix": "contextdiff/sdxl_t2i"}, {"images": (8, 0)}),
     ],
     "sdxl_image_edit": [
-        note(1, [0, 0], "Invert an image, then edit it with a new prompt, on SDXL (paper §4.2, FateZero-style fusion "
-             "over SDXL's 70 attention blocks).\n\nSet: the SDXL checkpoint, the image (1024 px is SDXL's size; the "
-             "attention store of 20 steps needs about 6 GiB of CPU memory there), the source and target prompts, "
-             "typed in the CLIP encoders and in the edit sampler's fields.\nblend_words: the replaced words (e.g. "
-             "'cat, dog'), found in the tokens of either SDXL text encoder.\nInversion cfg stays 1.0."),
+        note(
+            1,
+            [0, 0],
+            "Invert an image, then edit it with a new prompt, on SDXL (paper §4.2, FateZero-style fusion "
+            "over SDXL's 70 attention blocks).\n\nSet: the SDXL checkpoint, the image (1024 px is SDXL's size; the "
+            "attention store of 20 steps needs about 6 GiB of CPU memory there), the source and target prompts, "
+            "typed in the CLIP encoders and in the edit sampler's fields.\nblend_words: the replaced words (e.g. "
+            "'cat, dog'), found in the tokens of either SDXL text encoder.\nInversion cfg stays 1.0.",
+        ),
         N(2, "CheckpointLoaderSimple", [450, 0], {"ckpt_name": "sd_xl_base_1.0.safetensors"}),
         N(3, "LoadImage", [450, 250], {"image": "example.png"}),
         N(4, "VAEEncode", [800, 250], {}, {"pixels": (3, 0), "vae": (2, 2)}),
         N(5, "CLIPTextEncode", [800, 0], {"text": "a cat sitting on the grass"}, {"clip": (2, 1)}, title="source"),
         N(6, "CLIPTextEncode", [800, 450], {"text": "a dog sitting on the grass"}, {"clip": (2, 1)}, title="target"),
         N(7, "CLIPTextEncode", [800, 700], {"text": ""}, {"clip": (2, 1)}, title="negative"),
-        N(8, "ContextDiffDDIMInversion", [1150, 0], {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
-          {"model": (2, 0), "latent": (4, 0), "positive": (5, 0)}),
-        N(9, "ContextDiffEditSampler", [1500, 0], {"cfg": 7.0, "source_prompt": "a cat sitting on the grass",
-                                                   "target_prompt": "a dog sitting on the grass",
-                                                   "blend_words": "cat, dog", "blend_threshold": 0.3},
-          {"model": (2, 0), "edit_source": (8, 1), "positive": (6, 0), "negative": (7, 0), "clip": (2, 1),
-           "vae": (2, 2)}),
+        N(
+            8,
+            "ContextDiffDDIMInversion",
+            [1150, 0],
+            {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
+            {"model": (2, 0), "latent": (4, 0), "positive": (5, 0)},
+        ),
+        N(
+            9,
+            "ContextDiffEditSampler",
+            [1500, 0],
+            {
+                "cfg": 7.0,
+                "source_prompt": "a cat sitting on the grass",
+                "target_prompt": "a dog sitting on the grass",
+                "blend_words": "cat, dog",
+                "blend_threshold": 0.3,
+            },
+            {
+                "model": (2, 0),
+                "edit_source": (8, 1),
+                "positive": (6, 0),
+                "negative": (7, 0),
+                "clip": (2, 1),
+                "vae": (2, 2),
+            },
+        ),
         N(10, "VAEDecode", [1850, 0], {}, {"samples": (9, 0), "vae": (2, 2)}),
         N(11, "SaveImage", [2100, 0], {"filename_prefix": "contextdiff/sdxl_edit"}, {"images": (10, 0)}),
         N(12, "MaskToImage", [1850, 300], {}, {"mask": (9, 1)}),
         N(13, "PreviewImage", [2100, 300], {}, {"images": (12, 0)}),
     ],
     "shapes_text_to_image": [
-        note(1, [0, 0], "ContextDiff text-to-image on the shapes world: a 32x32 model trained from scratch on the CPU "
-             "with its adapter and a CLIP text encoder (bash scripts/run.sh trains it, or python -m trainer.train "
-             "--config trainer/configs/shapes.yaml; copy runs/shapes/shapes-contextdiff.safetensors into "
-             "ComfyUI/models/contextdiff/).\n\nWrite captions in the world's grammar: 'a small red circle on the "
-             "left and a large blue square at the top' (colours red green blue yellow magenta cyan; shapes circle "
-             "square triangle cross; sizes small large; on the left / on the right / at the top / at the bottom / "
-             "in the centre). Other words still encode (CLIP's BPE), the model just never saw them.\n\nLeft: "
-             "the adapter's bias on. Right: the same model, bias off (strength 0)."),
+        note(
+            1,
+            [0, 0],
+            "ContextDiff text-to-image on the shapes world: a 32x32 model trained from scratch on the CPU "
+            "with its adapter and a CLIP text encoder (bash scripts/run.sh trains it, or python -m trainer.train "
+            "--config trainer/configs/shapes.yaml; copy runs/shapes/shapes-contextdiff.safetensors into "
+            "ComfyUI/models/contextdiff/).\n\nWrite captions in the world's grammar: 'a small red circle on the "
+            "left and a large blue square at the top' (colours red green blue yellow magenta cyan; shapes circle "
+            "square triangle cross; sizes small large; on the left / on the right / at the top / at the bottom / "
+            "in the centre). Other words still encode (CLIP's BPE), the model just never saw them.\n\nLeft: "
+            "the adapter's bias on. Right: the same model, bias off (strength 0).",
+        ),
         N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
-        N(3, "CLIPTextEncode", [800, 0], {"text": "a large red circle in the centre"}, {"clip": (2, 1)},
-          title="positive"),
+        N(
+            3,
+            "CLIPTextEncode",
+            [800, 0],
+            {"text": "a large red circle in the centre"},
+            {"clip": (2, 1)},
+            title="positive",
+        ),
         N(4, "CLIPTextEncode", [800, 250], {"text": ""}, {"clip": (2, 1)}, title="negative (empty caption)"),
-        N(5, "EmptyChromaRadianceLatentImage", [800, 450], {"width": 32, "height": 32, "batch_size": 8},
-          title="empty pixel-space latent"),
-        N(6, "ContextDiffKSampler", [1150, 0], {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple",
-                                                "method": "ddim", "adapter_strength": 1.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
-          title="ContextDiff (bias on)"),
-        N(7, "ContextDiffKSampler", [1150, 450], {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple",
-                                                  "method": "ddim", "adapter_strength": 0.0},
-          {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
-          title="same model, bias off"),
+        N(
+            5,
+            "EmptyChromaRadianceLatentImage",
+            [800, 450],
+            {"width": 32, "height": 32, "batch_size": 8},
+            title="empty pixel-space latent",
+        ),
+        N(
+            6,
+            "ContextDiffKSampler",
+            [1150, 0],
+            {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 1.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
+            title="ContextDiff (bias on)",
+        ),
+        N(
+            7,
+            "ContextDiffKSampler",
+            [1150, 450],
+            {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 0.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
+            title="same model, bias off",
+        ),
         N(8, "VAEDecode", [1500, 0], {}, {"samples": (6, 0), "vae": (2, 2)}),
         N(9, "VAEDecode", [1500, 450], {}, {"samples": (7, 0), "vae": (2, 2)}),
         N(10, "ImageScaleBy", [1750, 0], {"upscale_method": "nearest-exact", "scale_by": 4.0}, {"image": (8, 0)}),
@@ -205,34 +368,93 @@ WORKFLOWS = {
         N(13, "SaveImage", [2050, 450], {"filename_prefix": "contextdiff/shapes_bias_off"}, {"images": (11, 0)}),
     ],
     "shapes_image_edit": [
-        note(1, [0, 0], "Text-guided image editing on the shapes world: invert a rendered scene with its caption, "
-             "then sample with an edited caption while fusing the source attention (paper §4.2). Two edits of one "
-             "inversion: a colour (red -> green) and a shape (circle -> square).\n\nSet the checkpoint (see "
-             "shapes_text_to_image) and put shapes_source.png in ComfyUI's input folder (scripts/demo.py writes it "
-             "with scripts/shapes_inputs.py). The prompts are typed twice: in the CLIP encoders and in the edit "
-             "sampler's fields, which align the shared words; blend_words name the replaced ones."),
+        note(
+            1,
+            [0, 0],
+            "Text-guided image editing on the shapes world: invert a rendered scene with its caption, "
+            "then sample with an edited caption while fusing the source attention (paper §4.2). Two edits of one "
+            "inversion: a colour (red -> green) and a shape (circle -> square).\n\nSet the checkpoint (see "
+            "shapes_text_to_image) and put shapes_source.png in ComfyUI's input folder (scripts/demo.py writes it "
+            "with scripts/shapes_inputs.py). The prompts are typed twice: in the CLIP encoders and in the edit "
+            "sampler's fields, which align the shared words; blend_words name the replaced ones.",
+        ),
         N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
         N(3, "LoadImage", [450, 300], {"image": "shapes_source.png"}),
         N(4, "VAEEncode", [800, 300], {}, {"pixels": (3, 0), "vae": (2, 2)}),
-        N(5, "CLIPTextEncode", [800, 0], {"text": "a large red circle in the centre"}, {"clip": (2, 1)},
-          title="source"),
-        N(6, "CLIPTextEncode", [800, 500], {"text": "a large green circle in the centre"}, {"clip": (2, 1)},
-          title="target: colour"),
-        N(7, "CLIPTextEncode", [800, 700], {"text": "a large red square in the centre"}, {"clip": (2, 1)},
-          title="target: shape"),
+        N(
+            5,
+            "CLIPTextEncode",
+            [800, 0],
+            {"text": "a large red circle in the centre"},
+            {"clip": (2, 1)},
+            title="source",
+        ),
+        N(
+            6,
+            "CLIPTextEncode",
+            [800, 500],
+            {"text": "a large green circle in the centre"},
+            {"clip": (2, 1)},
+            title="target: colour",
+        ),
+        N(
+            7,
+            "CLIPTextEncode",
+            [800, 700],
+            {"text": "a large red square in the centre"},
+            {"clip": (2, 1)},
+            title="target: shape",
+        ),
         N(8, "CLIPTextEncode", [800, 900], {"text": ""}, {"clip": (2, 1)}, title="negative"),
-        N(9, "ContextDiffDDIMInversion", [1150, 0], {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
-          {"model": (2, 0), "latent": (4, 0), "positive": (5, 0), "adapter": (2, 3)}),
-        N(10, "ContextDiffEditSampler", [1500, 0], {"cfg": 3.0, "source_prompt": "a large red circle in the centre",
-                                                    "target_prompt": "a large green circle in the centre",
-                                                    "blend_words": "red, green"},
-          {"model": (2, 0), "edit_source": (9, 1), "positive": (6, 0), "negative": (8, 0), "clip": (2, 1),
-           "vae": (2, 2), "adapter": (2, 3)}, title="edit: red -> green"),
-        N(11, "ContextDiffEditSampler", [1500, 500], {"cfg": 3.0, "source_prompt": "a large red circle in the centre",
-                                                      "target_prompt": "a large red square in the centre",
-                                                      "blend_words": "circle, square"},
-          {"model": (2, 0), "edit_source": (9, 1), "positive": (7, 0), "negative": (8, 0), "clip": (2, 1),
-           "vae": (2, 2), "adapter": (2, 3)}, title="edit: circle -> square"),
+        N(
+            9,
+            "ContextDiffDDIMInversion",
+            [1150, 0],
+            {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
+            {"model": (2, 0), "latent": (4, 0), "positive": (5, 0), "adapter": (2, 3)},
+        ),
+        N(
+            10,
+            "ContextDiffEditSampler",
+            [1500, 0],
+            {
+                "cfg": 3.0,
+                "source_prompt": "a large red circle in the centre",
+                "target_prompt": "a large green circle in the centre",
+                "blend_words": "red, green",
+            },
+            {
+                "model": (2, 0),
+                "edit_source": (9, 1),
+                "positive": (6, 0),
+                "negative": (8, 0),
+                "clip": (2, 1),
+                "vae": (2, 2),
+                "adapter": (2, 3),
+            },
+            title="edit: red -> green",
+        ),
+        N(
+            11,
+            "ContextDiffEditSampler",
+            [1500, 500],
+            {
+                "cfg": 3.0,
+                "source_prompt": "a large red circle in the centre",
+                "target_prompt": "a large red square in the centre",
+                "blend_words": "circle, square",
+            },
+            {
+                "model": (2, 0),
+                "edit_source": (9, 1),
+                "positive": (7, 0),
+                "negative": (8, 0),
+                "clip": (2, 1),
+                "vae": (2, 2),
+                "adapter": (2, 3),
+            },
+            title="edit: circle -> square",
+        ),
         N(12, "VAEDecode", [1850, 0], {}, {"samples": (10, 0), "vae": (2, 2)}),
         N(13, "VAEDecode", [1850, 500], {}, {"samples": (11, 0), "vae": (2, 2)}),
         N(14, "ImageBatch", [2100, 250], {}, {"image1": (12, 0), "image2": (13, 0)}),
@@ -241,18 +463,31 @@ WORKFLOWS = {
         N(17, "SaveImage", [2600, 450], {"filename_prefix": "contextdiff/shapes_edit"}, {"images": (16, 0)}),
     ],
     "shapes_video_edit": [
-        note(1, [0, 0], "Text-guided video editing on the shapes world: an 8-frame clip of a moving red circle "
-             "(shapes_clip.png, an animated PNG that the core Load Image node reads as a batch of frames) edited to "
-             "a blue one with sparse-causal attention (paper §4.2). The model's VAE is ComfyUI's pixel-space VAE, "
-             "so frames are the model's pixels.\n\nSet the checkpoint (see shapes_text_to_image) and put "
-             "shapes_clip.png in ComfyUI's input folder (scripts/demo.py writes it)."),
+        note(
+            1,
+            [0, 0],
+            "Text-guided video editing on the shapes world: an 8-frame clip of a moving red circle "
+            "(shapes_clip.png, an animated PNG that the core Load Image node reads as a batch of frames) edited to "
+            "a blue one with sparse-causal attention (paper §4.2). The model's VAE is ComfyUI's pixel-space VAE, "
+            "so frames are the model's pixels.\n\nSet the checkpoint (see shapes_text_to_image) and put "
+            "shapes_clip.png in ComfyUI's input folder (scripts/demo.py writes it).",
+        ),
         N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
         N(3, "LoadImage", [450, 300], {"image": "shapes_clip.png"}, title="clip (animated PNG)"),
-        N(4, "ContextDiffVideoEdit", [800, 0], {"source_prompt": "a large red circle moving to the right",
-                                               "target_prompt": "a large blue circle moving to the right",
-                                               "blend_words": "red, blue", "cfg": 3.0, "max_frames": 8,
-                                               "chunk_size": 8},
-          {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "images": (3, 0), "adapter": (2, 3)}),
+        N(
+            4,
+            "ContextDiffVideoEdit",
+            [800, 0],
+            {
+                "source_prompt": "a large red circle moving to the right",
+                "target_prompt": "a large blue circle moving to the right",
+                "blend_words": "red, blue",
+                "cfg": 3.0,
+                "max_frames": 8,
+                "chunk_size": 8,
+            },
+            {"model": (2, 0), "vae": (2, 2), "clip": (2, 1), "images": (3, 0), "adapter": (2, 3)},
+        ),
         N(5, "ImageBatch", [1200, 0], {}, {"image1": (3, 0), "image2": (4, 0)}, title="source frames, edited frames"),
         N(6, "ImageScaleBy", [1450, 0], {"upscale_method": "nearest-exact", "scale_by": 4.0}, {"image": (5, 0)}),
         N(7, "SaveImage", [1700, 0], {"filename_prefix": "contextdiff/shapes_video_edit"}, {"images": (6, 0)}),
@@ -271,9 +506,21 @@ def build(graph: list, info: dict) -> dict:
             out_links.setdefault((src, slot), []).append(link_id)
     for order, n in enumerate(graph):
         if n["type"] == "Note":
-            nodes.append({"id": n["id"], "type": "Note", "pos": n["pos"], "size": n["size"], "flags": {},
-                          "order": order, "mode": 0, "properties": {}, "widgets_values": [n["text"]],
-                          "color": "#432", "bgcolor": "#653"})
+            nodes.append(
+                {
+                    "id": n["id"],
+                    "type": "Note",
+                    "pos": n["pos"],
+                    "size": n["size"],
+                    "flags": {},
+                    "order": order,
+                    "mode": 0,
+                    "properties": {},
+                    "widgets_values": [n["text"]],
+                    "color": "#432",
+                    "bgcolor": "#653",
+                }
+            )
             continue
         spec = info[n["type"]]
         inputs, widgets = [], []
@@ -288,13 +535,25 @@ def build(graph: list, info: dict) -> dict:
                 if opts.get("control_after_generate"):
                     widgets.append("fixed")
             else:
-                link = next((l for l in links if l[3] == n["id"] and l[4] == name), None)
+                link = next((lk for lk in links if lk[3] == n["id"] and lk[4] == name), None)
                 inputs.append({"name": name, "type": s[0], "link": link[0] if link else None})
-        outputs = [{"name": spec["output_name"][i], "type": t, "links": out_links.get((n["id"], i), []),
-                    "slot_index": i} for i, t in enumerate(spec["output"])]
-        node = {"id": n["id"], "type": n["type"], "pos": n["pos"], "size": [320, 120 + 26 * len(widgets)],
-                "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-                "properties": {"Node name for S&R": n["type"]}, "widgets_values": widgets}
+        outputs = [
+            {"name": spec["output_name"][i], "type": t, "links": out_links.get((n["id"], i), []), "slot_index": i}
+            for i, t in enumerate(spec["output"])
+        ]
+        node = {
+            "id": n["id"],
+            "type": n["type"],
+            "pos": n["pos"],
+            "size": [320, 120 + 26 * len(widgets)],
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": outputs,
+            "properties": {"Node name for S&R": n["type"]},
+            "widgets_values": widgets,
+        }
         if n.get("title"):
             node["title"] = n["title"]
         nodes.append(node)
@@ -302,9 +561,16 @@ def build(graph: list, info: dict) -> dict:
     for link in links:
         target = next(x for x in nodes if x["id"] == link[3])
         link[4] = next(i for i, inp in enumerate(target["inputs"]) if inp["name"] == link[4])
-    return {"last_node_id": max(n["id"] for n in graph), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"contextdiff": "generated by scripts/make_workflows.py"},
-            "version": 0.4}
+    return {
+        "last_node_id": max(n["id"] for n in graph),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"contextdiff": "generated by scripts/make_workflows.py"},
+        "version": 0.4,
+    }
 
 
 def main():

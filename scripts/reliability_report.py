@@ -16,10 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The reliability cases across the suite, by keyword (issue 12's classes: batch mismatch, stale caches, forged
 # files, format sniffing, misleading errors, late validation, other packs' patches, features that do nothing).
-SELECT = ("reliability or bad or corrupt or fuzz or forged or nan or interrupt or sigkill or full_disk or load_fifty "
-          "or empty or truncated or outside or channels or refuse or missing or escape or traversal or pickle "
-          "or not_a_video or memory_limit or batch_mismatch or cache or sniff or misleading or huge or validat "
-          "or another_pack or other_pack or silent or warns")
+SELECT = (
+    "reliability or bad or corrupt or fuzz or forged or nan or interrupt or sigkill or full_disk or load_fifty "
+    "or empty or truncated or outside or channels or refuse or missing or escape or traversal or pickle "
+    "or not_a_video or memory_limit or batch_mismatch or cache or sniff or misleading or huge or validat "
+    "or another_pack or other_pack or silent or warns"
+)
 # Tests that assert that nothing was lost or half-written.
 NO_LOSS = ("sigkill", "full_disk", "interrupt", "atomic", "round_trip")
 
@@ -30,8 +32,7 @@ class Collector:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            self.rows.append((report.nodeid, report.outcome, report.duration,
-                              getattr(report, "case_doc", "")))
+            self.rows.append((report.nodeid, report.outcome, report.duration, getattr(report, "case_doc", "")))
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -48,11 +49,16 @@ def main() -> int:
     lines = []
     for nodeid, outcome, duration, doc in rows:
         name = nodeid.split("::", 1)[1]
-        lost = "0 (asserted)" if any(k in nodeid for k in NO_LOSS) and outcome == "passed" else \
-            ("?" if outcome != "passed" else "n/a")
+        lost = (
+            "0 (asserted)"
+            if any(k in nodeid for k in NO_LOSS) and outcome == "passed"
+            else ("?" if outcome != "passed" else "n/a")
+        )
         result = "clear error / handled" if outcome == "passed" else outcome.upper()
-        lines.append(f"| `{nodeid.split('::')[0].removeprefix('tests/')}` | `{name}` | {doc} | {result} | "
-                     f"{lost} | {duration:.1f} s |")
+        lines.append(
+            f"| `{nodeid.split('::')[0].removeprefix('tests/')}` | `{name}` | {doc} | {result} | "
+            f"{lost} | {duration:.1f} s |"
+        )
     survived = sum(1 for r in rows if r[1] == "passed")
     asserted = sum(1 for r in rows if r[1] == "passed" and any(k in r[0] for k in NO_LOSS))
     page = ROOT / "docs" / "reliability.md"

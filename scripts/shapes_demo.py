@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
 from comfy_host import ROOT, ComfyServer, ui_to_api
+from PIL import Image, ImageDraw, ImageFont
 from shapes_inputs import write_inputs
 
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
@@ -46,35 +45,54 @@ def train(run_dir: Path, retrain: bool, steps: int = 0) -> Path:
     if ckpt.exists() and (run_dir / "rank-0.json").exists() and not retrain:
         log(f"using the trained checkpoint {ckpt.relative_to(ROOT)} (--retrain to train again)")
         return ckpt
-    log(f"training {RECIPE.relative_to(ROOT)} (text-to-image on the shapes world: UNet + adapter + CLIP text "
-        "encoder, Eq. 6, CPU)")
+    log(
+        f"training {RECIPE.relative_to(ROOT)} (text-to-image on the shapes world: UNet + adapter + CLIP text "
+        "encoder, Eq. 6, CPU)"
+    )
     t = time.time()
-    cmd = [sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--output_dir", str(run_dir),
-           "--device", "cpu"] + (["--steps", str(steps)] if steps else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.train",
+        "--config",
+        str(RECIPE),
+        "--output_dir",
+        str(run_dir),
+        "--device",
+        "cpu",
+    ] + (["--steps", str(steps)] if steps else [])
     subprocess.run(cmd, cwd=ROOT, check=True)
     log(f"trained in {time.time() - t:.0f} s; loss curve: {(run_dir / 'loss.png').relative_to(ROOT)}")
     return ckpt
 
 
 def images_of(server: ComfyServer, entry: dict, node_id: str) -> list[Image.Image]:
-    return [Image.open(server.output_dir / im.get("subfolder", "") / im["filename"]).convert("RGB")
-            for im in entry["outputs"].get(node_id, {}).get("images", [])]
+    return [
+        Image.open(server.output_dir / im.get("subfolder", "") / im["filename"]).convert("RGB")
+        for im in entry["outputs"].get(node_id, {}).get("images", [])
+    ]
 
 
 def workflow(server: ComfyServer, name: str) -> dict:
     return ui_to_api(json.loads((ROOT / "workflows" / f"{name}.json").read_text()), server.get("/object_info"))
 
 
-def sheet(rows: list[tuple[str, list[Image.Image]]], out: Path, title: str, label_width: int = 470,
-          gap_after: int | None = None) -> Path:
+def sheet(
+    rows: list[tuple[str, list[Image.Image]]],
+    out: Path,
+    title: str,
+    label_width: int = 470,
+    gap_after: int | None = None,
+) -> Path:
     """Rows of equal-size pictures, each row labelled on the left; an extra gap after column ``gap_after``."""
     font = ImageFont.load_default(size=15)
     w, h = rows[0][1][0].size
     pad, head = 6, 34
     cols = max(len(pics) for _, pics in rows)
     extra = 3 * pad if gap_after else 0
-    canvas = Image.new("RGB", (label_width + cols * (w + pad) + extra + pad, head + len(rows) * (h + pad) + pad),
-                       "white")
+    canvas = Image.new(
+        "RGB", (label_width + cols * (w + pad) + extra + pad, head + len(rows) * (h + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 8), title, fill="black", font=font)
     for r, (label, pics) in enumerate(rows):
@@ -94,26 +112,40 @@ def text_to_image(server: ComfyServer, out_dir: Path) -> Path:
         prompt["5"]["inputs"]["batch_size"] = SAMPLES
         entry = server.run(prompt, timeout=900)
         rows.append((text, images_of(server, entry, "12") + images_of(server, entry, "13")))
-    return sheet(rows, out_dir / "shapes_text_to_image.png", f"ContextDiff: {SAMPLES} samples with the adapter's "
-                 f"bias (left) | the same model and noise, bias off (right)", gap_after=SAMPLES)
+    return sheet(
+        rows,
+        out_dir / "shapes_text_to_image.png",
+        f"ContextDiff: {SAMPLES} samples with the adapter's bias (left) | the same model and noise, bias off (right)",
+        gap_after=SAMPLES,
+    )
 
 
 def image_edit(server: ComfyServer, out_dir: Path) -> Path:
     entry = server.run(workflow(server, "shapes_image_edit"), timeout=900)
     source, colour, shape = images_of(server, entry, "17")
-    return sheet([("source (rendered): a large red circle in the centre", [source]),
-                  ("edit 'red' -> 'green' (blend words: red, green)", [colour]),
-                  ("edit 'circle' -> 'square' (blend words: circle, square)", [shape])],
-                 out_dir / "shapes_edit.png", "Inversion + attention fusion, one inversion, two edits")
+    return sheet(
+        [
+            ("source (rendered): a large red circle in the centre", [source]),
+            ("edit 'red' -> 'green' (blend words: red, green)", [colour]),
+            ("edit 'circle' -> 'square' (blend words: circle, square)", [shape]),
+        ],
+        out_dir / "shapes_edit.png",
+        "Inversion + attention fusion, one inversion, two edits",
+    )
 
 
 def video_edit(server: ComfyServer, out_dir: Path) -> Path:
     entry = server.run(workflow(server, "shapes_video_edit"), timeout=900)
     frames = images_of(server, entry, "7")
     half = len(frames) // 2
-    return sheet([("source: a large red circle moving to the right", frames[:half]),
-                  ("edit: ... blue circle ... (sparse-causal attention)", frames[half:])],
-                 out_dir / "shapes_video_edit.png", "ContextDiff Video Edit, frame by frame")
+    return sheet(
+        [
+            ("source: a large red circle moving to the right", frames[:half]),
+            ("edit: ... blue circle ... (sparse-causal attention)", frames[half:]),
+        ],
+        out_dir / "shapes_video_edit.png",
+        "ContextDiff Video Edit, frame by frame",
+    )
 
 
 def run_shapes(args, out_dir: Path) -> list[Path]:

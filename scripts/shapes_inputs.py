@@ -22,7 +22,7 @@ from shapesworld import world  # noqa: E402
 IMAGE_NAME = "shapes_source.png"
 CLIP_NAME = "shapes_clip.png"
 EDIT_SCENE = world.Scene((world.Obj("red", "circle", "large", "centre"),), "dark")
-CLIP_SEED = 142          # world.sample_clip's moving clip whose caption is CLIP_CAPTION
+CLIP_SEED = 142  # world.sample_clip's moving clip whose caption is CLIP_CAPTION
 CLIP_CAPTION = "a large red circle moving to the right"
 
 

@@ -14,20 +14,36 @@ def sd15_unet_config(model_channels: int = 32, context_dim: int = 768, full_size
     if full_size:
         model_channels = 320
     return {
-        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-        "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": model_channels,
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": model_channels,
         "num_res_blocks": [2, 2, 2, 2] if full_size else [1, 1],
         "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0] if full_size else [1, 1],
         "channel_mult": [1, 2, 4, 4] if full_size else [1, 2],
-        "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": context_dim,
-        "num_heads": 8, "num_head_channels": -1,
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": context_dim,
+        "num_heads": 8,
+        "num_head_channels": -1,
         "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0] if full_size else [1, 1, 1, 1],
-        "use_temporal_attention": False, "use_temporal_resblock": False,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
     }
 
 
-def build_sd15(seed: int = 0, model_channels: int = 32, context_dim: int = 768, full_size: bool = False,
-               weight_scale: float = 1.0, attn_scale: float = 1.0):
+def build_sd15(
+    seed: int = 0,
+    model_channels: int = 32,
+    context_dim: int = 768,
+    full_size: bool = False,
+    weight_scale: float = 1.0,
+    attn_scale: float = 1.0,
+):
     """A ``ModelPatcher`` around an SD1.5-family model with random weights (deterministic per seed).
 
     The output convolution of a fresh ComfyUI UNet is zero-initialised; random weights everywhere
@@ -46,7 +62,7 @@ def build_sd15(seed: int = 0, model_channels: int = 32, context_dim: int = 768, 
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             fan_in = max(1, p[0].numel()) if p.dim() > 1 else 1
-            scale = weight_scale / fan_in ** 0.5 if p.dim() > 1 else 0.02 * weight_scale
+            scale = weight_scale / fan_in**0.5 if p.dim() > 1 else 0.02 * weight_scale
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
         # Sharper attention than random projections give, so that attention maps carry information
         # (editing tests need peaked cross-attention, as trained models have).
@@ -83,12 +99,21 @@ def build_tiny_clip(seed: int = 0, layers: int = 2):
     config.update(num_hidden_layers=layers, intermediate_size=512, num_attention_heads=4)
 
     class TinyClipModel(comfy.sd1_clip.SDClipModel):
-        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
-            super().__init__(device=device, dtype=dtype, textmodel_json_config=config, model_options=model_options,
-                             layer="hidden", layer_idx=-1)
+        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
+            if model_options is None:
+                model_options = {}
+            super().__init__(
+                device=device,
+                dtype=dtype,
+                textmodel_json_config=config,
+                model_options=model_options,
+                layer="hidden",
+                layer_idx=-1,
+            )
 
     target = comfy.supported_models_base.ClipTarget(
-        comfy.sd1_clip.SD1Tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=TinyClipModel))
+        comfy.sd1_clip.SD1Tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=TinyClipModel)
+    )
     clip = comfy.sd.CLIP(target=target)
     reset_parameters(clip.cond_stage_model, seed)
     return clip
@@ -166,13 +191,24 @@ def sdxl_unet_config(variant: str = "SDXL", model_channels: int = 32, channel_mu
     depth, res = SDXL_VARIANTS[variant]
     per_level = depth[::res]
     return {
-        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-        "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "out_channels": 4,
-        "model_channels": model_channels, "num_res_blocks": [res] * len(per_level), "transformer_depth": depth,
-        "transformer_depth_output": [d for d in per_level for _ in range(res + 1)],   # finest level first
-        "channel_mult": list(channel_mult), "transformer_depth_middle": per_level[-1],
-        "use_linear_in_transformer": True, "context_dim": 2048,
-        "use_temporal_resblock": False, "use_temporal_attention": False,
+        "use_checkpoint": False,
+        "image_size": 32,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": 2816,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": model_channels,
+        "num_res_blocks": [res] * len(per_level),
+        "transformer_depth": depth,
+        "transformer_depth_output": [d for d in per_level for _ in range(res + 1)],  # finest level first
+        "channel_mult": list(channel_mult),
+        "transformer_depth_middle": per_level[-1],
+        "use_linear_in_transformer": True,
+        "context_dim": 2048,
+        "use_temporal_resblock": False,
+        "use_temporal_attention": False,
     }
 
 
@@ -188,13 +224,23 @@ def sd2_unet_config(model_channels: int = 64, checkpoint: bool = False) -> dict:
     else:
         levels, res, depth = 2, 1, [1, 1]
     return {
-        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-        "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
-        "num_res_blocks": [res] * levels, "channel_mult": [1] * levels if checkpoint else [1, 2],
+        "use_checkpoint": False,
+        "image_size": 32,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": model_channels,
+        "num_res_blocks": [res] * levels,
+        "channel_mult": [1] * levels if checkpoint else [1, 2],
         "transformer_depth": [d for d in depth for _ in range(res)],
-        "transformer_depth_output": [d for d in depth for _ in range(res + 1)],   # finest level first
-        "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 1024,
-        "use_temporal_resblock": False, "use_temporal_attention": False,
+        "transformer_depth_output": [d for d in depth for _ in range(res + 1)],  # finest level first
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True,
+        "context_dim": 1024,
+        "use_temporal_resblock": False,
+        "use_temporal_attention": False,
     }
 
 
@@ -219,14 +265,21 @@ def randomize(module: torch.nn.Module, seed: int, weight_scale: float = 1.0, att
     with torch.no_grad():
         for name, p in module.named_parameters():
             fan_in = max(1, p[0].numel()) if p.dim() > 1 else 1
-            scale = weight_scale / fan_in ** 0.5 if p.dim() > 1 else 0.02 * weight_scale
+            scale = weight_scale / fan_in**0.5 if p.dim() > 1 else 0.02 * weight_scale
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
             if name.endswith(("to_q.weight", "to_k.weight")):
                 p.mul_(attn_scale)
 
 
-def build_family(config_name: str = "SDXL", seed: int = 0, prediction: str = "eps", zsnr: bool = False,
-                 checkpoint: bool = False, weight_scale: float = 1.0, attn_scale: float = 1.0):
+def build_family(
+    config_name: str = "SDXL",
+    seed: int = 0,
+    prediction: str = "eps",
+    zsnr: bool = False,
+    checkpoint: bool = False,
+    weight_scale: float = 1.0,
+    attn_scale: float = 1.0,
+):
     """A ``ModelPatcher`` around a random model of ComfyUI's ``config_name`` family (see
     :func:`family_unet_config`), with eps or v prediction and optionally zero terminal SNR."""
     import comfy.model_base
@@ -239,8 +292,11 @@ def build_family(config_name: str = "SDXL", seed: int = 0, prediction: str = "ep
     if zsnr:
         model_config.sampling_settings["zsnr"] = True
     model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
-    model_class = comfy.model_base.SDXL if "adm_in_channels" in model_config.unet_config and \
-        model_config.unet_config["adm_in_channels"] == 2816 else comfy.model_base.BaseModel
+    model_class = (
+        comfy.model_base.SDXL
+        if "adm_in_channels" in model_config.unet_config and model_config.unet_config["adm_in_channels"] == 2816
+        else comfy.model_base.BaseModel
+    )
     model = model_class(model_config, model_type=model_type)
     randomize(model.diffusion_model, seed, weight_scale, attn_scale)
     model.eval()
@@ -248,8 +304,9 @@ def build_family(config_name: str = "SDXL", seed: int = 0, prediction: str = "ep
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
-def family_conditioning(seed: int = 0, context_dim: int = 2048, pooled_dim: int = 1280, tokens: int = 77,
-                        batch: int = 1):
+def family_conditioning(
+    seed: int = 0, context_dim: int = 2048, pooled_dim: int = 1280, tokens: int = 77, batch: int = 1
+):
     """A CONDITIONING list like CLIPTextEncode gives for a family: tokens and the pooled embedding."""
     gen = torch.Generator().manual_seed(seed)
     cond = torch.randn(batch, tokens, context_dim, generator=gen)
@@ -273,8 +330,9 @@ def build_tiny_sdxl_clip(seed: int = 0, layers: int = 3):
     return clip
 
 
-def save_family_checkpoint(path, config_name: str, seed: int = 0, v_pred: bool = False, zsnr: bool = False,
-                           dtype: torch.dtype = torch.float16):
+def save_family_checkpoint(
+    path, config_name: str, seed: int = 0, v_pred: bool = False, zsnr: bool = False, dtype: torch.dtype = torch.float16
+):
     """Write a single-file checkpoint in the layout CheckpointLoaderSimple reads (``model.diffusion_model.*``
     and a TAESD VAE under ``first_stage_model.*``), detectable as ComfyUI's ``config_name``.
 
@@ -317,8 +375,9 @@ def save_sd15_checkpoint(path, seed: int = 0, dtype: torch.dtype = torch.float16
     from contextdiff.joint_model import reset_parameters
 
     patcher = build_family("SD15", seed, checkpoint=True)
-    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
-                                                                         comfy.sd1_clip.SD1ClipModel))
+    clip = comfy.sd.CLIP(
+        target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    )
     reset_parameters(clip.cond_stage_model, seed)
     vae = comfy.sd.VAE(sd=tiny_taesd_state_dict(seed))
     for module in (patcher.model.diffusion_model, clip.cond_stage_model, vae.first_stage_model):
@@ -338,6 +397,7 @@ def save_tiny_shapes_checkpoint(path, seed: int = 0, recipe: str = "shapes"):
     unet, text = joint_unet_config(3, 32, 64, (1, 2), 1, 4, 1, norm_groups=8, pooled_dim=64), text_config(64, 1, 4)
     torch.manual_seed(seed)
     adapter = ContextAdapter(AdapterConfig(latent_channels=3, context_dim=64, dim=32, depth=1, heads=4, patch_size=4))
-    torch.nn.init.normal_(adapter.patch_out.weight, std=0.02)   # a small non-zero bias, like a trained adapter's
-    return save_text_joint(path, build_joint_model(unet, seed), adapter, build_text_clip(text, seed + 1), unet, text,
-                           recipe)
+    torch.nn.init.normal_(adapter.patch_out.weight, std=0.02)  # a small non-zero bias, like a trained adapter's
+    return save_text_joint(
+        path, build_joint_model(unet, seed), adapter, build_text_clip(text, seed + 1), unet, text, recipe
+    )

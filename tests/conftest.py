@@ -20,6 +20,7 @@ def pytest_collection_modifyitems(items):
 def comfy_inprocess():
     """ComfyUI's modules imported in this process, on the CPU."""
     from host import import_comfy_cpu
+
     return import_comfy_cpu()
 
 
@@ -27,6 +28,7 @@ def comfy_inprocess():
 def server(tmp_path_factory):
     """One real ComfyUI host for the session, with the pack and the test nodes loaded."""
     from comfy_host import ComfyServer
+
     srv = ComfyServer(tmp_path_factory.mktemp("comfy"), [TESTS / "host_nodes" / "contextdiff_testing"])
     yield srv
     srv.stop()
@@ -39,6 +41,7 @@ def adapters(server):
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.adapter_io import save_adapter
+
     d = server.adapters_dir
     save_adapter(ContextAdapter(AdapterConfig(dim=64, depth=2)), d / "zero.safetensors", "sd15")
     torch.manual_seed(5)

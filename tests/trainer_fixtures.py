@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 
 import torch
-
 from comfy_models import build_sd15
 
 

@@ -59,13 +59,29 @@ class FrozenBaseTask(nn.Module):
         def relational(x, t_):
             return self.adapter(x, tokens[:1] if frames else tokens, t_.float(), frames=frames)
 
-        loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise, relational, self.cfg.loss_weighting,
-                                     self.cfg.min_snr_gamma, self.cfg.use_bias, self.cfg.bias_l2)
+        loss, _ = contextual_x0_loss(
+            x0,
+            t,
+            eps,
+            self.abar,
+            denoise,
+            relational,
+            self.cfg.loss_weighting,
+            self.cfg.min_snr_gamma,
+            self.cfg.use_bias,
+            self.cfg.bias_l2,
+        )
         return loss
 
     def export(self, output_dir: Path) -> list[Path]:
-        out = [save_adapter(self.adapter, Path(output_dir) / f"{self.cfg.name}.safetensors", self.base.family,
-                            training=self.cfg.to_dict())]
+        out = [
+            save_adapter(
+                self.adapter,
+                Path(output_dir) / f"{self.cfg.name}.safetensors",
+                self.base.family,
+                training=self.cfg.to_dict(),
+            )
+        ]
         if self.loras:
             meta = {"contextdiff_training": json.dumps(self.cfg.to_dict(), default=str)}
             lora_path = Path(output_dir) / f"{self.cfg.name}-lora.safetensors"
@@ -103,7 +119,7 @@ class FrozenBaseTask(nn.Module):
         """Decoded latents as (B, 3, H, W) in [-1, 1], at the size of the reference pictures ``like``."""
         if self.base.decode_latents is not None:
             pixels = self.base.decode_latents(latents).permute(0, 3, 1, 2) * 2 - 1
-        else:   # a base without a decoder (research, tests): the first latent channels
+        else:  # a base without a decoder (research, tests): the first latent channels
             pixels = latents[:, :3].tanh()
         if pixels.shape[-2:] != like.shape[-2:]:
             pixels = nn.functional.interpolate(pixels.float(), size=like.shape[-2:], mode="nearest")
@@ -162,7 +178,11 @@ class AdapterTask(FrozenBaseTask):
             tokens, pooled = self._cache[i][1] if i in self._cache else self._text(caption)
             image = data.load_image(path, side).permute(2, 0, 1).unsqueeze(0) * 2 - 1
             shape = self.preview_latent_shape(self.latent_shape, 1)
-            latents = self.preview(shape, tokens.unsqueeze(0).to(self.device),
-                                   None if pooled is None else pooled.unsqueeze(0).to(self.device), seed=i)
+            latents = self.preview(
+                shape,
+                tokens.unsqueeze(0).to(self.device),
+                None if pooled is None else pooled.unsqueeze(0).to(self.device),
+                seed=i,
+            )
             shown += [image, self.to_pixels(latents, image)]
         return plots.image_grid(torch.cat(shown), rows=len(shown) // 2, out_path=out_path, scale=2)

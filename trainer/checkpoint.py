@@ -29,10 +29,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.random.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_pos": int(np.random.get_state()[2])}
+    state = {
+        "torch": torch.random.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -50,7 +54,7 @@ def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: di
     """Write the state of ``step`` and point ``state/latest`` at it."""
     root = Path(output_dir) / "state"
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*"):   # half-written by a run that was killed mid-save
+    for stale in root.glob(".step-*"):  # half-written by a run that was killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:07d}"
     tmp = create_temp_dir(root, f".step-{step:07d}.")

@@ -20,8 +20,10 @@ def find_comfyui() -> Path:
     for c in candidates:
         if (c / "comfy" / "model_management.py").is_file():
             return c
-    raise SystemExit("ComfyUI not found: set COMFYUI_DIR to your ComfyUI folder, install this pack in its "
-                     "custom_nodes/, or run scripts/bootstrap.sh")
+    raise SystemExit(
+        "ComfyUI not found: set COMFYUI_DIR to your ComfyUI folder, install this pack in its "
+        "custom_nodes/, or run scripts/bootstrap.sh"
+    )
 
 
 def ensure_comfy_importable(cpu: bool) -> Path:
@@ -29,7 +31,9 @@ def ensure_comfy_importable(cpu: bool) -> Path:
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     import comfy.options
+
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
+
     comfy.cli_args.args.cpu = cpu
     return path

@@ -15,9 +15,17 @@ def build_adapter(cfg, latent_channels: int, context_dim: int, device, video: bo
     ``context_dim``; its output projection starts at zero, so a fresh adapter is the base sampler.
     Video adapters add temporal causal attention over ``--temporal_window`` frames."""
     extra = {"video": True, "temporal_window": cfg.temporal_window} if video else {}
-    return ContextAdapter(AdapterConfig(latent_channels=latent_channels, context_dim=context_dim, dim=cfg.adapter_dim,
-                                        depth=cfg.adapter_depth, heads=cfg.adapter_heads,
-                                        patch_size=cfg.adapter_patch, **extra)).to(device)
+    return ContextAdapter(
+        AdapterConfig(
+            latent_channels=latent_channels,
+            context_dim=context_dim,
+            dim=cfg.adapter_dim,
+            depth=cfg.adapter_depth,
+            heads=cfg.adapter_heads,
+            patch_size=cfg.adapter_patch,
+            **extra,
+        )
+    ).to(device)
 
 
 def trainable_modules(cfg, model, adapter: ContextAdapter, **conditioners: nn.Module) -> nn.ModuleDict:
@@ -37,4 +45,3 @@ def unet_blocks(unet: nn.Module) -> list[nn.Module]:
 def checkpoint_blocks(adapter: ContextAdapter, unet: nn.Module | None = None) -> None:
     """``--grad_checkpointing``: recompute the adapter's blocks (and the UNet's, when given) in backward."""
     enable_checkpointing(list(adapter.blocks) + (unet_blocks(unet) if unet is not None else []))
-

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 MODES = ("joint", "adapter", "video", "shapes")
-FROM_SCRATCH = ("joint", "shapes")   # a denoiser trained with the adapter (Eq. 6)
-BASE_MODES = ("adapter", "video")   # a frozen ComfyUI base model
+FROM_SCRATCH = ("joint", "shapes")  # a denoiser trained with the adapter (Eq. 6)
+BASE_MODES = ("adapter", "video")  # a frozen ComfyUI base model
 
 
 class ConfigError(ValueError):
@@ -29,9 +29,13 @@ def opt(default, help_text: str, choices=None, modes: tuple[str, ...] = MODES):
 @dataclass
 class TrainConfig:
     # What to train
-    mode: str = opt("joint", "joint: denoiser + adapter from scratch (Eq. 6); adapter: adapter for a frozen "
-                    "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2); shapes: denoiser + adapter + "
-                    "a CLIP text encoder from scratch on the captioned shapes world (text-to-image)", list(MODES))
+    mode: str = opt(
+        "joint",
+        "joint: denoiser + adapter from scratch (Eq. 6); adapter: adapter for a frozen "
+        "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2); shapes: denoiser + adapter + "
+        "a CLIP text encoder from scratch on the captioned shapes world (text-to-image)",
+        list(MODES),
+    )
     output_dir: str = opt("", "where checkpoints, logs and plots go; empty: runs/<name>")
     name: str = opt("contextdiff", "file name stem of the adapter/joint checkpoint: <output_dir>/<name>.safetensors")
     seed: int = opt(0, "seed of initialisation, data order, timesteps and noise")
@@ -48,8 +52,11 @@ class TrainConfig:
     loss_weighting: str = opt("uniform", "lambda_t of Eq. 6", ["uniform", "snr", "min_snr", "truncated_snr"])
     min_snr_gamma: float = opt(5.0, "gamma of min_snr weighting")
     use_bias: bool = opt(True, "false trains the identical model without the context bias (the fair baseline)")
-    bias_l2: float = opt(0.0, "penalty lambda * mean(b_t^2) on the bias magnitude; not in the paper (0), keeps "
-                         "the adapter from encoding x0 into x_t with a large, stiff bias")
+    bias_l2: float = opt(
+        0.0,
+        "penalty lambda * mean(b_t^2) on the bias magnitude; not in the paper (0), keeps "
+        "the adapter from encoding x0 into x_t with a large, stiff bias",
+    )
     # Adapter architecture
     adapter_dim: int = opt(256, "adapter width")
     adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)")
@@ -57,44 +64,64 @@ class TrainConfig:
     adapter_patch: int = opt(2, "latent patch size of the visual tokens")
     temporal_window: int = opt(3, "frames in the temporal causal attention", modes=("video",))
     # Data
-    dataset: str = opt("digits", "joint: 'digits' (scikit-learn); adapter: a folder of images with .txt captions "
-                       "or a .jsonl file of {image, caption}", modes=("joint", "adapter"))
+    dataset: str = opt(
+        "digits",
+        "joint: 'digits' (scikit-learn); adapter: a folder of images with .txt captions "
+        "or a .jsonl file of {image, caption}",
+        modes=("joint", "adapter"),
+    )
     image_size: int = opt(8, "joint: training resolution in pixels; adapter/video: image side before VAE encoding")
     # joint mode
     unet_channels: int = opt(48, "UNet model_channels", modes=FROM_SCRATCH)
     context_dim: int = opt(64, "class-token width; shapes: the text encoder's width", modes=FROM_SCRATCH)
-    class_dropout: float = opt(0.1, "probability of the null class / empty caption (for classifier-free "
-                               "guidance)", modes=FROM_SCRATCH)
+    class_dropout: float = opt(
+        0.1, "probability of the null class / empty caption (for classifier-free guidance)", modes=FROM_SCRATCH
+    )
     val_fraction: float = opt(0.0, "share of the digits held out for validation (fixed split)", modes=("joint",))
     val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)", modes=FROM_SCRATCH)
     # shapes mode (the text-conditioned joint model; see contextdiff/text_joint.py)
-    unet_mult: str = opt("1,2,2", "UNet channel multiplier per level, comma-separated (one level per halving)",
-                         modes=("shapes",))
+    unet_mult: str = opt(
+        "1,2,2", "UNet channel multiplier per level, comma-separated (one level per halving)", modes=("shapes",)
+    )
     unet_res_blocks: int = opt(1, "UNet residual blocks per level", modes=("shapes",))
-    attention_from_level: int = opt(1, "UNet level from which on blocks have attention (0 = every level; 1 skips "
-                                    "the full resolution, which costs most)", modes=("shapes",))
-    norm_groups: int = opt(32, "groups of the UNet's GroupNorms (ComfyUI: 32); fewer keep more of each feature's "
-                           "mean over the image, which a small model needs", modes=("shapes",))
+    attention_from_level: int = opt(
+        1,
+        "UNet level from which on blocks have attention (0 = every level; 1 skips "
+        "the full resolution, which costs most)",
+        modes=("shapes",),
+    )
+    norm_groups: int = opt(
+        32,
+        "groups of the UNet's GroupNorms (ComfyUI: 32); fewer keep more of each feature's "
+        "mean over the image, which a small model needs",
+        modes=("shapes",),
+    )
     text_layers: int = opt(2, "layers of the CLIP text encoder", modes=("shapes",))
     text_heads: int = opt(4, "attention heads of the CLIP text encoder", modes=("shapes",))
     sample_classes: int = opt(10, "classes in the preview grid", modes=("joint",))
     # A frozen base model (adapter and video modes)
     checkpoint: str = opt("", "a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)", modes=BASE_MODES)
-    base_factory: str = opt("", "'module:function' returning a base model bundle instead of a checkpoint "
-                            "(research, tests)", modes=BASE_MODES)
+    base_factory: str = opt(
+        "",
+        "'module:function' returning a base model bundle instead of a checkpoint (research, tests)",
+        modes=BASE_MODES,
+    )
     lora_rank: int = opt(0, "also train LoRA of this rank on the UNet's attention (0 = off)", modes=BASE_MODES)
-    on_bad_data: str = opt("skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"],
-                           modes=("adapter",))
-    cache_latents: bool = opt(False, "encode images and captions once and keep them (memory for speed)",
-                              modes=("adapter",))
+    on_bad_data: str = opt(
+        "skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"], modes=("adapter",)
+    )
+    cache_latents: bool = opt(
+        False, "encode images and captions once and keep them (memory for speed)", modes=("adapter",)
+    )
     # video mode: the first `frames` frames at `frame_stride` are read, encoded and tuned on
     video: str = opt("", "path of the source video", modes=("video",))
     prompt: str = opt("", "the source prompt", modes=("video",))
     frames: int = opt(8, "frames of the clip (Table 8: 8-24); only these are decoded", modes=("video",))
     frame_stride: int = opt(2, "sampling rate, keep every n-th frame (Table 8: 2)", modes=("video",))
     # Previews (samples.png at each checkpoint); on a CPU they can cost more than the training
-    preview_count: int = opt(4, "pictures in samples.png: adapter images, joint samples per class, video frames "
-                             "(0 = no preview)")
+    preview_count: int = opt(
+        4, "pictures in samples.png: adapter images, joint samples per class, video frames (0 = no preview)"
+    )
     preview_steps: int = opt(12, "DDIM steps of each preview")
     preview_size: int = opt(0, "preview image side in pixels (0 = image_size)", modes=BASE_MODES)
     # Runtime
@@ -105,7 +132,7 @@ class TrainConfig:
     log_every: int = opt(10, "log line every n steps")
     resume: bool = opt(False, "continue from output_dir/state if present")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check the values (not the files: see :meth:`check_inputs`); fills ``output_dir``."""
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), type(f.default)
@@ -114,15 +141,29 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r}: choose one of {choices}")
-        for key in ("steps", "batch_size", "preview_steps", "save_every", "log_every", "frames", "frame_stride",
-                    "image_size", "adapter_dim", "adapter_depth", "adapter_heads", "adapter_patch"):
+        for key in (
+            "steps",
+            "batch_size",
+            "preview_steps",
+            "save_every",
+            "log_every",
+            "frames",
+            "frame_stride",
+            "image_size",
+            "adapter_dim",
+            "adapter_depth",
+            "adapter_heads",
+            "adapter_patch",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
         for key in ("preview_count", "preview_size", "lora_rank", "warmup_steps", "val_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: must be 0 or more")
         if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
-            raise ConfigError(f"name={self.name!r}: give a file name stem without folders; --output_dir sets the folder")
+            raise ConfigError(
+                f"name={self.name!r}: give a file name stem without folders; --output_dir sets the folder"
+            )
         if not self.output_dir:
             self.output_dir = str(Path("runs") / self.name)
         if self.mode in FROM_SCRATCH and self.unet_channels % 32:
@@ -148,26 +189,36 @@ class TrainConfig:
     def _check_shapes(self) -> None:
         levels = len(self.unet_levels())
         if not 0 <= self.attention_from_level < levels:
-            raise ConfigError(f"attention_from_level={self.attention_from_level}: name one of the {levels} UNet "
-                              f"levels (0..{levels - 1})")
+            raise ConfigError(
+                f"attention_from_level={self.attention_from_level}: name one of the {levels} UNet "
+                f"levels (0..{levels - 1})"
+            )
         if self.image_size % 2 ** (levels - 1):
-            raise ConfigError(f"image_size={self.image_size}: the UNet halves it {levels - 1} times, give a multiple "
-                              f"of {2 ** (levels - 1)}")
+            raise ConfigError(
+                f"image_size={self.image_size}: the UNet halves it {levels - 1} times, give a multiple "
+                f"of {2 ** (levels - 1)}"
+            )
         if self.norm_groups < 1 or self.unet_channels % self.norm_groups:
             raise ConfigError(f"norm_groups={self.norm_groups} must divide unet_channels={self.unet_channels}")
         if min(self.text_layers, self.text_heads, self.unet_res_blocks) < 1 or self.context_dim % self.text_heads:
-            raise ConfigError(f"context_dim={self.context_dim} (the text width) must be divisible by text_heads="
-                              f"{self.text_heads}, and text_layers, text_heads, unet_res_blocks must be at least 1")
+            raise ConfigError(
+                f"context_dim={self.context_dim} (the text width) must be divisible by text_heads="
+                f"{self.text_heads}, and text_layers, text_heads, unet_res_blocks must be at least 1"
+            )
 
-    def check_inputs(self) -> "TrainConfig":
+    def check_inputs(self) -> TrainConfig:
         """The files this run reads exist, checked before ComfyUI or any model is loaded."""
-        wanted = {"checkpoint": self.checkpoint if self.mode in BASE_MODES and not self.base_factory else "",
-                  "video": self.video if self.mode == "video" else "",
-                  "dataset": self.dataset if self.mode == "adapter" else ""}
+        wanted = {
+            "checkpoint": self.checkpoint if self.mode in BASE_MODES and not self.base_factory else "",
+            "video": self.video if self.mode == "video" else "",
+            "dataset": self.dataset if self.mode == "adapter" else "",
+        }
         for key, path in wanted.items():
             if path and not Path(path).exists():
-                raise ConfigError(f"--{key} {path} does not exist; give the path of an existing "
-                                  f"{'folder or .jsonl file' if key == 'dataset' else 'file'}")
+                raise ConfigError(
+                    f"--{key} {path} does not exist; give the path of an existing "
+                    f"{'folder or .jsonl file' if key == 'dataset' else 'file'}"
+                )
         return self
 
     @property
@@ -206,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.train",
         description="Train a ContextDiff adapter (or a joint denoiser + adapter) and write checkpoints that "
-                    "the ComfyUI nodes load. Every option can also be a key of the --config YAML file; "
-                    "the command line wins. [modes] marks options used only by those modes.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "the ComfyUI nodes load. Every option can also be a key of the --config YAML file; "
+        "the command line wins. [modes] marks options used only by those modes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML file with any of the keys below (recipes in trainer/configs/)")
     for f in dataclasses.fields(TrainConfig):
         kind = {bool: _parse_bool, int: int, float: float, str: str}[type(f.default)]

@@ -57,8 +57,9 @@ def scan(source: str, on_bad_data: str = "skip") -> CaptionedImages:
                 rec = json.loads(line)
                 img, cap = path.parent / rec["image"], str(rec["caption"]).strip()
             except (json.JSONDecodeError, KeyError, TypeError):
-                _problem(skipped, "bad_line", f"{path.name} line {n} is not {{\"image\": ..., \"caption\": ...}}",
-                         on_bad_data)
+                _problem(
+                    skipped, "bad_line", f'{path.name} line {n} is not {{"image": ..., "caption": ...}}', on_bad_data
+                )
                 continue
             if not cap:
                 _problem(skipped, "missing_caption", f"{path.name} line {n} has an empty caption", on_bad_data)
@@ -76,8 +77,9 @@ def scan(source: str, on_bad_data: str = "skip") -> CaptionedImages:
             _problem(skipped, "unreadable_image", f"{img.name} cannot be read as an image", on_bad_data)
     if not readable:
         detail = "; ".join(f"{k}: {len(v)}" for k, v in skipped.items()) or "no image files"
-        raise DataError(f"dataset {source!r} has no usable image-caption pairs ({detail}); "
-                        "add images with same-name .txt captions")
+        raise DataError(
+            f"dataset {source!r} has no usable image-caption pairs ({detail}); add images with same-name .txt captions"
+        )
     return CaptionedImages(readable, skipped)
 
 

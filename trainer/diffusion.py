@@ -28,7 +28,7 @@ def vp_x0_predictor(model, sigma: torch.Tensor, context: torch.Tensor | dict) ->
     ``context``: the cross-attention tokens, or every conditioning keyword of ``apply_model`` (SDXL needs
     ``y`` too: :meth:`trainer.base_model.BaseBundle.conditioning` builds it).
     """
-    to_k = abar_from_sigma(sigma).rsqrt()   # x_k = x_vp / sqrt(abar)
+    to_k = abar_from_sigma(sigma).rsqrt()  # x_k = x_vp / sqrt(abar)
     cond = context if isinstance(context, dict) else {"c_crossattn": context}
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -46,10 +46,12 @@ class JointTask(nn.Module):
         self.images, self.labels = load_digits_tensor()
         self.num_classes = 10
         if cfg.image_size != 8:
-            self.images = nn.functional.interpolate(self.images, size=cfg.image_size, mode="bilinear",
-                                                    align_corners=False)
+            self.images = nn.functional.interpolate(
+                self.images, size=cfg.image_size, mode="bilinear", align_corners=False
+            )
         (self.images, self.labels), (self.val_images, self.val_labels) = split_digits(
-            self.images, self.labels, cfg.val_fraction)
+            self.images, self.labels, cfg.val_fraction
+        )
         self.unet_config = joint_unet_config(channels=1, model_channels=cfg.unet_channels, context_dim=cfg.context_dim)
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
@@ -92,15 +94,31 @@ class JointTask(nn.Module):
         t = t.to(device)
         ctx = self.classes(labels.to(device))
         denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
-        loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise,
-                                     lambda x, t_: self.adapter(x, ctx, t_.float()),
-                                     weighting or cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
+        loss, _ = contextual_x0_loss(
+            x0,
+            t,
+            eps,
+            self.abar,
+            denoise,
+            lambda x, t_: self.adapter(x, ctx, t_.float()),
+            weighting or cfg.loss_weighting,
+            cfg.min_snr_gamma,
+            cfg.use_bias,
+            cfg.bias_l2,
+        )
         return loss
 
     # --- artefacts -------------------------------------------------------------------------
     def export(self, output_dir: Path) -> list[Path]:
-        path = save_joint(Path(output_dir) / f"{self.cfg.name}.safetensors", self.model, self.adapter,
-                          self.classes, self.unet_config, training=self.cfg.to_dict(), with_bias=self.cfg.use_bias)
+        path = save_joint(
+            Path(output_dir) / f"{self.cfg.name}.safetensors",
+            self.model,
+            self.adapter,
+            self.classes,
+            self.unet_config,
+            training=self.cfg.to_dict(),
+            with_bias=self.cfg.use_bias,
+        )
         return [path]
 
     @torch.no_grad()
@@ -109,8 +127,17 @@ class JointTask(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return sample_joint(self.model, self.adapter, self.classes, labels, seed, steps, cfg_scale, strength,
-                                size=self.cfg.image_size)
+            return sample_joint(
+                self.model,
+                self.adapter,
+                self.classes,
+                labels,
+                seed,
+                steps,
+                cfg_scale,
+                strength,
+                size=self.cfg.image_size,
+            )
         finally:
             self.train(was_training)
 

@@ -27,6 +27,7 @@ def lr_lambda(cfg):
             return 1.0
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
@@ -43,8 +44,9 @@ def train(cfg, task_factory) -> dict:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     exported: list[Path] = []
     task = task_factory(cfg, env.device)
-    params = {f"{name}.{k}": p for name, m in task.trainable.items() for k, p in m.named_parameters()
-              if p.requires_grad}
+    params = {
+        f"{name}.{k}": p for name, m in task.trainable.items() for k, p in m.named_parameters() if p.requires_grad
+    }
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=env.device.type == "cuda" and cfg.precision == "fp16")
@@ -75,12 +77,17 @@ def train(cfg, task_factory) -> dict:
 
     def save(step):
         if env.main:
-            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": checkpoint.rng_state()}
+            extra = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": checkpoint.rng_state(),
+            }
             if ema is not None:
                 extra["ema"] = ema.shadow
-            checkpoint.save_state(out, step, {k: p.detach() for k, p in params.items()}, extra,
-                                  {"mode": cfg.mode, "steps": cfg.steps})
+            checkpoint.save_state(
+                out, step, {k: p.detach() for k, p in params.items()}, extra, {"mode": cfg.mode, "steps": cfg.steps}
+            )
             ctx = ema.swapped() if ema is not None else _nullcontext()
             with ctx:
                 exported[:] = task.export(out)
@@ -89,16 +96,24 @@ def train(cfg, task_factory) -> dict:
                     task.sample_grid(out / "samples.png")
         env.barrier()
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not env.main,
-               desc=f"train {cfg.mode}", dynamic_ncols=True)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not env.main,
+        desc=f"train {cfg.mode}",
+        dynamic_ncols=True,
+    )
     t0, last = time.time(), None
     for step in bar:
         gen = step_generator(cfg.seed, step, env.rank)
         with autocast(env.device, cfg.precision):
             loss = model(gen)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or use --precision fp32 "
-                                     f"(the last good checkpoint is in {out / 'state'})")
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {step}; lower --lr or use --precision fp32 "
+                f"(the last good checkpoint is in {out / 'state'})"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -113,8 +128,12 @@ def train(cfg, task_factory) -> dict:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             mean_loss = env.mean(last)
             if env.main:
-                rec = {"step": step + 1, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "elapsed_s": round(time.time() - t0, 3)}
+                rec = {
+                    "step": step + 1,
+                    "loss": mean_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - t0, 3),
+                }
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
@@ -128,10 +147,14 @@ def train(cfg, task_factory) -> dict:
     bar.close()
     # Each rank records a checksum of its weights: under DDP the replicas must agree.
     checksum = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(params.values())))
-    (out / f"rank-{env.rank}.json").write_text(json.dumps({"rank": env.rank, "world": env.world,
-                                                           "checksum": checksum}))
-    summary = {"steps": cfg.steps, "final_loss": last, "output_dir": str(out), "seconds": time.time() - t0,
-               "exported": [str(p) for p in exported]}
+    (out / f"rank-{env.rank}.json").write_text(json.dumps({"rank": env.rank, "world": env.world, "checksum": checksum}))
+    summary = {
+        "steps": cfg.steps,
+        "final_loss": last,
+        "output_dir": str(out),
+        "seconds": time.time() - t0,
+        "exported": [str(p) for p in exported],
+    }
     if env.main:
         for path in exported:
             print(f"[trainer] wrote {path}", flush=True)

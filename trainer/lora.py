@@ -17,7 +17,7 @@ class LoRALinear(nn.Module):
         self.rank, self.alpha = rank, float(alpha if alpha is not None else rank)
         self.down = nn.Linear(base.in_features, rank, bias=False)
         self.up = nn.Linear(rank, base.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x):

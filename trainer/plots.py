@@ -28,7 +28,7 @@ def loss_curve(log_path: Path, out_path: Path, title: str = "training loss") -> 
     if len(losses) >= 5:
         k = max(1, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"moving mean ({k})")
+        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"moving mean ({k})")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", ms=3, lw=1.2, label="validation (uniform weighting)")
     ax.set_xlabel("step")
@@ -54,7 +54,7 @@ def image_grid(images: torch.Tensor, rows: int, out_path: Path, scale: int = 1, 
     for i in range(n):
         r, c = divmod(i, cols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[:, top:top + h, left:left + w] = (images[i] + 1) / 2
+        canvas[:, top : top + h, left : left + w] = (images[i] + 1) / 2
     arr = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     img = Image.fromarray(arr)
     if scale > 1:

@@ -26,18 +26,23 @@ from .diffusion import training_schedule, vp_x0_predictor
 from .joint import sample_conditioned
 
 RECIPE = "shapes"
-VALIDATION_SEED = 2**40 + 17   # a fixed batch, outside the training seeds' practical range
+VALIDATION_SEED = 2**40 + 17  # a fixed batch, outside the training seeds' practical range
 UNET_HEADS = 4
 
 
 def preview_prompts() -> list[str]:
     """Captions of the previews: one attribute changes at a time (colour, shape, position, size, count)."""
-    O = world.Obj
-    scenes = [(O("red", "circle", "large", "centre"),), (O("green", "circle", "large", "centre"),),
-              (O("blue", "square", "large", "centre"),), (O("yellow", "triangle", "large", "centre"),),
-              (O("magenta", "cross", "large", "centre"),), (O("cyan", "square", "small", "left"),),
-              (O("cyan", "square", "small", "right"),),
-              (O("red", "triangle", "small", "top"), O("blue", "circle", "small", "bottom"))]
+    obj = world.Obj
+    scenes = [
+        (obj("red", "circle", "large", "centre"),),
+        (obj("green", "circle", "large", "centre"),),
+        (obj("blue", "square", "large", "centre"),),
+        (obj("yellow", "triangle", "large", "centre"),),
+        (obj("magenta", "cross", "large", "centre"),),
+        (obj("cyan", "square", "small", "left"),),
+        (obj("cyan", "square", "small", "right"),),
+        (obj("red", "triangle", "small", "top"), obj("blue", "circle", "small", "bottom")),
+    ]
     return [world.caption(world.Scene(objs, "dark")) for objs in scenes]
 
 
@@ -50,10 +55,17 @@ class ShapesTask(nn.Module):
     def __init__(self, cfg, device):
         super().__init__()
         self.cfg = cfg
-        self.unet_config = joint_unet_config(channels=3, model_channels=cfg.unet_channels, context_dim=cfg.context_dim,
-                                             channel_mult=cfg.unet_levels(), num_res_blocks=cfg.unet_res_blocks,
-                                             heads=UNET_HEADS, attention_from_level=cfg.attention_from_level,
-                                             norm_groups=cfg.norm_groups, pooled_dim=cfg.context_dim)
+        self.unet_config = joint_unet_config(
+            channels=3,
+            model_channels=cfg.unet_channels,
+            context_dim=cfg.context_dim,
+            channel_mult=cfg.unet_levels(),
+            num_res_blocks=cfg.unet_res_blocks,
+            heads=UNET_HEADS,
+            attention_from_level=cfg.attention_from_level,
+            norm_groups=cfg.norm_groups,
+            pooled_dim=cfg.context_dim,
+        )
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
         self.text_config = text_config(cfg.context_dim, cfg.text_layers, cfg.text_heads)
@@ -63,8 +75,7 @@ class ShapesTask(nn.Module):
         self.adapter = build_adapter(cfg, latent_channels=3, context_dim=cfg.context_dim, device=device)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
-        self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter,
-                                        "text": self.text})
+        self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter, "text": self.text})
         if cfg.grad_checkpointing:
             checkpoint_blocks(self.adapter, self.model.diffusion_model)
 
@@ -73,7 +84,7 @@ class ShapesTask(nn.Module):
         seed = int(torch.randint(2**62, (1,), generator=gen))
         images, captions, _ = world.sample_batch(seed, cfg.batch_size, "train", cfg.image_size)
         drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.class_dropout).tolist()
-        captions = ["" if d else c for c, d in zip(captions, drop)]
+        captions = ["" if d else c for c, d in zip(captions, drop, strict=False)]
         t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen)
         eps = torch.randn((cfg.batch_size, 3, cfg.image_size, cfg.image_size), generator=gen)
         return self.loss(to_pixels(images), captions, t, eps)
@@ -84,8 +95,18 @@ class ShapesTask(nn.Module):
         ctx, pooled = encode_batch(self.clip, captions)
         denoise = vp_x0_predictor(self.model, self.sigmas[t], {"c_crossattn": ctx, "y": pooled})
         cfg = self.cfg
-        loss, _ = contextual_x0_loss(x0, t, eps, self.abar, denoise, lambda x, t_: self.adapter(x, ctx, t_.float()),
-                                     weighting or cfg.loss_weighting, cfg.min_snr_gamma, cfg.use_bias, cfg.bias_l2)
+        loss, _ = contextual_x0_loss(
+            x0,
+            t,
+            eps,
+            self.abar,
+            denoise,
+            lambda x, t_: self.adapter(x, ctx, t_.float()),
+            weighting or cfg.loss_weighting,
+            cfg.min_snr_gamma,
+            cfg.use_bias,
+            cfg.bias_l2,
+        )
         return loss
 
     @torch.no_grad()
@@ -104,9 +125,17 @@ class ShapesTask(nn.Module):
 
     # --- artefacts -------------------------------------------------------------------------
     def export(self, output_dir: Path) -> list[Path]:
-        path = save_text_joint(Path(output_dir) / f"{self.cfg.name}.safetensors", self.model, self.adapter, self.clip,
-                               self.unet_config, self.text_config, RECIPE, training=self.cfg.to_dict(),
-                               with_bias=self.cfg.use_bias)
+        path = save_text_joint(
+            Path(output_dir) / f"{self.cfg.name}.safetensors",
+            self.model,
+            self.adapter,
+            self.clip,
+            self.unet_config,
+            self.text_config,
+            RECIPE,
+            training=self.cfg.to_dict(),
+            with_bias=self.cfg.use_bias,
+        )
         return [path]
 
     @torch.no_grad()
@@ -115,10 +144,13 @@ class ShapesTask(nn.Module):
         was = self.training
         self.eval()
         try:
-            cond, uncond = ({"c_crossattn": tokens, "y": pooled} for tokens, pooled in
-                            (encode_batch(self.clip, p) for p in (prompts, [""] * len(prompts))))
-            return sample_conditioned(self.model, self.adapter, cond, uncond, seed, steps, cfg_scale, strength,
-                                      size=self.cfg.image_size)
+            cond, uncond = (
+                {"c_crossattn": tokens, "y": pooled}
+                for tokens, pooled in (encode_batch(self.clip, p) for p in (prompts, [""] * len(prompts)))
+            )
+            return sample_conditioned(
+                self.model, self.adapter, cond, uncond, seed, steps, cfg_scale, strength, size=self.cfg.image_size
+            )
         finally:
             self.train(was)
 
@@ -127,6 +159,5 @@ class ShapesTask(nn.Module):
             return None
         prompts = preview_prompts()
         repeated = [p for p in prompts for _ in range(self.cfg.preview_count)]
-        images = self.sample(repeated, seed=0, steps=self.cfg.preview_steps,
-                             strength=1.0 if self.cfg.use_bias else 0.0)
+        images = self.sample(repeated, seed=0, steps=self.cfg.preview_steps, strength=1.0 if self.cfg.use_bias else 0.0)
         return plots.image_grid(images, rows=len(prompts), out_path=out_path, scale=4)

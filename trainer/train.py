@@ -17,21 +17,25 @@ from .config import ConfigError, load_config
 def task_factory(cfg, device):
     if cfg.mode == "joint":
         from .joint import JointTask
+
         return JointTask(cfg, device)
     if cfg.mode == "shapes":
         from .shapes_mode import ShapesTask
+
         return ShapesTask(cfg, device)
     if cfg.mode == "adapter":
         from .adapter_mode import AdapterTask
+
         return AdapterTask(cfg, device)
     from .video_mode import VideoTask
+
     return VideoTask(cfg, device)
 
 
 def main(argv=None) -> int:
     try:
         cfg = load_config(argv).check_inputs()
-    except ConfigError as e:   # one sentence, before ComfyUI or a model is loaded
+    except ConfigError as e:  # one sentence, before ComfyUI or a model is loaded
         print(f"error: {e}", file=sys.stderr)
         return 2
     ensure_comfy_importable(cpu=cfg.device == "cpu" or cfg.device == "auto" and not _cuda())
@@ -42,7 +46,7 @@ def main(argv=None) -> int:
 
     try:
         summary = train(cfg, task_factory)
-    except (DataError, VideoError) as e:   # bad data, found while reading it: what and what to do, no traceback
+    except (DataError, VideoError) as e:  # bad data, found while reading it: what and what to do, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
@@ -51,6 +55,7 @@ def main(argv=None) -> int:
 
 def _cuda() -> bool:
     import torch
+
     return torch.cuda.is_available()
 
 

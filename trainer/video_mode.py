@@ -19,12 +19,11 @@ class VideoTask(FrozenBaseTask):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
         # One clip: only its frames are decoded and encoded, however long the file is.
-        frames, self.fps = read_video(cfg.video, max_frames=cfg.frames, stride=cfg.frame_stride,
-                                      size=cfg.image_size)
-        self.frames = frames.permute(0, 3, 1, 2) * 2 - 1   # (F, 3, H, W) in [-1, 1]: the preview's reference
+        frames, self.fps = read_video(cfg.video, max_frames=cfg.frames, stride=cfg.frame_stride, size=cfg.image_size)
+        self.frames = frames.permute(0, 3, 1, 2) * 2 - 1  # (F, 3, H, W) in [-1, 1]: the preview's reference
         with torch.no_grad():
-            self.latents = torch.cat([self.base.encode_images(frames[i:i + 4]) for i in range(0, len(frames), 4)])
-            self.tokens, self.pooled = self.base.encode(cfg.prompt)   # (1, L, C), (1, P) or None
+            self.latents = torch.cat([self.base.encode_images(frames[i : i + 4]) for i in range(0, len(frames), 4)])
+            self.tokens, self.pooled = self.base.encode(cfg.prompt)  # (1, L, C), (1, P) or None
         self.clip = self.latents.shape[0]
         print(f"[trainer] {Path(cfg.video).name}: a clip of {self.clip} frames at stride {cfg.frame_stride}")
 
@@ -45,5 +44,6 @@ class VideoTask(FrozenBaseTask):
             size = [max(1, round(n * scale)) for n in reference.shape[-2:]]
             reference = torch.nn.functional.interpolate(reference, size=size, mode="bilinear", antialias=True)
         latents = self.preview(shape, self.tokens, self.pooled, frames=count)
-        return plots.image_grid(torch.cat([reference, self.to_pixels(latents, reference)]), rows=2,
-                                out_path=out_path, scale=2)
+        return plots.image_grid(
+            torch.cat([reference, self.to_pixels(latents, reference)]), rows=2, out_path=out_path, scale=2
+        )

@@ -12,18 +12,29 @@ for path in (TESTS, TESTS.parent):  # the test helpers, and the pure ``contextdi
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from comfy_models import (build_sd15, build_tiny_clip, build_tiny_controlnet, build_tiny_vae,  # noqa: E402
-                          random_conditioning)
+from comfy_models import (  # noqa: E402 (after the sys.path lines above)
+    build_sd15,
+    build_tiny_clip,
+    build_tiny_controlnet,
+    build_tiny_vae,  # noqa: E402
+    random_conditioning,
+)
 
 
 class TinyModel:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0}),
-                             "model_channels": ("INT", {"default": 32, "min": 8, "max": 320}),
-                             "context_dim": ("INT", {"default": 768})},
-                "optional": {"weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0}),
-                             "attn_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0})}}
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0}),
+                "model_channels": ("INT", {"default": 32, "min": 8, "max": 320}),
+                "context_dim": ("INT", {"default": 768}),
+            },
+            "optional": {
+                "weight_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0}),
+                "attn_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0}),
+            },
+        }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
@@ -38,10 +49,14 @@ class RandomConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0}), "context_dim": ("INT", {"default": 768}),
-                             "tokens": ("INT", {"default": 77})},
-                "optional": {"batch": ("INT", {"default": 1, "min": 1, "max": 64}),
-                             "pick": ("STRING", {"default": ""})}}
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0}),
+                "context_dim": ("INT", {"default": 768}),
+                "tokens": ("INT", {"default": 77}),
+            },
+            "optional": {"batch": ("INT", {"default": 1, "min": 1, "max": 64}), "pick": ("STRING", {"default": ""})},
+        }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "build"
@@ -121,7 +136,6 @@ class Poison:
     CATEGORY = "testing"
 
     def poison(self, latent=None, conditioning=None):
-        import torch
         out_latent = None
         if latent is not None:
             samples = latent["samples"].clone()
@@ -146,12 +160,20 @@ class RandomLatent:
 
     def build(self, channels, size):
         import torch
+
         return ({"samples": torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))},)
 
 
-NODE_CLASS_MAPPINGS = {"ContextDiffTest_RandomLatent": RandomLatent, "ContextDiffTest_Poison": Poison, "ContextDiffTest_TinyCheckpoint": TinyCheckpoint, "ContextDiffTest_TinyControlNet": TinyControlNet,
-                       "ContextDiffTest_TinyClip": TinyClip, "ContextDiffTest_TinyVae": TinyVae,
-                       "ContextDiffTest_TinyModel": TinyModel, "ContextDiffTest_RandomConditioning": RandomConditioning}
+NODE_CLASS_MAPPINGS = {
+    "ContextDiffTest_RandomLatent": RandomLatent,
+    "ContextDiffTest_Poison": Poison,
+    "ContextDiffTest_TinyCheckpoint": TinyCheckpoint,
+    "ContextDiffTest_TinyControlNet": TinyControlNet,
+    "ContextDiffTest_TinyClip": TinyClip,
+    "ContextDiffTest_TinyVae": TinyVae,
+    "ContextDiffTest_TinyModel": TinyModel,
+    "ContextDiffTest_RandomConditioning": RandomConditioning,
+}
 
 from .families import FAMILY_NODES  # noqa: E402  (SD2.x / SDXL-family test nodes)
 
