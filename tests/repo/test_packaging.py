@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # What the pack ships: ComfyUI loads __init__.py (and nodes/), users run python -m trainer.train and the
 # README's analysis CLIs (CLIP metrics of a video, ...); with them every package of this repository they

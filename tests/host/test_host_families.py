@@ -29,7 +29,7 @@ CHECKPOINTS = {  # file -> (ComfyUI class, v_pred, zsnr)
     "koala_1b.safetensors": ("KOALA_1B", False, False),
 }
 # Under zero terminal SNR ComfyUI's float32 ddim/ddpm are ~2e-4 from their own float64 runs (the first step from
-# sigma 4519 cancels); ours are within 1e-6 of those (tests/test_zsnr.py). So 1e-3 against the core there.
+# sigma 4519 cancels); ours are within 1e-6 of those (tests/host/test_zsnr.py). So 1e-3 against the core there.
 ZSNR_TOL = 1e-3
 CONTEXT = {"SD15": (768, 768), "SD20": (1024, 1024)}  # (tokens, pooled) widths; SDXL family: (2048, 1280)
 _ids = itertools.count()

@@ -7,7 +7,7 @@ fails when a row names a file that is gone or a name its files no longer contain
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTATION = ROOT / "docs" / "notation.md"
 SOURCES = [
     "__init__.py",
