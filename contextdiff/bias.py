@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from .schedule import k_from_sigma
+
+if TYPE_CHECKING:
+    from .adapter import ContextAdapter
 
 # r(x0hat, sigmas) -> (r at sigmas[0], r at sigmas[1]): one relational-network call for both.
 RelationalPair = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -35,7 +39,9 @@ class ContextBias:
     def __init__(self, r: RelationalPair, sigma_max: float | torch.Tensor | None, strength: float = 1.0):
         self.r, self.sigma_max, self.strength = r, sigma_max, finite_strength(strength)
 
-    def __call__(self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor):
+    def __call__(
+        self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # k in float64 on the CPU: exact near abar = 1 and independent of the device's dtypes.
         sigmas = torch.stack([torch.as_tensor(s).detach().cpu() for s in (sigma_a, sigma_b)]).double()
         k = k_from_sigma(sigmas, self.sigma_max)
@@ -47,7 +53,7 @@ class ContextBias:
         return k[0] * r_a, k[1] * r_b
 
 
-def autocast_for(device: torch.device):
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 (or fp16) autocast on CUDA, where the adapter's attention is memory-bound; none on CPU."""
     if device.type != "cuda":
         return contextlib.nullcontext()
@@ -56,10 +62,10 @@ def autocast_for(device: torch.device):
 
 
 def adapter_bias(
-    adapter,
+    adapter: ContextAdapter,
     text: torch.Tensor,
     timestep: Callable[[torch.Tensor], torch.Tensor],
-    sigma_max,
+    sigma_max: float | torch.Tensor | None,
     strength: float = 1.0,
     frames: int | None = None,
 ) -> ContextBias:

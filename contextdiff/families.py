@@ -12,8 +12,15 @@ optionally, the ``model_sampling`` a node patched in, e.g. ComfyUI's ModelSampli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # for the annotations only: this module never imports ComfyUI
+    from comfy.model_base import BaseModel
+
+# ComfyUI's model_sampling objects are mixins (EPS, V_PREDICTION, ModelSamplingDiscrete...) with no common base.
+ModelSampling = Any
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ def family_of_context_dim(context_dim: int) -> Family | None:
     return next((f for f in FAMILIES if f.context_dim == context_dim), None)
 
 
-def prediction_of(model_sampling) -> str:
+def prediction_of(model_sampling: ModelSampling) -> str:
     """The parameterisation of a ComfyUI ``model_sampling`` object, from its class hierarchy."""
     names = [c.__name__ for c in type(model_sampling).__mro__]
     if FLOW_SAMPLING.intersection(names) or not hasattr(model_sampling, "timestep"):
@@ -86,7 +93,7 @@ def prediction_of(model_sampling) -> str:
     return names[0]
 
 
-def identify(base_model, model_sampling=None) -> ModelInfo:
+def identify(base_model: BaseModel, model_sampling: ModelSampling | None = None) -> ModelInfo:
     """Family and parameterisation of a ComfyUI ``BaseModel``; ``model_sampling`` overrides the model's own."""
     config_name = type(base_model.model_config).__name__
     sampling = model_sampling if model_sampling is not None else base_model.model_sampling
@@ -100,7 +107,7 @@ def identify(base_model, model_sampling=None) -> ModelInfo:
     )
 
 
-def require_vp(model_sampling) -> None:
+def require_vp(model_sampling: ModelSampling) -> None:
     """Raise the one-sentence refusal for flow-matching models (samplers accept every VP model)."""
     if prediction_of(model_sampling) == "flow":
         raise ValueError(FLOW_MESSAGE)
@@ -125,8 +132,8 @@ def require_trainable(info: ModelInfo) -> Family:
 
 
 def unet_conditioning(
-    base_model, tokens: torch.Tensor, pooled: torch.Tensor | None, latent_shape: tuple[int, ...]
-) -> dict:
+    base_model: BaseModel, tokens: torch.Tensor, pooled: torch.Tensor | None, latent_shape: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
     """The keyword arguments of ``base_model.apply_model`` for text ``tokens`` (and ``pooled``), built by
     the model's own ``extra_conds`` as ComfyUI's samplers build them for CLIPTextEncode's output.
 
@@ -160,7 +167,9 @@ def unet_conditioning(
     return out
 
 
-def probe_conditioning(base_model, latent_shape: tuple[int, ...], tokens: int = 77) -> dict:
+def probe_conditioning(
+    base_model: BaseModel, latent_shape: tuple[int, ...], tokens: int = 77
+) -> dict[str, torch.Tensor]:
     """Zero text (and pooled) conditioning of the family's widths, for probe passes that only need shapes."""
     info = identify(base_model)
     device = next(base_model.diffusion_model.parameters()).device

@@ -24,28 +24,32 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import trange
 
 from . import process
-from .sampling import MODEL_CAUSE, biases, check_finite, step_dtype, transition
+from .sampling import MODEL_CAUSE, Callback, Denoiser, Sigma, biases, check_finite, step_dtype, transition
 from .schedule import abar_from_sigma
+
+if TYPE_CHECKING:
+    from .bias import ContextBias
 
 DDIM = functools.partial(process.ddim_step, eta=0.0)
 
 
 def first_guess(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
-    sigma,
-    sigma_next,
+    sigma: Sigma,
+    sigma_next: Sigma,
     s_in: torch.Tensor,
     extra_args: dict,
-    bias=None,
+    bias: ContextBias | None = None,
     cause: str = MODEL_CAUSE,
     index: int = 0,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Classic (explicit) DDIM inversion of step ``index``: ``(x at sigma_next, x0hat)``, one model call."""
     if sigma > 0:
         x0hat = model(x, sigma * s_in, **extra_args)
@@ -105,14 +109,14 @@ def anderson(
 
 
 def refine(
-    model,
+    model: Denoiser,
     x: torch.Tensor,
     guess: torch.Tensor,
-    sigma,
-    sigma_next,
+    sigma: Sigma,
+    sigma_next: Sigma,
     s_in: torch.Tensor,
     extra_args: dict,
-    bias=None,
+    bias: ContextBias | None = None,
     max_iter: int = 10,
     rel_tol: float | None = None,
     cause: str = MODEL_CAUSE,
@@ -145,19 +149,19 @@ def require_ascending(sigmas: torch.Tensor) -> None:
 
 @torch.no_grad()
 def invert_ddim(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
     *,
-    bias=None,
+    bias: ContextBias | None = None,
     refine_steps: int = 0,
     refine_tol: float | None = None,
     final_eval: bool = False,
     cause: str = MODEL_CAUSE,
-):
+) -> torch.Tensor:
     """Bias-aware DDIM inversion over ascending ``sigmas``; ``x`` is the latent at ``sigmas[0]``.
 
     ``refine_steps = 0`` is the classic approximate inversion (one model call per step). ``refine_steps > 0``

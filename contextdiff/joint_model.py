@@ -9,7 +9,10 @@ through exactly the same code.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -17,6 +20,11 @@ from safetensors import safe_open
 from . import __version__
 from .adapter import AdapterConfig, ContextAdapter
 from .adapter_io import AdapterFileError, atomic_save_file, check_tensor_table, expected_shapes, read_header
+
+if TYPE_CHECKING:  # annotations only: ComfyUI is imported where a model is built
+    from comfy.model_base import BaseModel
+
+PathLike = str | os.PathLike
 
 JOINT_FORMAT = "contextdiff-joint"
 TEXT_JOINT_FORMAT = "contextdiff-text-joint"  # contextdiff/text_joint.py
@@ -27,7 +35,7 @@ def joint_unet_config(
     channels: int = 1,
     model_channels: int = 64,
     context_dim: int = 64,
-    channel_mult=(1, 2),
+    channel_mult: Sequence[int] = (1, 2),
     num_res_blocks: int = 2,
     heads: int = 4,
     attention_from_level: int = 0,
@@ -74,7 +82,7 @@ def joint_unet_config(
     }
 
 
-def build_joint_model(unet_config: dict, init_seed: int | None = 0):
+def build_joint_model(unet_config: dict, init_seed: int | None = 0) -> BaseModel:
     """A ComfyUI ``BaseModel`` around a fresh ``UNetModel`` that outputs x0 (ComfyUI's ``X0``).
 
     ComfyUI's inference layers skip weight initialisation (weights come from files); for training
@@ -158,13 +166,13 @@ class ClassEmbedding(torch.nn.Module):
         return self.embed(labels).reshape(labels.shape[0], self.tokens, -1)
 
 
-def save_parts(path, parts: dict[str, torch.nn.Module], meta: dict) -> Path:
+def save_parts(path: PathLike, parts: dict[str, torch.nn.Module], meta: dict) -> Path:
     """One ``.safetensors`` with each module's state under its prefix (``unet.``, ``adapter.``, ...)."""
     tensors = {f"{prefix}.{k}": v for prefix, module in parts.items() for k, v in module.state_dict().items()}
     return atomic_save_file(tensors, path, meta)
 
 
-def load_parts(path: Path, parts: dict[str, torch.nn.Module], device="cpu") -> None:
+def load_parts(path: Path, parts: dict[str, torch.nn.Module], device: str | torch.device = "cpu") -> None:
     """Fill each module from its prefix in a :func:`save_parts` file, strictly (every key, every shape)."""
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         keys = list(f.keys())
@@ -179,7 +187,7 @@ def load_parts(path: Path, parts: dict[str, torch.nn.Module], device="cpu") -> N
                 ) from None
 
 
-def checkpoint_format(path) -> tuple[str | None, dict]:
+def checkpoint_format(path: PathLike) -> tuple[str | None, dict]:
     """``(format, metadata)`` of a safetensors file's header (``format`` is ``None`` when absent)."""
     meta = read_header(Path(path)).get("__metadata__") or {}
     return meta.get("format"), meta
@@ -205,14 +213,14 @@ def checked_adapter(path: Path, meta: dict) -> ContextAdapter:
 
 
 def save_joint(
-    path,
-    model,
+    path: PathLike,
+    model: BaseModel,
     adapter: ContextAdapter,
     classes: ClassEmbedding,
     unet_config: dict,
     training: dict | None = None,
     with_bias: bool = True,
-):
+) -> Path:
     """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
     meta = {
         "format": JOINT_FORMAT,
@@ -232,14 +240,16 @@ def save_joint(
     return save_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, meta)
 
 
-def is_joint_file(path) -> bool:
+def is_joint_file(path: PathLike) -> bool:
     try:
         return checkpoint_format(path)[0] == JOINT_FORMAT
     except AdapterFileError:
         return False
 
 
-def load_joint(path, device="cpu"):
+def load_joint(
+    path: PathLike, device: str | torch.device = "cpu"
+) -> tuple[BaseModel, ContextAdapter, ClassEmbedding, dict]:
     """``(comfy BaseModel, ContextAdapter, ClassEmbedding, metadata)`` from :func:`save_joint`'s file."""
     path = Path(path)
     fmt, meta = checkpoint_format(path)

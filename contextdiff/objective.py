@@ -48,7 +48,7 @@ def contextual_x0_loss(
     gamma: float = 5.0,
     use_bias: bool = True,
     bias_l2: float = 0.0,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 for one batch; returns ``(loss, per-sample loss)``.
 
     ``bias_l2 > 0`` adds ``bias_l2 * mean(b_t^2)``, not in the paper: ``r_phi`` sees ``x0`` itself, so

@@ -16,6 +16,8 @@ import torch
 from .schedule import Tensorish, _t, step_beta
 
 Bias = torch.Tensor | None
+# (mean, variance) of a Gaussian; the variance broadcasts against the mean.
+Gaussian = tuple[torch.Tensor, torch.Tensor]
 
 
 def _bias(b: Bias) -> torch.Tensor | float:
@@ -23,7 +25,7 @@ def _bias(b: Bias) -> torch.Tensor | float:
     return 0.0 if b is None else b
 
 
-def forward_marginal(x0: torch.Tensor, abar_t: Tensorish, b_t: Bias = None):
+def forward_marginal(x0: torch.Tensor, abar_t: Tensorish, b_t: Bias = None) -> Gaussian:
     """Eq. 1: ``q(x_t | x0, c) = N(sqrt(abar_t) x0 + b_t, (1 - abar_t) I)``; returns (mean, var)."""
     abar_t = _t(abar_t, x0)
     return abar_t.sqrt() * x0 + _bias(b_t), 1.0 - abar_t
@@ -40,7 +42,7 @@ def forward_sample(x0: torch.Tensor, abar_t: Tensorish, eps: torch.Tensor, b_t: 
 
 def forward_kernel(
     x_prev: torch.Tensor, abar_t: Tensorish, abar_prev: Tensorish, b_t: Bias = None, b_prev: Bias = None
-):
+) -> Gaussian:
     """Eq. 2: ``q(x_t | x_{t-1}, x0, c)``; mean ``sqrt(a_t) x_{t-1} + b_t - sqrt(a_t) b_{t-1}``, var ``beta_t``."""
     abar_t, abar_prev = _t(abar_t, x_prev), _t(abar_prev, x_prev)
     root_a = (abar_t / abar_prev).sqrt()
@@ -49,7 +51,7 @@ def forward_kernel(
 
 def posterior(
     x_t: torch.Tensor, x0: torch.Tensor, abar_t: Tensorish, abar_prev: Tensorish, b_t: Bias = None, b_prev: Bias = None
-):
+) -> Gaussian:
     """Eq. 3 (and Eq. 7 with ``x0hat`` in place of ``x0``): ``q(x_{t-1} | x_t, x0, c)``; returns (mean, var).
 
     Notation -> names::
@@ -88,7 +90,7 @@ def ddim_posterior(
     b_t: Bias = None,
     b_prev: Bias = None,
     eta: float = 0.0,
-):
+) -> Gaussian:
     """Eq. 18 (Lemma 2): the contextualized DDIM posterior; returns (mean, var = sigma_t^2).
 
     Notation -> names::

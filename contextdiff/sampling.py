@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import trange
@@ -20,13 +21,25 @@ from tqdm.auto import trange
 from . import process
 from .schedule import abar_from_sigma
 
+if TYPE_CHECKING:
+    from .bias import ContextBias
+
 # (x_t, x0hat, abar_t, abar_prev, b_t, b_prev, noise) -> x_prev, all in VP space.
 StepFn = Callable[..., torch.Tensor]
+# model(x, sigma, **extra_args) -> x0hat, in k-diffusion space.
+Denoiser = Callable[..., torch.Tensor]
+# (sigma, sigma_next) -> standard normal noise shaped like x.
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# ComfyUI's sampler callback: {"x", "i", "sigma", "sigma_hat", "denoised"}.
+Callback = Callable[[dict[str, Any]], None]
+# (i, x_next, sigma_next) -> x_next.
+PostStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+Sigma = torch.Tensor | float
 
 MODEL_CAUSE = "in fp16 this is usually an overflow: run the model in bf16 or fp32 (ComfyUI --bf16-unet or --force-fp32)"
 
 
-def default_noise_sampler(x: torch.Tensor, seed: int | None = None):
+def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSampler:
     """Fresh standard normal noise per call from a generator seeded once, like k-diffusion's."""
     generator = None
     if seed is not None:
@@ -47,8 +60,8 @@ def transition(
     step: StepFn,
     x: torch.Tensor,
     x0hat: torch.Tensor,
-    sigma,
-    sigma_next,
+    sigma: Sigma,
+    sigma_next: Sigma,
     b_t: torch.Tensor | None = None,
     b_next: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
@@ -67,12 +80,14 @@ def transition(
     return (x_next / abar_next.sqrt()).to(x.dtype)
 
 
-def biases(bias, x0hat: torch.Tensor, sigma, sigma_next):
+def biases(
+    bias: ContextBias | None, x0hat: torch.Tensor, sigma: Sigma, sigma_next: Sigma
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(b_t, b_{t-1})`` of ``x0hat`` for a step, ``(None, None)`` without a bias."""
     return bias(x0hat, sigma, sigma_next) if bias is not None else (None, None)
 
 
-def check_finite(denoised: torch.Tensor, i: int, sigma, cause: str = MODEL_CAUSE) -> None:
+def check_finite(denoised: torch.Tensor, i: int, sigma: Sigma, cause: str = MODEL_CAUSE) -> None:
     """Stop at the first non-finite prediction, naming the likely ``cause``, instead of a black image."""
     if not bool(torch.isfinite(denoised).all()):
         raise FloatingPointError(f"the model predicted NaN or infinity at step {i} (sigma {float(sigma):.4g}); {cause}")
@@ -98,21 +113,21 @@ def require_direction(sigmas: torch.Tensor, reversible: bool) -> None:
 
 @torch.no_grad()
 def sample(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
     *,
     step: StepFn,
     stochastic: bool = False,
-    bias=None,
-    noise_sampler=None,
-    post_step=None,
+    bias: ContextBias | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    post_step: PostStep | None = None,
     cause: str = MODEL_CAUSE,
     start_has_bias: bool = True,
-):
+) -> torch.Tensor:
     """The sampler loop: one model call per step, then ``step`` (see :func:`transition`).
 
     ``stochastic`` steps get fresh noise for every step with ``sigma_next > 0``, in the order ComfyUI's
@@ -149,19 +164,19 @@ def sample(
 
 
 def sample_contextdiff_ddim(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
     eta: float = 0.0,
-    noise_sampler=None,
-    bias=None,
-    post_step=None,
+    noise_sampler: NoiseSampler | None = None,
+    bias: ContextBias | None = None,
+    post_step: PostStep | None = None,
     cause: str = MODEL_CAUSE,
     start_has_bias: bool = True,
-):
+) -> torch.Tensor:
     """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any sigma list (increasing too, at eta 0)."""
     return sample(
         model,
@@ -181,17 +196,17 @@ def sample_contextdiff_ddim(
 
 
 def sample_contextdiff_ddpm(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
-    noise_sampler=None,
-    bias=None,
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    bias: ContextBias | None = None,
     cause: str = MODEL_CAUSE,
     start_has_bias: bool = True,
-):
+) -> torch.Tensor:
     """Contextualized ancestral DDPM (Eq. 7 mean, posterior variance) over any descending sigma list."""
     return sample(
         model,

@@ -12,8 +12,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # annotations only: the functions import ComfyUI when called
+    from comfy.sd import CLIP
 
 TEXT_KEY = "l"  # the SD1.x layout: tokens come as {"l": [...]}, weights live under clip_l
 
@@ -40,7 +44,7 @@ def text_config(width: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: in
     return config
 
 
-def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype = torch.float32):
+def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype = torch.float32) -> CLIP:
     """A ``comfy.sd.CLIP`` around a fresh text transformer of ``config`` (torch's default init, seeded).
 
     ``init_seed=None`` leaves the weights uninitialised, for loading a checkpoint into.
@@ -81,12 +85,12 @@ def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype 
     return clip
 
 
-def text_transformer(clip) -> torch.nn.Module:
+def text_transformer(clip: CLIP) -> torch.nn.Module:
     """The trainable CLIP text transformer inside a :func:`build_text_clip` object."""
     return getattr(clip.cond_stage_model, f"clip_{TEXT_KEY}").transformer
 
 
-def token_ids(clip, captions: list[str]) -> list[list[int]]:
+def token_ids(clip: CLIP, captions: list[str]) -> list[list[int]]:
     """The first 77-token window of each caption, as CLIPTextEncode tokenises it (weights dropped)."""
     out = []
     for text in captions:
@@ -95,7 +99,7 @@ def token_ids(clip, captions: list[str]) -> list[list[int]]:
     return out
 
 
-def encode_batch(clip, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_batch(clip: CLIP, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens (B, 77, width), pooled (B, width))`` of a batch of captions, differentiable (for training).
 
     ComfyUI's ``CLIPLayer`` adds its residuals in place (it is inference code), which autograd

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .adapter import ContextAdapter
@@ -29,6 +30,13 @@ from .joint_model import (
     save_parts,
 )
 from .text_encoder import build_text_clip, text_transformer
+
+if TYPE_CHECKING:
+    import torch
+    from comfy.model_base import BaseModel
+    from comfy.sd import CLIP
+
+    from .joint_model import PathLike
 
 TEXT_JOINT_VERSION = 1
 
@@ -48,10 +56,10 @@ class TextJointModel:
 
 
 def save_text_joint(
-    path,
-    model,
+    path: PathLike,
+    model: BaseModel,
     adapter: ContextAdapter,
-    clip,
+    clip: CLIP,
     unet_config: dict,
     text_config: dict,
     recipe: str,
@@ -78,7 +86,7 @@ def save_text_joint(
     return save_parts(path, parts, meta)
 
 
-def load_text_joint(path, recipe: str | None = None, device="cpu") -> TextJointModel:
+def load_text_joint(path: PathLike, recipe: str | None = None, device: str | torch.device = "cpu") -> TextJointModel:
     """Rebuild a :func:`save_text_joint` file; ``recipe`` (e.g. ``"shapes"``) refuses other recipes.
 
     Every refusal names what the file is and what to do instead.
