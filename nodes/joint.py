@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -9,7 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..contextdiff.joint_model import load_joint
+from ..contextdiff.joint_model import ClassEmbedding, load_joint
 from ..contextdiff.text_joint import load_text_joint
 from .adapter_loader import ContextDiffAdapterLoader
 from .paths import FOLDER
@@ -35,7 +36,7 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
 
 class ContextDiffJointLoader(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffJointLoader",
             display_name="Load ContextDiff Joint Model",
@@ -54,17 +55,17 @@ class ContextDiffJointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, ckpt_name):
+    def fingerprint_inputs(cls, ckpt_name: str) -> str:
         return ContextDiffAdapterLoader.fingerprint_inputs(ckpt_name)  # the file's content decides
 
     @classmethod
-    def execute(cls, ckpt_name) -> io.NodeOutput:
+    def execute(cls, ckpt_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, ckpt_name)
         model, adapter, classes, meta = load_joint(path)
         return io.NodeOutput(model_patcher(model), LoadedAdapter(adapter, meta, ckpt_name), classes)
 
 
-def model_patcher(model) -> comfy.model_patcher.ModelPatcher:
+def model_patcher(model: comfy.model_base.BaseModel) -> comfy.model_patcher.ModelPatcher:
     """A loaded joint denoiser as a ComfyUI MODEL."""
     return comfy.model_patcher.ModelPatcher(
         model,
@@ -81,7 +82,7 @@ def pixel_space_vae() -> comfy.sd.VAE:
 
 class ContextDiffShapesLoader(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffShapesLoader",
             display_name="Load ContextDiff Shapes Model",
@@ -113,11 +114,11 @@ class ContextDiffShapesLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, ckpt_name):
+    def fingerprint_inputs(cls, ckpt_name: str) -> str:
         return ContextDiffAdapterLoader.fingerprint_inputs(ckpt_name)
 
     @classmethod
-    def execute(cls, ckpt_name) -> io.NodeOutput:
+    def execute(cls, ckpt_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, ckpt_name)
         loaded = load_text_joint(path, recipe="shapes")
         adapter = LoadedAdapter(loaded.adapter, loaded.meta, ckpt_name)
@@ -126,7 +127,7 @@ class ContextDiffShapesLoader(io.ComfyNode):
 
 class ContextDiffClassConditioning(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffClassConditioning",
             display_name="ContextDiff Class Conditioning",
@@ -142,7 +143,7 @@ class ContextDiffClassConditioning(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, classes, labels, repeat) -> io.NodeOutput:
+    def execute(cls, classes: ClassEmbedding, labels: str, repeat: int) -> io.NodeOutput:
         idx = torch.tensor(parse_classes(labels, classes.num_classes)).repeat_interleave(repeat)
         with torch.no_grad():
             tokens = classes(idx)
@@ -151,7 +152,7 @@ class ContextDiffClassConditioning(io.ComfyNode):
 
 class ContextDiffPixelsToImage(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffPixelsToImage",
             display_name="ContextDiff Pixels To Image",
@@ -167,7 +168,7 @@ class ContextDiffPixelsToImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, scale, grid_columns) -> io.NodeOutput:
+    def execute(cls, samples: dict, scale: int, grid_columns: int) -> io.NodeOutput:
         x = samples["samples"].float().clamp(-1, 1).add(1).div(2)
         x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
         if scale > 1:

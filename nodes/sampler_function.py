@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import comfy.samplers
 import torch
 
 from ..contextdiff import families, inversion, sampling
 from ..contextdiff.bias import ContextBias, adapter_bias, finite_strength
+from ..contextdiff.families import ModelSampling
+from ..contextdiff.sampling import Callback, PostStep
+
+if TYPE_CHECKING:
+    from comfy.model_base import BaseModel
+
+    from .types import LoadedAdapter
+
+# ComfyUI's KSAMPLER calls ``sampler_function(model_k, ...)`` with ``model_k`` its KSamplerX0Inpaint wrapper, whose
+# ``inner_model`` is the guider (CFGGuider or another).
+WrappedModel = Any
 
 METHODS = ("ddim", "ddpm")
 
 
-def positive_tokens(guider) -> torch.Tensor:
+def positive_tokens(guider: comfy.samplers.CFGGuider) -> torch.Tensor:
     """The cross-attention tokens of the guider's positive conditioning (its first entry)."""
     conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", {})
     entries = conds.get("positive") or next(iter(conds.values()), None)
@@ -41,13 +53,13 @@ def positive_tokens(guider) -> torch.Tensor:
     return tokens
 
 
-def require_vp(model_sampling) -> None:
+def require_vp(model_sampling: ModelSampling) -> None:
     """ContextDiff's equations are written for variance-preserving models; :mod:`contextdiff.families`
     decides (every eps/v model, zero terminal SNR included; flow matching refused)."""
     families.require_vp(model_sampling)
 
 
-def nan_cause(base_model) -> str:
+def nan_cause(base_model: BaseModel) -> str:
     """What a NaN prediction most likely means for a model computing in its dtype."""
     dtype = getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype()
     if dtype == torch.float16:
@@ -59,7 +71,9 @@ def nan_cause(base_model) -> str:
     )
 
 
-def prepare(model, x: torch.Tensor, adapter, strength: float, frames: int | None) -> tuple[ContextBias | None, str]:
+def prepare(
+    model: WrappedModel, x: torch.Tensor, adapter: LoadedAdapter | None, strength: float, frames: int | None
+) -> tuple[ContextBias | None, str]:
     """Checks shared by sampling and inversion, then ``(bias or None, NaN cause)``; before any model call."""
     guider = model.inner_model
     base_model = guider.inner_model
@@ -84,21 +98,21 @@ def prepare(model, x: torch.Tensor, adapter, strength: float, frames: int | None
 
 
 def contextdiff_sample(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
+    model: WrappedModel,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
     *,
-    adapter=None,
+    adapter: LoadedAdapter | None = None,
     method: str = "ddim",
     eta: float = 0.0,
     strength: float = 1.0,
     frames: int | None = None,
-    post_step=None,
+    post_step: PostStep | None = None,
     start_has_bias: bool = False,
-):
+) -> torch.Tensor:
     """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt.
 
     On increasing sigmas (FlipSigmas) DDIM at eta 0 unsamples, like core ``ddim``; ``post_step`` adjusts
@@ -114,19 +128,19 @@ def contextdiff_sample(
 
 
 def contextdiff_invert(
-    model,
-    x,
-    sigmas,
-    extra_args=None,
-    callback=None,
-    disable=None,
+    model: WrappedModel,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
     *,
-    adapter=None,
+    adapter: LoadedAdapter | None = None,
     strength: float = 1.0,
     frames: int | None = None,
     refine_steps: int = 0,
     trajectory: Callable[[dict], None] | None = None,
-):
+) -> torch.Tensor:
     """KSAMPLER function: bias-aware DDIM inversion over ascending sigmas (:func:`contextdiff.inversion.invert_ddim`).
 
     ``trajectory(info)`` sees the input and every inverted level, before ``callback`` (the preview).
@@ -165,12 +179,12 @@ def check_options(strength: float, eta: float = 0.0, method: str = "ddim") -> No
 
 
 def contextdiff_ksampler(
-    adapter=None,
+    adapter: LoadedAdapter | None = None,
     method: str = "ddim",
     eta: float = 0.0,
     strength: float = 1.0,
     frames: int | None = None,
-    post_step=None,
+    post_step: PostStep | None = None,
     start_has_bias: bool = False,
 ) -> comfy.samplers.KSAMPLER:
     """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node.
@@ -195,7 +209,7 @@ def contextdiff_ksampler(
 
 
 def inversion_ksampler(
-    adapter=None,
+    adapter: LoadedAdapter | None = None,
     strength: float = 1.0,
     frames: int | None = None,
     refine_steps: int = 0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -10,6 +12,11 @@ from comfy_api.latest import io
 
 from . import inputs
 from .sampler_function import METHODS, contextdiff_ksampler
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+
+    from .types import LoadedAdapter
 
 METHOD_TIP = (
     "ddim: deterministic contextualized DDIM (paper Eq. 11; Eq. 18 with eta > 0); on increasing sigmas "
@@ -36,7 +43,7 @@ def _method_inputs():
 
 class ContextDiffKSampler(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffKSampler",
             display_name="ContextDiff KSampler",
@@ -93,19 +100,19 @@ class ContextDiffKSampler(io.ComfyNode):
     @classmethod
     def execute(
         cls,
-        model,
-        positive,
-        negative,
-        latent_image,
-        seed,
-        steps,
-        cfg,
-        scheduler,
-        method,
-        eta,
-        adapter_strength,
-        denoise,
-        adapter=None,
+        model: ModelPatcher,
+        positive: list,
+        negative: list,
+        latent_image: dict,
+        seed: int,
+        steps: int,
+        cfg: float,
+        scheduler: str,
+        method: str,
+        eta: float,
+        adapter_strength: float,
+        denoise: float,
+        adapter: LoadedAdapter | None = None,
     ) -> io.NodeOutput:
         latent = latent_image["samples"]
         latent = comfy.sample.fix_empty_latent_channels(model, latent)
@@ -143,7 +150,7 @@ class ContextDiffKSampler(io.ComfyNode):
 
 class ContextDiffSampler(io.ComfyNode):
     @classmethod
-    def define_schema(cls):
+    def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffSampler",
             display_name="ContextDiff Sampler",
@@ -156,5 +163,7 @@ class ContextDiffSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, method, eta, adapter_strength, adapter=None) -> io.NodeOutput:
+    def execute(
+        cls, method: str, eta: float, adapter_strength: float, adapter: LoadedAdapter | None = None
+    ) -> io.NodeOutput:
         return io.NodeOutput(contextdiff_ksampler(adapter, method, eta, adapter_strength))
