@@ -4,9 +4,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-# Lint and format check first (configured in pyproject.toml), off until the code has settled:
-# CONTEXTDIFF_LINT=1 turns them on, together with the type-hint check in tests/repo/test_type_hints.py.
-if [ "${CONTEXTDIFF_LINT:-0}" = 1 ]; then
+# Lint and format check first (configured in pyproject.toml); CONTEXTDIFF_LINT=0 skips them while editing.
+if [ "${CONTEXTDIFF_LINT:-1}" = 1 ]; then
   "$VENV_PY" -m ruff check .
   "$VENV_PY" -m ruff format --check .
 fi

@@ -3,7 +3,7 @@
 Public: a module-level function, or a method of a module-level class, whose name does not start with ``_``;
 ``__init__`` and ``__call__`` count too (``__init__`` needs no return hint). Nested functions are private.
 Read from the source (``ast``), so nothing is imported and ComfyUI is not needed. Enforced together with
-ruff when ``CONTEXTDIFF_LINT=1`` (scripts/test.sh); otherwise the test reports the count and skips.
+ruff by scripts/test.sh; ``CONTEXTDIFF_LINT=0`` (for work in progress) turns both off.
 """
 
 import ast
@@ -94,6 +94,6 @@ class _Private:
 
 def test_public_functions_have_type_hints():
     missing = missing_in_package()
-    if os.environ.get("CONTEXTDIFF_LINT") != "1":
-        pytest.skip(f"{len(missing)} public functions in {CHECKED} lack type hints; CONTEXTDIFF_LINT=1 enforces it")
+    if missing and os.environ.get("CONTEXTDIFF_LINT", "1") == "0":
+        pytest.skip(f"{len(missing)} public functions in {CHECKED} lack type hints (CONTEXTDIFF_LINT=0)")
     assert not missing, "public functions without type hints:\n" + "\n".join(missing)
