@@ -55,22 +55,39 @@ def difference(rows: dict, a: str, b: str, metric: str) -> str:
 
 
 FLOOR = 0.10  # whole-caption accuracy below which the models do not yet draw what the prompts say
+# Rough accuracy of guessing, per attribute of a one-object prompt (6 colours, 4 shapes, 2 sizes, 5 positions,
+# 1 or 2 objects); a two-object prompt needs both right, so its chance is lower still.
+CHANCE = {"colour": 1 / 6, "shape": 1 / 4, "size": 1 / 2, "position": 1 / 5, "count": 1 / 2}
+
+
+def learned_attributes(gen: dict) -> tuple[list[str], list[str]]:
+    """Attributes some model draws well above chance (best mean > 2x chance, or > chance + 25 points for
+    size and count), and those it does not."""
+    drawn, not_drawn = [], []
+    for attribute, chance in CHANCE.items():
+        best = max(v[attribute][0] for v in gen.values())
+        (drawn if best > min(2 * chance, chance + 0.25) else not_drawn).append(
+            f"{attribute} (best {100 * best:.0f}%, chance about {100 * chance:.0f}%)"
+        )
+    return drawn, not_drawn
 
 
 def floor_warning(gen: dict) -> str:
-    """One sentence on whether the comparisons can say anything about the paper at all."""
+    """What the models have learned, so that each comparison below is read for what it can say."""
     best = max(v["caption"][0] for v in gen.values())
+    drawn, not_drawn = learned_attributes(gen)
+    learned = (
+        f"They do draw {', '.join(drawn)}, so the columns of those attributes can speak to text alignment; "
+        if drawn
+        else "No attribute is drawn well above chance; "
+    )
+    missing = f"not yet {', '.join(not_drawn)}." if not_drawn else "every attribute is drawn."
     if best >= FLOOR:
-        return (
-            f"The best model reads right on {100 * best:.0f}% of the prompts, so the comparisons below mean something."
-        )
-    colour = max(v["colour"][0] for v in gen.values())
+        return f"The best model reads right on {100 * best:.0f}% of the whole captions. {learned}{missing}"
     return (
-        f"**At this training length the models do not draw the prompts yet**: the best whole-caption accuracy "
-        f"is {100 * best:.1f}% (best colour accuracy {100 * colour:.1f}%), so the generation differences below are "
-        "between models at the floor and say nothing for or against the paper; the editing rows still measure how "
-        "well inversion and fusion keep the source, not whether the model can draw the edit. Train longer "
-        "(`--train_steps 0` runs the recipe's own length) on a machine with CPU to spare."
+        f"**At this training length the models do not draw whole captions yet** (best {100 * best:.1f}%), so "
+        f"differences in the caption column are between models at the floor. {learned}{missing} The editing rows "
+        "measure how well inversion and fusion keep the source more than whether the model can draw the edit."
     )
 
 
@@ -243,12 +260,21 @@ def write_report(result: dict, args) -> None:
         "",
         floor_warning(gen),
         "",
+        "- Text alignment (generation), ContextDiff minus no-bias, colour: seen "
+        + difference(gen, "ContextDiff | seen", "no bias | seen", "colour")
+        + "; held-out "
+        + difference(gen, "ContextDiff | held-out", "no bias | held-out", "colour")
+        + "; shape: seen "
+        + difference(gen, "ContextDiff | seen", "no bias | seen", "shape")
+        + ".",
         "- Text alignment (generation), ContextDiff minus no-bias, whole caption: seen "
         + difference(gen, "ContextDiff | seen", "no bias | seen", "caption")
         + "; held-out "
         + difference(gen, "ContextDiff | held-out", "no bias | held-out", "caption")
         + ".",
-        "- The adapter's share (same ContextDiff model, strength 1 minus 0), whole caption: seen "
+        "- The adapter's share (same ContextDiff model, strength 1 minus 0), colour: seen "
+        + difference(gen, "ContextDiff | seen", "ContextDiff, strength 0 | seen", "colour")
+        + "; whole caption: seen "
         + difference(gen, "ContextDiff | seen", "ContextDiff, strength 0 | seen", "caption")
         + ".",
         "- Editing fidelity, bias-aware minus plain inversion: success "
