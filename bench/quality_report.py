@@ -48,9 +48,14 @@ def table(rows: dict, metrics: tuple[str, ...], first: str, seeds: int | None = 
 
 def difference(rows: dict, a: str, b: str, metric: str) -> str:
     """'a - b' in points with both sds, and whether the gap exceeds the larger sd."""
-    (ma, sa, _), (mb, sb, _) = rows[a][metric], rows[b][metric]
+    (ma, sa, na), (mb, sb, nb) = rows[a][metric], rows[b][metric]
     d = 100 * (ma - mb)
-    verdict = "larger than the seed-to-seed sd" if abs(ma - mb) > max(sa, sb) else "within the seed-to-seed sd"
+    if min(na, nb) < 2:  # one seed has no spread to compare the gap with
+        verdict = "one training seed: no seed-to-seed sd to compare with"
+    elif abs(ma - mb) > max(sa, sb):
+        verdict = "larger than the seed-to-seed sd"
+    else:
+        verdict = "within the seed-to-seed sd"
     return f"{d:+.1f} points ({verdict})"
 
 

@@ -212,6 +212,32 @@ def checked_adapter(path: Path, meta: dict) -> ContextAdapter:
     return ContextAdapter(adapter_cfg, source=f"ContextDiff adapter in '{path.name}'")
 
 
+def model_metadata(
+    kind: tuple[str, int, str, str],
+    unet_config: dict,
+    adapter: ContextAdapter,
+    training: dict | None,
+    with_bias: bool,
+    **extra: str,
+) -> dict[str, str]:
+    """The safetensors metadata every joint file carries; ``kind``: (format, version, recipe, base_model)."""
+    fmt, version, recipe, base_model = kind
+    return {
+        "format": fmt,
+        "format_version": str(version),
+        "recipe": recipe,
+        "unet_config": json.dumps(unet_config, sort_keys=True),
+        "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
+        "latent_channels": str(unet_config["in_channels"]),
+        "context_dim": str(unet_config["context_dim"]),
+        "base_model": base_model,
+        "with_bias": str(bool(with_bias)).lower(),
+        "training": json.dumps(training or {}, sort_keys=True, default=str),
+        "producer": f"contextdiff-comfyui {__version__}",
+        **extra,
+    }
+
+
 def save_joint(
     path: PathLike,
     model: BaseModel,
@@ -222,21 +248,15 @@ def save_joint(
     with_bias: bool = True,
 ) -> Path:
     """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
-    meta = {
-        "format": JOINT_FORMAT,
-        "format_version": str(JOINT_VERSION),
-        "recipe": "digits",
-        "unet_config": json.dumps(unet_config, sort_keys=True),
-        "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
-        "num_classes": str(classes.num_classes),
-        "class_tokens": str(classes.tokens),
-        "latent_channels": str(unet_config["in_channels"]),
-        "context_dim": str(unet_config["context_dim"]),
-        "base_model": "joint",
-        "with_bias": str(bool(with_bias)).lower(),
-        "training": json.dumps(training or {}, sort_keys=True, default=str),
-        "producer": f"contextdiff-comfyui {__version__}",
-    }
+    meta = model_metadata(
+        (JOINT_FORMAT, JOINT_VERSION, "digits", "joint"),
+        unet_config,
+        adapter,
+        training,
+        with_bias,
+        num_classes=str(classes.num_classes),
+        class_tokens=str(classes.tokens),
+    )
     return save_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, meta)
 
 

@@ -25,6 +25,11 @@ def _bias(b: Bias) -> torch.Tensor | float:
     return 0.0 if b is None else b
 
 
+def draw(mean: torch.Tensor, var: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """``mean + sqrt(var) * noise`` for standard normal ``noise``; the mean alone without noise (a last step)."""
+    return mean if noise is None else mean + var.sqrt() * noise
+
+
 def forward_marginal(x0: torch.Tensor, abar_t: Tensorish, b_t: Bias = None) -> Gaussian:
     """Eq. 1: ``q(x_t | x0, c) = N(sqrt(abar_t) x0 + b_t, (1 - abar_t) I)``; returns (mean, var)."""
     abar_t = _t(abar_t, x0)
@@ -36,8 +41,7 @@ def forward_sample(x0: torch.Tensor, abar_t: Tensorish, eps: torch.Tensor, b_t: 
 
     Differentiable in ``x0`` and in the bias, so training gradients reach ``r_phi`` (Eq. 6).
     """
-    mean, var = forward_marginal(x0, abar_t, b_t)
-    return mean + var.sqrt() * eps
+    return draw(*forward_marginal(x0, abar_t, b_t), eps)
 
 
 def forward_kernel(
@@ -129,11 +133,9 @@ def ddim_step(
     mean, var = ddim_posterior(x_t, x0hat, abar_t, abar_prev, b_t, b_prev, eta)
     if eta == 0:
         return mean
-    if noise is None:
-        if bool((var > 0).any()):
-            raise ValueError("ddim_step with eta > 0 needs a noise tensor")
-        return mean
-    return mean + var.sqrt() * noise
+    if noise is None and bool((var > 0).any()):
+        raise ValueError("ddim_step with eta > 0 needs a noise tensor")
+    return draw(mean, var, noise)
 
 
 def ddpm_step(
@@ -150,7 +152,4 @@ def ddpm_step(
     Notation -> names: ``mu_theta`` (Eq. 7) is :func:`posterior` at ``x0hat`` with ``b(x0hat)``; the
     variance ``beta~_t`` is the posterior's. ``noise=None`` gives the mean (the last step, to sigma 0).
     """
-    mean, var = posterior(x_t, x0hat, abar_t, abar_prev, b_t, b_prev)
-    if noise is None:
-        return mean
-    return mean + var.sqrt() * noise
+    return draw(*posterior(x_t, x0hat, abar_t, abar_prev, b_t, b_prev), noise)

@@ -163,62 +163,19 @@ def sample(
     return x
 
 
-def sample_contextdiff_ddim(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: Callback | None = None,
-    disable: bool | None = None,
-    eta: float = 0.0,
-    noise_sampler: NoiseSampler | None = None,
-    bias: ContextBias | None = None,
-    post_step: PostStep | None = None,
-    cause: str = MODEL_CAUSE,
-    start_has_bias: bool = True,
-) -> torch.Tensor:
-    """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any sigma list (increasing too, at eta 0)."""
-    return sample(
-        model,
-        x,
-        sigmas,
-        extra_args,
-        callback,
-        disable,
-        step=functools.partial(process.ddim_step, eta=eta),
-        stochastic=eta > 0,
-        bias=bias,
-        noise_sampler=noise_sampler,
-        post_step=post_step,
-        cause=cause,
-        start_has_bias=start_has_bias,
-    )
+def sample_contextdiff_ddim(*args: Any, eta: float = 0.0, **options: Any) -> torch.Tensor:
+    """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any sigma list (increasing too, at eta 0).
+
+    Called like a k-diffusion sampler, ``(model, x, sigmas, extra_args, callback, disable)``, with
+    :func:`sample`'s keywords (``bias``, ``noise_sampler``, ``post_step``, ``cause``, ``start_has_bias``).
+    """
+    step = functools.partial(process.ddim_step, eta=eta)
+    return sample(*args, step=step, stochastic=eta > 0, **options)
 
 
-def sample_contextdiff_ddpm(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: Callback | None = None,
-    disable: bool | None = None,
-    noise_sampler: NoiseSampler | None = None,
-    bias: ContextBias | None = None,
-    cause: str = MODEL_CAUSE,
-    start_has_bias: bool = True,
-) -> torch.Tensor:
-    """Contextualized ancestral DDPM (Eq. 7 mean, posterior variance) over any descending sigma list."""
-    return sample(
-        model,
-        x,
-        sigmas,
-        extra_args,
-        callback,
-        disable,
-        step=process.ddpm_step,
-        stochastic=True,
-        bias=bias,
-        noise_sampler=noise_sampler,
-        cause=cause,
-        start_has_bias=start_has_bias,
-    )
+def sample_contextdiff_ddpm(*args: Any, **options: Any) -> torch.Tensor:
+    """Contextualized ancestral DDPM (Eq. 7 mean, posterior variance) over any descending sigma list.
+
+    Called like :func:`sample_contextdiff_ddim`, without ``eta``.
+    """
+    return sample(*args, step=process.ddpm_step, stochastic=True, **options)

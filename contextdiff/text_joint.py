@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
 from .adapter import ContextAdapter
 from .adapter_io import AdapterFileError
 from .joint_model import (
@@ -27,6 +26,7 @@ from .joint_model import (
     checked_adapter,
     checkpoint_format,
     load_parts,
+    model_metadata,
     save_parts,
 )
 from .text_encoder import build_text_clip, text_transformer
@@ -67,21 +67,15 @@ def save_text_joint(
     with_bias: bool = True,
 ) -> Path:
     """Write the three parts and the metadata that :func:`load_text_joint` rebuilds them from."""
-    meta = {
-        "format": TEXT_JOINT_FORMAT,
-        "format_version": str(TEXT_JOINT_VERSION),
-        "recipe": recipe,
-        "unet_config": json.dumps(unet_config, sort_keys=True),
-        "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
-        "text_config": json.dumps(text_config, sort_keys=True),
-        "tokenizer": "CLIP BPE (ComfyUI sd1_tokenizer), 77 tokens",
-        "latent_channels": str(unet_config["in_channels"]),
-        "context_dim": str(unet_config["context_dim"]),
-        "base_model": "joint-text",
-        "with_bias": str(bool(with_bias)).lower(),
-        "training": json.dumps(training or {}, sort_keys=True, default=str),
-        "producer": f"contextdiff-comfyui {__version__}",
-    }
+    meta = model_metadata(
+        (TEXT_JOINT_FORMAT, TEXT_JOINT_VERSION, recipe, "joint-text"),
+        unet_config,
+        adapter,
+        training,
+        with_bias,
+        text_config=json.dumps(text_config, sort_keys=True),
+        tokenizer="CLIP BPE (ComfyUI sd1_tokenizer), 77 tokens",
+    )
     parts = {"unet": model.diffusion_model, "adapter": adapter, "text": text_transformer(clip)}
     return save_parts(path, parts, meta)
 

@@ -61,6 +61,34 @@ def _negative_or_empty(positive: list, negative: list | None) -> list:
     ]
 
 
+def run_patched(
+    model: ModelPatcher,
+    editor: AttentionEditor,
+    sampler: comfy.samplers.KSAMPLER,
+    noise: torch.Tensor,
+    latent: torch.Tensor,
+    sigmas: torch.Tensor,
+    positive: list,
+    negative: list | None,
+    cfg: float,
+) -> torch.Tensor:
+    """ComfyUI's custom sampling of ``latent`` (``noise`` added at ``sigmas[0]``) with ``editor``'s attention hooks
+    on a clone of ``model``, a latent preview and the progress bar: what the inversion and the edit share."""
+    return comfy.sample.sample_custom(
+        patched(model, editor),
+        noise,
+        cfg,
+        sampler,
+        sigmas,
+        positive,
+        _negative_or_empty(positive, negative),
+        latent,
+        callback=latent_preview.prepare_callback(model, len(sigmas) - 1),
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=0,
+    )
+
+
 def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:
     """The factor ComfyUI's KSAMPLER puts on unit noise at ``sigma`` (see ``KSAMPLER.max_denoise``),
     so that the edit sampler starts from exactly the inverted latent."""
@@ -100,19 +128,8 @@ def invert(
     sampler = inversion_ksampler(
         adapter, strength, frames, refine_steps=refine_steps, trajectory=trajectory_recorder(store.latents, step_of)
     )
-    callback = latent_preview.prepare_callback(model, steps)
-    out = comfy.sample.sample_custom(
-        patched(model, editor),
-        torch.zeros_like(samples),
-        cfg,
-        sampler,
-        sigmas.flip(0),
-        positive,
-        _negative_or_empty(positive, negative),
-        samples,
-        callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=0,
+    out = run_patched(
+        model, editor, sampler, torch.zeros_like(samples), samples, sigmas.flip(0), positive, negative, cfg
     )
     x_top = model.model.process_latent_in(out)  # undo the guider's process_latent_out: this is noise, not an image
     settings = {
@@ -206,22 +223,8 @@ def edit(
     )
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post, start_has_bias=True)
-    steps = len(source.sigmas) - 1
-    callback = latent_preview.prepare_callback(model, steps)
     zeros = torch.zeros(source.latent_shape)
-    out = comfy.sample.sample_custom(
-        patched(model, editor),
-        source.noise.clone(),
-        cfg,
-        sampler,
-        source.sigmas,
-        positive,
-        _negative_or_empty(positive, negative),
-        zeros,
-        callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=0,
-    )
+    out = run_patched(model, editor, sampler, source.noise.clone(), zeros, source.sigmas, positive, negative, cfg)
     if plan.fuse and not (editor.fused or editor.missing):
         warnings.append(
             "no attention layer was fused (the sampling steps did not meet the inversion's schedule): "

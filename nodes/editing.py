@@ -26,6 +26,35 @@ CFG_INVERSION_TIP = (
 MODEL_TIP = "The diffusion model (SD1.x, SD2.x or SDXL). Use the same model for the inversion and the edit."
 
 
+STEPS_TIP = "DDIM steps (paper: 20). The edit sampler runs the same schedule."
+SCHEDULER_TIP = "Sigma schedule of the inversion and of the edit (ddim_uniform: DDIM's evenly spaced timesteps)."
+REFINE_STEPS_TIP = (
+    "Refinements per step, each one more model call at most: each step is solved so that "
+    "sampling takes it back exactly (stops early at float precision; 0 = classic DDIM inversion). "
+    "Exact to 1e-4 for a Gaussian model on every scheduler at 10-50 steps with 3-14 refinements "
+    "(up to ~50 where a schedule jumps from sigma 0 to sigma > 1, e.g. linear_quadratic at 10 "
+    "steps); with a real model, where the model is smooth enough."
+)
+STORE_PRECISION_TIP = "Precision of the stored queries/keys (kept on the CPU)."
+EDIT_SOURCE_TIP = "From ContextDiff DDIM Inversion: the inverted noise, the recorded source attention and trajectory."
+SOURCE_PROMPT_TIP = (
+    "The source prompt's text, as typed in its CLIP encoder: aligns the words "
+    "both prompts share and finds the blend words."
+)
+TARGET_PROMPT_TIP = "The target prompt's text, as typed in its CLIP encoder."
+FUSE_ATTENTION_TIP = (
+    "Off: plain contextualized DDIM from the inverted noise (a reconstruction check when the prompts are equal)."
+)
+CLIP_TIP = (
+    "Tokenises the two prompts to align their shared words "
+    "and find the blend words; without it only self-attention is fused."
+)
+VAE_TIP = (
+    "The VAE of the image: sizes the blend_mask output "
+    "(without it, the model's latent format says how many pixels a latent pixel covers)."
+)
+
+
 def report(node: str, warnings: list[str]) -> ui.PreviewText | None:
     """Warnings as the node's UI text (and the log); ``None`` when there are none."""
     for w in warnings:
@@ -47,38 +76,15 @@ class ContextDiffDDIMInversion(io.ComfyNode):
                 io.Model.Input("model", tooltip=MODEL_TIP),
                 io.Latent.Input("latent", tooltip="The encoded image (or a batch of video frames)."),
                 io.Conditioning.Input("positive", tooltip="The source prompt: what the image shows."),
-                io.Int.Input(
-                    "steps",
-                    default=20,
-                    min=1,
-                    max=1000,
-                    tooltip="DDIM steps (paper: 20). The edit sampler runs the same schedule.",
-                ),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip=STEPS_TIP),
                 io.Combo.Input(
-                    "scheduler",
-                    options=comfy.samplers.SCHEDULER_NAMES,
-                    default="ddim_uniform",
-                    tooltip="Sigma schedule of the inversion and of the edit (ddim_uniform: DDIM's "
-                    "evenly spaced timesteps).",
+                    "scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform", tooltip=SCHEDULER_TIP
                 ),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=CFG_INVERSION_TIP),
                 inputs.fuse_start(),
-                io.Int.Input(
-                    "refine_steps",
-                    default=0,
-                    min=0,
-                    max=50,
-                    tooltip="Refinements per step, each one more model call at most: each step is solved so that "
-                    "sampling takes it back exactly (stops early at float precision; 0 = classic DDIM inversion). "
-                    "Exact to 1e-4 for a Gaussian model on every scheduler at 10-50 steps with 3-14 refinements "
-                    "(up to ~50 where a schedule jumps from sigma 0 to sigma > 1, e.g. linear_quadratic at 10 "
-                    "steps); with a real model, where the model is smooth enough.",
-                ),
+                io.Int.Input("refine_steps", default=0, min=0, max=50, tooltip=REFINE_STEPS_TIP),
                 io.Combo.Input(
-                    "store_precision",
-                    options=["fp16", "fp32"],
-                    default="fp16",
-                    tooltip="Precision of the stored queries/keys (kept on the CPU).",
+                    "store_precision", options=["fp16", "fp32"], default="fp16", tooltip=STORE_PRECISION_TIP
                 ),
                 inputs.adapter_strength(),
                 inputs.adapter(),
@@ -137,49 +143,19 @@ class ContextDiffEditSampler(io.ComfyNode):
             "Inputs that switch part of this off are reported in the node's text.",
             inputs=[
                 io.Model.Input("model", tooltip=MODEL_TIP),
-                EditSource.Input(
-                    "edit_source",
-                    tooltip="From ContextDiff DDIM Inversion: the inverted noise, the "
-                    "recorded source attention and trajectory.",
-                ),
+                EditSource.Input("edit_source", tooltip=EDIT_SOURCE_TIP),
                 io.Conditioning.Input("positive", tooltip="The target prompt's conditioning."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (for cfg)."),
                 inputs.edit_cfg(),
-                io.String.Input(
-                    "source_prompt",
-                    multiline=True,
-                    default="",
-                    tooltip="The source prompt's text, as typed in its CLIP encoder: aligns the words "
-                    "both prompts share and finds the blend words.",
-                ),
-                io.String.Input(
-                    "target_prompt",
-                    multiline=True,
-                    default="",
-                    tooltip="The target prompt's text, as typed in its CLIP encoder.",
-                ),
+                io.String.Input("source_prompt", multiline=True, default="", tooltip=SOURCE_PROMPT_TIP),
+                io.String.Input("target_prompt", multiline=True, default="", tooltip=TARGET_PROMPT_TIP),
                 inputs.blend_words(),
                 inputs.blend_threshold(),
-                io.Boolean.Input(
-                    "fuse_attention",
-                    default=True,
-                    tooltip="Off: plain contextualized DDIM from the inverted noise (a reconstruction "
-                    "check when the prompts are equal).",
-                ),
+                io.Boolean.Input("fuse_attention", default=True, tooltip=FUSE_ATTENTION_TIP),
                 inputs.adapter_strength(),
                 inputs.adapter(),
-                io.Clip.Input(
-                    "clip",
-                    optional=True,
-                    tooltip="Tokenises the two prompts to align their shared words "
-                    "and find the blend words; without it only self-attention is fused.",
-                ),
-                io.Vae.Input(
-                    "vae",
-                    optional=True,
-                    tooltip="The VAE of the image: sizes the blend_mask output "
-                    "(without it, the model's latent format says how many pixels a latent pixel covers).",
-                ),
+                io.Clip.Input("clip", optional=True, tooltip=CLIP_TIP),
+                io.Vae.Input("vae", optional=True, tooltip=VAE_TIP),
             ],
             outputs=[
                 io.Latent.Output(tooltip="The edited latent."),

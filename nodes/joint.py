@@ -34,6 +34,11 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     return [num_classes if c == -1 else c for c in labels]
 
 
+def checkpoint_input(tooltip: str) -> io.Combo.Input:
+    """The loaders' ``ckpt_name``: a file in models/contextdiff/."""
+    return io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
+
+
 class ContextDiffJointLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -44,11 +49,9 @@ class ContextDiffJointLoader(io.ComfyNode):
             description="Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the "
             "denoiser as a MODEL (pixel space, x0-prediction), its adapter, and its class tokens.",
             inputs=[
-                io.Combo.Input(
-                    "ckpt_name",
-                    options=folder_paths.get_filename_list(FOLDER),
-                    tooltip="A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
-                    "runs/digits/digits-contextdiff.safetensors copied there).",
+                checkpoint_input(
+                    "A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
+                    "runs/digits/digits-contextdiff.safetensors copied there)."
                 )
             ],
             outputs=[io.Model.Output(), Adapter.Output(display_name="adapter"), Classes.Output(display_name="classes")],
@@ -92,11 +95,9 @@ class ContextDiffShapesLoader(io.ComfyNode):
             "and a CLIP text encoder. Prompts, weights like (red:1.3), blend words and word alignment "
             "run the same code as with an SD checkpoint.",
             inputs=[
-                io.Combo.Input(
-                    "ckpt_name",
-                    options=folder_paths.get_filename_list(FOLDER),
-                    tooltip="A shapes checkpoint in models/contextdiff/ (e.g. "
-                    "runs/shapes/shapes-contextdiff.safetensors copied there).",
+                checkpoint_input(
+                    "A shapes checkpoint in models/contextdiff/ (e.g. "
+                    "runs/shapes/shapes-contextdiff.safetensors copied there)."
                 )
             ],
             outputs=[

@@ -25,18 +25,20 @@ METHOD_TIP = (
 )
 
 
+ETA_TIP = "DDIM stochasticity (ddim only): 0 deterministic, 1 the DDPM posterior variance."
+SEED_TIP = "Seed of the initial noise (and of DDPM's per-step noise)."
+STEPS_TIP = "Sampling steps: one denoiser evaluation each."
+CFG_TIP = "Classifier-free guidance scale."
+SCHEDULER_TIP = "Any ComfyUI scheduler: the equations are exact for skipped-step schedules."
+DENOISE_TIP = (
+    "Below 1 starts from the input latent part-way (img2img); the bias of the starting step is carried like any other."
+)
+
+
 def _method_inputs():
     return [
         io.Combo.Input("method", options=list(METHODS), default="ddim", tooltip=METHOD_TIP),
-        io.Float.Input(
-            "eta",
-            default=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            round=False,
-            tooltip="DDIM stochasticity (ddim only): 0 deterministic, 1 the DDPM posterior variance.",
-        ),
+        io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01, round=False, tooltip=ETA_TIP),
         inputs.adapter_strength(),
     ]
 
@@ -57,41 +59,15 @@ class ContextDiffKSampler(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="What to avoid (classifier-free guidance)."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for text-to-image)."),
                 io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Seed of the initial noise (and of DDPM's per-step noise).",
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=SEED_TIP
                 ),
-                io.Int.Input(
-                    "steps", default=20, min=1, max=10000, tooltip="Sampling steps: one denoiser evaluation each."
-                ),
-                io.Float.Input(
-                    "cfg",
-                    default=7.5,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Classifier-free guidance scale.",
-                ),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip=STEPS_TIP),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_TIP),
                 io.Combo.Input(
-                    "scheduler",
-                    options=comfy.samplers.SCHEDULER_NAMES,
-                    default="normal",
-                    tooltip="Any ComfyUI scheduler: the equations are exact for skipped-step schedules.",
+                    "scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal", tooltip=SCHEDULER_TIP
                 ),
                 *_method_inputs(),
-                io.Float.Input(
-                    "denoise",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Below 1 starts from the input latent part-way (img2img); the bias of "
-                    "the starting step is carried like any other.",
-                ),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=DENOISE_TIP),
                 inputs.adapter(),
             ],
             outputs=[io.Latent.Output()],

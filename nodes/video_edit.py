@@ -25,6 +25,20 @@ IMAGES_FPS = 8.0  # frames given as images carry no rate
 RANGES = {"chunk_size": (1, 64), "overlap": (0, 32)}
 
 
+STEPS_TIP = "DDIM steps of the inversion and of the edit (paper: 20)."
+MAX_FRAMES_TIP = "Refuse more frames than this (after frame_stride)."
+SIZE_TIP = (
+    "Video file: shorter side in pixels (multiple of 8). Frames given as images keep their size: resize them upstream."
+)
+CHUNK_SIZE_TIP = "Frames inverted and edited together (they attend to each other)."
+OVERLAP_TIP = "Frames shared by neighbouring chunks, cross-faded; smaller than chunk_size."
+MEMORY_LIMIT_GB_TIP = "Attention store budget; 0 = half of the free memory."
+SAVE_MP4_TIP = "Also write an mp4 to the output folder, at the source frame rate."
+FILENAME_PREFIX_TIP = "Name of the mp4 inside the output folder (a subfolder may be given)."
+IMAGES_TIP = "Frames (e.g. from VideoHelperSuite's loader); or name a video file instead."
+VIDEO_TIP = "Or a video file in ComfyUI's input folder, read with PyAV."
+
+
 def output_prefix_error(prefix: str) -> str | None:
     """Why ``prefix`` cannot name a file in the output folder (ComfyUI's own rule), or ``None``."""
     if not prefix or not os.path.basename(os.path.normpath(prefix)).strip(". "):
@@ -78,77 +92,31 @@ class ContextDiffVideoEdit(io.ComfyNode):
                 io.String.Input("source_prompt", multiline=True, default="", tooltip="What the video shows."),
                 io.String.Input("target_prompt", multiline=True, default="", tooltip="What it should show."),
                 inputs.blend_words(),
-                io.Int.Input(
-                    "steps",
-                    default=20,
-                    min=1,
-                    max=200,
-                    tooltip="DDIM steps of the inversion and of the edit (paper: 20).",
-                ),
+                io.Int.Input("steps", default=20, min=1, max=200, tooltip=STEPS_TIP),
                 inputs.edit_cfg(),
                 inputs.fuse_start(),
                 inputs.blend_threshold(),
-                io.Int.Input(
-                    "max_frames",
-                    default=24,
-                    min=1,
-                    max=4096,
-                    tooltip="Refuse more frames than this (after frame_stride).",
-                ),
+                io.Int.Input("max_frames", default=24, min=1, max=4096, tooltip=MAX_FRAMES_TIP),
                 io.Int.Input("frame_stride", default=1, min=1, max=64, tooltip="Keep every n-th frame."),
-                io.Int.Input(
-                    "size",
-                    default=512,
-                    min=64,
-                    max=2048,
-                    step=8,
-                    tooltip="Video file: shorter side in pixels (multiple of 8). Frames given as images "
-                    "keep their size: resize them upstream.",
-                ),
+                io.Int.Input("size", default=512, min=64, max=2048, step=8, tooltip=SIZE_TIP),
                 io.Int.Input(
                     "chunk_size",
                     default=8,
                     min=RANGES["chunk_size"][0],
                     max=RANGES["chunk_size"][1],
-                    tooltip="Frames inverted and edited together (they attend to each other).",
+                    tooltip=CHUNK_SIZE_TIP,
                 ),
                 io.Int.Input(
-                    "overlap",
-                    default=2,
-                    min=RANGES["overlap"][0],
-                    max=RANGES["overlap"][1],
-                    tooltip="Frames shared by neighbouring chunks, cross-faded; smaller than chunk_size.",
+                    "overlap", default=2, min=RANGES["overlap"][0], max=RANGES["overlap"][1], tooltip=OVERLAP_TIP
                 ),
                 io.Float.Input(
-                    "memory_limit_gb",
-                    default=0.0,
-                    min=0.0,
-                    max=1024.0,
-                    step=0.5,
-                    tooltip="Attention store budget; 0 = half of the free memory.",
+                    "memory_limit_gb", default=0.0, min=0.0, max=1024.0, step=0.5, tooltip=MEMORY_LIMIT_GB_TIP
                 ),
-                io.Boolean.Input(
-                    "save_mp4",
-                    default=False,
-                    tooltip="Also write an mp4 to the output folder, at the source frame rate.",
-                ),
-                io.String.Input(
-                    "filename_prefix",
-                    default="contextdiff/edit",
-                    tooltip="Name of the mp4 inside the output folder (a subfolder may be given).",
-                ),
+                io.Boolean.Input("save_mp4", default=False, tooltip=SAVE_MP4_TIP),
+                io.String.Input("filename_prefix", default="contextdiff/edit", tooltip=FILENAME_PREFIX_TIP),
                 inputs.adapter_strength(),
-                io.Image.Input(
-                    "images",
-                    optional=True,
-                    tooltip="Frames (e.g. from VideoHelperSuite's loader); or name a video file instead.",
-                ),
-                io.String.Input(
-                    "video",
-                    optional=True,
-                    default="",
-                    tooltip="Or a video file in ComfyUI's input folder, read with PyAV.",
-                ),
+                io.Image.Input("images", optional=True, tooltip=IMAGES_TIP),
+                io.String.Input("video", optional=True, default="", tooltip=VIDEO_TIP),
                 inputs.adapter("A video adapter tuned with trainer --mode video. Leave empty for the base sampler."),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="The edited frames.")],

@@ -18,12 +18,11 @@ from torch import nn
 from contextdiff import sampling
 from contextdiff.adapter_io import atomic_save_file, save_adapter
 from contextdiff.bias import adapter_bias
-from contextdiff.objective import contextual_x0_loss
 
 from . import data, plots
 from .base_model import load_base
 from .components import build_adapter, checkpoint_blocks
-from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
+from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, vp_x0_predictor
 from .lora import add_lora, lora_state_dict
 
 
@@ -55,23 +54,9 @@ class FrozenBaseTask(nn.Module):
         """Eq. 6 for latents ``x0``; ``cond``: the UNet's conditioning keywords (:meth:`BaseBundle.conditioning`)."""
         denoise = vp_x0_predictor(self.model, self.sigmas[t], cond)
         tokens = cond["c_crossattn"]
-
-        def relational(x, t_):
-            return self.adapter(x, tokens[:1] if frames else tokens, t_.float(), frames=frames)
-
-        loss, _ = contextual_x0_loss(
-            x0,
-            t,
-            eps,
-            self.abar,
-            denoise,
-            relational,
-            self.cfg.loss_weighting,
-            self.cfg.min_snr_gamma,
-            self.cfg.use_bias,
-            self.cfg.bias_l2,
+        return recipe_loss(
+            self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, tokens[:1] if frames else tokens, frames)
         )
-        return loss
 
     def export(self, output_dir: Path) -> list[Path]:
         out = [

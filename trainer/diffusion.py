@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from contextdiff.objective import contextual_x0_loss
 from contextdiff.schedule import abar_from_sigma
 
 
@@ -50,3 +51,32 @@ def prior_noise(shape, sigma_max: torch.Tensor, seed: int, device) -> torch.Tens
     drawn on the CPU so that a seed gives the same picture on every device."""
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     return noise * abar_from_sigma(sigma_max).rsqrt().to(noise.dtype)
+
+
+def relational(adapter, tokens: torch.Tensor, frames: int | None = None) -> Callable:
+    """``r_phi(x_t, t)`` for Eq. 6: the adapter over fixed prompt ``tokens`` (the UNet's cross-attention input)."""
+
+    def r(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return adapter(x_t, tokens, t.float(), frames=frames)
+
+    return r
+
+
+def recipe_loss(
+    cfg, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, denoise, relational, weighting=None
+) -> torch.Tensor:
+    """Eq. 6 (:func:`contextdiff.objective.contextual_x0_loss`) with the recipe's weighting, min-SNR gamma,
+    ``use_bias`` and ``bias_l2``: one call for every training mode; ``weighting`` overrides the recipe's."""
+    loss, _ = contextual_x0_loss(
+        x0,
+        t,
+        eps,
+        abar,
+        denoise,
+        relational,
+        weighting or cfg.loss_weighting,
+        cfg.min_snr_gamma,
+        cfg.use_bias,
+        cfg.bias_l2,
+    )
+    return loss

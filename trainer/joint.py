@@ -14,11 +14,10 @@ from torch import nn
 from contextdiff import sampling
 from contextdiff.bias import adapter_bias
 from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
-from contextdiff.objective import contextual_x0_loss
 
 from . import plots
 from .components import build_adapter, trainable_modules
-from .diffusion import prior_noise, spaced_sigmas, training_schedule, vp_x0_predictor
+from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, vp_x0_predictor
 
 
 def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,19 +93,7 @@ class JointTask(nn.Module):
         t = t.to(device)
         ctx = self.classes(labels.to(device))
         denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
-        loss, _ = contextual_x0_loss(
-            x0,
-            t,
-            eps,
-            self.abar,
-            denoise,
-            lambda x, t_: self.adapter(x, ctx, t_.float()),
-            weighting or cfg.loss_weighting,
-            cfg.min_snr_gamma,
-            cfg.use_bias,
-            cfg.bias_l2,
-        )
-        return loss
+        return recipe_loss(cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting)
 
     # --- artefacts -------------------------------------------------------------------------
     def export(self, output_dir: Path) -> list[Path]:

@@ -15,14 +15,13 @@ import torch
 from torch import nn
 
 from contextdiff.joint_model import build_joint_model, joint_unet_config
-from contextdiff.objective import contextual_x0_loss
 from contextdiff.text_encoder import build_text_clip, encode_batch, text_config, text_transformer
 from contextdiff.text_joint import save_text_joint
 from shapesworld import world
 
 from . import plots
 from .components import build_adapter, checkpoint_blocks
-from .diffusion import training_schedule, vp_x0_predictor
+from .diffusion import recipe_loss, relational, training_schedule, vp_x0_predictor
 from .joint import sample_conditioned
 
 RECIPE = "shapes"
@@ -94,20 +93,7 @@ class ShapesTask(nn.Module):
         x0, t, eps = x0.to(device), t.to(device), eps.to(device)
         ctx, pooled = encode_batch(self.clip, captions)
         denoise = vp_x0_predictor(self.model, self.sigmas[t], {"c_crossattn": ctx, "y": pooled})
-        cfg = self.cfg
-        loss, _ = contextual_x0_loss(
-            x0,
-            t,
-            eps,
-            self.abar,
-            denoise,
-            lambda x, t_: self.adapter(x, ctx, t_.float()),
-            weighting or cfg.loss_weighting,
-            cfg.min_snr_gamma,
-            cfg.use_bias,
-            cfg.bias_l2,
-        )
-        return loss
+        return recipe_loss(self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting)
 
     @torch.no_grad()
     def validation_loss(self, n: int = 128) -> float:
