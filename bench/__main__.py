@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["sampler_overhead", "train_step", "edit_memory", "family_store"]
-# Run only when named: trains nine small models (docs/quality.md); its options follow the name,
+# Run only when named: trains seven small models (docs/quality.md); its options follow the name,
 # e.g. ``python -m bench quality --quick``.
 ON_REQUEST = ["quality"]
 

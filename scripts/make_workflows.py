@@ -27,6 +27,11 @@ def note(id, pos, text, size=(420, 260)):
     return {"id": id, "type": "Note", "pos": pos, "text": text, "size": list(size)}
 
 
+# The shapes model's editing settings, chosen on validation edits by `python -m bench quality` (docs/quality.md);
+# the nodes' defaults stay the paper's (fuse_start 0.5) and Prompt-to-Prompt's (threshold 0.3) for SD models.
+SHAPES_FUSE_START = 0.9
+SHAPES_BLEND_THRESHOLD = 0.5
+
 WORKFLOWS = {
     "digits_contextdiff": [
         note(
@@ -348,7 +353,7 @@ WORKFLOWS = {
             6,
             "ContextDiffKSampler",
             [1150, 0],
-            {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 1.0},
+            {"seed": 0, "steps": 20, "cfg": 3.0, "scheduler": "normal", "method": "ddim", "adapter_strength": 1.0},
             {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
             title="ContextDiff (bias on)",
         ),
@@ -356,7 +361,7 @@ WORKFLOWS = {
             7,
             "ContextDiffKSampler",
             [1150, 450],
-            {"seed": 0, "steps": 30, "cfg": 3.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 0.0},
+            {"seed": 0, "steps": 20, "cfg": 3.0, "scheduler": "normal", "method": "ddim", "adapter_strength": 0.0},
             {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0), "adapter": (2, 3)},
             title="same model, bias off",
         ),
@@ -376,7 +381,9 @@ WORKFLOWS = {
             "inversion: a colour (red -> green) and a shape (circle -> square).\n\nSet the checkpoint (see "
             "shapes_text_to_image) and put shapes_source.png in ComfyUI's input folder (scripts/demo.py writes it "
             "with scripts/shapes_inputs.py). The prompts are typed twice: in the CLIP encoders and in the edit "
-            "sampler's fields, which align the shared words; blend_words name the replaced ones.",
+            "sampler's fields, which align the shared words; blend_words name the replaced ones.\n\nfuse_start 0.9 and "
+            "blend_threshold 0.5 were chosen for this model on validation edits (docs/quality.md); the nodes' "
+            "defaults (0.5, 0.3) are the paper's and Prompt-to-Prompt's, for SD checkpoints.",
         ),
         N(2, "ContextDiffShapesLoader", [450, 0], {"ckpt_name": "shapes-contextdiff.safetensors"}),
         N(3, "LoadImage", [450, 300], {"image": "shapes_source.png"}),
@@ -410,7 +417,7 @@ WORKFLOWS = {
             9,
             "ContextDiffDDIMInversion",
             [1150, 0],
-            {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0},
+            {"steps": 20, "scheduler": "ddim_uniform", "cfg": 1.0, "fuse_start": SHAPES_FUSE_START},
             {"model": (2, 0), "latent": (4, 0), "positive": (5, 0), "adapter": (2, 3)},
         ),
         N(
@@ -422,6 +429,7 @@ WORKFLOWS = {
                 "source_prompt": "a large red circle in the centre",
                 "target_prompt": "a large green circle in the centre",
                 "blend_words": "red, green",
+                "blend_threshold": SHAPES_BLEND_THRESHOLD,
             },
             {
                 "model": (2, 0),
@@ -443,6 +451,7 @@ WORKFLOWS = {
                 "source_prompt": "a large red circle in the centre",
                 "target_prompt": "a large red square in the centre",
                 "blend_words": "circle, square",
+                "blend_threshold": SHAPES_BLEND_THRESHOLD,
             },
             {
                 "model": (2, 0),
@@ -483,6 +492,8 @@ WORKFLOWS = {
                 "target_prompt": "a large blue circle moving to the right",
                 "blend_words": "red, blue",
                 "cfg": 3.0,
+                "fuse_start": SHAPES_FUSE_START,
+                "blend_threshold": SHAPES_BLEND_THRESHOLD,
                 "max_frames": 8,
                 "chunk_size": 8,
             },
