@@ -46,17 +46,19 @@ def table(rows: dict, metrics: tuple[str, ...], first: str, seeds: int | None = 
     return "\n".join(lines)
 
 
-def difference(rows: dict, a: str, b: str, metric: str) -> str:
+def difference(rows: dict, a: str, b: str, metric: str, scale: float = 100, unit: str = "points") -> str:
     """'a - b' in points with both sds, and whether the gap exceeds the larger sd."""
+    if a not in rows or b not in rows:
+        return "not measured in this run"
     (ma, sa, na), (mb, sb, nb) = rows[a][metric], rows[b][metric]
-    d = 100 * (ma - mb)
+    d = scale * (ma - mb)
     if min(na, nb) < 2:  # one seed has no spread to compare the gap with
         verdict = "one training seed: no seed-to-seed sd to compare with"
     elif abs(ma - mb) > max(sa, sb):
         verdict = "larger than the seed-to-seed sd"
     else:
         verdict = "within the seed-to-seed sd"
-    return f"{d:+.1f} points ({verdict})"
+    return f"{d:+.{1 if unit == 'points' else 2}f} {unit} ({verdict})"
 
 
 FLOOR = 0.10  # whole-caption accuracy below which the models do not yet draw what the prompts say
@@ -194,8 +196,14 @@ def write_report(result: dict, args) -> None:
         + (f", {args.train_steps} steps instead of its own" if args.train_steps else "")
         + f"; the copy used is at the end), "
         f"{result['seeds_done']} training seeds x 2 variants (ContextDiff; the identical model with `--use_bias "
-        f"false`), and ContextDiff with `--bias_l2 1.0` on {min(args.bias_l2_seeds, result['seeds_done'])} seed(s) "
-        "(an editing ablation; its rows say so). Training time per "
+        "false`)"
+        + (
+            f", and ContextDiff with `--bias_l2 1.0` on {min(args.bias_l2_seeds, result['seeds_done'])} seed(s) "
+            "(an editing ablation; its rows say so)"
+            if args.bias_l2_seeds
+            else " (no `--bias_l2` model in this run)"
+        )
+        + ". Training time per "
         f"model: {np.mean(list(secs.values())) / 60:.1f} min on average ({min(secs.values()) / 60:.1f}-"
         f"{max(secs.values()) / 60:.1f}). Every number is mean ± sd over the training seeds; the judge "
         "(`shapesworld/judge.py`, 100% on clean renders, see [quality_judge.md](quality_judge.md)) reads every image. "
@@ -291,6 +299,15 @@ def write_report(result: dict, args) -> None:
         + ".",
         "- The paper's objective minus `--bias_l2`, edit success: "
         + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "--bias_l2 model", "success")
+        + "; kept pixels "
+        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "--bias_l2 model", "agree_tol")
+        + ".",
+        "- Attention fusion alone (fusion without the blend mask minus no fusion), kept pixels: "
+        + difference(ed, "fusion, no blend mask", "no fusion", "agree_tol")
+        + "; PSNR outside the object "
+        + difference(ed, "fusion, no blend mask", "no fusion", "psnr_outside", scale=1, unit="dB")
+        + ". The blend mask's share (bias-aware inversion + fusion minus fusion without the mask), kept pixels: "
+        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "fusion, no blend mask", "agree_tol")
         + ".",
         "- Sparse-causal minus frame-by-frame (ContextDiff), per-frame success: "
         + difference(
