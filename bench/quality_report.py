@@ -160,6 +160,68 @@ def edit_plot(path: Path, rows: dict) -> None:
     plt.close(fig)
 
 
+CD, NO_BIAS, CD_OFF = "ContextDiff", "no bias", "ContextDiff, strength 0"
+BIAS_AWARE, PLAIN = "bias-aware inversion + fusion (ContextDiff)", "plain inversion + fusion (no bias)"
+NO_FUSION, NO_MASK, BIAS_L2 = "no fusion", "fusion, no blend mask", "--bias_l2 model"
+SPARSE, FRAMEWISE = "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)"
+
+
+def claims(gen: dict, ed: dict, vid: dict) -> list[str]:
+    """One bullet per claim of the paper: text, then each comparison's :func:`difference`."""
+
+    def g(split: str, a: str, b: str, metric: str) -> tuple:
+        return gen, f"{a} | {split}", f"{b} | {split}", metric
+
+    bullets = [
+        [
+            ("Text alignment (generation), ContextDiff minus no-bias, colour: seen ", g("seen", CD, NO_BIAS, "colour")),
+            ("; held-out ", g("held-out", CD, NO_BIAS, "colour")),
+            ("; shape: seen ", g("seen", CD, NO_BIAS, "shape")),
+        ],
+        [
+            (
+                "Text alignment (generation), ContextDiff minus no-bias, whole caption: seen ",
+                g("seen", CD, NO_BIAS, "caption"),
+            ),
+            ("; held-out ", g("held-out", CD, NO_BIAS, "caption")),
+        ],
+        [
+            (
+                "The adapter's share (same ContextDiff model, strength 1 minus 0), colour: seen ",
+                g("seen", CD, CD_OFF, "colour"),
+            ),
+            ("; whole caption: seen ", g("seen", CD, CD_OFF, "caption")),
+        ],
+        [
+            ("Editing fidelity, bias-aware minus plain inversion: success ", (ed, BIAS_AWARE, PLAIN, "success")),
+            ("; kept pixels ", (ed, BIAS_AWARE, PLAIN, "agree_tol")),
+        ],
+        [
+            ("The paper's objective minus `--bias_l2`, edit success: ", (ed, BIAS_AWARE, BIAS_L2, "success")),
+            ("; kept pixels ", (ed, BIAS_AWARE, BIAS_L2, "agree_tol")),
+        ],
+        [
+            (
+                "Attention fusion alone (fusion without the blend mask minus no fusion), kept pixels: ",
+                (ed, NO_MASK, NO_FUSION, "agree_tol"),
+            ),
+            ("; PSNR outside the object ", (ed, NO_MASK, NO_FUSION, "psnr_outside", 1, "dB")),
+            (
+                ". The blend mask's share (bias-aware inversion + fusion minus fusion without the mask), kept pixels: ",
+                (ed, BIAS_AWARE, NO_MASK, "agree_tol"),
+            ),
+        ],
+        [
+            (
+                "Sparse-causal minus frame-by-frame (ContextDiff), per-frame success: ",
+                (vid, SPARSE, FRAMEWISE, "frame_success"),
+            ),
+            ("; flicker ", (vid, SPARSE, FRAMEWISE, "flicker")),
+        ],
+    ]
+    return ["- " + "".join(text + difference(*spec) for text, spec in parts) + "." for parts in bullets]
+
+
 def write_report(result: dict, args) -> None:
     docs: Path = args.docs
     stamp = importlib.import_module("bench.__main__").stamp()
@@ -273,51 +335,7 @@ def write_report(result: dict, args) -> None:
         "",
         floor_warning(gen),
         "",
-        "- Text alignment (generation), ContextDiff minus no-bias, colour: seen "
-        + difference(gen, "ContextDiff | seen", "no bias | seen", "colour")
-        + "; held-out "
-        + difference(gen, "ContextDiff | held-out", "no bias | held-out", "colour")
-        + "; shape: seen "
-        + difference(gen, "ContextDiff | seen", "no bias | seen", "shape")
-        + ".",
-        "- Text alignment (generation), ContextDiff minus no-bias, whole caption: seen "
-        + difference(gen, "ContextDiff | seen", "no bias | seen", "caption")
-        + "; held-out "
-        + difference(gen, "ContextDiff | held-out", "no bias | held-out", "caption")
-        + ".",
-        "- The adapter's share (same ContextDiff model, strength 1 minus 0), colour: seen "
-        + difference(gen, "ContextDiff | seen", "ContextDiff, strength 0 | seen", "colour")
-        + "; whole caption: seen "
-        + difference(gen, "ContextDiff | seen", "ContextDiff, strength 0 | seen", "caption")
-        + ".",
-        "- Editing fidelity, bias-aware minus plain inversion: success "
-        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "plain inversion + fusion (no bias)", "success")
-        + "; kept pixels "
-        + difference(
-            ed, "bias-aware inversion + fusion (ContextDiff)", "plain inversion + fusion (no bias)", "agree_tol"
-        )
-        + ".",
-        "- The paper's objective minus `--bias_l2`, edit success: "
-        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "--bias_l2 model", "success")
-        + "; kept pixels "
-        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "--bias_l2 model", "agree_tol")
-        + ".",
-        "- Attention fusion alone (fusion without the blend mask minus no fusion), kept pixels: "
-        + difference(ed, "fusion, no blend mask", "no fusion", "agree_tol")
-        + "; PSNR outside the object "
-        + difference(ed, "fusion, no blend mask", "no fusion", "psnr_outside", scale=1, unit="dB")
-        + ". The blend mask's share (bias-aware inversion + fusion minus fusion without the mask), kept pixels: "
-        + difference(ed, "bias-aware inversion + fusion (ContextDiff)", "fusion, no blend mask", "agree_tol")
-        + ".",
-        "- Sparse-causal minus frame-by-frame (ContextDiff), per-frame success: "
-        + difference(
-            vid, "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)", "frame_success"
-        )
-        + "; flicker "
-        + difference(
-            vid, "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)", "flicker"
-        )
-        + ".",
+        *claims(gen, ed, vid),
         "",
         "All numbers per seed are in [quality.json](quality.json).",
         "",
