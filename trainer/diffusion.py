@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from contextdiff.objective import contextual_x0_loss
+from contextdiff.bias_variants import BiasVariant, draw_aux, variant_loss
 from contextdiff.schedule import abar_from_sigma
 
 
@@ -62,18 +62,44 @@ def relational(adapter, tokens: torch.Tensor, frames: int | None = None) -> Call
     return r
 
 
+def bias_variant(cfg) -> BiasVariant:
+    """The recipe's :class:`~contextdiff.bias_variants.BiasVariant` (``--objective``, ``--self_bias``,
+    ``--lipschitz_weight``, ``--lipschitz_bound``, ``--input_blur``, ``--input_noise``); a config without
+    these options trains the paper's Eq. 6."""
+    default = BiasVariant()
+    return BiasVariant(**{name: getattr(cfg, name, value) for name, value in default.to_dict().items()})
+
+
 def recipe_loss(
-    cfg, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, denoise, relational, weighting=None
+    cfg,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    abar: torch.Tensor,
+    denoise,
+    relational,
+    weighting=None,
+    gen: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Eq. 6 (:func:`contextdiff.objective.contextual_x0_loss`) with the recipe's weighting, min-SNR gamma,
-    ``use_bias`` and ``bias_l2``: one call for every training mode; ``weighting`` overrides the recipe's."""
-    loss, _ = contextual_x0_loss(
+    """The recipe's objective: Eq. 6 (:func:`contextdiff.objective.contextual_x0_loss`) or the bias variant
+    of :func:`bias_variant`, with the recipe's weighting, min-SNR gamma, ``use_bias`` and ``bias_l2``: one
+    call for every training mode; ``weighting`` overrides the recipe's. ``gen``: the step's generator, for
+    the variants that draw more noise (Eq. 6 draws none)."""
+    variant = bias_variant(cfg)
+    if variant.needs_aux() and gen is None:
+        raise ValueError(
+            f"mode {cfg.mode} does not draw the noise that --self_bias below 1 and --input_noise need; "
+            "use them with mode shapes"
+        )
+    loss, _ = variant_loss(
         x0,
         t,
         eps,
         abar,
         denoise,
         relational,
+        variant,
+        draw_aux(variant, x0, gen),
         weighting or cfg.loss_weighting,
         cfg.min_snr_gamma,
         cfg.use_bias,
