@@ -20,6 +20,7 @@ from ..contextdiff import families, inversion, sampling
 from ..contextdiff.bias import ContextBias, adapter_bias, finite_strength
 from ..contextdiff.families import ModelSampling
 from ..contextdiff.sampling import Callback, PostStep
+from . import interrupt
 
 if TYPE_CHECKING:
     from comfy.model_base import BaseModel
@@ -120,11 +121,13 @@ def contextdiff_sample(
     """
     bias, cause = prepare(model, x, adapter, strength, frames)
     options = dict(bias=bias, cause=cause, start_has_bias=start_has_bias)
-    if method == "ddim":
-        return sampling.sample_contextdiff_ddim(
-            model, x, sigmas, extra_args, callback, disable, eta=eta, post_step=post_step, **options
-        )
-    return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, **options)
+    extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
+    with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
+        if method == "ddim":
+            return sampling.sample_contextdiff_ddim(
+                model, x, sigmas, extra_args, callback, disable, eta=eta, post_step=post_step, **options
+            )
+        return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, **options)
 
 
 def contextdiff_invert(
@@ -155,18 +158,20 @@ def contextdiff_invert(
 
     if trajectory is not None:
         trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x})
-    return inversion.invert_ddim(
-        model,
-        x,
-        sigmas,
-        extra_args,
-        report,
-        disable,
-        bias=bias,
-        refine_steps=refine_steps,
-        final_eval=True,
-        cause=cause,
-    )
+    extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
+    with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
+        return inversion.invert_ddim(
+            model,
+            x,
+            sigmas,
+            extra_args,
+            report,
+            disable,
+            bias=bias,
+            refine_steps=refine_steps,
+            final_eval=True,
+            cause=cause,
+        )
 
 
 def check_options(strength: float, eta: float = 0.0, method: str = "ddim") -> None:

@@ -186,3 +186,7 @@ NODE_CLASS_MAPPINGS.update(EDITING_NODES)
 from .sampling_nodes import SAMPLING_NODES  # noqa: E402  (exact Gaussian denoiser, NaN prediction)
 
 NODE_CLASS_MAPPINGS.update(SAMPLING_NODES)
+
+from .interrupt_nodes import INTERRUPT_NODES  # noqa: E402  (slow attention calls: Cancel in the middle of a step)
+
+NODE_CLASS_MAPPINGS.update(INTERRUPT_NODES)
