@@ -61,9 +61,9 @@ def train(out: Path, use_bias: str, seed: int, steps: int):
 
 
 def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
-    from contextdiff.joint_model import load_joint
     from contextdiff.likelihood import variational_bound
     from contextdiff.schedule import k_coefficient
+    from hostside.joint_checkpoints import load_joint
     from trainer.diffusion import training_schedule, vp_x0_predictor
     from trainer.joint import load_digits_tensor, split_digits
 

@@ -54,9 +54,9 @@ def measure(family: str, args, device) -> dict:
     import torch
     from comfy_models import family_conditioning
 
-    from contextdiff import families
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.objective import contextual_x0_loss
+    from hostside import families
     from trainer.diffusion import training_schedule, vp_x0_predictor
 
     model = build(family, args.model_channels, device)

@@ -1,18 +1,14 @@
-"""The joint model: a pixel-space x0-prediction denoiser (ComfyUI's UNetModel), its class tokens and checkpoint.
+"""The joint model's pure-torch parts: class tokens, seeded initialisation and the checkpoint helpers.
 
-Importable without ComfyUI; the functions import ``comfy`` when called. The joint model is a
-ComfyUI ``UNetModel`` that predicts ``x0`` (paper Eq. 6) in pixel space, wrapped as a ComfyUI
-``BaseModel`` with ComfyUI's own discrete VP schedule, so the trainer and the host sample it
-through exactly the same code.
+The joint model itself is a ComfyUI ``UNetModel`` that predicts ``x0`` (paper Eq. 6) in pixel space; it is
+built and loaded host-side (``hostside/joint_model.py``). What needs no ComfyUI stays here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -21,122 +17,11 @@ from . import __version__
 from .adapter import AdapterConfig, ContextAdapter
 from .adapter_io import AdapterFileError, atomic_save_file, check_tensor_table, expected_shapes, read_header
 
-if TYPE_CHECKING:  # annotations only: ComfyUI is imported where a model is built
-    from comfy.model_base import BaseModel
-
 PathLike = str | os.PathLike
 
 JOINT_FORMAT = "contextdiff-joint"
-TEXT_JOINT_FORMAT = "contextdiff-text-joint"  # contextdiff/text_joint.py
+TEXT_JOINT_FORMAT = "contextdiff-text-joint"  # hostside/text_joint.py
 JOINT_VERSION = 1
-
-
-def joint_unet_config(
-    channels: int = 1,
-    model_channels: int = 64,
-    context_dim: int = 64,
-    channel_mult: Sequence[int] = (1, 2),
-    num_res_blocks: int = 2,
-    heads: int = 4,
-    attention_from_level: int = 0,
-    norm_groups: int = 32,
-    pooled_dim: int = 0,
-) -> dict:
-    """A small SD-style UNet config (pixel space, cross-attention to class/text tokens).
-
-    Levels below ``attention_from_level`` (the high resolutions) get no transformer blocks: attention
-    costs grow with the square of the pixel count, and small models learn layout at low resolution.
-    ``norm_groups`` replaces the 32 groups of ComfyUI's GroupNorms (not a ``UNetModel`` argument: applied by
-    :func:`build_joint_model`): with 32 channels, 32 groups normalise each channel alone, which erases
-    every feature's mean over the image, so a small model can hardly carry global brightness or colour.
-    ``pooled_dim > 0`` also conditions every residual block on a pooled text embedding of that width (ComfyUI's
-    ``adm`` input, as SDXL's UNet takes CLIP's pooled output): a direct global path from the caption, which a
-    small model trained from scratch learns far sooner than attention over 77 mostly-padding tokens.
-    """
-    levels = len(channel_mult)
-    if not 0 <= attention_from_level < levels:
-        raise ValueError(f"attention_from_level={attention_from_level} must name one of the {levels} UNet levels")
-    depth = [int(level >= attention_from_level) for level in range(levels)]
-    return {
-        "use_checkpoint": False,
-        "image_size": 32,
-        "in_channels": channels,
-        "out_channels": channels,
-        "model_channels": model_channels,
-        "num_res_blocks": [num_res_blocks] * levels,
-        "channel_mult": list(channel_mult),
-        "transformer_depth": [d for d in depth for _ in range(num_res_blocks)],
-        "transformer_depth_output": [d for d in depth for _ in range(num_res_blocks + 1)],
-        "transformer_depth_middle": 1,
-        "use_spatial_transformer": True,
-        "use_linear_in_transformer": True,
-        "legacy": False,
-        "context_dim": context_dim,
-        "num_heads": heads,
-        "num_head_channels": -1,
-        "adm_in_channels": None,
-        "use_temporal_attention": False,
-        "use_temporal_resblock": False,
-        **({} if norm_groups == 32 else {"norm_groups": norm_groups}),
-        **({"num_classes": "sequential", "adm_in_channels": pooled_dim} if pooled_dim else {}),
-    }
-
-
-def build_joint_model(unet_config: dict, init_seed: int | None = 0) -> BaseModel:
-    """A ComfyUI ``BaseModel`` around a fresh ``UNetModel`` that outputs x0 (ComfyUI's ``X0``).
-
-    ComfyUI's inference layers skip weight initialisation (weights come from files); for training
-    from scratch each layer gets torch's default initialisation, seeded.
-    """
-    import comfy.latent_formats
-    import comfy.model_base
-    import comfy.model_sampling
-    import comfy.supported_models_base
-
-    unet_config = dict(unet_config)
-    groups = unet_config.pop("norm_groups", 32)
-    channels = unet_config["in_channels"]
-
-    class PixelLatent(comfy.latent_formats.LatentFormat):
-        scale_factor = 1.0
-        latent_channels = channels
-        spacial_downscale_ratio = 1  # pixel space (newer ComfyUI's attribute; the edit sampler's mask reads it)
-
-    class JointConfig(comfy.supported_models_base.BASE):
-        unet_extra_config = {}
-        latent_format = PixelLatent
-        supported_inference_dtypes = [torch.float32]
-        memory_usage_factor = 1.0
-
-        def get_model(self, state_dict, prefix="", device=None):
-            base = PooledTextModel if self.unet_config.get("adm_in_channels") else comfy.model_base.BaseModel
-            model = base(self, model_type=comfy.model_base.ModelType.EPS, device=device)
-
-            class X0Sampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.X0):
-                pass
-
-            model.model_sampling = X0Sampling(self)
-            return model
-
-    class PooledTextModel(comfy.model_base.BaseModel):
-        def encode_adm(self, **kwargs):
-            # CLIPTextEncode's pooled_output; conditioning without one (e.g. zeroed) gets a zero embedding.
-            pooled = kwargs.get("pooled_output")
-            if pooled is None:
-                return torch.zeros((1, self.adm_channels), device=kwargs["device"])
-            return pooled
-
-    config = JointConfig(dict(unet_config))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    for m in model.diffusion_model.modules():
-        if isinstance(m, torch.nn.GroupNorm):
-            if m.num_channels % groups:
-                raise ValueError(f"norm_groups={groups} does not divide a {m.num_channels}-channel feature map")
-            m.num_groups = groups
-    if init_seed is not None:
-        reset_parameters(model.diffusion_model, init_seed)
-    return model
 
 
 def reset_parameters(module: torch.nn.Module, seed: int) -> None:
@@ -236,57 +121,3 @@ def model_metadata(
         "producer": f"contextdiff-comfyui {__version__}",
         **extra,
     }
-
-
-def save_joint(
-    path: PathLike,
-    model: BaseModel,
-    adapter: ContextAdapter,
-    classes: ClassEmbedding,
-    unet_config: dict,
-    training: dict | None = None,
-    with_bias: bool = True,
-) -> Path:
-    """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
-    meta = model_metadata(
-        (JOINT_FORMAT, JOINT_VERSION, "digits", "joint"),
-        unet_config,
-        adapter,
-        training,
-        with_bias,
-        num_classes=str(classes.num_classes),
-        class_tokens=str(classes.tokens),
-    )
-    return save_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, meta)
-
-
-def is_joint_file(path: PathLike) -> bool:
-    try:
-        return checkpoint_format(path)[0] == JOINT_FORMAT
-    except AdapterFileError:
-        return False
-
-
-def load_joint(
-    path: PathLike, device: str | torch.device = "cpu"
-) -> tuple[BaseModel, ContextAdapter, ClassEmbedding, dict]:
-    """``(comfy BaseModel, ContextAdapter, ClassEmbedding, metadata)`` from :func:`save_joint`'s file."""
-    path = Path(path)
-    fmt, meta = checkpoint_format(path)
-    if fmt != JOINT_FORMAT:
-        hint = (
-            "it is a text-conditioned joint model: load it with Load ContextDiff Shapes Model"
-            if fmt == TEXT_JOINT_FORMAT
-            else "train one with python -m trainer.train --mode joint"
-        )
-        raise AdapterFileError(
-            f"{path.name} is not a ContextDiff class-conditional joint checkpoint (format={fmt!r}); {hint}."
-        )
-    check_version(path, meta, JOINT_VERSION)
-    adapter = checked_adapter(path, meta)
-    unet_config = json.loads(meta["unet_config"])
-    model = build_joint_model(unet_config, init_seed=None)
-    classes = ClassEmbedding(int(meta["num_classes"]), unet_config["context_dim"], int(meta.get("class_tokens", 1)))
-    load_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, device)
-    meta["unet_config"], meta["training"] = unet_config, json.loads(meta.get("training", "{}"))
-    return model.eval(), adapter.eval().requires_grad_(False), classes.eval().requires_grad_(False), meta

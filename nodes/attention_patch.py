@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import comfy.model_management
 import torch
 
-from ..contextdiff import families
 from ..contextdiff.attention_fusion import AttentionEditor
+from ..hostside import families
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher

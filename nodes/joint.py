@@ -10,8 +10,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..contextdiff.joint_model import ClassEmbedding, load_joint
-from ..contextdiff.text_joint import load_text_joint
+from ..contextdiff.joint_model import ClassEmbedding
+from ..hostside.joint_checkpoints import load_joint, load_text_joint
 from .adapter_loader import ContextDiffAdapterLoader
 from .paths import FOLDER
 from .types import Adapter, Classes, LoadedAdapter

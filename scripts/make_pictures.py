@@ -30,7 +30,7 @@ def main():
     types_ = importlib.import_module(pack.__name__ + ".nodes.types")
     import comfy.model_patcher
 
-    from contextdiff.joint_model import load_joint
+    from hostside.joint_checkpoints import load_joint
     from trainer.joint import load_digits_tensor
     from trainer.plots import image_grid
 

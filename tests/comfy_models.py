@@ -390,9 +390,9 @@ def save_tiny_shapes_checkpoint(path, seed: int = 0, recipe: str = "shapes"):
     """A small randomly initialised text-conditioned joint model (3-channel pixels, CLIP text encoder, a live
     adapter), written as the shapes trainer writes its checkpoint; ``recipe`` names the world it claims."""
     from contextdiff.adapter import AdapterConfig, ContextAdapter
-    from contextdiff.joint_model import build_joint_model, joint_unet_config
-    from contextdiff.text_encoder import build_text_clip, text_config
-    from contextdiff.text_joint import save_text_joint
+    from hostside.joint_checkpoints import save_text_joint
+    from hostside.pixel_unet import build_joint_model, joint_unet_config
+    from hostside.text_encoder import build_text_clip, text_config
 
     unet, text = joint_unet_config(3, 32, 64, (1, 2), 1, 4, 1, norm_groups=8, pooled_dim=64), text_config(64, 1, 4)
     torch.manual_seed(seed)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from contextdiff import families
+from hostside import families as host_families
 
 # caption -> tokens (1, L, context_dim), or (tokens, pooled (1, P)) where the family reads the pooled text
 TextEncoder = Callable[[str], torch.Tensor | tuple]
@@ -38,8 +39,8 @@ class BaseBundle:
 
     def conditioning(self, tokens: torch.Tensor, pooled: torch.Tensor | None, latent_shape) -> dict:
         """``apply_model`` keyword arguments for a batch of latents of ``latent_shape`` (see
-        :func:`contextdiff.families.unet_conditioning`)."""
-        return families.unet_conditioning(self.model, tokens, pooled, tuple(latent_shape))
+        :func:`hostside.families.unet_conditioning`)."""
+        return host_families.unet_conditioning(self.model, tokens, pooled, tuple(latent_shape))
 
 
 def load_checkpoint(path: str):
@@ -84,7 +85,7 @@ def from_factory(spec: str, cfg, device) -> BaseBundle:
 
 def _family_key(model, source: str) -> str:
     try:
-        return families.require_trainable(families.identify(model)).key
+        return families.require_trainable(host_families.identify(model)).key
     except ValueError as e:
         raise SystemExit(f"{source}: {e}") from None
 

@@ -13,7 +13,9 @@ from torch import nn
 
 from contextdiff import sampling
 from contextdiff.bias import adapter_bias
-from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+from contextdiff.joint_model import ClassEmbedding
+from hostside.joint_checkpoints import save_joint
+from hostside.pixel_unet import build_joint_model, joint_unet_config
 
 from . import plots
 from .components import build_adapter, trainable_modules

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from contextdiff.joint_model import build_joint_model, joint_unet_config
-from contextdiff.text_encoder import build_text_clip, encode_batch, text_config, text_transformer
-from contextdiff.text_joint import save_text_joint
+from hostside.joint_checkpoints import save_text_joint
+from hostside.pixel_unet import build_joint_model, joint_unet_config
+from hostside.text_encoder import build_text_clip, encode_batch, text_config, text_transformer
 from shapesworld import world
 
 from . import plots

@@ -121,7 +121,9 @@ def test_batch_mismatch_bias_follows_comfyui_tiling(server, adapters, latent_bat
 @pytest.fixture(scope="module")
 def digits_checkpoint(server, comfy_inprocess):
     """A joint (class-conditional, pixel-space) checkpoint whose adapter gives a visible bias."""
-    from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+    from contextdiff.joint_model import ClassEmbedding
+    from hostside.joint_checkpoints import save_joint
+    from hostside.pixel_unet import build_joint_model, joint_unet_config
 
     torch.manual_seed(0)
     cfg = joint_unet_config(model_channels=32, context_dim=32)

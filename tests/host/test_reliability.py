@@ -147,7 +147,9 @@ def test_forged_joint_checkpoint_adapter_refused_before_allocating(tmp_path):
     """A 500-byte joint checkpoint whose metadata declares a 2 GB adapter: refused before any model is built."""
     from safetensors.torch import save_file
 
-    from contextdiff.joint_model import JOINT_FORMAT, JOINT_VERSION, joint_unet_config, load_joint
+    from contextdiff.joint_model import JOINT_FORMAT, JOINT_VERSION
+    from hostside.joint_checkpoints import load_joint
+    from hostside.pixel_unet import joint_unet_config
 
     path = tmp_path / "forged-joint.safetensors"
     meta = {

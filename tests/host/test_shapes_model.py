@@ -29,7 +29,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny_clip(comfy_inprocess):
-    from contextdiff.text_encoder import build_text_clip, text_config
+    from hostside.text_encoder import build_text_clip, text_config
 
     return build_text_clip(text_config(64, 2, 4), init_seed=3)
 
@@ -37,7 +37,7 @@ def tiny_clip(comfy_inprocess):
 def test_training_encoder_matches_clip_text_encode(tiny_clip):
     """The trainer's differentiable encoder is ComfyUI's CLIPTextEncode computation (same tokens, same layer,
     same pooled output)."""
-    from contextdiff.text_encoder import encode_batch
+    from hostside.text_encoder import encode_batch
 
     batch, pooled = encode_batch(tiny_clip, PROMPTS)
     for row, row_pooled, prompt in zip(batch, pooled, PROMPTS, strict=False):
@@ -51,7 +51,7 @@ def test_training_encoder_matches_clip_text_encode(tiny_clip):
 
 def test_prompt_weight_scales_only_the_weighted_word(tiny_clip):
     """'(red:1.3)' moves the tokens of 'red' 1.3 times as far from the empty prompt's, and nothing else."""
-    from contextdiff.text_encoder import encode_batch, token_ids
+    from hostside.text_encoder import encode_batch, token_ids
 
     plain, weighted = "a large red circle in the centre", "a large (red:1.3) circle in the centre"
     cond, _ = tiny_clip.encode_from_tokens(tiny_clip.tokenize(weighted), return_pooled=True)
@@ -203,8 +203,8 @@ def reference_latent(path: Path, text: str, cfg: float = 3.0, strength: float = 
 
     from contextdiff import sampling
     from contextdiff.bias import adapter_bias
-    from contextdiff.text_encoder import encode_batch
-    from contextdiff.text_joint import load_text_joint
+    from hostside.joint_checkpoints import load_text_joint
+    from hostside.text_encoder import encode_batch
 
     loaded = load_text_joint(path, recipe="shapes")
     model, ms = loaded.model, loaded.model.model_sampling
@@ -250,7 +250,7 @@ def test_host_clip_text_encode_gives_the_trainers_conditioning(server, tiny_shap
 
 def test_prompt_outside_the_vocabulary_encodes_and_samples(server, tiny_shapes, tiny_clip):
     """Words the world never uses still tokenise (CLIP's byte-level BPE has no unknown token) and sample."""
-    from contextdiff.text_encoder import token_ids
+    from hostside.text_encoder import token_ids
 
     text = "a glorious zyzzyva beside the quokka, 🦊 xqjv"
     ids = token_ids(tiny_clip, [text])[0]
@@ -265,7 +265,9 @@ def test_shapes_loader_refuses_other_recipes(server, tiny_shapes, comfy_inproces
     from comfy_models import save_tiny_shapes_checkpoint
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
-    from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+    from contextdiff.joint_model import ClassEmbedding
+    from hostside.joint_checkpoints import save_joint
+    from hostside.pixel_unet import build_joint_model, joint_unet_config
 
     cfg = joint_unet_config(model_channels=32, context_dim=32)
     save_joint(

@@ -104,7 +104,7 @@ def test_joint_mode_writes_everything(tmp_path):
     from trainer.comfy_env import ensure_comfy_importable
 
     ensure_comfy_importable(cpu=True)
-    from contextdiff.joint_model import load_joint
+    from hostside.joint_checkpoints import load_joint
 
     model, adapter, classes, meta = load_joint(out / "digits.safetensors")
     state = load_file(str(out / "state" / (out / "state" / "latest").read_text() / "weights.safetensors"))

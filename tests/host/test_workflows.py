@@ -81,7 +81,9 @@ def workflow_assets(server, adapters, comfy_inprocess):
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.adapter_io import save_adapter
-    from contextdiff.joint_model import ClassEmbedding, build_joint_model, joint_unet_config, save_joint
+    from contextdiff.joint_model import ClassEmbedding
+    from hostside.joint_checkpoints import save_joint
+    from hostside.pixel_unet import build_joint_model, joint_unet_config
     from media.video import read_video, write_video
 
     Image.fromarray(data.chelsea()).resize((64, 48)).save(server.input_dir / "example.png")

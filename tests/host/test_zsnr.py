@@ -272,12 +272,13 @@ def test_sdxl_vpred_zsnr_unet_zero_strength_equals_comfyui(sdxl_vpred_zsnr, meth
     from comfy_models import family_conditioning
 
     from contextdiff import families
+    from hostside import families as host_families
 
     base = sdxl_vpred_zsnr
-    info = families.identify(base)
+    info = host_families.identify(base)
     assert (info.family, info.prediction, info.zsnr) == (families.SDXL, "v", True)
     ((pos, extra),) = family_conditioning(1, tokens=8)
-    cond = families.unet_conditioning(base, pos, extra["pooled_output"], (1, 4, 8, 8))
+    cond = host_families.unet_conditioning(base, pos, extra["pooled_output"], (1, 4, 8, 8))
 
     def denoiser(x, sigma, **_):
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Every public function of ``contextdiff/`` and ``nodes/`` has type hints on its parameters and its return.
+"""Every public function of ``contextdiff/``, ``hostside/`` and ``nodes/`` has type hints on its parameters and
+its return.
 
 Public: a module-level function, or a method of a module-level class, whose name does not start with ``_``;
 ``__init__`` and ``__call__`` count too (``__init__`` needs no return hint). Nested functions are private.
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKED = ["contextdiff", "nodes"]
+CHECKED = ["contextdiff", "hostside", "nodes"]
 PUBLIC_DUNDERS = {"__init__", "__call__"}
 
 

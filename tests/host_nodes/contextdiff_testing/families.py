@@ -67,7 +67,7 @@ FAMILY_NODES = {
 
 
 class Identify:
-    """Reports what contextdiff.families makes of a MODEL (its own model_sampling patches included)."""
+    """Reports what hostside.families makes of a MODEL (its own model_sampling patches included)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -79,7 +79,7 @@ class Identify:
     CATEGORY = "testing"
 
     def identify(self, model):
-        from contextdiff import families
+        from hostside import families
 
         info = families.identify(model.model, model.get_model_object("model_sampling"))
         return {

@@ -4,7 +4,7 @@ The encoder is ``comfy.sd1_clip.SDClipModel`` (the CLIP text transformer SD1.x u
 config, its tokenizer is ``comfy.sd1_clip.SDTokenizer`` with the CLIP vocabulary ComfyUI ships,
 and both are wrapped as a ``comfy.sd.CLIP``: the core CLIPTextEncode node, prompt weights such as
 ``(red:1.3)``, long-prompt chunking and the edit nodes' word alignment run exactly as they do for
-an SD checkpoint. Importable without ComfyUI; the functions import ``comfy`` when called.
+an SD checkpoint. The functions import ``comfy`` when called.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import os
 from typing import TYPE_CHECKING
 
 import torch
+
+from .method import joint_model
 
 if TYPE_CHECKING:  # annotations only: the functions import ComfyUI when called
     from comfy.sd import CLIP
@@ -53,8 +55,6 @@ def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype 
     import comfy.sd1_clip
     import comfy.supported_models_base
 
-    from .joint_model import reset_parameters
-
     width = config["hidden_size"]
 
     class TextModel(comfy.sd1_clip.SDClipModel):
@@ -81,7 +81,7 @@ def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype 
     )
     clip = comfy.sd.CLIP(target=target, model_options={"dtype": dtype})
     if init_seed is not None:
-        reset_parameters(text_transformer(clip), init_seed)
+        joint_model.reset_parameters(text_transformer(clip), init_seed)
     return clip
 
 
