@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .adapter import AdapterConfig, ContextAdapter
 from .atomic_file import atomic_path
+from .errors import PackError
 
 FORMAT = "contextdiff-adapter"
 FORMAT_VERSION = 1
@@ -35,7 +36,7 @@ FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 MAX_WEIGHT = 65504.0
 
 
-class AdapterFileError(ValueError):
+class AdapterFileError(PackError):
     """An adapter file that cannot be used; the message says what is wrong and what to do."""
 
 

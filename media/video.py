@@ -42,6 +42,11 @@ class VideoError(ValueError):
     """A video that cannot be read or written; the message says what is wrong and what to do."""
 
 
+# ComfyUI's error dialog names an error by its module, which for a custom node is its install path: the
+# pack-relative name reads cleanly (see contextdiff/errors.py).
+VideoError.__module__ = "media.video"
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about its first video stream."""
