@@ -1,7 +1,12 @@
-"""Training configuration: one flat dataclass, loaded from YAML, any key overridable on the CLI.
+"""Training configuration: the options of every mode, and one section per mode, loaded from YAML and the CLI.
 
-Each option names the modes it means something for; the adapter's stored training config keeps
-only those (an adapter-mode file carries no joint-mode ``context_dim``).
+:class:`TrainConfig` holds what every mode means the same way (optimiser, objective, adapter,
+previews, runtime) and, in :attr:`TrainConfig.options`, the section of its mode: :class:`JointOptions`,
+:class:`ShapesOptions`, :class:`AdapterOptions` or :class:`VideoOptions`. An option whose meaning
+depends on the mode (``image_size``, ``context_dim``, ``dataset``) is declared in each section that has
+it, with that mode's meaning and help. The command line and the YAML recipes stay flat: ``--image_size``
+sets the ``image_size`` of the chosen mode's section. The adapter's stored training config
+(:meth:`TrainConfig.to_dict`) keeps only the chosen mode's options.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -22,159 +28,89 @@ class ConfigError(ValueError):
     """A bad option; the message says which and what to give instead."""
 
 
-def opt(default, help_text: str, choices=None, modes: tuple[str, ...] = MODES):
-    return field(default=default, metadata={"help": help_text, "choices": choices, "modes": modes})
+def opt(default, help_text: str, choices=None, minimum: int | None = None):
+    """One option: its default (whose type is the option's), help, allowed values and least value."""
+    return field(default=default, metadata={"help": help_text, "choices": choices, "minimum": minimum})
+
+
+def _check_values(section) -> None:
+    """Types, choices and least values of a dataclass's options."""
+    for f in dataclasses.fields(section):
+        if "help" not in f.metadata:
+            continue
+        value, kind = getattr(section, f.name), type(f.default)
+        if not _has_type(value, kind):
+            raise ConfigError(f"{f.name}={value!r}: expected a {kind.__name__}")
+        choices, minimum = f.metadata["choices"], f.metadata["minimum"]
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name}={value!r}: choose one of {choices}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{f.name}={value}: must be {'at least 1' if minimum else '0 or more'}")
+
+
+# --- per-mode sections -------------------------------------------------------------------------------
 
 
 @dataclass
-class TrainConfig:
-    # What to train
-    mode: str = opt(
-        "joint",
-        "joint: denoiser + adapter from scratch (Eq. 6); adapter: adapter for a frozen "
-        "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2); shapes: denoiser + adapter + "
-        "a CLIP text encoder from scratch on the captioned shapes world (text-to-image)",
-        list(MODES),
-    )
-    output_dir: str = opt("", "where checkpoints, logs and plots go; empty: runs/<name>")
-    name: str = opt("contextdiff", "file name stem of the adapter/joint checkpoint: <output_dir>/<name>.safetensors")
-    seed: int = opt(0, "seed of initialisation, data order, timesteps and noise")
-    steps: int = opt(2000, "optimisation steps")
-    batch_size: int = opt(64, "samples per step (per process under torchrun)")
-    # Optimiser (defaults: Table 7; video recipes use Table 8's 1e-5)
-    lr: float = opt(2e-4, "AdamW learning rate")
-    weight_decay: float = opt(0.0, "AdamW weight decay (Table 8: 1e-2)")
-    warmup_steps: int = opt(50, "linear learning-rate warm-up")
-    lr_schedule: str = opt("cosine", "after warm-up", ["constant", "cosine"])
-    grad_clip: float = opt(1.0, "gradient norm clip (0 = off)")
-    ema_decay: float = opt(0.0, "EMA of the trained weights, saved instead of the raw ones (0 = off)")
-    # The objective (Eq. 6)
-    loss_weighting: str = opt("uniform", "lambda_t of Eq. 6", ["uniform", "snr", "min_snr", "truncated_snr"])
-    min_snr_gamma: float = opt(5.0, "gamma of min_snr weighting")
-    use_bias: bool = opt(True, "false trains the identical model without the context bias (the fair baseline)")
-    bias_l2: float = opt(
-        0.0,
-        "penalty lambda * mean(b_t^2) on the bias magnitude; not in the paper (0), keeps "
-        "the adapter from encoding x0 into x_t with a large, stiff bias",
-    )
-    # Adapter architecture
-    adapter_dim: int = opt(256, "adapter width")
-    adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)")
-    adapter_heads: int = opt(8, "attention heads")
-    adapter_patch: int = opt(2, "latent patch size of the visual tokens")
-    temporal_window: int = opt(3, "frames in the temporal causal attention", modes=("video",))
-    # Data
-    dataset: str = opt(
-        "digits",
-        "joint: 'digits' (scikit-learn); adapter: a folder of images with .txt captions "
-        "or a .jsonl file of {image, caption}",
-        modes=("joint", "adapter"),
-    )
-    image_size: int = opt(8, "joint: training resolution in pixels; adapter/video: image side before VAE encoding")
-    # joint mode
-    unet_channels: int = opt(48, "UNet model_channels", modes=FROM_SCRATCH)
-    context_dim: int = opt(64, "class-token width; shapes: the text encoder's width", modes=FROM_SCRATCH)
-    class_dropout: float = opt(
-        0.1, "probability of the null class / empty caption (for classifier-free guidance)", modes=FROM_SCRATCH
-    )
-    val_fraction: float = opt(0.0, "share of the digits held out for validation (fixed split)", modes=("joint",))
-    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)", modes=FROM_SCRATCH)
-    # shapes mode (the text-conditioned joint model; see contextdiff/text_joint.py)
-    unet_mult: str = opt(
-        "1,2,2", "UNet channel multiplier per level, comma-separated (one level per halving)", modes=("shapes",)
-    )
-    unet_res_blocks: int = opt(1, "UNet residual blocks per level", modes=("shapes",))
+class ModeOptions:
+    """The options of one mode; subclasses declare them, :meth:`check` relates them."""
+
+    mode: ClassVar[str] = ""
+
+    def check(self) -> None:
+        """Relations between this section's values (each value alone is checked by type and range)."""
+
+    def input_paths(self) -> dict[str, str]:
+        """``{option: path}`` of the files this mode reads, checked before anything is loaded."""
+        return {}
+
+
+@dataclass
+class FromScratchOptions(ModeOptions):
+    """A denoiser trained from scratch together with the adapter (joint, shapes)."""
+
+    unet_channels: int = opt(48, "UNet model_channels")
+    class_dropout: float = opt(0.1, "probability of the null class / empty caption (for classifier-free guidance)")
+    val_every: int = opt(0, "log the validation Eq. 6 loss every n steps (0 = off)", minimum=0)
+
+    def check(self) -> None:
+        if self.unet_channels % 32:
+            raise ConfigError(f"unet_channels={self.unet_channels}: the UNet's GroupNorm needs a multiple of 32")
+
+
+@dataclass
+class JointOptions(FromScratchOptions):
+    """Class-conditional joint model on scikit-learn's digits (paper §4.3)."""
+
+    mode: ClassVar[str] = "joint"
+    dataset: str = opt("digits", "'digits' (scikit-learn's bundled 8x8 digits)")
+    image_size: int = opt(8, "training resolution in pixels", minimum=1)
+    context_dim: int = opt(64, "class-token width")
+    val_fraction: float = opt(0.0, "share of the digits held out for validation (fixed split)")
+    sample_classes: int = opt(10, "classes in the preview grid")
+
+
+@dataclass
+class ShapesOptions(FromScratchOptions):
+    """The text-conditioned joint model on the shapes world (see contextdiff/text_joint.py)."""
+
+    mode: ClassVar[str] = "shapes"
+    image_size: int = opt(8, "side of the rendered scenes in pixels", minimum=1)
+    context_dim: int = opt(64, "the text encoder's width (its tokens are the adapter's and the UNet's context)")
+    unet_mult: str = opt("1,2,2", "UNet channel multiplier per level, comma-separated (one level per halving)")
+    unet_res_blocks: int = opt(1, "UNet residual blocks per level")
     attention_from_level: int = opt(
         1,
         "UNet level from which on blocks have attention (0 = every level; 1 skips "
         "the full resolution, which costs most)",
-        modes=("shapes",),
     )
     norm_groups: int = opt(
         32,
         "groups of the UNet's GroupNorms (ComfyUI: 32); fewer keep more of each feature's "
         "mean over the image, which a small model needs",
-        modes=("shapes",),
     )
-    text_layers: int = opt(2, "layers of the CLIP text encoder", modes=("shapes",))
-    text_heads: int = opt(4, "attention heads of the CLIP text encoder", modes=("shapes",))
-    sample_classes: int = opt(10, "classes in the preview grid", modes=("joint",))
-    # A frozen base model (adapter and video modes)
-    checkpoint: str = opt("", "a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)", modes=BASE_MODES)
-    base_factory: str = opt(
-        "",
-        "'module:function' returning a base model bundle instead of a checkpoint (research, tests)",
-        modes=BASE_MODES,
-    )
-    lora_rank: int = opt(0, "also train LoRA of this rank on the UNet's attention (0 = off)", modes=BASE_MODES)
-    on_bad_data: str = opt(
-        "skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"], modes=("adapter",)
-    )
-    cache_latents: bool = opt(
-        False, "encode images and captions once and keep them (memory for speed)", modes=("adapter",)
-    )
-    # video mode: the first `frames` frames at `frame_stride` are read, encoded and tuned on
-    video: str = opt("", "path of the source video", modes=("video",))
-    prompt: str = opt("", "the source prompt", modes=("video",))
-    frames: int = opt(8, "frames of the clip (Table 8: 8-24); only these are decoded", modes=("video",))
-    frame_stride: int = opt(2, "sampling rate, keep every n-th frame (Table 8: 2)", modes=("video",))
-    # Previews (samples.png at each checkpoint); on a CPU they can cost more than the training
-    preview_count: int = opt(
-        4, "pictures in samples.png: adapter images, joint samples per class, video frames (0 = no preview)"
-    )
-    preview_steps: int = opt(12, "DDIM steps of each preview")
-    preview_size: int = opt(0, "preview image side in pixels (0 = image_size)", modes=BASE_MODES)
-    # Runtime
-    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
-    precision: str = opt("fp32", "autocast precision on CUDA", ["fp32", "bf16", "fp16"])
-    grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
-    save_every: int = opt(500, "checkpoint (and plots) every n steps; always at the end")
-    log_every: int = opt(10, "log line every n steps")
-    resume: bool = opt(False, "continue from output_dir/state if present")
-
-    def validate(self) -> TrainConfig:
-        """Check the values (not the files: see :meth:`check_inputs`); fills ``output_dir``."""
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), type(f.default)
-            if not _has_type(value, kind):
-                raise ConfigError(f"{f.name}={value!r}: expected a {kind.__name__}")
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name}={value!r}: choose one of {choices}")
-        for key in (
-            "steps",
-            "batch_size",
-            "preview_steps",
-            "save_every",
-            "log_every",
-            "frames",
-            "frame_stride",
-            "image_size",
-            "adapter_dim",
-            "adapter_depth",
-            "adapter_heads",
-            "adapter_patch",
-        ):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
-        for key in ("preview_count", "preview_size", "lora_rank", "warmup_steps", "val_every"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}={getattr(self, key)}: must be 0 or more")
-        if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
-            raise ConfigError(
-                f"name={self.name!r}: give a file name stem without folders; --output_dir sets the folder"
-            )
-        if not self.output_dir:
-            self.output_dir = str(Path("runs") / self.name)
-        if self.mode in FROM_SCRATCH and self.unet_channels % 32:
-            raise ConfigError(f"unet_channels={self.unet_channels}: the UNet's GroupNorm needs a multiple of 32")
-        if self.mode == "shapes":
-            self._check_shapes()
-        if self.mode in BASE_MODES and not (self.checkpoint or self.base_factory):
-            raise ConfigError(f"mode {self.mode} needs --checkpoint (a ComfyUI checkpoint file) or --base_factory")
-        if self.mode == "video" and not (self.video and self.prompt):
-            raise ConfigError("mode video needs --video PATH and --prompt TEXT")
-        return self
+    text_layers: int = opt(2, "layers of the CLIP text encoder")
+    text_heads: int = opt(4, "attention heads of the CLIP text encoder")
 
     def unet_levels(self) -> tuple[int, ...]:
         """``unet_mult`` as integers."""
@@ -186,7 +122,8 @@ class TrainConfig:
             raise ConfigError(f"unet_mult={self.unet_mult!r}: give positive integers separated by commas, e.g. 1,2,2")
         return mult
 
-    def _check_shapes(self) -> None:
+    def check(self) -> None:
+        super().check()
         levels = len(self.unet_levels())
         if not 0 <= self.attention_from_level < levels:
             raise ConfigError(
@@ -206,14 +143,177 @@ class TrainConfig:
                 f"{self.text_heads}, and text_layers, text_heads, unet_res_blocks must be at least 1"
             )
 
+
+@dataclass
+class FrozenBaseOptions(ModeOptions):
+    """A frozen ComfyUI base model (adapter and video modes)."""
+
+    checkpoint: str = opt("", "a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)")
+    base_factory: str = opt(
+        "", "'module:function' returning a base model bundle instead of a checkpoint (research, tests)"
+    )
+    image_size: int = opt(8, "image side in pixels before VAE encoding", minimum=1)
+    lora_rank: int = opt(0, "also train LoRA of this rank on the UNet's attention (0 = off)", minimum=0)
+    preview_size: int = opt(0, "preview image side in pixels (0 = image_size)", minimum=0)
+
+    def check(self) -> None:
+        if not (self.checkpoint or self.base_factory):
+            raise ConfigError(f"mode {self.mode} needs --checkpoint (a ComfyUI checkpoint file) or --base_factory")
+
+    def input_paths(self) -> dict[str, str]:
+        return {"checkpoint": "" if self.base_factory else self.checkpoint}
+
+
+@dataclass
+class AdapterOptions(FrozenBaseOptions):
+    """The adapter (and LoRA) for a frozen base, on a folder or JSONL of captioned images."""
+
+    mode: ClassVar[str] = "adapter"
+    dataset: str = opt("digits", "a folder of images with .txt captions or a .jsonl file of {image, caption}")
+    on_bad_data: str = opt("skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"])
+    cache_latents: bool = opt(False, "encode images and captions once and keep them (memory for speed)")
+
+    def input_paths(self) -> dict[str, str]:
+        return {**super().input_paths(), "dataset": self.dataset}
+
+
+@dataclass
+class VideoOptions(FrozenBaseOptions):
+    """One-shot tuning on one video (paper §4.2): the first ``frames`` frames at ``frame_stride``."""
+
+    mode: ClassVar[str] = "video"
+    video: str = opt("", "path of the source video")
+    prompt: str = opt("", "the source prompt")
+    frames: int = opt(8, "frames of the clip (Table 8: 8-24); only these are decoded", minimum=1)
+    frame_stride: int = opt(2, "sampling rate, keep every n-th frame (Table 8: 2)", minimum=1)
+    temporal_window: int = opt(3, "frames in the temporal causal attention")
+
+    def check(self) -> None:
+        super().check()
+        if not (self.video and self.prompt):
+            raise ConfigError("mode video needs --video PATH and --prompt TEXT")
+
+    def input_paths(self) -> dict[str, str]:
+        return {**super().input_paths(), "video": self.video}
+
+
+SECTIONS: dict[str, type[ModeOptions]] = {
+    "joint": JointOptions,
+    "adapter": AdapterOptions,
+    "video": VideoOptions,
+    "shapes": ShapesOptions,
+}
+
+
+# --- the options of every mode -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    # What to train
+    mode: str = opt(
+        "joint",
+        "joint: denoiser + adapter from scratch (Eq. 6); adapter: adapter for a frozen "
+        "ComfyUI checkpoint; video: one-shot tuning on one video (paper §4.2); shapes: denoiser + adapter + "
+        "a CLIP text encoder from scratch on the captioned shapes world (text-to-image)",
+        list(MODES),
+    )
+    output_dir: str = opt("", "where checkpoints, logs and plots go; empty: runs/<name>")
+    name: str = opt("contextdiff", "file name stem of the adapter/joint checkpoint: <output_dir>/<name>.safetensors")
+    seed: int = opt(0, "seed of initialisation, data order, timesteps and noise")
+    steps: int = opt(2000, "optimisation steps", minimum=1)
+    batch_size: int = opt(64, "samples per step (per process under torchrun)", minimum=1)
+    # Optimiser (defaults: Table 7; video recipes use Table 8's 1e-5)
+    lr: float = opt(2e-4, "AdamW learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay (Table 8: 1e-2)")
+    warmup_steps: int = opt(50, "linear learning-rate warm-up", minimum=0)
+    lr_schedule: str = opt("cosine", "after warm-up", ["constant", "cosine"])
+    grad_clip: float = opt(1.0, "gradient norm clip (0 = off)")
+    ema_decay: float = opt(0.0, "EMA of the trained weights, saved instead of the raw ones (0 = off)")
+    # The objective (Eq. 6)
+    loss_weighting: str = opt("uniform", "lambda_t of Eq. 6", ["uniform", "snr", "min_snr", "truncated_snr"])
+    min_snr_gamma: float = opt(5.0, "gamma of min_snr weighting")
+    use_bias: bool = opt(True, "false trains the identical model without the context bias (the fair baseline)")
+    bias_l2: float = opt(
+        0.0,
+        "penalty lambda * mean(b_t^2) on the bias magnitude; not in the paper (0), keeps "
+        "the adapter from encoding x0 into x_t with a large, stiff bias",
+    )
+    # Adapter architecture
+    adapter_dim: int = opt(256, "adapter width", minimum=1)
+    adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)", minimum=1)
+    adapter_heads: int = opt(8, "attention heads", minimum=1)
+    adapter_patch: int = opt(2, "latent patch size of the visual tokens", minimum=1)
+    # Previews (samples.png at each checkpoint); on a CPU they can cost more than the training
+    preview_count: int = opt(
+        4,
+        "pictures in samples.png: adapter images, joint samples per class, video frames (0 = no preview)",
+        minimum=0,
+    )
+    preview_steps: int = opt(12, "DDIM steps of each preview", minimum=1)
+    # Runtime
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    precision: str = opt("fp32", "autocast precision on CUDA", ["fp32", "bf16", "fp16"])
+    grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    save_every: int = opt(500, "checkpoint (and plots) every n steps; always at the end", minimum=1)
+    log_every: int = opt(10, "log line every n steps", minimum=1)
+    resume: bool = opt(False, "continue from output_dir/state if present")
+    # The chosen mode's section (not an option: the flat keys of its options fill it)
+    options: ModeOptions = None
+
+    def __post_init__(self):
+        if self.options is None and self.mode in SECTIONS:
+            self.options = SECTIONS[self.mode]()
+
+    @classmethod
+    def from_flat(cls, values: dict) -> TrainConfig:
+        """A config from flat ``{option: value}`` (the CLI's and YAML's form): the keys of every mode go to
+        this config, the chosen mode's to its section; other modes' options are type-checked, then unused."""
+        common = {f.name for f in _common_fields()}
+        mode = values.get("mode", cls.mode)  # the class attribute is the default
+        if mode not in SECTIONS:
+            raise ConfigError(f"mode={mode!r}: choose one of {list(MODES)}")
+        section = SECTIONS[mode]
+        own = {f.name for f in dataclasses.fields(section)}
+        flags = cli_options()
+        for key, value in values.items():
+            if key not in flags:
+                raise ConfigError(f"unknown option {key!r}; see --help")
+            if key not in common and key not in own:
+                kind = type(flags[key][0][1].default)
+                if not _has_type(value, kind):
+                    raise ConfigError(f"{key}={value!r}: expected a {kind.__name__}")
+        return cls(
+            **{k: v for k, v in values.items() if k in common},
+            options=section(**{k: v for k, v in values.items() if k in own}),
+        )
+
+    def __getattr__(self, name: str):
+        # Read access to the section's options and methods as before the split (``cfg.image_size``,
+        # ``cfg.unet_levels()``); only reached when ``name`` is not an option of every mode.
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("_") and hasattr(options, name):
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} of mode {self.__dict__.get('mode')!r} has no option {name!r}")
+
+    def validate(self) -> TrainConfig:
+        """Check the values (not the files: see :meth:`check_inputs`); fills ``output_dir``."""
+        _check_values(self)
+        if not isinstance(self.options, SECTIONS[self.mode]):
+            raise ConfigError(f"mode {self.mode}: its options must be a {SECTIONS[self.mode].__name__}")
+        _check_values(self.options)
+        if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
+            raise ConfigError(
+                f"name={self.name!r}: give a file name stem without folders; --output_dir sets the folder"
+            )
+        if not self.output_dir:
+            self.output_dir = str(Path("runs") / self.name)
+        self.options.check()
+        return self
+
     def check_inputs(self) -> TrainConfig:
         """The files this run reads exist, checked before ComfyUI or any model is loaded."""
-        wanted = {
-            "checkpoint": self.checkpoint if self.mode in BASE_MODES and not self.base_factory else "",
-            "video": self.video if self.mode == "video" else "",
-            "dataset": self.dataset if self.mode == "adapter" else "",
-        }
-        for key, path in wanted.items():
+        for key, path in self.options.input_paths().items():
             if path and not Path(path).exists():
                 raise ConfigError(
                     f"--{key} {path} does not exist; give the path of an existing "
@@ -227,8 +327,12 @@ class TrainConfig:
         return Path(self.output_dir) / f"{self.name}.safetensors"
 
     def to_dict(self) -> dict:
-        """The options that mean something for this run's mode, with the values it uses."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if self.mode in f.metadata["modes"]}
+        """The options that mean something for this run's mode, with the values it uses (flat)."""
+        return {f.name: getattr(self, f.name) for f in _common_fields()} | dataclasses.asdict(self.options)
+
+
+def _common_fields() -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
 
 
 def _has_type(value, kind: type) -> bool:
@@ -246,9 +350,26 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def help_line(f: dataclasses.Field) -> str:
-    """``--help`` text of one option: the modes it applies to (when not all), its help and default."""
-    modes = f.metadata["modes"]
+def cli_options() -> dict[str, list[tuple[tuple[str, ...], dataclasses.Field]]]:
+    """Every flag, in ``--help`` order, with its declarations: ``[(modes, field), ...]``; an option of every
+    mode has one with all :data:`MODES`, a section's one per distinct meaning (the modes that share it)."""
+    flags: dict[str, list[tuple[tuple[str, ...], dataclasses.Field]]] = {f.name: [(MODES, f)] for f in _common_fields()}
+    for mode in MODES:
+        for f in dataclasses.fields(SECTIONS[mode]):
+            known = flags.setdefault(f.name, [])
+            same = next((i for i, (_, g) in enumerate(known) if g.metadata is f.metadata), None)
+            if same is None:
+                known.append(((mode,), f))
+            else:
+                known[same] = ((*known[same][0], mode), f)
+    for name, decls in flags.items():
+        kinds = {type(f.default) for _, f in decls}
+        assert len(kinds) == 1, f"option {name} is declared with different types {kinds}"
+    return flags
+
+
+def help_line(modes: tuple[str, ...], f: dataclasses.Field) -> str:
+    """``--help`` text of one declaration: the modes it applies to (when not all), its help and default."""
     where = "" if tuple(modes) == MODES else f"[{', '.join(modes)}] "
     return f"{where}{f.metadata['help']} (default: {f.default})"
 
@@ -262,9 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file with any of the keys below (recipes in trainer/configs/)")
-    for f in dataclasses.fields(TrainConfig):
+    for name, decls in cli_options().items():
+        f = decls[0][1]
         kind = {bool: _parse_bool, int: int, float: float, str: str}[type(f.default)]
-        p.add_argument(f"--{f.name}", type=kind, default=None, choices=f.metadata.get("choices"), help=help_line(f))
+        choices = next((g.metadata["choices"] for _, g in decls if g.metadata["choices"]), None)
+        help_text = "; ".join(help_line(modes, g) for modes, g in decls)
+        p.add_argument(f"--{name}", type=kind, default=None, choices=choices, help=help_text)
     return p
 
 
@@ -276,9 +400,9 @@ def load_config(argv=None) -> TrainConfig:
         if not Path(args.config).is_file():
             raise SystemExit(f"--config {args.config} does not exist; recipes are in trainer/configs/")
         data = yaml.safe_load(Path(args.config).read_text()) or {}
-        unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(data) - set(cli_options())
         if unknown:
             raise SystemExit(f"{args.config}: unknown keys {sorted(unknown)}; see --help")
         values.update(data)
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    return TrainConfig(**values).validate()
+    return TrainConfig.from_flat(values).validate()

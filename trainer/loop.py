@@ -105,6 +105,7 @@ def train(cfg, task_factory) -> dict:
         dynamic_ncols=True,
     )
     t0, last = time.time(), None
+    val_every = getattr(cfg.options, "val_every", 0)  # the from-scratch modes have a validation loss
     for step in bar:
         gen = step_generator(cfg.seed, step, env.rank)
         with autocast(env.device, cfg.precision):
@@ -137,7 +138,7 @@ def train(cfg, task_factory) -> dict:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
-        if cfg.val_every and env.main and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+        if val_every and env.main and ((step + 1) % val_every == 0 or step + 1 == cfg.steps):
             val = getattr(task, "validation_loss", lambda: None)()
             if val is not None:
                 with open(log_path, "a") as f:

@@ -66,3 +66,47 @@ def test_name_sets_the_adapter_path_unless_the_folder_is_given():
             ]
         )
         assert cfg.export_path == Path("elsewhere/my-adapter.safetensors"), recipe
+
+
+def test_flat_options_fill_the_chosen_modes_section():
+    """The CLI and YAML stay flat; each mode's section gets its own options with its own meaning, other
+    modes' options are type-checked and left out, and the stored config is the mode's options only."""
+    from trainer.config import (
+        AdapterOptions,
+        ConfigError,
+        FrozenBaseOptions,
+        JointOptions,
+        ShapesOptions,
+        TrainConfig,
+        VideoOptions,
+    )
+
+    shapes = load_config(["--mode", "shapes", "--unet_channels", "32", "--norm_groups", "8", "--image_size", "16"])
+    assert isinstance(shapes.options, ShapesOptions) and shapes.options.image_size == 16 == shapes.image_size
+    base = ["--checkpoint", "m", "--image_size", "64", "--frames", "5", "--unet_mult", "1,2"]
+    adapter = load_config(["--mode", "adapter", *base])
+    video = load_config(["--mode", "video", *base, "--video", "v", "--prompt", "p"])
+    assert type(adapter.options) is AdapterOptions and type(video.options) is VideoOptions
+    assert adapter.options.image_size == video.options.image_size == 64 and video.options.frames == 5
+    assert isinstance(adapter.options, FrozenBaseOptions) and isinstance(video.options, FrozenBaseOptions)
+    # --frames and --unet_mult mean nothing for adapter mode: not stored, not readable
+    assert not {"frames", "unet_mult", "unet_channels", "video"} & set(adapter.to_dict())
+    with pytest.raises(AttributeError, match="adapter.*frames"):
+        adapter.frames  # noqa: B018
+    assert set(video.to_dict()) - set(adapter.to_dict()) == {
+        "video",
+        "prompt",
+        "frames",
+        "frame_stride",
+        "temporal_window",
+    }
+    joint = load_config(["--mode", "joint", "--unet_channels", "32"])
+    assert type(joint.options) is JointOptions and joint.to_dict()["dataset"] == "digits"
+    assert set(joint.to_dict()) == {f for f in TrainConfig.__dataclass_fields__ if f != "options"} | set(
+        JointOptions.__dataclass_fields__
+    )
+    # another mode's option with a bad value is still refused, like any option
+    with pytest.raises(ConfigError, match="frames=.*expected a int"):
+        TrainConfig.from_flat({"mode": "joint", "unet_channels": 32, "frames": "eight"}).validate()
+    with pytest.raises(ConfigError, match="frames=0: must be at least 1"):
+        load_config(["--mode", "video", *base, "--video", "v", "--prompt", "p", "--frames", "0"])
