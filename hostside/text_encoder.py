@@ -108,11 +108,17 @@ def encode_batch(clip: CLIP, captions: list[str]) -> tuple[torch.Tensor, torch.T
     the first end token), which CLIPTextEncode puts in ``pooled_output`` (tests compare both).
     Prompt weights are a host feature and are not applied here (training captions have none).
     """
+    return encode_token_ids(clip, torch.tensor(token_ids(clip, captions)))
+
+
+def encode_token_ids(clip: CLIP, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encode_batch` of captions already tokenised by :func:`token_ids` (``ids``: (B, 77) integers, on
+    any device), for a trainer that tokenises each caption once."""
     from comfy.ldm.modules.attention import optimized_attention_for_device
 
     text = text_transformer(clip).text_model
     device = text.embeddings.token_embedding.weight.device
-    ids = torch.tensor(token_ids(clip, captions), device=device)
+    ids = ids.to(device, non_blocking=True)
     x = text.embeddings(ids, dtype=torch.float32)
     n = x.shape[1]
     causal = torch.full((n, n), -torch.finfo(x.dtype).max, dtype=x.dtype, device=device).triu_(1)
