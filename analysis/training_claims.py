@@ -100,7 +100,6 @@ def main(argv=None):
     ap.add_argument("--runs", default=str(ROOT / "runs" / "claims"))
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     from trainer.comfy_env import ensure_comfy_importable
 
     ensure_comfy_importable(cpu=True)

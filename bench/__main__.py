@@ -1,5 +1,6 @@
 """``python -m bench``: run every benchmark under bench/ and rewrite docs/benchmarks.md, stamped with
-the machine, the versions and the date. Each script also runs alone (``python bench/<name>.py``).
+the machine, the versions and the date. Each script also runs alone (``python -m bench.<name>``), from the
+repository root like every development tool (see ``devkit``).
 
 GPU-only figures (the paper's Table 2 protocol with real Stable Diffusion weights) are in
 ``bench/gpu_protocol.md``: they need weights and a GPU that this repository's CI does not have.
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     failed = []
     for name in args.names:
         print(f"[bench] {name}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / f"{name}.py"), *options]).returncode:
+        if subprocess.run([sys.executable, "-m", f"bench.{name}", *options], cwd=HERE.parent).returncode:
             failed.append(name)
     if set(args.names) & set(BENCHMARKS):  # quality stamps its own page
         restamp()

@@ -10,7 +10,7 @@
    the edits compared; per frame at 512x512 (64x64 latents), 20 steps, fuse_start 0.5, from the UNet's
    attention sizes (one probe pass), the same count the measured store matches.
 
-    .venv/bin/python bench/edit_memory.py [--size 256] [--steps 6] [--frames 2]
+    .venv/bin/python -m bench.edit_memory [--size 256] [--steps 6] [--frames 2]
 """
 
 from __future__ import annotations
@@ -24,11 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-
-from host import import_pack  # noqa: E402
-from report import write_section  # noqa: E402
+from bench.report import write_section
+from devkit import ROOT, import_pack, tiny_models
 
 CFG = 7.5
 
@@ -53,7 +50,9 @@ def _reset_peak() -> None:
 
 def _setup(size: int, frames: int):
     import torch
-    from comfy_models import build_sd15, random_conditioning
+
+    models = tiny_models()
+    build_sd15, random_conditioning = models.build_sd15, models.random_conditioning
 
     pack = import_pack()
     runs = importlib.import_module(pack.__name__ + ".nodes.edit_runs")
@@ -125,7 +124,8 @@ def run_child(kind: str, args) -> dict:
     out = subprocess.run(
         [
             sys.executable,
-            __file__,
+            "-m",
+            __spec__.name,
             "--child",
             kind,
             "--size",
@@ -135,6 +135,7 @@ def run_child(kind: str, args) -> dict:
             "--frames",
             str(args.frames),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,

@@ -8,28 +8,24 @@ at a small latent: both lists must be equal. The store per frame is then
 ``contextdiff.attention_store.store_bytes_per_frame`` (queries and keys in fp16) for 20 DDIM steps with
 fuse_start 0.5 (10 fused steps), what Video Edit checks before it starts.
 
-    .venv/bin/python bench/family_store.py
+    .venv/bin/python -m bench.family_store
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-
-from host import import_pack  # noqa: E402
-from report import write_section  # noqa: E402
+from bench.report import write_section
+from devkit import import_pack, tiny_models
 
 STEPS, FUSE_START = 20, 0.5
 
 
 def real_config(name: str) -> dict:
     """The real UNet configs (as ComfyUI detects them from the released checkpoints)."""
-    from comfy_models import sd15_unet_config, sdxl_unet_config
+    models = tiny_models()
+    sd15_unet_config, sdxl_unet_config = models.sd15_unet_config, models.sdxl_unet_config
 
     if name == "SD15":
         return sd15_unet_config(full_size=True)
@@ -70,7 +66,7 @@ def structural_footprint(diffusion_model, latent_hw: tuple[int, int]) -> list[tu
 def main():
     pack = import_pack()
     attention_patch = importlib.import_module(pack.__name__ + ".nodes.attention_patch")
-    from comfy_models import build_family
+    build_family = tiny_models().build_family
 
     from contextdiff import families
     from contextdiff.attention_store import store_bytes_per_frame

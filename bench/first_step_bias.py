@@ -20,17 +20,14 @@ Measured (both lines per step count): the difference A - B on a pure-noise start
 the whole effect of the bias (A - plain DDIM), for the exact Gaussian denoiser with an O(1) nonlinear ``r``
 and for a random tiny SD UNet with a small random adapter; and the inversion round trip sampled with A or B.
 
-Run: ``python bench/first_step_bias.py`` (CPU, about a minute; not part of ``python -m bench``).
+Run: ``python -m bench.first_step_bias`` (CPU, about a minute; not part of ``python -m bench``).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from devkit import comfyui, tiny_models
 
 
 class FirstStepWithoutBias:
@@ -84,7 +81,9 @@ def gaussian_case(ms, steps: int, calculate_sigmas) -> dict:
 def unet_case(ms_steps: int) -> dict:
     import comfy.sample
     import comfy.samplers
-    from comfy_models import build_sd15, random_conditioning
+
+    models = tiny_models()
+    build_sd15, random_conditioning = models.build_sd15, models.random_conditioning
 
     from contextdiff import sampling
     from contextdiff.adapter import AdapterConfig, ContextAdapter
@@ -113,11 +112,7 @@ def unet_case(ms_steps: int) -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
-    from trainer.comfy_env import ensure_comfy_importable
-
-    ensure_comfy_importable(cpu=True)
+    comfyui()
     import comfy.model_sampling
     import comfy.samplers
 

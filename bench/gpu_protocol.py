@@ -6,7 +6,7 @@
    frames vs target prompt) and CLIP-temp (consecutive and all pairs), with and without the adapter.
 2. Seconds per image for text-to-image with ContextDiffKSampler, adapter on and off, side by side.
 
-    python bench/gpu_protocol.py --checkpoint sd-v1-4.safetensors --clip-weights ViT-B-32.bin \\
+    python -m bench.gpu_protocol --checkpoint sd-v1-4.safetensors --clip-weights ViT-B-32.bin \\
         --edits edits.jsonl [--adapter my-adapter.safetensors] [--size 512] [--frames 8]
 
 Results go to stdout and docs/bench/gpu_protocol.json. Nothing is downloaded: every weight is a path.
@@ -18,14 +18,12 @@ import argparse
 import importlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+from devkit import ROOT, import_pack
 
 
 def main(argv=None):
@@ -38,8 +36,6 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-
-    from host import import_pack
 
     pack = import_pack()
     import comfy.cli_args

@@ -36,10 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-
-from shapesworld import judge, scoring, world  # noqa: E402
+from devkit import ROOT, import_pack
+from shapesworld import judge, scoring, world
 
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 RECIPE_COPY = "recipe.yaml"  # every model of a run trains from this copy, taken when the run starts
@@ -395,8 +393,6 @@ def edit_ablations(chosen: Settings) -> dict[str, tuple[str, Settings]]:
 
 
 def run(args) -> dict:
-    from host import import_pack
-
     pack = import_pack()
     for sub in ("paths", "joint", "samplers", "edit_runs", "video_runs"):
         __import__(f"{pack.__name__}.nodes.{sub}")
@@ -481,7 +477,7 @@ def run(args) -> dict:
 
 
 def report(result: dict, args) -> None:
-    from quality_report import write_report
+    from bench.quality_report import write_report
 
     result["seeds_done"] = len(result["per_seed"])
     result["aggregate"] = aggregate(result["per_seed"])

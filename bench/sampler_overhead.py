@@ -4,7 +4,7 @@ SD1.5-shaped UNet (model_channels 320, context 768, random weights), same steps,
 latent; runs alternate A/B so that machine noise hits both alike. Prints the median ratio and the
 parameter counts, and writes them to docs/benchmarks.md and docs/bench/sampler_overhead.json.
 
-    .venv/bin/python bench/sampler_overhead.py [--size 256] [--steps 8] [--repeats 3]
+    .venv/bin/python -m bench.sampler_overhead [--size 256] [--steps 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-
-from host import import_pack  # noqa: E402
-from report import write_section  # noqa: E402
+from bench.report import write_section
+from devkit import import_pack, tiny_models
 
 
 def main():
@@ -40,7 +35,9 @@ def main():
     import comfy.model_management
     import comfy.sample
     import torch
-    from comfy_models import build_sd15, random_conditioning
+
+    models = tiny_models()
+    build_sd15, random_conditioning = models.build_sd15, models.random_conditioning
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
 

@@ -5,7 +5,7 @@ step (the least of several repeats: waiting for a core is not CPU time, and the 
 least interference), and the wall time with the threads the trainer uses. The first is what sizes the
 recipe; the second is what a run takes on this machine right now, and the load average says how busy it was.
 
-    python bench/shapes_train.py [--variants] [--repeats 5]
+    python -m bench.shapes_train [--variants] [--repeats 5]
 
 Writes docs/bench/shapes_train.json.
 """
@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from devkit import ROOT, comfyui
 
 # name -> options changed from the recipe
 VARIANTS = {
@@ -65,9 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "shapes_train.json"))
     args = ap.parse_args(argv)
-    from trainer.comfy_env import ensure_comfy_importable
-
-    ensure_comfy_importable(cpu=True)
+    comfyui()
     from trainer.config import load_config
 
     threads = os.cpu_count() or 1

@@ -11,22 +11,17 @@ width keeps every layer and depth and scales the channels (the CPU's figures in 
 which). The SD1.5-only run at full width writes the ``train_step`` section, any other the
 ``train_step_families`` one.
 
-    .venv/bin/python bench/train_step.py [--families sd15,sdxl] [--model_channels 320] [--size 256] [--repeats 3]
+    .venv/bin/python -m bench.train_step [--families sd15,sdxl] [--model_channels 320] [--size 256] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-
-from host import import_comfy_cpu  # noqa: E402
-from report import write_section  # noqa: E402
+from bench.report import write_section
+from devkit import comfyui, tiny_models
 
 CONFIGS = {"sd15": "SD15", "sdxl": "SDXL"}
 
@@ -36,7 +31,9 @@ def build(family: str, model_channels: int, device):
     import comfy.model_base
     import comfy.supported_models
     import torch
-    from comfy_models import randomize, sd15_unet_config, sdxl_unet_config
+
+    models = tiny_models()
+    randomize, sd15_unet_config, sdxl_unet_config = models.randomize, models.sd15_unet_config, models.sdxl_unet_config
 
     if family == "sd15":
         cfg = sd15_unet_config(full_size=True)
@@ -52,7 +49,8 @@ def build(family: str, model_channels: int, device):
 
 def measure(family: str, args, device) -> dict:
     import torch
-    from comfy_models import family_conditioning
+
+    family_conditioning = tiny_models().family_conditioning
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.objective import contextual_x0_loss
@@ -143,7 +141,7 @@ def main():
         ap.error(f"--families: choose from {sorted(CONFIGS)}")
     if args.model_channels % 64:
         ap.error("--model_channels must be a multiple of 64 (64-channel attention heads, 32-group norms)")
-    import_comfy_cpu()
+    comfyui()
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -22,10 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import ROOT, ComfyServer, PromptError, ui_to_api  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
+from devkit.comfy_host import ROOT, ComfyServer, PromptError, ui_to_api
 
 RECIPE = ROOT / "trainer" / "configs" / "digits_joint.yaml"
 
@@ -186,7 +183,7 @@ def main(argv=None) -> int:
     if args.checkpoint:
         result = run_text_to_image(args, out_dir)
     elif args.demo == "shapes":
-        from shapes_demo import run_shapes
+        from scripts.shapes_demo import run_shapes
 
         result = ", ".join(str(p) for p in run_shapes(args, out_dir))
     else:

@@ -1,7 +1,7 @@
 """Pictures for the README from a trained digits model: an inversion reconstruction with class
 edits, and a video-edit frame strip. Real data (scikit-learn's digits), real method, CPU, seconds.
 
-    .venv/bin/python scripts/make_pictures.py [--checkpoint runs/digits/digits-contextdiff.safetensors]
+    .venv/bin/python -m scripts.make_pictures [--checkpoint runs/digits/digits-contextdiff.safetensors]
 """
 
 from __future__ import annotations
@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-from host import import_pack  # noqa: E402
+from devkit import ROOT, import_pack
 
 OUT = ROOT / "docs" / "images"
 

@@ -3,18 +3,16 @@
 Widget order, defaults and output types come from a live host's /object_info, so the files match
 what the frontend itself would save. Run after changing a node's inputs:
 
-    .venv/bin/python scripts/make_workflows.py
+    .venv/bin/python -m scripts.make_workflows
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import ROOT, ComfyServer, is_widget, node_inputs  # noqa: E402
+from devkit.comfy_host import ROOT, ComfyServer, is_widget, node_inputs
 
 OUT = ROOT / "workflows"
 

@@ -7,4 +7,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-exec "$VENV_PY" scripts/demo.py "$@"
+exec "$VENV_PY" -m scripts.demo "$@"

@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from comfy_host import ROOT, ComfyServer, ui_to_api
 from PIL import Image, ImageDraw, ImageFont
-from shapes_inputs import write_inputs
+
+from devkit.comfy_host import ROOT, ComfyServer, ui_to_api
+from devkit.shapes_inputs import write_inputs
 
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 CKPT = "shapes-contextdiff.safetensors"

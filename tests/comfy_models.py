@@ -1,7 +1,7 @@
 """Randomly initialised ComfyUI models for tests and benchmarks (no weights needed).
 
-Imports ComfyUI, so the caller must have put the host on ``sys.path`` and set it to the CPU
-(``tests/host.py`` does both).
+Imports ComfyUI, so the caller must have made the host importable and set it to the CPU first
+(``devkit.comfyui()`` does both; ``devkit.tiny_models()`` calls it and returns this module).
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Tests by layer: ``core/`` the method (torch; ComfyUI only imported as a reference to compare with),
 ``host/`` the pack inside ComfyUI (in-process or a real server on loopback), ``repo/`` the repository itself
-(docs, packaging, type hints). Shared helpers: ``helpers.py``; model builders: ``comfy_models.py``."""
+(docs, packaging, type hints). Shared helpers: ``helpers.py``; model builders: ``comfy_models.py``.
 
-import sys
+How the tests reach ComfyUI and the pack is ``devkit`` (pytest puts the repository root on the import path from
+pyproject.toml's ``pythonpath``, and this folder as the folder of this conftest, so ``helpers`` and
+``comfy_models`` import by their names)."""
+
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-sys.path.insert(0, str(TESTS.parent))
-sys.path.insert(0, str(TESTS.parent / "scripts"))
 
 
 def pytest_collection_modifyitems(items):
@@ -26,15 +26,15 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def comfy_inprocess():
     """ComfyUI's modules imported in this process, on the CPU."""
-    from host import import_comfy_cpu
+    from devkit import comfyui
 
-    return import_comfy_cpu()
+    return comfyui()
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real ComfyUI host for the session, with the pack and the test nodes loaded."""
-    from comfy_host import ComfyServer
+    from devkit.comfy_host import ComfyServer
 
     srv = ComfyServer(tmp_path_factory.mktemp("comfy"), [TESTS / "host_nodes" / "contextdiff_testing"])
     yield srv

@@ -9,8 +9,8 @@
   :func:`checkpoint_with_tiny_sdxl_clip` (a family checkpoint file with the tiny dual SDXL CLIP: the
   test checkpoints carry no text encoder; SDXL's are 0.8B parameters at fixed sizes).
 
-Model builders live in ``comfy_models.py`` and the in-process ComfyUI importers in ``host.py``: the
-benchmarks and the test nodes use those too.
+Model builders live in ``comfy_models.py`` (the benchmarks reach them through ``devkit.tiny_models``, the
+test nodes by name); ComfyUI in-process and the pack are ``devkit.comfyui`` and ``devkit.import_pack``.
 """
 
 from __future__ import annotations

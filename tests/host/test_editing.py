@@ -197,7 +197,8 @@ def test_edit_plan_warns_where_a_feature_works_only_in_part(change, words):
 @pytest.fixture(scope="module")
 def edit_env(comfy_inprocess):
     from comfy_models import build_sd15, build_tiny_clip
-    from host import import_pack
+
+    from devkit import import_pack
 
     pack = import_pack()
     runs = importlib.import_module(pack.__name__ + ".nodes.edit_runs")

@@ -264,7 +264,7 @@ def _forged(path: Path, **config) -> Path:
 )
 def test_forged_header_refused_before_allocating(server, adapters, config, message):
     """A tiny file declaring a huge or impossible architecture: one sentence, and the host's peak memory stays put."""
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     name = f"forged-{'-'.join(f'{k}{v}' for k, v in config.items())}.safetensors"
     path = _forged(adapters / name, **config)
@@ -297,7 +297,7 @@ def _diverged(path: Path, std: float) -> Path:
 )
 def test_huge_adapter_weights_are_blamed_on_the_adapter_not_misleading(server, adapters, std, message):
     """An adapter with huge weights: the message names the adapter file and the fix, not the model or fp16."""
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     name = f"diverged-{std:g}.safetensors"
     _diverged(adapters / name, std)

@@ -13,8 +13,9 @@ import itertools
 
 import pytest
 import torch
-from comfy_host import PromptError
 from safetensors.torch import load_file
+
+from devkit.comfy_host import PromptError
 
 STEPS = 3
 SIZE = 64  # pixels: an 8x8 latent
@@ -37,9 +38,9 @@ _ids = itertools.count()
 
 def checkpoint(server, name: str) -> str:
     """Write the checkpoint into the host's models/checkpoints once (they are large: write lazily)."""
-    from host import import_comfy_cpu
+    from devkit import comfyui
 
-    import_comfy_cpu()
+    comfyui()
     from comfy_models import save_family_checkpoint
 
     folder = server.models_dir / "checkpoints"

@@ -59,7 +59,8 @@ def test_sdxl_attention_blocks_are_all_patched(comfy_inprocess):
     """The editing hooks address every SDXL transformer block: 2 x 2 + 2 x 10 in, 10 in the middle, 3 x 2 +
     3 x 10 out, transformer indices up to 9."""
     from comfy_models import build_family
-    from host import import_pack
+
+    from devkit import import_pack
 
     pack = import_pack()
     import importlib
@@ -100,7 +101,8 @@ def test_sdxl_blend_mask_from_dual_encoder_tokens(server, picture):
 
 def test_blend_word_positions_agree_between_sdxl_encoders(comfy_inprocess):
     from comfy_models import build_tiny_sdxl_clip
-    from host import import_pack
+
+    from devkit import import_pack
 
     pack = import_pack()
     import importlib

@@ -230,7 +230,7 @@ def test_sampler_for_sampler_custom(server, adapters):
     ],
 )
 def test_bad_adapter_files_give_clear_errors(server, adapters, name, expected):
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     with pytest.raises(PromptError, match=None) as err:
         run_latent(server, graph(ours("ddim"), adapter=name))
@@ -383,7 +383,7 @@ def test_unsampling_flip_sigmas_matches_core_ddim_not_misleading(server, adapter
 
 @pytest.mark.parametrize("method, eta", [("ddpm", 0.0), ("ddim", 0.5)])
 def test_stochastic_unsampling_is_refused_by_name(server, adapters, method, eta):
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     with pytest.raises(PromptError) as err:
         run_latent(server, unsampling(cd_sampler(method, eta), adapter="live.safetensors"))
@@ -402,7 +402,7 @@ def test_stochastic_unsampling_is_refused_by_name(server, adapters, method, eta)
 def test_nan_options_are_refused_by_name_not_misleading(server, adapters, field, value, expected):
     """A NaN adapter_strength / eta passes ComfyUI's range check (NaN compares false; infinity is refused there);
     the sampler names it instead of reporting a NaN prediction blamed on the model or fp16."""
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     for node in (ours("ddim"), cd_sampler()):
         node["inputs"][field] = value
@@ -418,7 +418,7 @@ def test_nan_options_are_refused_by_name_not_misleading(server, adapters, field,
 
 
 def test_nan_prediction_of_an_fp32_model_is_not_blamed_on_fp16_misleading(server, adapters):
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     node = ours("ddim")
     node["inputs"]["model"] = ["nan_model", 0]

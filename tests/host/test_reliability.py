@@ -272,7 +272,7 @@ def _sampler_prompt(extra=None, poison=None, adapter="gentle.safetensors", seed=
     ],
 )
 def test_nan_inputs_are_named(server, adapters, poison, message):
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     with pytest.raises(PromptError) as err:
         server.run(_sampler_prompt(poison=poison))
@@ -281,7 +281,7 @@ def test_nan_inputs_are_named(server, adapters, poison, message):
 
 
 def test_wrong_latent_channels(server, adapters):
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     prompt = _sampler_prompt()
     prompt["latent"] = {"class_type": "ContextDiffTest_RandomLatent", "inputs": {"channels": 16, "size": 8}}
@@ -391,7 +391,7 @@ def test_missing_adapter_file(server, adapters):
     """A file listed by the loader but gone by the time it runs (or never there) is named, with the fix."""
     import shutil
 
-    from comfy_host import PromptError
+    from devkit.comfy_host import PromptError
 
     shutil.copy(adapters / "gentle.safetensors", adapters / "vanishing.safetensors")
     server.get("/object_info/ContextDiffAdapterLoader")  # listed

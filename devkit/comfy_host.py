@@ -1,7 +1,8 @@
 """A real ComfyUI host on loopback, with the pack loaded the way ComfyUI loads custom nodes, and the
 conversion of UI-format workflows (what users drag onto the canvas) to the API format it runs.
 
-Used by the demo (scripts/demo.py) and the tests.
+Used by the demos (scripts/demo.py, scripts/shapes_demo.py), scripts/make_workflows.py and the tests' ``server``
+fixture. ComfyUI is the one :func:`trainer.comfy_env.find_comfyui` finds.
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from trainer.comfy_env import find_comfyui
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "ContextDiff-ComfyUI"
 # Frontend-only nodes: they never reach the server.
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def comfyui_dir() -> Path:
-    path = Path(os.environ.get("COMFYUI_DIR", ROOT / ".cache" / "comfyui"))
-    if not (path / "main.py").is_file():
-        raise RuntimeError(f"No ComfyUI at {path}: run scripts/bootstrap.sh or set COMFYUI_DIR")
-    return path
 
 
 def free_port() -> int:
@@ -96,7 +92,7 @@ class ComfyServer:
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=comfyui_dir(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, cwd=find_comfyui(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

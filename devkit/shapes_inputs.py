@@ -7,17 +7,12 @@ frames as an IMAGE batch, losslessly. Both come from ``shapesworld`` and are the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from shapesworld import world  # noqa: E402
+from shapesworld import world
 
 IMAGE_NAME = "shapes_source.png"
 CLIP_NAME = "shapes_clip.png"
