@@ -8,30 +8,15 @@ import comfy.model_patcher
 import comfy.sd
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
+from ..contextdiff.class_labels import batch_note, parse_labels
 from ..contextdiff.joint_model import ClassEmbedding
 from ..hostside.joint_checkpoints import load_joint, load_text_joint
+from . import pixel_grid
 from .adapter_loader import ContextDiffAdapterLoader
 from .paths import FOLDER
 from .types import Adapter, Classes, LoadedAdapter
-
-
-def parse_classes(text: str, num_classes: int) -> list[int]:
-    """'0-9' or '3, 5, 7' or '-1' (the null class) -> label list."""
-    labels = []
-    for part in [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]:
-        if "-" in part[1:]:
-            lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
-            labels.extend(range(int(lo), int(hi) + 1))
-        else:
-            labels.append(int(part))
-    if not labels:
-        raise ValueError("no class given: write e.g. '7', '0-9' or '1, 3, 5' (-1 = unconditional)")
-    bad = [c for c in labels if not -1 <= c < num_classes]
-    if bad:
-        raise ValueError(f"classes {bad} are outside 0..{num_classes - 1} (or -1 for unconditional)")
-    return [num_classes if c == -1 else c for c in labels]
 
 
 def checkpoint_input(tooltip: str) -> io.Combo.Input:
@@ -134,21 +119,38 @@ class ContextDiffClassConditioning(io.ComfyNode):
             display_name="ContextDiff Class Conditioning",
             category="conditioning/contextdiff",
             description="Class labels as conditioning tokens (paper §4.3, class-to-image). One label per latent in "
-            "the batch, repeated to fill it; -1 is the null class (use it as the negative).",
+            "the batch, repeated to fill it; -1 is the null class (use it as the negative). The node's text "
+            "lists the labels and, with the latent connected, which label each sample gets.",
             inputs=[
                 Classes.Input("classes", tooltip="The class tokens from Load ContextDiff Joint Model."),
-                io.String.Input("labels", default="0-9", tooltip="e.g. '7', '0-9', '1, 3, 5', '-1'"),
+                io.String.Input("labels", default="0-9", tooltip="e.g. '7', '0-9', '9-0' (downwards), '1, 3, 5', '-1'"),
                 io.Int.Input("repeat", default=1, min=1, max=1024, tooltip="Each label this many times."),
+                io.Latent.Input(
+                    "latent",
+                    optional=True,
+                    tooltip="Optional: the latent these labels condition; the node's text then says which label "
+                    "each sample gets (ComfyUI repeats the labels over a larger batch, cuts them for a smaller one).",
+                ),
             ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, classes: ClassEmbedding, labels: str, repeat: int) -> io.NodeOutput:
-        idx = torch.tensor(parse_classes(labels, classes.num_classes)).repeat_interleave(repeat)
+    def execute(cls, classes: ClassEmbedding, labels: str, repeat: int, latent: dict | None = None) -> io.NodeOutput:
+        named = parse_labels(labels, classes.num_classes)
+        count, width = len(named) * repeat, classes.embed.weight.shape[1] * classes.embed.weight.element_size()
+        free = comfy.model_management.get_free_memory(torch.device("cpu"))
+        if count * width > free:
+            raise MemoryError(
+                f"{len(named)} labels {repeat} times each need {count * width / 1e9:.1f} GB of class tokens, more "
+                f"than the {free / 1e9:.1f} GB free: lower repeat (one label per latent is enough)"
+            )
+        parsed = [c for c in named for _ in range(repeat)]
+        idx = torch.tensor([classes.num_classes if c == -1 else c for c in parsed])
         with torch.no_grad():
             tokens = classes(idx)
-        return io.NodeOutput([[tokens, {}]])
+        batch = int(latent["samples"].shape[0]) if latent is not None else None
+        return io.NodeOutput([[tokens, {}]], ui=ui.PreviewText(batch_note(parsed, batch)))
 
 
 class ContextDiffPixelsToImage(io.ComfyNode):
@@ -159,27 +161,25 @@ class ContextDiffPixelsToImage(io.ComfyNode):
             display_name="ContextDiff Pixels To Image",
             category="latent/contextdiff",
             description="Shows a pixel-space latent (joint models have no VAE): [-1, 1] to an IMAGE, optionally "
-            "as one grid, enlarged for viewing.",
+            "as one grid, enlarged for viewing. An image that would not fit in memory, or is wider or taller "
+            "than ComfyUI's 16384 pixels, is refused before anything is allocated.",
             inputs=[
                 io.Latent.Input("samples", tooltip="Pixel-space latents of a joint model."),
                 io.Int.Input("scale", default=8, min=1, max=64, tooltip="Nearest-neighbour enlargement."),
-                io.Int.Input("grid_columns", default=0, min=0, max=256, tooltip="0 = a batch of images."),
+                io.Int.Input(
+                    "grid_columns",
+                    default=0,
+                    min=0,
+                    max=256,
+                    tooltip="0 = a batch of images; more columns than latents gives one row.",
+                ),
             ],
             outputs=[io.Image.Output()],
         )
 
     @classmethod
     def execute(cls, samples: dict, scale: int, grid_columns: int) -> io.NodeOutput:
-        x = samples["samples"].float().clamp(-1, 1).add(1).div(2)
-        x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
-        if scale > 1:
-            x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
-        if grid_columns:
-            n, c, h, w = x.shape
-            rows = -(-n // grid_columns)
-            canvas = torch.ones(c, rows * (h + scale), grid_columns * (w + scale))
-            for i in range(n):
-                r, col = divmod(i, grid_columns)
-                canvas[:, r * (h + scale) : r * (h + scale) + h, col * (w + scale) : col * (w + scale) + w] = x[i]
-            x = canvas[None]
-        return io.NodeOutput(x.permute(0, 2, 3, 1).contiguous())
+        x = samples["samples"]
+        free = comfy.model_management.get_free_memory(torch.device("cpu"))
+        pixel_grid.check_fits(tuple(x.shape), scale, grid_columns, free)
+        return io.NodeOutput(pixel_grid.to_image(x, scale, grid_columns))
