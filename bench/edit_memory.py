@@ -69,7 +69,7 @@ def edit_plan(runs, steps: int):
     """Self-attention fusion, the cross-attention of 76 shared tokens and a blend word: the full edit."""
     from contextdiff.edit_plan import EditPlan
 
-    plan = runs.plan_edit(steps=steps, fuse_start=0.5)
+    plan = runs.plan_edit(runs.EditSettings(), runs.InversionSettings(steps=steps, fuse_start=0.5))
     return EditPlan(
         fuse=True,
         shared_tokens=[(i, i) for i in range(77) if i != 5],
@@ -107,7 +107,8 @@ def child(kind: str, size: int, steps: int, frames: int) -> dict:
                 seed=1,
             )
         else:
-            source = runs.invert(model, latent, src, steps=steps, frames=frames if frames > 1 else None)
+            settings = runs.InversionSettings(steps=steps)
+            source = runs.invert(model, latent, src, settings, frames=frames if frames > 1 else None)
             runs.edit(model, source, tgt, plan=edit_plan(runs, steps), negative=neg, cfg=CFG)
     seconds = time.perf_counter() - t
     peak = _status_kib("VmHWM") * 1024
@@ -172,15 +173,10 @@ def store_sizes(args) -> dict:
 
     measured = {}
     for store_maps in (False, True):
-        source = runs.invert(
-            model,
-            latent,
-            src,
-            steps=args.steps,
-            store_maps=store_maps,
-            store_dtype=torch.float32 if store_maps else torch.float16,
-            frames=args.frames,
+        settings = runs.InversionSettings(
+            steps=args.steps, store_maps=store_maps, store_dtype=torch.float32 if store_maps else torch.float16
         )
+        source = runs.invert(model, latent, src, settings, frames=args.frames)
         out = runs.edit(model, source, tgt, plan=edit_plan(runs, args.steps), negative=neg, cfg=CFG).samples
         measured[store_maps] = {"bytes": source.store.nbytes(), "out": out}
         del source

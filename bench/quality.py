@@ -200,27 +200,20 @@ def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: S
 
     runs = pack.nodes.edit_runs
     pos_src, pos_tgt, neg = (encode(b.clip, [t]) for t in (task.source_caption, task.target_caption, ""))
-    inv = runs.invert(
-        b.model,
-        {"samples": to_latent(source[None])},
-        pos_src,
-        steps=s.steps,
-        cfg=1.0,
-        adapter=b.adapter,
-        strength=s.strength,
-        fuse_start=s.fuse_start,
-        store_dtype=torch.float16,
+    inversion = runs.InversionSettings(
+        steps=s.steps, cfg=1.0, fuse_start=s.fuse_start, strength=s.strength, store_dtype=torch.float16
     )
-    plan = runs.plan_edit(
-        steps=s.steps,
-        fuse_start=s.fuse_start,
-        fuse=s.fuse,
-        clip=b.clip,
+    inv = runs.invert(b.model, {"samples": to_latent(source[None])}, pos_src, inversion, adapter=b.adapter)
+    edit = runs.EditSettings(
+        cfg=s.cfg,
         source_prompt=task.source_caption,
         target_prompt=task.target_caption,
         blend_words=task.blend_words if (s.blend and s.fuse) else "",
         blend_threshold=s.blend_threshold,
+        fuse=s.fuse,
+        strength=s.strength,
     )
+    plan = runs.plan_edit(edit, inversion, b.clip)
     res = runs.edit(b.model, inv, pos_tgt, plan=plan, negative=neg, cfg=s.cfg, adapter=b.adapter, strength=s.strength)
     return to_images(res.samples)[0]
 
@@ -230,23 +223,19 @@ def edit_clip(pack, b: Bundle, task: scoring.ClipEditTask, s: Settings) -> np.nd
     import torch
 
     frames = torch.from_numpy(task.source.frames).float() / 255.0
-    out, _ = pack.nodes.video_runs.edit_video(
-        b.model,
-        b.vae,
-        b.clip,
-        frames,
+    editing = pack.contextdiff.editing
+    edit = editing.EditSettings(
+        cfg=s.cfg,
         source_prompt=task.source_caption,
         target_prompt=task.target_caption,
         blend_words=task.blend_words if s.blend else "",
-        steps=s.steps,
-        cfg=s.cfg,
-        fuse_start=s.fuse_start,
         blend_threshold=s.blend_threshold,
-        chunk_size=s.chunk_size,
-        overlap=0 if s.chunk_size == 1 else 2,
-        budget_bytes=16e9,
-        adapter=b.adapter,
         strength=s.strength,
+    )
+    inversion = editing.InversionSettings(steps=s.steps, fuse_start=s.fuse_start, strength=s.strength)
+    video = editing.VideoSettings(edit, inversion, chunk_size=s.chunk_size, overlap=0 if s.chunk_size == 1 else 2)
+    out, _ = pack.nodes.video_runs.edit_video(
+        b.model, b.vae, b.clip, frames, video, budget_bytes=16e9, adapter=b.adapter
     )
     return (out.clamp(0, 1) * 255).round().byte().numpy()
 

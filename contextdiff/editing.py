@@ -1,5 +1,5 @@
-"""Inversion-then-edit bookkeeping that is independent of the host: steps, the fused window, what
-inversion hands to editing.
+"""Inversion-then-edit bookkeeping that is independent of the host: the settings of the inversion, the edit and
+the video edit (each built once from a node's inputs), the fused window, and what inversion hands to editing.
 
 ``t in [fuse_start * T, T]`` (paper §4.2: fuse_start = 0.5, T = 20 DDIM steps) are the first
 ``(1 - fuse_start)`` of the sampling steps, counted from the noisiest.
@@ -7,12 +7,18 @@ inversion hands to editing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from .attention_store import AttentionStore
+from .errors import PackError
+
+
+class EditSourceMismatch(PackError):
+    """An edit source used with another model, adapter or strength than the one that made it."""
 
 
 class StepIndex:
@@ -40,25 +46,174 @@ def trajectory_recorder(store_latents: dict, step_of: Callable[[float], int | No
     """An inversion callback keeping the inverted latent at every level (k-space) by step index."""
 
     def callback(info: dict) -> None:
-        step = step_of(float(info["sigma"]))
+        # The inversion passes its level as a host float: reading the device's sigma would block every step.
+        step = step_of(info["sigma_host"] if "sigma_host" in info else float(info["sigma"]))
         if step is not None:
             store_latents[step] = info["x"].detach().clone()
 
     return callback
 
 
-@dataclass
-class Inversion:
-    """What inversion hands to editing (it travels on the ``CONTEXTDIFF_EDIT_SOURCE`` socket).
+@dataclass(frozen=True)
+class InversionSettings:
+    """How an inversion is run; the edit samples the same schedule and fuses the same window."""
 
-    ``settings`` records how it was made (steps, cfg, fuse_start, adapter name and strength), so
-    that an edit run with different settings can say so.
+    steps: int = 20
+    scheduler: str = "ddim_uniform"
+    cfg: float = 1.0
+    fuse_start: float = 0.5
+    refine_steps: int = 0
+    strength: float = 1.0  # adapter_strength
+    store_dtype: torch.dtype = torch.float16
+    store_maps: bool = False
+
+    @cached_property
+    def fused_steps(self) -> frozenset[int]:
+        """The fused sampling steps (:func:`fused_steps`), computed once per settings object."""
+        return frozenset(fused_steps(self.steps, self.fuse_start))
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, object]) -> InversionSettings:
+        """From the inversion node's inputs (``adapter_strength``, ``store_precision`` named as the node names them)."""
+        return cls(
+            steps=int(inputs["steps"]),
+            scheduler=str(inputs["scheduler"]),
+            cfg=float(inputs["cfg"]),
+            fuse_start=float(inputs["fuse_start"]),
+            refine_steps=int(inputs["refine_steps"]),
+            strength=float(inputs["adapter_strength"]),
+            store_dtype=torch.float16 if inputs["store_precision"] == "fp16" else torch.float32,
+        )
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """The edit sampler's settings: guidance, the prompt texts, what is fused and the adapter strength."""
+
+    cfg: float = 7.5
+    source_prompt: str = ""
+    target_prompt: str = ""
+    blend_words: str = ""
+    blend_threshold: float = 0.3
+    fuse: bool = True  # the node's fuse_attention
+    strength: float = 1.0  # adapter_strength
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, object]) -> EditSettings:
+        """From a node's inputs, named as the Edit Sampler and the Video Edit node name them."""
+        return cls(
+            cfg=float(inputs["cfg"]),
+            source_prompt=str(inputs["source_prompt"]),
+            target_prompt=str(inputs["target_prompt"]),
+            blend_words=str(inputs["blend_words"]),
+            blend_threshold=float(inputs["blend_threshold"]),
+            fuse=bool(inputs.get("fuse_attention", True)),
+            strength=float(inputs["adapter_strength"]),
+        )
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """The video edit node's settings: its inversion, its edit, the frames it reads and how it chunks them."""
+
+    edit: EditSettings
+    inversion: InversionSettings
+    max_frames: int = 24
+    frame_stride: int = 1
+    size: int = 512
+    chunk_size: int = 8
+    overlap: int = 2
+    memory_limit_gb: float = 0.0
+    save_mp4: bool = False
+    filename_prefix: str = "contextdiff/edit"
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping[str, object]) -> VideoSettings:
+        """From the video edit node's inputs. Its inversion is classic DDIM (cfg 1, fp16 store) on ``ddim_uniform``."""
+        edit = EditSettings.from_inputs(inputs)
+        inversion = InversionSettings(
+            steps=int(inputs["steps"]), fuse_start=float(inputs["fuse_start"]), strength=edit.strength
+        )
+        names = ("max_frames", "frame_stride", "size", "chunk_size", "overlap")
+        return cls(
+            edit=edit,
+            inversion=inversion,
+            **{name: int(inputs[name]) for name in names},
+            memory_limit_gb=float(inputs["memory_limit_gb"]),
+            save_mp4=bool(inputs["save_mp4"]),
+            filename_prefix=str(inputs["filename_prefix"]),
+        )
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a diffusion model computes with, cheaply: digests of a sample of its own weights, of its weight
+    patches (LoRA, merges: keys, strengths and sampled values) and of its noise schedule (model_sampling)."""
+
+    weights: str
+    patches: str
+    patch_count: int
+    sampling: str
+
+
+@dataclass(frozen=True)
+class EditIdentity:
+    """What made an edit source: the model, the adapter (file name and content digest) and its strength.
+
+    Without an adapter (or at strength 0) there is no bias: ``adapter`` is then ``None`` and ``strength`` 0.
     """
+
+    model: ModelIdentity
+    adapter: str | None = None
+    adapter_digest: str | None = None
+    strength: float = 0.0
+
+    def mismatch(self, edit: EditIdentity) -> str | None:
+        """One sentence naming what differs between this inversion's identity and the edit's, or ``None``."""
+        same_model = "connect the model of the inversion to the edit sampler, or invert again with this one"
+        if self.model.weights != edit.model.weights:
+            return f"the edit_source was inverted with another model (its UNet weights differ): {same_model}"
+        if self.model.patches != edit.model.patches:
+            other = " with other values" if self.model.patch_count == edit.model.patch_count else ""
+            return (
+                f"the edit_source was inverted with {self.model.patch_count} weight patches on the model (LoRA, "
+                f"merges), this model has {edit.model.patch_count}{other}: {same_model}"
+            )
+        if self.model.sampling != edit.model.sampling:
+            return (
+                "the edit_source was inverted with another noise schedule (model_sampling, e.g. a ModelSampling "
+                f"node on one of the two models): {same_model}"
+            )
+        if (self.adapter, self.adapter_digest) != (edit.adapter, edit.adapter_digest):
+            inv, ed = self.adapter or "none", edit.adapter or "none"
+            if inv == ed:
+                inv, ed = f"{inv} (one file's content)", f"{ed} (another's)"
+            return (
+                f"the edit_source was inverted with adapter {inv}, the edit uses {ed}: connect the same adapter "
+                "(and adapter_strength) to both nodes for a faithful reconstruction"
+            )
+        if self.strength != edit.strength:
+            return (
+                f"the edit_source was inverted with adapter_strength {self.strength:g}, the edit uses "
+                f"{edit.strength:g}: use the same strength on both nodes for a faithful reconstruction"
+            )
+        return None
+
+    def require_match(self, edit: EditIdentity) -> None:
+        """Raise :class:`EditSourceMismatch` naming the first difference."""
+        problem = self.mismatch(edit)
+        if problem:
+            raise EditSourceMismatch(problem)
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """What inversion hands to editing (it travels on the ``CONTEXTDIFF_EDIT_SOURCE`` socket)."""
 
     noise: torch.Tensor  # inverted x_T as unit-variance noise (model space), ComfyUI's noise convention
     store: AttentionStore
     sigmas: torch.Tensor  # descending sampling schedule, ends at 0
-    latent_shape: tuple
-    frames: int | None
-    fuse_start: float
-    settings: dict = field(default_factory=dict)
+    latent_shape: tuple[int, ...]
+    frames: int | None  # frames attending to each other (sparse-causal), None for images
+    settings: InversionSettings
+    identity: EditIdentity

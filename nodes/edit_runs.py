@@ -23,8 +23,9 @@ from ..contextdiff.attention_fusion import AttentionEditor
 from ..contextdiff.attention_store import AttentionStore
 from ..contextdiff.blend_mask import BlendMask, latent_blend
 from ..contextdiff.edit_plan import EditInputError, EditPlan
-from ..contextdiff.editing import Inversion, StepIndex, fused_steps, trajectory_recorder
+from ..contextdiff.editing import EditSettings, Inversion, InversionSettings, StepIndex, trajectory_recorder
 from .attention_patch import attention_blocks, patched
+from .model_identity import edit_identity
 from .prompt_tokens import prompt_tokens
 from .sampler_function import contextdiff_ksampler, inversion_ksampler
 
@@ -61,6 +62,14 @@ def _negative_or_empty(positive: list, negative: list | None) -> list:
     ]
 
 
+class Guidance(NamedTuple):
+    """The conditionings and the guidance scale of a run (no negative: the positive zeroed out)."""
+
+    positive: list
+    negative: list | None
+    cfg: float
+
+
 def run_patched(
     model: ModelPatcher,
     editor: AttentionEditor,
@@ -68,12 +77,11 @@ def run_patched(
     noise: torch.Tensor,
     latent: torch.Tensor,
     sigmas: torch.Tensor,
-    positive: list,
-    negative: list | None,
-    cfg: float,
+    guidance: Guidance,
 ) -> torch.Tensor:
     """ComfyUI's custom sampling of ``latent`` (``noise`` added at ``sigmas[0]``) with ``editor``'s attention hooks
     on a clone of ``model``, a latent preview and the progress bar: what the inversion and the edit share."""
+    positive, negative, cfg = guidance
     return comfy.sample.sample_custom(
         patched(model, editor),
         noise,
@@ -101,85 +109,66 @@ def invert(
     model: ModelPatcher,
     latent: dict,
     positive: list,
+    settings: InversionSettings,
     *,
     negative: list | None = None,
-    steps: int = 20,
-    scheduler: str = "ddim_uniform",
-    cfg: float = 1.0,
     adapter: LoadedAdapter | None = None,
-    strength: float = 1.0,
-    refine_steps: int = 0,
-    fuse_start: float = 0.5,
-    store_dtype: torch.dtype = torch.float16,
-    store_maps: bool = False,
     frames: int | None = None,
 ) -> Inversion:
-    """Bias-aware DDIM inversion of ``latent`` with the source attention recorded."""
+    """Bias-aware DDIM inversion of ``latent`` with the source attention recorded; ``frames`` > 1 attend to each
+    other (sparse-causal, a video chunk)."""
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    sigmas = schedule(model, scheduler, steps)
+    identity = edit_identity(model, adapter, settings.strength)
+    sigmas = schedule(model, settings.scheduler, settings.steps)
     step_of = StepIndex(sigmas)
     store = AttentionStore(
-        fused_steps(steps, fuse_start),
-        store_maps=store_maps,
-        dtype=store_dtype,
+        settings.fused_steps,
+        store_maps=settings.store_maps,
+        dtype=settings.store_dtype,
         device=comfy.model_management.intermediate_device(),
     )
     editor = AttentionEditor(store, "record", step_of, frames=frames)
     sampler = inversion_ksampler(
-        adapter, strength, frames, refine_steps=refine_steps, trajectory=trajectory_recorder(store.latents, step_of)
+        adapter,
+        settings.strength,
+        frames,
+        refine_steps=settings.refine_steps,
+        trajectory=trajectory_recorder(store.latents, step_of),
     )
     out = run_patched(
-        model, editor, sampler, torch.zeros_like(samples), samples, sigmas.flip(0), positive, negative, cfg
+        model,
+        editor,
+        sampler,
+        torch.zeros_like(samples),
+        samples,
+        sigmas.flip(0),
+        Guidance(positive, negative, settings.cfg),
     )
     x_top = model.model.process_latent_in(out)  # undo the guider's process_latent_out: this is noise, not an image
-    settings = {
-        "steps": steps,
-        "scheduler": scheduler,
-        "cfg": cfg,
-        "fuse_start": fuse_start,
-        "adapter": adapter.name if adapter is not None else None,
-        "strength": strength,
-    }
     return Inversion(
         noise=(x_top / noise_scale(model, sigmas[0])).cpu(),
         store=store,
         sigmas=sigmas,
         latent_shape=tuple(samples.shape),
         frames=frames,
-        fuse_start=fuse_start,
         settings=settings,
+        identity=identity,
     )
 
 
-def plan_edit(
-    *,
-    steps: int,
-    fuse_start: float,
-    fuse: bool = True,
-    clip: CLIP | None = None,
-    source_prompt: str = "",
-    target_prompt: str = "",
-    blend_words: str = "",
-    blend_threshold: float = 0.3,
-) -> EditPlan:
+def plan_edit(settings: EditSettings, inversion: InversionSettings, clip: CLIP | None = None) -> EditPlan:
     """What the edit will fuse, checked before any computation (see :func:`contextdiff.edit_plan.plan_edit`)."""
     return edit_plan.plan_edit(
-        fuse=fuse,
-        fused_step_count=len(fused_steps(steps, fuse_start)),
-        inversion_steps=steps,
-        fuse_start=fuse_start,
+        settings,
+        inversion,
+        source=prompt_tokens(clip, settings.source_prompt, settings.blend_words),
+        target=prompt_tokens(clip, settings.target_prompt, settings.blend_words),
         has_clip=clip is not None,
-        source_prompt=source_prompt,
-        target_prompt=target_prompt,
-        source=prompt_tokens(clip, source_prompt, blend_words),
-        target=prompt_tokens(clip, target_prompt, blend_words),
-        blend_words=blend_words,
-        blend_threshold=blend_threshold,
     )
 
 
-def check_source_fits(model: ModelPatcher, source: Inversion) -> None:
-    """Refuse an edit source that this model cannot fuse (recorded on another model)."""
+def check_source_fits(model: ModelPatcher, source: Inversion, adapter: LoadedAdapter | None, strength: float) -> None:
+    """Refuse an edit source made by another model, adapter or strength than this edit's, naming the difference."""
     channels = model.model.latent_format.latent_channels
     if len(source.latent_shape) < 2 or source.latent_shape[1] != channels:
         raise EditInputError(
@@ -192,6 +181,7 @@ def check_source_fits(model: ModelPatcher, source: Inversion) -> None:
             "the edit_source was recorded on another model (its attention layers do not match this "
             "model's): connect the same model to the inversion and the edit sampler"
         )
+    source.identity.require_match(edit_identity(model, adapter, strength))
 
 
 def edit(
@@ -206,11 +196,8 @@ def edit(
     strength: float = 1.0,
 ) -> EditResult:
     """Sample from the inverted noise with the target prompt, fusing the source attention as ``plan`` says."""
-    check_source_fits(model, source)
+    check_source_fits(model, source, adapter, strength)
     warnings = list(plan.warnings)
-    warnings += edit_plan.settings_warnings(
-        source.settings, {"adapter": adapter.name if adapter else None, "strength": strength}
-    )
     step_of = StepIndex(source.sigmas)
     blend = BlendMask(plan.blend_target, plan.blend_source, plan.blend_threshold) if plan.fuse else None
     editor = AttentionEditor(
@@ -224,7 +211,8 @@ def edit(
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post, start_has_bias=True)
     zeros = torch.zeros(source.latent_shape)
-    out = run_patched(model, editor, sampler, source.noise.clone(), zeros, source.sigmas, positive, negative, cfg)
+    guidance = Guidance(positive, negative, cfg)
+    out = run_patched(model, editor, sampler, source.noise.clone(), zeros, source.sigmas, guidance)
     if plan.fuse and not (editor.fused or editor.missing):
         warnings.append(
             "no attention layer was fused (the sampling steps did not meet the inversion's schedule): "

@@ -6,11 +6,10 @@ import logging
 from typing import TYPE_CHECKING
 
 import comfy.samplers
-import torch
 from comfy_api.latest import io, ui
 
-from ..contextdiff.editing import Inversion
-from . import edit_runs, inputs
+from ..contextdiff.editing import EditSettings, Inversion, InversionSettings
+from . import edit_graph, edit_runs, inputs
 from .types import EditSource
 
 if TYPE_CHECKING:
@@ -91,6 +90,8 @@ class ContextDiffDDIMInversion(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True, tooltip="Only used when cfg != 1."),
             ],
             outputs=[io.Latent.Output(display_name="noise"), EditSource.Output(display_name="edit_source")],
+            # The graph says what the Edit Samplers fed by this node will do: checked before inverting.
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -99,33 +100,16 @@ class ContextDiffDDIMInversion(io.ComfyNode):
         model: ModelPatcher,
         latent: dict,
         positive: list,
-        steps: int,
-        scheduler: str,
-        cfg: float,
-        fuse_start: float,
-        refine_steps: int,
-        store_precision: str,
-        adapter_strength: float,
         adapter: LoadedAdapter | None = None,
         negative: list | None = None,
+        **widgets: object,
     ) -> io.NodeOutput:
+        settings = InversionSettings.from_inputs(widgets)
+        edit_graph.check_before_inverting(cls.hidden.prompt, cls.hidden.unique_id, settings)
         warnings = []
-        if negative is not None and cfg == 1.0:
+        if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")
-        source = edit_runs.invert(
-            model,
-            latent,
-            positive,
-            negative=negative,
-            steps=steps,
-            scheduler=scheduler,
-            cfg=cfg,
-            adapter=adapter,
-            strength=adapter_strength,
-            refine_steps=refine_steps,
-            fuse_start=fuse_start,
-            store_dtype=torch.float16 if store_precision == "fp16" else torch.float32,
-        )
+        source = edit_runs.invert(model, latent, positive, settings, negative=negative, adapter=adapter)
         return io.NodeOutput({"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings))
 
 
@@ -161,6 +145,7 @@ class ContextDiffEditSampler(io.ComfyNode):
                 io.Latent.Output(tooltip="The edited latent."),
                 io.Mask.Output(display_name="blend_mask", tooltip="Where the edit was allowed (image size)."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to compare the typed prompts with the encoded ones
         )
 
     @classmethod
@@ -170,36 +155,24 @@ class ContextDiffEditSampler(io.ComfyNode):
         edit_source: Inversion,
         positive: list,
         negative: list,
-        cfg: float,
-        source_prompt: str,
-        target_prompt: str,
-        blend_words: str,
-        blend_threshold: float,
-        fuse_attention: bool,
-        adapter_strength: float,
         adapter: LoadedAdapter | None = None,
         clip: CLIP | None = None,
         vae: VAE | None = None,
+        **widgets: object,
     ) -> io.NodeOutput:
-        plan = edit_runs.plan_edit(
-            steps=int(edit_source.settings.get("steps", len(edit_source.sigmas) - 1)),
-            fuse_start=edit_source.fuse_start,
-            fuse=fuse_attention,
-            clip=clip,
-            source_prompt=source_prompt,
-            target_prompt=target_prompt,
-            blend_words=blend_words,
-            blend_threshold=blend_threshold,
-        )
+        settings = EditSettings.from_inputs(widgets)
+        prompt = cls.hidden.prompt
+        edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)
+        plan = edit_runs.plan_edit(settings, edit_source.settings, clip)
         result = edit_runs.edit(
             model,
             edit_source,
             positive,
             plan=plan,
             negative=negative,
-            cfg=cfg,
+            cfg=settings.cfg,
             adapter=adapter,
-            strength=adapter_strength,
+            strength=settings.strength,
         )
         mask = edit_runs.mask_image(result.mask, result.samples, edit_runs.pixel_ratio(model, vae))
         return io.NodeOutput({"samples": result.samples}, mask, ui=report("ContextDiff Edit Sampler", result.warnings))

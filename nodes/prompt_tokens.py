@@ -3,9 +3,12 @@ words sit in them, and prompt encoding for nodes that take text instead of condi
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from ..contextdiff.edit_plan import PromptTokens, split_words
+from comfy.sd1_clip import escape_important, token_weights, unescape_important
+
+from ..contextdiff.edit_plan import CHUNK_TOKENS, PromptTokens, split_words
 
 if TYPE_CHECKING:
     from comfy.sd import CLIP
@@ -34,15 +37,30 @@ def word_positions(clip: CLIP, prompt_ids: list[int], word: str) -> list[int]:
     return sorted(set(found))
 
 
+def _late_positions(clip: CLIP, chunks: list, word: str) -> list[int]:
+    """Where ``word`` occurs past the first chunk, counted in the prompt's tokens from 1 (start tokens not counted)."""
+    found = []
+    for c, chunk in enumerate(chunks[1:], start=1):
+        found += [c * CHUNK_TOKENS + p for p in word_positions(clip, [int(t[0]) for t in chunk], word)]
+    return found
+
+
 def prompt_tokens(clip: CLIP | None, text: str, blend_words: str) -> PromptTokens | None:
     """The prompt's token ids and the positions of each blend word (``None`` without CLIP or text)."""
     if clip is None or not text.strip():
         return None
     chunks = _first_encoder(clip.tokenize(text))
     ids = [int(t[0]) for t in chunks[0]]
-    return PromptTokens(
-        ids=ids, word_positions={w: word_positions(clip, ids, w) for w in split_words(blend_words)}, chunks=len(chunks)
-    )
+    positions = {w: word_positions(clip, ids, w) for w in split_words(blend_words)}
+    late = {w: _late_positions(clip, chunks, w) for w, p in positions.items() if not p and len(chunks) > 1}
+    return PromptTokens(ids=ids, word_positions=positions, chunks=len(chunks), late_positions=late)
+
+
+def spoken_words(text: str) -> str:
+    """What a CLIP tokenizer reads of a prompt: its words and punctuation in lower case, weights such as
+    ``(cat:1.2)`` removed (ComfyUI's own parser), whitespace ignored."""
+    parts = " ".join(unescape_important(part) for part, _ in token_weights(escape_important(text), 1.0))
+    return " ".join(re.findall(r"\w+|[^\w\s]", parts.lower()))
 
 
 def encode_prompt(clip: CLIP, text: str) -> list:

@@ -10,6 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..contextdiff.editing import VideoSettings
 from ..media.video import VideoError, file_fingerprint, read_video, safe_input_path, write_video
 from . import inputs, video_runs
 from .editing import MODEL_TIP, report
@@ -151,27 +152,13 @@ class ContextDiffVideoEdit(io.ComfyNode):
         model: ModelPatcher,
         vae: VAE,
         clip: CLIP,
-        source_prompt: str,
-        target_prompt: str,
-        blend_words: str,
-        steps: int,
-        cfg: float,
-        fuse_start: float,
-        blend_threshold: float,
-        max_frames: int,
-        frame_stride: int,
-        size: int,
-        chunk_size: int,
-        overlap: int,
-        memory_limit_gb: float,
-        save_mp4: bool,
-        filename_prefix: str,
-        adapter_strength: float,
         images: torch.Tensor | None = None,
         video: str = "",
         adapter: LoadedAdapter | None = None,
+        **widgets: object,
     ) -> io.NodeOutput:
-        error = input_errors(chunk_size, overlap, save_mp4, filename_prefix, video)
+        settings = VideoSettings.from_inputs(widgets)
+        error = input_errors(settings.chunk_size, settings.overlap, settings.save_mp4, settings.filename_prefix, video)
         if error:
             raise ValueError(error)
         if images is not None and video:
@@ -179,48 +166,43 @@ class ContextDiffVideoEdit(io.ComfyNode):
                 "both images and a video file are given: connect frames to 'images' or name a video "
                 "file in 'video', not both"
             )
-        warnings = []
-        if images is not None:
-            frames, fps = images[::frame_stride], IMAGES_FPS
-            if frames.shape[0] > max_frames:
-                raise ValueError(
-                    f"{frames.shape[0]} frames given but max_frames is {max_frames}: raise max_frames or trim the clip"
-                )
-            if save_mp4:
-                warnings.append(f"frames given as images carry no frame rate: the mp4 is written at {IMAGES_FPS:g} fps")
-        elif video:
-            path = safe_input_path(folder_paths.get_input_directory(), video)
-            frames, fps = read_video(path, max_frames=max_frames, stride=frame_stride, size=size)
-        else:
-            raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
-        if frames.shape[0] == 0:
-            raise VideoError("the video has no frames: pick another clip")
+        plan = video_runs.plan_video(model, clip, settings)  # before reading or encoding any frame
+        frames, fps, warnings = read_frames(images, video, settings)
         budget = (
-            memory_limit_gb * 1e9
-            if memory_limit_gb > 0
+            settings.memory_limit_gb * 1e9
+            if settings.memory_limit_gb > 0
             else 0.5 * comfy.model_management.get_free_memory(torch.device("cpu"))
         )
         result, run_warnings = video_runs.edit_video(
-            model,
-            vae,
-            clip,
-            frames,
-            source_prompt=source_prompt,
-            target_prompt=target_prompt,
-            blend_words=blend_words,
-            steps=steps,
-            cfg=cfg,
-            fuse_start=fuse_start,
-            blend_threshold=blend_threshold,
-            chunk_size=chunk_size,
-            overlap=overlap,
-            budget_bytes=budget,
-            adapter=adapter,
-            strength=adapter_strength,
+            model, vae, clip, frames, settings, budget_bytes=budget, adapter=adapter, plan=plan
         )
-        if save_mp4:
+        if settings.save_mp4:
             folder, name, counter, _, _ = folder_paths.get_save_image_path(
-                filename_prefix, folder_paths.get_output_directory()
+                settings.filename_prefix, folder_paths.get_output_directory()
             )
             write_video(os.path.join(folder, f"{name}_{counter:05}.mp4"), result, fps)
         return io.NodeOutput(result, ui=report("ContextDiff Video Edit", warnings + run_warnings))
+
+
+def read_frames(
+    images: torch.Tensor | None, video: str, settings: VideoSettings
+) -> tuple[torch.Tensor, float, list[str]]:
+    """The frames to edit (images or the video file), their rate, and warnings; refuses what cannot be edited."""
+    warnings = []
+    if images is not None:
+        frames, fps = images[:: settings.frame_stride], IMAGES_FPS
+        if frames.shape[0] > settings.max_frames:
+            raise ValueError(
+                f"{frames.shape[0]} frames given but max_frames is {settings.max_frames}: raise max_frames or "
+                "trim the clip"
+            )
+        if settings.save_mp4:
+            warnings.append(f"frames given as images carry no frame rate: the mp4 is written at {IMAGES_FPS:g} fps")
+    elif video:
+        path = safe_input_path(folder_paths.get_input_directory(), video)
+        frames, fps = read_video(path, max_frames=settings.max_frames, stride=settings.frame_stride, size=settings.size)
+    else:
+        raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
+    if frames.shape[0] == 0:
+        raise VideoError("the video has no frames: pick another clip")
+    return frames, fps, warnings

@@ -50,17 +50,9 @@ def main():
     pick = torch.tensor([1700 + i for i in range(8)])
     x0, y = images[pick], labels[pick]
     target = (y + 1) % 10
-    source = runtime.invert(
-        patcher,
-        {"samples": x0},
-        cond(y),
-        steps=30,
-        scheduler="simple",
-        adapter=loaded,
-        refine_steps=4,
-        store_dtype=torch.float32,
-    )
-    plain, fused = (runtime.plan_edit(steps=30, fuse_start=source.fuse_start, fuse=f) for f in (False, True))
+    settings = runtime.InversionSettings(steps=30, scheduler="simple", refine_steps=4, store_dtype=torch.float32)
+    source = runtime.invert(patcher, {"samples": x0}, cond(y), settings, adapter=loaded)
+    plain, fused = (runtime.plan_edit(runtime.EditSettings(fuse=f), source.settings) for f in (False, True))
     rec = runtime.edit(patcher, source, cond(y), plan=plain, negative=cond([10] * 8), cfg=1.0, adapter=loaded).samples
     edited = runtime.edit(
         patcher, source, cond(target), plan=fused, negative=cond([10] * 8), cfg=4.0, adapter=loaded
@@ -72,16 +64,8 @@ def main():
     # 2. A 'video': one digit morphing into another of the same class; edited as a clip (sparse-causal).
     a, b = images[labels == 3][0], images[labels == 3][5]
     frames = torch.stack([a + (b - a) * t for t in torch.linspace(0, 1, 8)])
-    source = runtime.invert(
-        patcher,
-        {"samples": frames},
-        cond([3] * 8),
-        steps=30,
-        scheduler="simple",
-        adapter=loaded,
-        store_dtype=torch.float32,
-        frames=8,
-    )
+    settings = runtime.InversionSettings(steps=30, scheduler="simple", store_dtype=torch.float32)
+    source = runtime.invert(patcher, {"samples": frames}, cond([3] * 8), settings, adapter=loaded, frames=8)
     edited = runtime.edit(
         patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), cfg=4.0, adapter=loaded
     ).samples

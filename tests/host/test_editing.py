@@ -11,8 +11,8 @@ from contextdiff.attention_fusion import AttentionEditor, attend, sparse_causal
 from contextdiff.attention_store import AttentionStore, attention_probs
 from contextdiff.blend_mask import BlendMask
 from contextdiff.chunking import chunk_starts, crossfade
-from contextdiff.edit_plan import EditInputError, PromptTokens, plan_edit, token_alignment
-from contextdiff.editing import StepIndex, fused_steps
+from contextdiff.edit_plan import EditInputError, PromptTokens, check_prompt_text, plan_edit, token_alignment
+from contextdiff.editing import EditSettings, InversionSettings, StepIndex, fused_steps
 
 
 def test_token_alignment_keeps_shared_words_in_order():
@@ -141,20 +141,12 @@ DOG = PromptTokens([0, 5, 8, 7, 99], {"cat": [], "dog": [2]})
 
 
 def plan(**kw):
-    args = dict(
-        fuse=True,
-        fused_step_count=10,
-        inversion_steps=20,
-        fuse_start=0.5,
-        has_clip=True,
-        source_prompt="a cat",
-        target_prompt="a dog",
-        source=CAT,
-        target=DOG,
-        blend_words="cat, dog",
-        blend_threshold=0.3,
-    )
-    return plan_edit(**dict(args, **kw))
+    """The plan of "a cat" -> "a dog" with blend words "cat, dog" over 20 steps, ``kw`` changed."""
+    edit = {k: kw.pop(k) for k in list(kw) if k in EditSettings.__dataclass_fields__}
+    inversion = {k: kw.pop(k) for k in list(kw) if k in InversionSettings.__dataclass_fields__}
+    args = dict(dict(source=CAT, target=DOG, has_clip=True), **kw)
+    settings = EditSettings(**dict(dict(source_prompt="a cat", target_prompt="a dog", blend_words="cat, dog"), **edit))
+    return plan_edit(settings, InversionSettings(**dict(dict(steps=20, fuse_start=0.5), **inversion)), **args)
 
 
 def test_edit_plan_aligns_words_and_finds_blend_words():
@@ -166,7 +158,8 @@ def test_edit_plan_aligns_words_and_finds_blend_words():
 @pytest.mark.parametrize(
     "change, words",
     [
-        (dict(fused_step_count=0, fuse_start=1.0), "fused no step"),
+        (dict(fuse_start=1.0), "fused no step"),
+        (dict(steps=1, fuse_start=0.6), "fused no step"),
         (dict(has_clip=False, source=None, target=None), "need the clip input"),
         (dict(target_prompt="", target=None), "need both prompt texts"),
         (dict(fuse=False), "need fuse_attention on"),
@@ -194,6 +187,80 @@ def test_edit_plan_warns_where_a_feature_works_only_in_part(change, words):
     assert any(words in w for w in plan(**change).warnings), plan(**change).warnings
 
 
+# -- issue 22.3: a blend word past the first 75-token chunk is named with its position, not "in neither prompt" --
+LATE_DOG = PromptTokens(DOG.ids, {"cat": [], "dog": []}, chunks=2, late_positions={"dog": [80]})
+
+
+def test_blend_word_past_the_first_chunk_is_named_with_its_position():
+    with pytest.raises(EditInputError) as err:
+        plan(blend_words="dog", source=PromptTokens(CAT.ids, {"dog": []}), target=LATE_DOG)
+    message = str(err.value)
+    assert "'dog' is at token 80 of the target prompt" in message and "first 75 tokens" in message, message
+    assert "neither" not in message and "none of the blend words" not in message, message
+    # One word found, the other only late: a warning with the position, the word ignored.
+    late_cat = PromptTokens(DOG.ids, {"cat": [], "dog": [2]}, chunks=2, late_positions={"cat": [77]})
+    p = plan(source=PromptTokens(CAT.ids, {"cat": [], "dog": []}), target=late_cat)
+    assert any("'cat' is at token 77 of the target prompt" in w and "ignored" in w for w in p.warnings), p.warnings
+    assert p.blend_target == [2] and p.blend_source == []
+
+
+def test_blend_words_missing_from_the_texts_are_refused_before_tokenizing():
+    """The text check (no tokenizer) refuses only what the token check would refuse as well."""
+    from contextdiff.edit_plan import check_settings
+
+    settings = EditSettings(source_prompt="a Cat on grass", target_prompt="a dog", blend_words="horse")
+    with pytest.raises(EditInputError, match="none of the blend words"):
+        check_settings(settings, InversionSettings(steps=20), has_clip=True)
+    for words in ("cat", "CAT, horse", "on grass"):  # found (any case), or one of several found
+        check_settings(
+            EditSettings(source_prompt="a Cat on grass", target_prompt="a dog", blend_words=words),
+            InversionSettings(steps=20),
+            has_clip=True,
+        )
+
+
+def test_fused_steps_are_computed_once_per_settings():
+    settings = InversionSettings(steps=20, fuse_start=0.5)
+    assert settings.fused_steps == frozenset(range(10)) and settings.fused_steps is settings.fused_steps
+    assert InversionSettings(steps=20, fuse_start=1.0).fused_steps == frozenset()
+
+
+# -- issue 22.2: a typed prompt must be the text its conditioning was encoded from -----------------
+def test_prompt_text_that_differs_from_the_encoded_one_is_refused_naming_both():
+    def words(text):
+        return " ".join(text.lower().split())
+
+    with pytest.raises(EditInputError) as err:
+        check_prompt_text("target_prompt", "a blue ball", "a green ball", "connected to the positive", words)
+    assert "'a blue ball'" in str(err.value) and "'a green ball'" in str(err.value), str(err.value)
+    check_prompt_text("target_prompt", "A  green ball", "a green ball", "here", words)  # what the tokenizer reads
+    check_prompt_text("target_prompt", "a blue ball", None, "here", words)  # the graph does not say
+    check_prompt_text("target_prompt", "", "a green ball", "here", words)  # empty: self-attention only, warned
+
+
+# -- issue 22.1: an edit source names what made it, and the edit refuses anything else ------------
+def test_identity_mismatch_names_what_differs():
+    from contextdiff.editing import EditIdentity, ModelIdentity
+
+    model = ModelIdentity(weights="w1", patches="", patch_count=0, sampling="s1")
+    base = EditIdentity(model, "a.safetensors", "d1", 1.0)
+    cases = {
+        "UNet weights differ": EditIdentity(ModelIdentity("w2", "", 0, "s1"), "a.safetensors", "d1", 1.0),
+        "0 weight patches on the model (LoRA, merges), this model has 3": EditIdentity(
+            ModelIdentity("w1", "p", 3, "s1"), "a.safetensors", "d1", 1.0
+        ),
+        "another noise schedule": EditIdentity(ModelIdentity("w1", "", 0, "s2"), "a.safetensors", "d1", 1.0),
+        "adapter a.safetensors, the edit uses none": EditIdentity(model),
+        "adapter a.safetensors (one file's content), the edit uses a.safetensors (another's)": EditIdentity(
+            model, "a.safetensors", "d2", 1.0
+        ),
+        "adapter_strength 1, the edit uses 0.5": EditIdentity(model, "a.safetensors", "d1", 0.5),
+    }
+    assert base.mismatch(base) is None
+    for expected, other in cases.items():
+        assert expected in (base.mismatch(other) or ""), (expected, base.mismatch(other))
+
+
 @pytest.fixture(scope="module")
 def edit_env(comfy_inprocess):
     from comfy_models import build_sd15, build_tiny_clip
@@ -217,19 +284,19 @@ def test_fusion_from_queries_keys_equals_fusion_from_full_maps(edit_env):
     runs, model, clip, enc = edit_env
     src_p, tgt_p = "a cat sitting on the grass", "a dog sitting on the grass"
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
-    fused = runs.plan_edit(
-        steps=6, fuse_start=0.5, clip=clip, source_prompt=src_p, target_prompt=tgt_p, blend_words="cat dog"
-    )
+    edit = EditSettings(source_prompt=src_p, target_prompt=tgt_p, blend_words="cat dog")
+    fused = runs.plan_edit(edit, InversionSettings(steps=6), clip)
     outs = {}
     for store_maps in (False, True):
-        source = runs.invert(model, latent, enc(src_p), steps=6, store_dtype=torch.float32, store_maps=store_maps)
+        settings = InversionSettings(steps=6, store_dtype=torch.float32, store_maps=store_maps)
+        source = runs.invert(model, latent, enc(src_p), settings)
         result = runs.edit(model, source, enc(tgt_p), plan=fused, cfg=3.0)
         assert result.mask is not None and result.warnings == []
         outs[store_maps] = (result.samples, source.store.nbytes())
     torch.testing.assert_close(outs[False][0], outs[True][0], rtol=1e-4, atol=1e-5)
     assert outs[False][1] < outs[True][1]
     # And fusion is not a no-op: without it the edit differs.
-    plain = runs.edit(model, source, enc(tgt_p), plan=runs.plan_edit(steps=6, fuse_start=0.5, fuse=False), cfg=3.0)
+    plain = runs.edit(model, source, enc(tgt_p), plan=runs.plan_edit(EditSettings(fuse=False), settings), cfg=3.0)
     assert (plain.samples - outs[False][0]).abs().max() > 1e-3
 
 
@@ -241,16 +308,9 @@ def test_runs_never_modify_the_users_model(edit_env):
     options = copy.deepcopy(model.model_options)
     weights = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
-    source = runs.invert(model, latent, enc("a cat"), steps=3)
-    runs.edit(
-        model,
-        source,
-        enc("a dog"),
-        cfg=2.0,
-        plan=runs.plan_edit(
-            steps=3, fuse_start=0.5, clip=clip, source_prompt="a cat", target_prompt="a dog", blend_words="cat dog"
-        ),
-    )
+    source = runs.invert(model, latent, enc("a cat"), InversionSettings(steps=3))
+    edit = EditSettings(source_prompt="a cat", target_prompt="a dog", blend_words="cat dog")
+    runs.edit(model, source, enc("a dog"), cfg=2.0, plan=runs.plan_edit(edit, source.settings, clip))
     assert model.model_options == options
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
     for k, v in model.model.diffusion_model.state_dict().items():
@@ -277,8 +337,34 @@ def test_interrupt_stops_within_one_unet_call(edit_env):
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))}
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            runs.invert(patched, latent, enc("a cat"), steps=3)
+            runs.invert(patched, latent, enc("a cat"), InversionSettings(steps=3))
     finally:
         mm.interrupt_current_processing(False)
     blocks = len(runs.attention_blocks(model.model.diffusion_model))
     assert blocks > 3 and calls["after"] == 0, (calls, blocks)
+
+
+def test_edit_source_refuses_another_model_naming_it(edit_env):
+    """Issue 22.1: inverted with one model, edited with another (same CLIP, VAE, adapter): refused before any
+    model call, naming the weights, the patches or the schedule; the same model (or a clone) passes."""
+    import comfy.model_management as mm
+    from comfy_models import build_sd15
+
+    runs, model, clip, enc = edit_env
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))}
+    source = runs.invert(model, latent, enc("a cat"), InversionSettings(steps=3))
+    plain = runs.plan_edit(EditSettings(fuse=False), source.settings)
+    merged = model.clone()
+    other = build_sd15(1, 32, 768, attn_scale=6.0)
+    merged.add_patches(other.get_key_patches("diffusion_model."), 0.5, 0.5)  # what ModelMergeSimple does
+    for wrong, named in ((other, "UNet weights differ"), (merged, "weight patches")):
+        with pytest.raises(ValueError, match=named):
+            runs.edit(wrong, source, enc("a dog"), plan=plain, cfg=2.0)
+    runs.edit(model.clone(), source, enc("a dog"), plan=plain, cfg=2.0)
+    # The merged model loaded with its patches applied in place: the base model's identity is unchanged
+    # (read from ComfyUI's backup of the original weights), so its edit source still fits.
+    mm.load_models_gpu([merged])
+    try:
+        runs.check_source_fits(model, source, None, 1.0)
+    finally:
+        mm.unload_all_models()
