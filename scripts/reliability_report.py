@@ -23,7 +23,11 @@ SELECT = (
     "or another_pack or other_pack or silent or warns or inversion_is_exact or inversion_node_is_exact "
     "or classic_inversion or stochastic_loops_match_reference or discretized_gaussian or perfect_denoiser "
     "or bias_not_zero_at_T or ddim_sigma_takes or readme_checkpoint or tooltip "
-    "or categories or umask or heads_zero"
+    "or categories or umask or heads_zero "
+    # issue 22's classes
+    "or edit_source or identity_mismatch or prompt_text or first_chunk or before_the_inversion "
+    "or before_inverting or error_types or pixels_to_image or labels or label_count or label_text "
+    "or reversed_range"
 )
 # Issue 12's classes of problems found by driving the pack as a user would, and the keywords of their tests
 # (the names of the tests that check each class; a test may count in more than one).
@@ -59,6 +63,21 @@ CLASSES = [
     ("12", "the real-checkpoint path as the README writes it", ("readme_checkpoint", "missing_adapter")),
     ("13", "tooltips, categories, file modes", ("tooltip", "category", "categories", "umask")),
 ]
+# Issue 22's classes (found by a third user-style run through the server), same form.
+CLASSES_22 = [
+    ("1", "an edit source carries what made it; another model is refused, named", ("edit_source", "identity_mismatch")),
+    ("2", "edit prompt texts are the texts the conditioning encoded", ("prompt_text",)),
+    ("3", "a blend word past the first 75-token chunk named with its position", ("first_chunk",)),
+    ("4", "edit-plan checks before the first model call", ("before_the_inversion", "before_inverting")),
+    ("5", "sizes bounded by the data they lay out, refused before allocating", ("pixels_to_image",)),
+    (
+        "6",
+        "labels parse to what they say or name the bad part; count vs batch stated",
+        ("class_labels.py", "_labels_", "reversed_range", "label_count", "label_text"),
+    ),
+    ("7", "Cancel honoured within one attention call on every path", ("interrupt",)),
+    ("8", "error types read cleanly in ComfyUI's dialog", ("error_types",)),
+]
 # Tests that assert that nothing was lost or half-written.
 NO_LOSS = ("sigkill", "full_disk", "interrupt", "atomic", "round_trip")
 
@@ -76,6 +95,16 @@ class Collector:
         outcome = yield
         doc = (getattr(item.function, "__doc__", None) or "").strip().splitlines()
         outcome.get_result().case_doc = doc[0] if doc else ""
+
+
+def class_table(rows: list, classes: list, prefix: str = "") -> list[str]:
+    """One table row per class: the cases whose test id holds one of its keywords, and how many passed."""
+    table = []
+    for number, title, keys in classes:
+        hits = [r for r in rows if any(k in r[0] for k in keys)]
+        ok = sum(1 for r in hits if r[1] == "passed")
+        table.append(f"| {prefix}{number} | {title} | {len(hits)} | {ok} |")
+    return table
 
 
 def main() -> int:
@@ -98,11 +127,7 @@ def main() -> int:
         )
     survived = sum(1 for r in rows if r[1] == "passed")
     asserted = sum(1 for r in rows if r[1] == "passed" and any(k in r[0] for k in NO_LOSS))
-    by_class = []
-    for number, title, keys in CLASSES:
-        hits = [r for r in rows if any(k in r[0] for k in keys)]
-        ok = sum(1 for r in hits if r[1] == "passed")
-        by_class.append(f"| {number} | {title} | {len(hits)} | {ok} |")
+    by_class, by_class_22 = class_table(rows, CLASSES), class_table(rows, CLASSES_22, "22.")
     page = ROOT / "docs" / "reliability.md"
     page.write_text(f"""# Reliability
 
@@ -120,6 +145,12 @@ assertions rather than a case to try; a case can count in more than one class):
 | class | what must hold | cases | passed |
 |---|---|---|---|
 {chr(10).join(by_class)}
+
+Issue 22's classes (a case can count in more than one class, and in issue 12's table too):
+
+| class | what must hold | cases | passed |
+|---|---|---|---|
+{chr(10).join(by_class_22)}
 
 | file | case | what is tried | result | data lost | time |
 |---|---|---|---|---|---|
