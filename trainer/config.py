@@ -239,6 +239,28 @@ class TrainConfig:
         "penalty lambda * mean(b_t^2) on the bias magnitude; not in the paper (0), keeps "
         "the adapter from encoding x0 into x_t with a large, stiff bias",
     )
+    # Training-time variants of the bias (issue 20, contextdiff/bias_variants.py); the defaults are Eq. 6
+    objective: str = opt(
+        "eq6",
+        "eq6: the paper's simplified objective; eq5: Eq. 5 with x0hat inserted (paper §3.2), which keeps the bias "
+        "terms Eq. 6 drops, so r_phi(x0hat) must agree with r_phi(x0)",
+        ["eq6", "eq5"],
+    )
+    self_bias: float = opt(
+        0.0,
+        "share of samples whose bias is computed from the model's own stop-gradient x0hat (one extra forward "
+        "pass), as at sampling, instead of from x0 (0 = Eq. 6; below 1 needs mode shapes)",
+    )
+    lipschitz_weight: float = opt(
+        0.0,
+        "weight of a hinge penalty on r_phi's difference quotient between x0 and x0hat above lipschitz_bound "
+        "(Lemma 4 needs r_phi Lipschitz in x0 with constants C_t; 0 = off)",
+    )
+    lipschitz_bound: float = opt(1.0, "the bound C on Lemma 4's C_t that lipschitz_weight enforces")
+    input_blur: float = opt(0.0, "Gaussian low-pass (sigma in pixels) of r_phi's image input in training (0 = off)")
+    input_noise: float = opt(
+        0.0, "std of Gaussian noise added to r_phi's image input in training (0 = off; needs mode shapes)"
+    )
     # Adapter architecture
     adapter_dim: int = opt(256, "adapter width", minimum=1)
     adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)", minimum=1)
@@ -299,6 +321,12 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check the values (not the files: see :meth:`check_inputs`); fills ``output_dir``."""
         _check_values(self)
+        from contextdiff.bias_variants import BiasVariant  # torch: only when a config is checked
+
+        try:
+            BiasVariant(**{name: getattr(self, name) for name in BiasVariant().to_dict()})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not isinstance(self.options, SECTIONS[self.mode]):
             raise ConfigError(f"mode {self.mode}: its options must be a {SECTIONS[self.mode].__name__}")
         _check_values(self.options)

@@ -298,3 +298,19 @@ def test_gradients_reach_both_networks_under_eq5():
 def test_bad_settings_are_refused(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         BiasVariant(**kwargs)
+
+
+def test_trainer_options_name_the_variant():
+    """The trainer's flat options reach the loss: the shapes recipe is Eq. 6, each flag sets its field."""
+    from trainer.config import ConfigError, load_config
+    from trainer.diffusion import bias_variant
+
+    recipe = ["--config", "trainer/configs/shapes.yaml"]
+    assert bias_variant(load_config(recipe)).is_paper
+    flags = ["--objective", "eq5", "--self_bias", "0.5", "--lipschitz_weight", "2", "--lipschitz_bound", "3"]
+    flags += ["--input_blur", "1.5", "--input_noise", "0.25"]
+    cfg = load_config(recipe + flags)
+    assert bias_variant(cfg) == BiasVariant("eq5", 0.5, 2.0, 3.0, 1.5, 0.25)
+    assert {"objective": "eq5", "self_bias": 0.5}.items() <= cfg.to_dict().items()  # stored in the file
+    with pytest.raises(ConfigError, match="self_bias"):
+        load_config(recipe + ["--self_bias", "1.5"])
