@@ -200,7 +200,15 @@ def read_frames(
             warnings.append(f"frames given as images carry no frame rate: the mp4 is written at {IMAGES_FPS:g} fps")
     elif video:
         path = safe_input_path(folder_paths.get_input_directory(), video)
-        frames, fps = read_video(path, max_frames=settings.max_frames, stride=settings.frame_stride, size=settings.size)
+        # Decoding is refused before it starts when the frames alone would not fit in the free memory.
+        free = int(comfy.model_management.get_free_memory(torch.device("cpu")))
+        frames, fps = read_video(
+            path,
+            max_frames=settings.max_frames,
+            stride=settings.frame_stride,
+            size=settings.size,
+            memory_limit_bytes=free,
+        )
     else:
         raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
     if frames.shape[0] == 0:
