@@ -378,7 +378,7 @@ WORKFLOWS = {
             "then sample with an edited caption while fusing the source attention (paper §4.2). Two edits of one "
             "inversion: a colour (red -> green) and a shape (circle -> square).\n\nSet the checkpoint (see "
             "shapes_text_to_image) and put shapes_source.png in ComfyUI's input folder (scripts/demo.py writes it "
-            "with scripts/shapes_inputs.py). The prompts are typed twice: in the CLIP encoders and in the edit "
+            "with devkit/shapes_inputs.py). The prompts are typed twice: in the CLIP encoders and in the edit "
             "sampler's fields, which align the shared words; blend_words name the replaced ones.\n\nfuse_start 0.9 and "
             "blend_threshold 0.5 were chosen for this model on validation edits (docs/quality.md); the nodes' "
             "defaults (0.5, 0.3) are the paper's and Prompt-to-Prompt's, for SD checkpoints.",

@@ -166,6 +166,14 @@ def test_import_scan_sees_an_undeclared_module(tmp_path):
     assert distribution_of("hypothesis") not in set(requirement_set(PYPROJECT["project"]["dependencies"]))
 
 
+def test_the_pack_imports_none_of_the_research_tooling():
+    """devkit/, bench/, scripts/ and tests/ are development tools: nothing the pack runs imports them."""
+    tooling = {"devkit", "bench", "scripts", "tests"}
+    reached = sorted(str(f.relative_to(ROOT)) for f in shipped_files() if f.relative_to(ROOT).parts[0] in tooling)
+    assert not reached, f"the pack's imports reach development tools: {reached}"
+    assert "devkit" in FIRST_PARTY and "devkit" in top_level_imports(ROOT / "bench" / "sampler_overhead.py")
+
+
 def test_every_runtime_dependency_is_used():
     """A declared dependency that nothing imports only costs users an install."""
     imported = {distribution_of(m) for m in third_party_imports(shipped_files())}
