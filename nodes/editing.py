@@ -9,7 +9,7 @@ import comfy.samplers
 from comfy_api.latest import io, ui
 
 from ..contextdiff.editing import EditSettings, Inversion, InversionSettings
-from . import edit_graph, edit_runs, inputs
+from . import edit_graph, edit_runs, inputs, store_budget
 from .types import EditSource
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class ContextDiffDDIMInversion(io.ComfyNode):
     ) -> io.NodeOutput:
         settings = InversionSettings.from_inputs(widgets)
         edit_graph.check_before_inverting(cls.hidden.prompt, cls.hidden.unique_id, settings)
+        store_budget.check_inversion_fits(model, tuple(latent["samples"].shape), settings)
         warnings = []
         if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")

@@ -69,7 +69,11 @@ CLASSES_22 = [
     ("2", "edit prompt texts are the texts the conditioning encoded", ("prompt_text",)),
     ("3", "a blend word past the first 75-token chunk named with its position", ("first_chunk",)),
     ("4", "edit-plan checks before the first model call", ("before_the_inversion", "before_inverting")),
-    ("5", "sizes bounded by the data they lay out, refused before allocating", ("pixels_to_image", "video_decode")),
+    (
+        "5",
+        "sizes bounded by the data they lay out, refused before allocating",
+        ("pixels_to_image", "video_decode", "inversion_store", "inversion_too_large"),
+    ),
     (
         "6",
         "labels parse to what they say or name the bad part; count vs batch stated",

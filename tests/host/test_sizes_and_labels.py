@@ -273,3 +273,82 @@ def test_label_count_against_latent_batch_stated(server, labels_checkpoint, comf
 def test_label_text_without_latent_says_how_to_see_the_tiling(server, labels_checkpoint):
     _, text = _sample(server, labels_checkpoint, "2, 4", 2)
     assert "2 labels: 2, 4. On a latent batch of another size ComfyUI repeats them" in text, text
+
+
+# --- 22.5: the inversion's attention store -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inversion_env(comfy_inprocess):
+    import importlib
+
+    from comfy_models import build_sd15, build_tiny_clip
+
+    from devkit import import_pack
+
+    pack = import_pack()
+    runs = importlib.import_module(pack.__name__ + ".nodes.edit_runs")
+    budget = importlib.import_module(pack.__name__ + ".nodes.store_budget")
+    clip = build_tiny_clip()
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a cat on the grass"), return_pooled=True)
+    return runs, budget, build_sd15(0, 32, 768), [[cond, {"pooled_output": pooled}]]
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 16, 16), (2, 4, 24, 16)])
+def test_inversion_store_estimate_matches_the_recording(inversion_env, shape):
+    """The estimate the inversion node refuses by is the store's real size (within 10%: the text keys are
+    estimated at 77 tokens), measured on an inversion; a budget just under it is refused, naming what fits."""
+    from contextdiff.editing import InversionSettings
+
+    runs, budget, model, positive = inversion_env
+    settings = InversionSettings(steps=8, store_dtype=torch.float16)
+    latent = {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(0))}
+    recorded = runs.invert(model, latent, positive, settings).store.nbytes()
+    fused = len(settings.fused_steps)
+    estimate = budget.store_bytes_per_frame(budget._footprint(model, *shape[-2:]), fused, 2) * shape[0]
+    assert abs(estimate - recorded) <= 0.1 * recorded, (estimate, recorded)
+    budget.check_inversion_fits(model, shape, settings, budget_bytes=1.01 * estimate)
+    with pytest.raises(MemoryError) as err:
+        budget.check_inversion_fits(model, shape, settings, budget_bytes=0.99 * estimate)
+    message = str(err.value)
+    assert f"({fused} fused steps of {shape[0]} latent" in message and "lower steps, raise fuse_start" in message
+    assert f"at most {fused - 1} fused steps fit" in message, message
+
+
+def test_inversion_too_large_for_memory_refused_before_the_first_model_call(server):
+    """1000 steps of a 512x512 latent (a 4096-pixel image) on the tiny model would record ~125 GB of attention:
+    refused before any model call, the host's peak memory unmoved."""
+    p = {
+        "model": {
+            "class_type": "ContextDiffTest_TinyModel",
+            "inputs": {"seed": 0, "model_channels": 32, "context_dim": 768},
+        },
+        "pos": {
+            "class_type": "ContextDiffTest_RandomConditioning",
+            "inputs": {"seed": 1, "context_dim": 768, "tokens": 77},
+        },
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 4096, "height": 4096, "batch_size": 1}},
+        "inv": {
+            "class_type": "ContextDiffDDIMInversion",
+            "inputs": {
+                "model": ["model", 0],
+                "latent": ["latent", 0],
+                "positive": ["pos", 0],
+                "steps": 1000,
+                "scheduler": "ddim_uniform",
+                "cfg": 1.0,
+                "fuse_start": 0.5,
+                "refine_steps": 0,
+                "store_precision": "fp16",
+                "adapter_strength": 1.0,
+            },
+        },
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "never_stored"}},
+    }
+    peak = _vm_kb(server.proc.pid, "VmHWM")
+    with pytest.raises(RuntimeError) as err:
+        server.run(p)
+    message = str(err.value)
+    assert "this inversion would record about" in message and "(500 fused steps of 1 latent of 512x512)" in message
+    assert "fused steps fit; lower steps, raise fuse_start or invert a smaller image" in message, message
+    assert (_vm_kb(server.proc.pid, "VmHWM") - peak) / 1024 < 200, "memory was allocated before the refusal"
