@@ -3,7 +3,9 @@
 ``x_t = sqrt(abar_t) x0 + k_t r_phi(x0, c, t) + sqrt(1 - abar_t) eps`` is drawn by
 reparameterisation, so the gradient of ``||f_theta(x_t, c, t) - x0||^2`` reaches ``r_phi``
 through ``x_t`` (paper §3.2). With ``use_bias=False`` the identical model trains without the
-bias: the fair baseline.
+bias: the fair baseline. Because ``r_phi`` sees ``x0``, the bias can carry the image into ``x_t``,
+which the sampler's ``r_phi(x0hat)`` cannot give back; :mod:`contextdiff.bias_variants` holds the
+variants that close this gap (Eq. 5, Lemma 4's Lipschitz bound, a self-consistent bias, a bottleneck).
 """
 
 from __future__ import annotations
