@@ -27,7 +27,7 @@ SELECT = (
     # issue 22's classes
     "or edit_source or identity_mismatch or prompt_text or first_chunk or before_the_inversion "
     "or before_inverting or error_types or pixels_to_image or labels or label_count or label_text "
-    "or reversed_range"
+    "or reversed_range or cancel_checks"
 )
 # Issue 12's classes of problems found by driving the pack as a user would, and the keywords of their tests
 # (the names of the tests that check each class; a test may count in more than one).
@@ -79,7 +79,7 @@ CLASSES_22 = [
         "labels parse to what they say or name the bad part; count vs batch stated",
         ("class_labels.py", "_labels_", "reversed_range", "label_count", "label_text"),
     ),
-    ("7", "Cancel honoured within one attention call on every path", ("interrupt",)),
+    ("7", "Cancel honoured within one attention call on every path", ("interrupt", "cancel_checks")),
     ("8", "error types read cleanly in ComfyUI's dialog", ("error_types",)),
 ]
 # Tests that assert that nothing was lost or half-written.

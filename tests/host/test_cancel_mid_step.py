@@ -206,3 +206,74 @@ def test_interrupt_video_edit_within_one_attention_call(server, media, calls_per
     at_cancel, total, _ = _cancel_mid_step(server, p, report)
     # A chunk of 6 frames is one UNet call over the 6 latents: the same blocks per call as one image.
     _check(server, at_cancel, total, calls_per_unet_call, "never_video22")
+
+
+@pytest.fixture(scope="module")
+def interrupt_module(comfy_inprocess):
+    import importlib
+
+    from devkit import import_pack
+
+    return importlib.import_module(import_pack().__name__ + ".nodes.interrupt")
+
+
+def test_cancel_checks_compose_and_change_no_result(interrupt_module):
+    """The checks are appended after another pack's patches on a copy of the run's options (once, however often
+    applied), the UNet's output is bit for bit the same with them, and the flag stops the call."""
+    import comfy.model_management
+    from comfy_models import build_sd15, random_conditioning
+
+    def theirs(n, context, value, extra):
+        return n, context, value
+
+    options = {"transformer_options": {"patches": {"attn1_patch": [theirs]}}}
+    checked = interrupt_module.checked_options(options)
+    patches = checked["transformer_options"]["patches"]
+    assert patches["attn1_patch"][0] is theirs and len(patches["attn1_patch"]) == 2
+    assert options["transformer_options"]["patches"] == {"attn1_patch": [theirs]}, "the caller's options changed"
+    again = interrupt_module.checked_options(checked)["transformer_options"]["patches"]
+    assert {k: len(v) for k, v in again.items()} == {k: len(v) for k, v in patches.items()}
+
+    model = build_sd15(0, 32, 768).model
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500.0, 500.0])
+    context = random_conditioning(0, 77, 768, 2)[0][0]
+    with torch.no_grad():
+        plain = model.diffusion_model(x, t, context=context, transformer_options={})
+        with_checks = model.diffusion_model(
+            x, t, context=context, transformer_options=dict(checked["transformer_options"])
+        )
+        assert torch.equal(plain, with_checks)
+        comfy.model_management.interrupt_current_processing(True)
+        try:
+            with pytest.raises(comfy.model_management.InterruptProcessingException):
+                model.diffusion_model(x, t, context=context, transformer_options=dict(checked["transformer_options"]))
+        finally:
+            comfy.model_management.interrupt_current_processing(False)
+
+
+def test_adapter_cancel_checks_leave_the_adapter_as_it_was(interrupt_module):
+    """Same output with the checks; the flag stops the adapter before its first attention layer; the hooks are
+    gone afterwards, also when the run was interrupted."""
+    import comfy.model_management
+
+    adapter = ContextAdapter(AdapterConfig(dim=64, depth=2))
+    torch.nn.init.normal_(adapter.patch_out.weight, std=0.1)
+    x, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 768)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        plain = adapter(x, text, t)
+        with interrupt_module.checked_adapter(adapter):
+            assert torch.equal(adapter(x, text, t), plain)
+        calls = []
+        adapter.blocks[0].self_attn.register_forward_hook(lambda *_: calls.append(1))
+        comfy.model_management.interrupt_current_processing(True)
+        try:
+            with pytest.raises(comfy.model_management.InterruptProcessingException):
+                with interrupt_module.checked_adapter(adapter):
+                    adapter(x, text, t)
+        finally:
+            comfy.model_management.interrupt_current_processing(False)
+        assert calls == [], "an attention layer ran after the flag was set"
+    hooks = [h for m in adapter.modules() for h in m._forward_pre_hooks.values()]
+    assert hooks == [], "the checks stayed on the adapter"
