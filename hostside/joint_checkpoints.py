@@ -1,32 +1,50 @@
 """The joint recipes' checkpoints: one ``.safetensors`` with the denoiser, the adapter and the conditioning.
 
-Class-conditional (``python -m trainer.train --mode joint``, e.g. the digits demo): the denoiser under
-``unet.``, the adapter under ``adapter.``, the class tokens under ``classes.``. Text-conditioned (a text
-recipe, e.g. ``trainer/configs/shapes.yaml``): the text transformer under ``text.`` instead. The metadata
-holds the format, the recipe (the world it was trained on) and every configuration needed to rebuild it.
-In the host they are a MODEL (and a CLIP) like any SD checkpoint's.
+Two formats of the registry in ``contextdiff/checkpoint.py``. Class-conditional (``JOINT``,
+``python -m trainer.train --mode joint``, e.g. the digits demo): the denoiser under ``unet.``, the adapter
+under ``adapter.``, the class tokens under ``classes.``. Text-conditioned (``TEXT_JOINT``, a text recipe,
+e.g. ``trainer/configs/shapes.yaml``): the CLIP text transformer under ``text.`` instead. Metadata keys
+besides the common ones: ``recipe`` (the world it was trained on), ``unet_config``, ``adapter_config``,
+``latent_channels``, ``context_dim``, ``base_model``, ``with_bias``, and ``num_classes``/``class_tokens``
+or ``text_config``/``tokenizer``. In the host they are a MODEL (and a CLIP) like any SD checkpoint's.
+Loading checks every configuration and the whole tensor table on the meta device before building.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .method import adapter_io, joint_model
-from .pixel_unet import build_joint_model
-from .text_encoder import build_text_clip, text_transformer
+import torch
+
+from .method import adapter_io, checkpoint, joint_model
+from .pixel_unet import UNET_LIMITS, build_joint_model, empty_unet
+from .text_encoder import TEXT_LIMITS, build_text_clip, empty_text_transformer, text_transformer
 
 if TYPE_CHECKING:
-    import torch
     from comfy.model_base import BaseModel
     from comfy.sd import CLIP
 
     from contextdiff.adapter import ContextAdapter
-    from contextdiff.joint_model import ClassEmbedding, PathLike
+    from contextdiff.checkpoint import Checkpoint, PathLike
+    from contextdiff.joint_model import ClassEmbedding
 
-TEXT_JOINT_VERSION = 1
+# What a forged configuration can make a builder raise (caught and named, never a traceback).
+CONFIG_ERRORS = (TypeError, ValueError, KeyError, IndexError, AssertionError, ZeroDivisionError, RuntimeError)
+
+
+def model_fields(unet_config: dict, adapter: ContextAdapter, with_bias: bool) -> dict[str, str]:
+    """The metadata both joint formats carry about the denoiser and the adapter."""
+    return {
+        "unet_config": json.dumps(unet_config, sort_keys=True),
+        "adapter_config": json.dumps(adapter.cfg.to_dict(), sort_keys=True),
+        "latent_channels": str(unet_config["in_channels"]),
+        "context_dim": str(unet_config["context_dim"]),
+        "with_bias": str(bool(with_bias)).lower(),
+    }
 
 
 def save_joint(
@@ -39,42 +57,33 @@ def save_joint(
     with_bias: bool = True,
 ) -> Path:
     """One ``.safetensors`` with the denoiser (``unet.``), adapter (``adapter.``) and classes."""
-    meta = joint_model.model_metadata(
-        (joint_model.JOINT_FORMAT, joint_model.JOINT_VERSION, "digits", "joint"),
-        unet_config,
-        adapter,
+    meta = checkpoint.metadata(
+        checkpoint.JOINT,
         training,
-        with_bias,
+        recipe="digits",
+        base_model="joint",
         num_classes=str(classes.num_classes),
         class_tokens=str(classes.tokens),
+        **model_fields(unet_config, adapter, with_bias),
     )
-    return joint_model.save_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, meta)
+    parts = {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}
+    return checkpoint.save_modules(path, parts, meta)
 
 
 def load_joint(
     path: PathLike, device: str | torch.device = "cpu"
 ) -> tuple[BaseModel, ContextAdapter, ClassEmbedding, dict]:
     """``(comfy BaseModel, ContextAdapter, ClassEmbedding, metadata)`` from :func:`save_joint`'s file."""
-    path = Path(path)
-    fmt, meta = joint_model.checkpoint_format(path)
-    if fmt != joint_model.JOINT_FORMAT:
-        hint = (
-            "it is a text-conditioned joint model: load it with Load ContextDiff Shapes Model"
-            if fmt == joint_model.TEXT_JOINT_FORMAT
-            else "train one with python -m trainer.train --mode joint"
-        )
-        raise adapter_io.AdapterFileError(
-            f"{path.name} is not a ContextDiff class-conditional joint checkpoint (format={fmt!r}); {hint}."
-        )
-    joint_model.check_version(path, meta, joint_model.JOINT_VERSION)
-    adapter = joint_model.checked_adapter(path, meta)
-    unet_config = json.loads(meta["unet_config"])
+    ckpt = checkpoint.open_checkpoint(path, checkpoint.JOINT)
+    unet_config = ckpt.json("unet_config")
+    unet = declared_module(ckpt, "unet_config", unet_config, UNET_LIMITS, empty_unet)
+    num_classes, tokens = ckpt.integer("num_classes", 1, 100_000), ckpt.integer("class_tokens", 1, 77, default=1)
+    with torch.device("meta"):  # loaded by assignment: the file's tensors become its parameters
+        classes = joint_model.ClassEmbedding(num_classes, unet_config["context_dim"], tokens)
+    adapter = checked_adapter(ckpt, unet, {"classes": classes})
     model = build_joint_model(unet_config, init_seed=None)
-    classes = joint_model.ClassEmbedding(
-        int(meta["num_classes"]), unet_config["context_dim"], int(meta.get("class_tokens", 1))
-    )
-    joint_model.load_parts(path, {"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, device)
-    meta["unet_config"], meta["training"] = unet_config, json.loads(meta.get("training", "{}"))
+    ckpt.load_into({"unet": model.diffusion_model, "adapter": adapter, "classes": classes}, device)
+    meta = dict(ckpt.meta, unet_config=unet_config, training=ckpt.json("training", "{}"))
     return model.eval(), adapter.eval().requires_grad_(False), classes.eval().requires_grad_(False), meta
 
 
@@ -104,17 +113,17 @@ def save_text_joint(
     with_bias: bool = True,
 ) -> Path:
     """Write the three parts and the metadata that :func:`load_text_joint` rebuilds them from."""
-    meta = joint_model.model_metadata(
-        (joint_model.TEXT_JOINT_FORMAT, TEXT_JOINT_VERSION, recipe, "joint-text"),
-        unet_config,
-        adapter,
+    meta = checkpoint.metadata(
+        checkpoint.TEXT_JOINT,
         training,
-        with_bias,
+        recipe=recipe,
+        base_model="joint-text",
         text_config=json.dumps(text_config, sort_keys=True),
         tokenizer="CLIP BPE (ComfyUI sd1_tokenizer), 77 tokens",
+        **model_fields(unet_config, adapter, with_bias),
     )
     parts = {"unet": model.diffusion_model, "adapter": adapter, "text": text_transformer(clip)}
-    return joint_model.save_parts(path, parts, meta)
+    return checkpoint.save_modules(path, parts, meta)
 
 
 def load_text_joint(path: PathLike, recipe: str | None = None, device: str | torch.device = "cpu") -> TextJointModel:
@@ -122,39 +131,38 @@ def load_text_joint(path: PathLike, recipe: str | None = None, device: str | tor
 
     Every refusal names what the file is and what to do instead.
     """
-    path = Path(path)
-    fmt, meta = joint_model.checkpoint_format(path)
-    if fmt != joint_model.TEXT_JOINT_FORMAT:
-        if fmt == joint_model.JOINT_FORMAT:
-            what = (
-                f"a class-conditional joint checkpoint (recipe {meta.get('recipe', 'digits')}), not a "
-                "text-conditioned one: load it with Load ContextDiff Joint Model"
-            )
-        elif fmt == "contextdiff-adapter":
-            what = "an adapter for a base model: load it with Load ContextDiff Adapter"
-        else:
-            what = (
-                f"not a ContextDiff text joint checkpoint (format={fmt!r}): train one with "
-                "python -m trainer.train --config trainer/configs/shapes.yaml"
-            )
-        raise adapter_io.AdapterFileError(f"{path.name} is {what}.")
-    joint_model.check_version(path, meta, TEXT_JOINT_VERSION)
-    if recipe is not None and meta.get("recipe") != recipe:
-        raise adapter_io.AdapterFileError(
-            f"{path.name} was trained on recipe {meta.get('recipe')!r}, this loader reads "
+    ckpt = checkpoint.open_checkpoint(path, checkpoint.TEXT_JOINT)
+    if recipe is not None and ckpt.meta.get("recipe") != recipe:
+        raise checkpoint.CheckpointError(
+            f"{ckpt.name} was trained on recipe {ckpt.meta.get('recipe')!r}, this loader reads "
             f"{recipe!r} checkpoints: pick a {recipe} checkpoint or retrain with its recipe."
         )
-    adapter = joint_model.checked_adapter(path, meta)
-    try:
-        unet_config, text_config = json.loads(meta["unet_config"]), json.loads(meta["text_config"])
-    except (KeyError, ValueError) as e:
-        raise adapter_io.AdapterFileError(
-            f"{path.name} has invalid model metadata ({e}); re-export the checkpoint."
-        ) from None
-    model = build_joint_model(unet_config, init_seed=None)
-    clip = build_text_clip(text_config, init_seed=None)
-    parts = {"unet": model.diffusion_model, "adapter": adapter, "text": text_transformer(clip)}
-    joint_model.load_parts(path, parts, device)
-    meta = dict(meta, unet_config=unet_config, text_config=text_config, training=json.loads(meta.get("training", "{}")))
+    unet_config, text_config = ckpt.json("unet_config"), ckpt.json("text_config")
+    unet = declared_module(ckpt, "unet_config", unet_config, UNET_LIMITS, empty_unet)
+    text = declared_module(ckpt, "text_config", text_config, TEXT_LIMITS, empty_text_transformer)
+    adapter = checked_adapter(ckpt, unet, {"text": text})
+    model, clip = build_joint_model(unet_config, init_seed=None), build_text_clip(text_config, init_seed=None)
+    ckpt.load_into({"unet": model.diffusion_model, "adapter": adapter, "text": text_transformer(clip)}, device)
     text_transformer(clip).eval().requires_grad_(False)
+    meta = dict(ckpt.meta, unet_config=unet_config, text_config=text_config, training=ckpt.json("training", "{}"))
     return TextJointModel(model.eval(), adapter.eval().requires_grad_(False), clip, meta)
+
+
+def declared_module(
+    ckpt: Checkpoint, key: str, config: object, limits: dict, build: Callable[[dict], torch.nn.Module]
+) -> torch.nn.Module:
+    """``build(config)`` (a builder on the meta device) once metadata ``key`` is a mapping within ``limits``."""
+    if not isinstance(config, dict):
+        raise ckpt.error(f"has invalid {key} metadata (not a mapping)")
+    checkpoint.check_limits(ckpt.name, key, config, limits)
+    try:
+        return build(config)
+    except CONFIG_ERRORS as e:
+        raise ckpt.error(f"has invalid {key} metadata ({type(e).__name__}: {e})") from None
+
+
+def checked_adapter(ckpt: Checkpoint, unet: torch.nn.Module, conditioning: dict) -> ContextAdapter:
+    """The adapter the file declares, once its whole tensor table matches the declared modules (on meta)."""
+    adapter = adapter_io.declared_adapter(ckpt, "adapter_config")
+    ckpt.check_table(checkpoint.expected_shapes({"unet": unet, "adapter": adapter, **conditioning}))
+    return adapter

@@ -7,8 +7,8 @@ name (not by catching an ImportError) keeps a real import failure inside ``conte
 """
 
 if "." in __package__:
-    from ..contextdiff import adapter_io, families, joint_model
+    from ..contextdiff import adapter_io, checkpoint, families, joint_model
 else:
-    from contextdiff import adapter_io, families, joint_model
+    from contextdiff import adapter_io, checkpoint, families, joint_model
 
-__all__ = ["adapter_io", "families", "joint_model"]
+__all__ = ["adapter_io", "checkpoint", "families", "joint_model"]

@@ -16,6 +16,22 @@ from .method import joint_model
 if TYPE_CHECKING:  # annotations only: ComfyUI is imported where a model is built
     from comfy.model_base import BaseModel
 
+# Bounds on a checkpoint's UNet config, checked before anything is built (even on the meta device).
+UNET_LIMITS = {
+    "in_channels": (1, 64),
+    "out_channels": (1, 64),
+    "model_channels": (1, 4096),
+    "context_dim": (1, 16384),
+    "channel_mult": (1, 16),
+    "num_res_blocks": (1, 16),
+    "transformer_depth": (0, 16),
+    "transformer_depth_output": (0, 16),
+    "transformer_depth_middle": (0, 16),
+    "num_heads": (1, 256),
+    "norm_groups": (1, 4096),
+    "adm_in_channels": (1, 16384),
+}
+
 
 def joint_unet_config(
     channels: int = 1,
@@ -123,3 +139,9 @@ def build_joint_model(unet_config: dict, init_seed: int | None = 0) -> BaseModel
     if init_seed is not None:
         joint_model.reset_parameters(model.diffusion_model, init_seed)
     return model
+
+
+def empty_unet(unet_config: dict) -> torch.nn.Module:
+    """The ``UNetModel`` of ``build_joint_model(unet_config)`` on the meta device: its shapes, nothing allocated."""
+    with torch.device("meta"):
+        return build_joint_model(unet_config, init_seed=None).diffusion_model

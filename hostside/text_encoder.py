@@ -22,6 +22,17 @@ if TYPE_CHECKING:  # annotations only: the functions import ComfyUI when called
     from comfy.sd import CLIP
 
 TEXT_KEY = "l"  # the SD1.x layout: tokens come as {"l": [...]}, weights live under clip_l
+# Bounds on a checkpoint's text config, checked before anything is built; the vocabulary and the 77
+# positions are CLIP's tokenizer's.
+TEXT_LIMITS = {
+    "hidden_size": (1, 4096),
+    "num_hidden_layers": (1, 64),
+    "num_attention_heads": (1, 256),
+    "intermediate_size": (1, 65536),
+    "projection_dim": (1, 4096),
+    "vocab_size": (49408, 49408),
+    "max_position_embeddings": (77, 77),
+}
 
 
 def text_config(width: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: int = 4) -> dict:
@@ -46,6 +57,35 @@ def text_config(width: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: in
     return config
 
 
+def text_model_class(config: dict, **layer: object) -> type:
+    """ComfyUI's SD1.x CLIP text model (``comfy.sd1_clip.SDClipModel``) with the text config ``config``.
+
+    ``layer`` picks the output as ``SDClipModel`` does; the default, ``layer="last"`` without the projected
+    pooled output, is the final layer-normed hidden states, as SD1.x uses its CLIP.
+    """
+    import comfy.sd1_clip
+
+    options = {"layer": "last", "return_projected_pooled": False, **layer}
+
+    class TextModel(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
+            super().__init__(
+                device=device,
+                dtype=dtype,
+                textmodel_json_config=dict(config),
+                model_options=model_options or {},
+                **options,
+            )
+
+    return TextModel
+
+
+def empty_text_transformer(config: dict) -> torch.nn.Module:
+    """The text transformer of ``build_text_clip(config)`` on the meta device: its shapes, nothing allocated."""
+    with torch.device("meta"):
+        return text_model_class(config)(device="meta").transformer
+
+
 def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype = torch.float32) -> CLIP:
     """A ``comfy.sd.CLIP`` around a fresh text transformer of ``config`` (torch's default init, seeded).
 
@@ -56,28 +96,14 @@ def build_text_clip(config: dict, init_seed: int | None = 0, dtype: torch.dtype 
     import comfy.supported_models_base
 
     width = config["hidden_size"]
-
-    class TextModel(comfy.sd1_clip.SDClipModel):
-        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
-            # "last": the final layer-normed hidden states, as SD1.x uses its CLIP.
-            if model_options is None:
-                model_options = {}
-            super().__init__(
-                device=device,
-                dtype=dtype,
-                textmodel_json_config=dict(config),
-                model_options=model_options,
-                layer="last",
-                return_projected_pooled=False,
-            )
-
     tokenizer = functools.partial(
         comfy.sd1_clip.SD1Tokenizer,
         clip_name=TEXT_KEY,
         tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, embedding_size=width),
     )
     target = comfy.supported_models_base.ClipTarget(
-        tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_name=TEXT_KEY, clip_model=TextModel)
+        tokenizer,
+        functools.partial(comfy.sd1_clip.SD1ClipModel, clip_name=TEXT_KEY, clip_model=text_model_class(config)),
     )
     clip = comfy.sd.CLIP(target=target, model_options={"dtype": dtype})
     if init_seed is not None:

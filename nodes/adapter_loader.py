@@ -5,7 +5,8 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..contextdiff.adapter_io import content_hash, load_adapter
+from ..contextdiff.adapter_io import load_adapter
+from ..contextdiff.checkpoint import ADAPTER, content_hash
 from .paths import FOLDER
 from .types import Adapter, LoadedAdapter
 
@@ -15,7 +16,7 @@ class ContextDiffAdapterLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffAdapterLoader",
-            display_name="Load ContextDiff Adapter",
+            display_name=ADAPTER.loader,
             category="loaders/contextdiff",
             description="Loads a context-aware adapter (the paper's relational network r_phi) from "
             "models/contextdiff/. Only .safetensors adapters written by this pack's trainer load; "

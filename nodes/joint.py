@@ -10,6 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from ..contextdiff.checkpoint import JOINT, TEXT_JOINT
 from ..contextdiff.class_labels import batch_note, parse_labels
 from ..contextdiff.joint_model import ClassEmbedding
 from ..hostside.joint_checkpoints import load_joint, load_text_joint
@@ -29,7 +30,7 @@ class ContextDiffJointLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffJointLoader",
-            display_name="Load ContextDiff Joint Model",
+            display_name=JOINT.loader,
             category="loaders/contextdiff",
             description="Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the "
             "denoiser as a MODEL (pixel space, x0-prediction), its adapter, and its class tokens.",
@@ -73,7 +74,7 @@ class ContextDiffShapesLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ContextDiffShapesLoader",
-            display_name="Load ContextDiff Shapes Model",
+            display_name=TEXT_JOINT.loader,
             category="loaders/contextdiff",
             description="Loads a checkpoint of the shapes recipe (python -m trainer.train --config "
             "trainer/configs/shapes.yaml): a text-to-image model trained from scratch with its adapter "

@@ -96,7 +96,8 @@ def run_digits(args, out_dir: Path) -> Path:
 
 def check_text_to_image_inputs(args) -> tuple[Path, Path | None]:
     """The checkpoint and adapter paths, checked before ComfyUI starts; a problem is one sentence."""
-    from contextdiff.adapter_io import AdapterFileError, read_metadata
+    from contextdiff.adapter_io import read_metadata
+    from contextdiff.checkpoint import CheckpointError
 
     ckpt = Path(args.checkpoint).resolve()
     if not ckpt.is_file():
@@ -119,7 +120,7 @@ def check_text_to_image_inputs(args) -> tuple[Path, Path | None]:
         )
     try:
         read_metadata(adapter)
-    except AdapterFileError as e:
+    except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     return ckpt, adapter
 

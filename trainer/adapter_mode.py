@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from contextdiff import sampling
-from contextdiff.adapter_io import atomic_save_file, save_adapter
+from contextdiff.adapter_io import save_adapter
 from contextdiff.bias import adapter_bias
+from contextdiff.checkpoint import atomic_save_file
 
 from . import data, plots
 from .base_model import load_base

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from contextdiff.adapter_io import atomic_save_file
 from contextdiff.atomic_file import atomic_path, create_temp_dir
+from contextdiff.checkpoint import atomic_save_file
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from contextdiff.adapter import AdapterConfig, ContextAdapter
-from contextdiff.adapter_io import AdapterFileError, load_adapter, read_metadata, save_adapter, sniff
+from contextdiff.adapter_io import load_adapter, read_metadata, save_adapter
+from contextdiff.checkpoint import CheckpointError, sniff
 
 
 def live_adapter(**kw):
@@ -144,10 +145,10 @@ def test_bad_files_say_what_is_wrong(tmp_path):
     ext.write_bytes(good.read_bytes())
     cases[ext] = "must be .safetensors"
     for path, msg in cases.items():
-        with pytest.raises(AdapterFileError, match=None) as err:
+        with pytest.raises(CheckpointError, match=None) as err:
             load_adapter(path)
         assert msg in str(err.value), (path.name, str(err.value))
-    with pytest.raises(AdapterFileError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         read_metadata(tmp_path / "missing.safetensors")
 
 
@@ -216,7 +217,7 @@ def test_bad_hyper_parameters_refused_by_name(name, value):
 def test_forged_heads_zero_is_a_sentence_not_zerodivision(tmp_path):
     good = save_adapter(live_adapter(), tmp_path / "h.safetensors", "sd15")
     _rewrite_metadata(good, config=json.dumps({**live_adapter().cfg.to_dict(), "heads": 0}))
-    with pytest.raises(AdapterFileError) as err:
+    with pytest.raises(CheckpointError) as err:
         load_adapter(good)
     assert "h.safetensors" in str(err.value) and "heads=0" in str(err.value) and "re-export" in str(err.value)
 
@@ -247,7 +248,7 @@ def test_pickle_sniff_still_refuses_real_pickles(tmp_path):
         save(path)
         head = path.read_bytes()[:9]
         assert sniff(head, path.stat().st_size) in ("pickle", "zip"), name
-        with pytest.raises(AdapterFileError, match="refused because loading it can run code"):
+        with pytest.raises(CheckpointError, match="refused because loading it can run code"):
             load_adapter(path)
 
 
@@ -275,7 +276,7 @@ def test_forged_architecture_allocates_nothing(tmp_path):
     path = _forged_file(tmp_path / "big.safetensors", dim=4096, depth=2)
     assert path.stat().st_size < 1024
     before = _peak_rss_mb()
-    with pytest.raises(AdapterFileError, match="does not match its own architecture"):
+    with pytest.raises(CheckpointError, match="does not match its own architecture"):
         load_adapter(path)
     assert _peak_rss_mb() - before < 100
 
@@ -291,7 +292,7 @@ def test_forged_shapes_that_lie_about_their_bytes(tmp_path):
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
     good.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n :])
-    with pytest.raises(AdapterFileError, match="does not fit the file"):
+    with pytest.raises(CheckpointError, match="does not fit the file"):
         load_adapter(good)
 
 
@@ -303,7 +304,7 @@ def test_huge_weights_refused_when_loaded(tmp_path):
     with torch.no_grad():
         a.patch_out.weight.mul_(1e30)
     path = save_adapter(a, tmp_path / "huge.safetensors", "sd15")
-    with pytest.raises(AdapterFileError) as err:
+    with pytest.raises(CheckpointError) as err:
         load_adapter(path)
     assert "huge.safetensors" in str(err.value) and "earlier checkpoint" in str(err.value)
 

@@ -265,7 +265,7 @@ def test_interrupt_stops_within_a_step(server, adapters):
 def test_lora_patched_model_matches_core_and_differs_from_base(server, adapters, comfy_inprocess):
     from comfy_models import build_sd15
 
-    from contextdiff.adapter_io import atomic_save_file
+    from contextdiff.checkpoint import atomic_save_file
     from trainer.lora import add_lora, lora_state_dict
 
     unet = build_sd15(0, 32, 768).model.diffusion_model

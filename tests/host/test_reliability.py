@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contextdiff.adapter import AdapterConfig, ContextAdapter
-from contextdiff.adapter_io import AdapterFileError, atomic_save_file, load_adapter, save_adapter
+from contextdiff.adapter_io import load_adapter, save_adapter
+from contextdiff.checkpoint import CheckpointError, atomic_save_file
 from media.video import VideoError, read_video, write_video
 
 
@@ -85,7 +86,7 @@ def _first_tensor(header):
 def test_forged_adapter_headers(tmp_path, valid_adapter, case, forge, message):
     path = tmp_path / "forged.safetensors"
     path.write_bytes(forge(valid_adapter))
-    with pytest.raises(AdapterFileError) as err:
+    with pytest.raises(CheckpointError) as err:
         load_adapter(path)
     assert message in str(err.value), (case, str(err.value))
 
@@ -93,12 +94,12 @@ def test_forged_adapter_headers(tmp_path, valid_adapter, case, forge, message):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_adapter_reader(tmp_path, valid_adapter, data):
-    """Random byte edits and truncations: a clear AdapterFileError or a valid adapter, never a crash."""
+    """Random byte edits and truncations: a clear CheckpointError or a valid adapter, never a crash."""
     path = tmp_path / "mutant.safetensors"
     path.write_bytes(_mutate(data, valid_adapter, 8))
     try:
         adapter, _ = load_adapter(path)
-    except AdapterFileError:
+    except CheckpointError:
         return
     for p in adapter.parameters():  # accepted files hold finite weights of the right shapes
         assert torch.isfinite(p).all()
@@ -132,7 +133,7 @@ def test_fuzz_forged_hyper_parameters(tmp_path, valid_adapter, data):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     try:
         adapter, meta = load_adapter(path)
-    except AdapterFileError as e:
+    except CheckpointError as e:
         assert path.name in str(e), str(e)
     else:  # only a config the file's own tensors fit is accepted (heads, temporal_window change no shape)
         assert all(getattr(meta["config"], k) == v for k, v in changes.items())
@@ -143,31 +144,31 @@ def test_fuzz_forged_hyper_parameters(tmp_path, valid_adapter, data):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
 
 
-def test_forged_joint_checkpoint_adapter_refused_before_allocating(tmp_path):
+def test_forged_joint_checkpoint_adapter_refused_before_allocating(tmp_path, comfy_inprocess):
     """A 500-byte joint checkpoint whose metadata declares a 2 GB adapter: refused before any model is built."""
     from safetensors.torch import save_file
 
-    from contextdiff.joint_model import JOINT_FORMAT, JOINT_VERSION
+    from contextdiff.checkpoint import JOINT
     from hostside.joint_checkpoints import load_joint
     from hostside.pixel_unet import joint_unet_config
 
     path = tmp_path / "forged-joint.safetensors"
     meta = {
-        "format": JOINT_FORMAT,
-        "format_version": str(JOINT_VERSION),
+        "format": JOINT.key,
+        "format_version": str(JOINT.version),
         "unet_config": json.dumps(joint_unet_config(model_channels=8, context_dim=8)),
         "adapter_config": json.dumps(AdapterConfig(dim=4096, depth=2).to_dict()),
         "num_classes": "10",
     }
     save_file({"adapter.patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with pytest.raises(AdapterFileError) as err:
+    with pytest.raises(CheckpointError) as err:
         load_joint(path)
     assert "forged-joint.safetensors does not match its own architecture" in str(err.value)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 100
     meta["adapter_config"] = json.dumps({**AdapterConfig().to_dict(), "heads": 0})
     save_file({"adapter.patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
-    with pytest.raises(AdapterFileError, match="heads=0"):
+    with pytest.raises(CheckpointError, match="heads=0"):
         load_joint(path)
 
 
@@ -199,7 +200,7 @@ def _read(path):
 
 
 def test_full_disk_keeps_previous_adapter(tmp_path, monkeypatch):
-    import contextdiff.adapter_io as io_mod
+    import contextdiff.checkpoint as io_mod
 
     path = save_adapter(ContextAdapter(AdapterConfig(dim=16, depth=1, heads=2)), tmp_path / "a.safetensors", "sd15")
     before = path.read_bytes()

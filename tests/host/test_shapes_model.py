@@ -140,10 +140,10 @@ def run_workflow(server, name: str, ckpt: str, **changes) -> list[Path]:
 def test_two_step_training_writes_a_checkpoint_the_workflows_run(server, trained):
     from PIL import Image
 
-    from contextdiff.joint_model import checkpoint_format
+    from contextdiff.checkpoint import TEXT_JOINT, identify
 
-    fmt, meta = checkpoint_format(trained)
-    assert fmt == "contextdiff-text-joint" and meta["recipe"] == "shapes" and meta["with_bias"] == "true"
+    fmt, meta = identify(trained)
+    assert fmt is TEXT_JOINT and meta["recipe"] == "shapes" and meta["with_bias"] == "true"
     assert json.loads(meta["training"])["steps"] == 2 and json.loads(meta["text_config"])["vocab_size"] == 49408
     assert (trained.parent / "samples.png").is_file() and (trained.parent / "loss.png").is_file()
     shutil.copy(trained, server.adapters_dir / "shapes-two-steps.safetensors")
@@ -280,8 +280,8 @@ def test_shapes_loader_refuses_other_recipes(server, tiny_shapes, comfy_inproces
     )
     save_tiny_shapes_checkpoint(server.adapters_dir / "stripes-world.safetensors", recipe="stripes")
     cases = {
-        "digits-for-shapes.safetensors": "is a class-conditional joint checkpoint (recipe digits), not a "
-        "text-conditioned one: load it with Load ContextDiff Joint Model",
+        "digits-for-shapes.safetensors": "is a ContextDiff class-conditional joint checkpoint (recipe digits), "
+        "which Load ContextDiff Shapes Model does not read: load it with Load ContextDiff Joint Model",
         "stripes-world.safetensors": "was trained on recipe 'stripes', this loader reads 'shapes' checkpoints: "
         "pick a shapes checkpoint",
     }
