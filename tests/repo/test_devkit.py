@@ -22,7 +22,7 @@ def python_files() -> list[Path]:
 
 
 def edits_import_path(source: str) -> bool:
-    """Code (not text) that reads or changes ``sys.path`` or adds a site directory."""
+    """Code (not text) that reads or changes the import path or adds a site directory."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if (node.value.id, node.attr) in {("sys", "path"), ("site", "addsitedir")}:
@@ -44,14 +44,15 @@ def test_one_module_outside_tests_and_one_inside_edit_the_import_path():
     found = [p.relative_to(ROOT) for p in python_files() if edits_import_path(p.read_text())]
     inside = [str(p) for p in found if p.parts[0] == "tests"]
     outside = [str(p) for p in found if p.parts[0] != "tests"]
-    assert len(outside) <= 1, f"only trainer/comfy_env.py may edit sys.path outside tests/ (devkit says how): {outside}"
-    assert len(inside) <= 1, f"only the test node pack may edit sys.path inside tests/: {inside}"
+    assert len(outside) <= 1, (
+        f"only trainer/comfy_env.py may edit the import path outside tests/ (see devkit): {outside}"
+    )
+    assert len(inside) <= 1, f"only the test node pack may edit the import path inside tests/: {inside}"
 
 
 PROBE = r"""
 import importlib, json, pkgutil, sys
-sys.path.insert(0, sys.argv[1])  # the repository root first, as `python -m` from it puts it
-import devkit
+import devkit  # found in the current directory, the repository root: first on the import path
 comfy = devkit.comfyui()
 import nodes
 pack = devkit.import_pack()
@@ -81,9 +82,7 @@ def probe():
     from trainer.comfy_env import find_comfyui
 
     env = dict(os.environ, PYTHONPATH=str(find_comfyui()))
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(ROOT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
