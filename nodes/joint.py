@@ -6,7 +6,6 @@ import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -15,42 +14,33 @@ from ..contextdiff.class_labels import batch_note, parse_labels
 from ..contextdiff.joint_model import ClassEmbedding
 from ..hostside.joint_checkpoints import load_joint, load_text_joint
 from . import pixel_grid
-from .adapter_loader import ContextDiffAdapterLoader
-from .paths import FOLDER
+from .loading import file_fingerprint, file_input, file_path, loader_schema
 from .types import Adapter, Classes, LoadedAdapter
-
-
-def checkpoint_input(tooltip: str) -> io.Combo.Input:
-    """The loaders' ``ckpt_name``: a file in models/contextdiff/."""
-    return io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
 
 
 class ContextDiffJointLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffJointLoader",
-            display_name=JOINT.loader,
-            category="loaders/contextdiff",
-            description="Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the "
+        return loader_schema(
+            "ContextDiffJointLoader",
+            JOINT,
+            "Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the "
             "denoiser as a MODEL (pixel space, x0-prediction), its adapter, and its class tokens.",
-            inputs=[
-                checkpoint_input(
-                    "A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
-                    "runs/digits/digits-contextdiff.safetensors copied there)."
-                )
-            ],
-            outputs=[io.Model.Output(), Adapter.Output(display_name="adapter"), Classes.Output(display_name="classes")],
+            file_input(
+                "ckpt_name",
+                "A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
+                "runs/digits/digits-contextdiff.safetensors copied there).",
+            ),
+            [io.Model.Output(), Adapter.Output(display_name="adapter"), Classes.Output(display_name="classes")],
         )
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name: str) -> str:
-        return ContextDiffAdapterLoader.fingerprint_inputs(ckpt_name)  # the file's content decides
+        return file_fingerprint(ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name: str) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise(FOLDER, ckpt_name)
-        model, adapter, classes, meta = load_joint(path)
+        model, adapter, classes, meta = load_joint(file_path(ckpt_name, JOINT))
         return io.NodeOutput(model_patcher(model), LoadedAdapter(adapter, meta, ckpt_name), classes)
 
 
@@ -72,21 +62,19 @@ def pixel_space_vae() -> comfy.sd.VAE:
 class ContextDiffShapesLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffShapesLoader",
-            display_name=TEXT_JOINT.loader,
-            category="loaders/contextdiff",
-            description="Loads a checkpoint of the shapes recipe (python -m trainer.train --config "
+        return loader_schema(
+            "ContextDiffShapesLoader",
+            TEXT_JOINT,
+            "Loads a checkpoint of the shapes recipe (python -m trainer.train --config "
             "trainer/configs/shapes.yaml): a text-to-image model trained from scratch with its adapter "
             "and a CLIP text encoder. Prompts, weights like (red:1.3), blend words and word alignment "
             "run the same code as with an SD checkpoint.",
-            inputs=[
-                checkpoint_input(
-                    "A shapes checkpoint in models/contextdiff/ (e.g. "
-                    "runs/shapes/shapes-contextdiff.safetensors copied there)."
-                )
-            ],
-            outputs=[
+            file_input(
+                "ckpt_name",
+                "A shapes checkpoint in models/contextdiff/ (e.g. runs/shapes/shapes-contextdiff.safetensors "
+                "copied there).",
+            ),
+            [
                 io.Model.Output(tooltip="The denoiser: pixel space, 32x32 RGB, x0-prediction."),
                 io.Clip.Output(tooltip="Its CLIP text encoder (CLIP's BPE tokenizer): use CLIPTextEncode."),
                 io.Vae.Output(
@@ -102,12 +90,11 @@ class ContextDiffShapesLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name: str) -> str:
-        return ContextDiffAdapterLoader.fingerprint_inputs(ckpt_name)
+        return file_fingerprint(ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name: str) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise(FOLDER, ckpt_name)
-        loaded = load_text_joint(path, recipe="shapes")
+        loaded = load_text_joint(file_path(ckpt_name, TEXT_JOINT), recipe="shapes")
         adapter = LoadedAdapter(loaded.adapter, loaded.meta, ckpt_name)
         return io.NodeOutput(model_patcher(loaded.model), loaded.clip, pixel_space_vae(), adapter)
 
