@@ -16,6 +16,7 @@ SOURCES = [
     "bench",
     "contextdiff",
     "docs",
+    "hostside",
     "media",
     "nodes",
     "scripts",
