@@ -86,3 +86,17 @@ def build():
 
 def test_method_imports_no_comfyui_and_nothing_above_it():
     assert forbidden_imports("contextdiff") == []
+
+
+def test_host_side_reaches_the_method_through_one_module():
+    """ComfyUI imports ``hostside`` as ``<pack>.hostside``, the trainer as ``hostside``: only ``method.py``
+    decides how ``contextdiff/`` is reached, so no other module can import the method under a second name."""
+    found = []
+    for path in sorted((ROOT / "hostside").glob("*.py")):
+        if path.name != "method.py":
+            found += [
+                f"{path.name}:{line}" for line, name in run_time_imports(path.read_text()) if name == "contextdiff"
+            ]
+    assert found == []
+    # method.py itself: the pack-relative import (ComfyUI) and the top-level one (trainer, tools), nothing else.
+    assert [name for _, name in run_time_imports((ROOT / "hostside" / "method.py").read_text())] == ["contextdiff"] * 2
