@@ -25,16 +25,16 @@ from .base_model import load_base
 from .components import build_adapter, checkpoint_blocks
 from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, vp_x0_predictor
 from .lora import add_lora, lora_state_dict
+from .task import Task
 
 
-class FrozenBaseTask(nn.Module):
+class FrozenBaseTask(Task):
     """What ``adapter`` and ``video`` modes share: the frozen base, the adapter, the loss."""
 
     video = False
 
     def __init__(self, cfg, device):
-        super().__init__()
-        self.cfg, self.device = cfg, device
+        super().__init__(cfg, device)
         self.base = load_base(cfg, device)
         model = self.base.model
         self.model = model
@@ -43,7 +43,8 @@ class FrozenBaseTask(nn.Module):
         context_dim = model.model_config.unet_config["context_dim"]
         torch.manual_seed(cfg.seed)
         self.adapter = build_adapter(cfg, latent_channels, context_dim, device, video=self.video)
-        self.loras = add_lora(model.diffusion_model, cfg.lora_rank) if cfg.lora_rank > 0 else {}
+        rank = cfg.options.lora_rank
+        self.loras = add_lora(model.diffusion_model, rank) if rank > 0 else {}
         modules = {"adapter": self.adapter}
         if self.loras:
             modules["lora"] = nn.ModuleDict({k.replace(".", "__"): v for k, v in self.loras.items()})
@@ -59,18 +60,11 @@ class FrozenBaseTask(nn.Module):
             self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, tokens[:1] if frames else tokens, frames)
         )
 
-    def export(self, output_dir: Path) -> list[Path]:
-        out = [
-            save_adapter(
-                self.adapter,
-                Path(output_dir) / f"{self.cfg.name}.safetensors",
-                self.base.family,
-                training=self.cfg.to_dict(),
-            )
-        ]
+    def export(self) -> list[Path]:
+        out = [save_adapter(self.adapter, self.export_path, self.base.family, training=self.cfg.to_dict())]
         if self.loras:
             meta = {"contextdiff_training": json.dumps(self.cfg.to_dict(), default=str)}
-            lora_path = Path(output_dir) / f"{self.cfg.name}-lora.safetensors"
+            lora_path = self.export_path.with_name(f"{self.cfg.name}-lora.safetensors")
             out.append(atomic_save_file(lora_state_dict(self.loras), lora_path, meta))
         return out
 
@@ -88,17 +82,14 @@ class FrozenBaseTask(nn.Module):
         def denoiser(x_, s, **_):
             return self.model.apply_model(x_, s, **cond)
 
-        was = self.adapter.training
-        self.adapter.eval()
-        try:
+        with self.evaluating(self.adapter):
             return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias)
-        finally:
-            self.adapter.train(was)
 
     def preview_latent_shape(self, latent_shape, count: int) -> tuple[int, ...]:
         """``(count, C, h, w)`` of latents for ``preview_size`` pixels, scaled from a training latent's shape."""
-        side = self.cfg.preview_size or self.cfg.image_size
-        h, w = (max(1, round(n * side / self.cfg.image_size)) for n in latent_shape[-2:])
+        o = self.cfg.options
+        side = o.preview_size or o.image_size
+        h, w = (max(1, round(n * side / o.image_size)) for n in latent_shape[-2:])
         return (count, latent_shape[-3], h, w)
 
     def to_pixels(self, latents, like: torch.Tensor):
@@ -115,13 +106,13 @@ class FrozenBaseTask(nn.Module):
 class AdapterTask(FrozenBaseTask):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
-        self.data = data.scan(cfg.dataset, cfg.on_bad_data)
+        self.data = data.scan(cfg.options.dataset, cfg.options.on_bad_data)
         if self.data.skipped:
             counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in self.data.skipped.items())
             print(f"[trainer] skipped {counts}; using {len(self.data)} image-caption pairs")
         self.skipped = {k: len(v) for k, v in self.data.skipped.items()}
         self._cache = {}
-        if cfg.cache_latents:
+        if cfg.options.cache_latents:
             for i in range(len(self.data)):
                 self._item(i)
 
@@ -136,10 +127,10 @@ class AdapterTask(FrozenBaseTask):
         if i in self._cache:
             return self._cache[i]
         path, caption = self.data.items[i]
-        pixels = data.load_image(path, self.cfg.image_size).unsqueeze(0)
+        pixels = data.load_image(path, self.cfg.options.image_size).unsqueeze(0)
         item = (self.base.encode_images(pixels)[0], self._text(caption))
         self.latent_shape = tuple(item[0].shape)
-        if self.cfg.cache_latents:
+        if self.cfg.options.cache_latents:
             self._cache[i] = item
         return item
 
@@ -157,7 +148,7 @@ class AdapterTask(FrozenBaseTask):
 
     def sample_grid(self, out_path: Path) -> Path:
         """Each of the first ``preview_count`` training images beside a sample from its caption."""
-        side = self.cfg.preview_size or self.cfg.image_size
+        side = self.cfg.options.preview_size or self.cfg.options.image_size
         shown = []
         for i in range(min(self.cfg.preview_count, len(self.data))):
             path, caption = self.data.items[i]

@@ -14,7 +14,7 @@ def build_adapter(cfg, latent_channels: int, context_dim: int, device, video: bo
     """The adapter of ``--adapter_*`` (Tables 7/8) for latents of ``latent_channels`` and text tokens of
     ``context_dim``; its output projection starts at zero, so a fresh adapter is the base sampler.
     Video adapters add temporal causal attention over ``--temporal_window`` frames."""
-    extra = {"video": True, "temporal_window": cfg.temporal_window} if video else {}
+    extra = {"video": True, "temporal_window": cfg.options.temporal_window} if video else {}
     return ContextAdapter(
         AdapterConfig(
             latent_channels=latent_channels,

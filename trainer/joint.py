@@ -20,6 +20,7 @@ from hostside.pixel_unet import build_joint_model, joint_unet_config
 from . import plots
 from .components import build_adapter, trainable_modules
 from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, vp_x0_predictor
+from .task import Task
 
 
 def load_digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,27 +39,27 @@ def split_digits(images, labels, val_fraction: float):
     return (images[order[n_val:]], labels[order[n_val:]]), (images[order[:n_val]], labels[order[:n_val]])
 
 
-class JointTask(nn.Module):
+class JointTask(Task):
     def __init__(self, cfg, device):
-        super().__init__()
-        if cfg.dataset != "digits":
-            raise ValueError(f"joint mode trains on 'digits' (scikit-learn's bundled set); got dataset={cfg.dataset!r}")
-        self.cfg = cfg
+        super().__init__(cfg, device)
+        o = cfg.options
+        if o.dataset != "digits":
+            raise ValueError(f"joint mode trains on 'digits' (scikit-learn's bundled set); got dataset={o.dataset!r}")
         self.images, self.labels = load_digits_tensor()
         self.num_classes = 10
-        if cfg.image_size != 8:
+        if o.image_size != 8:
             self.images = nn.functional.interpolate(
-                self.images, size=cfg.image_size, mode="bilinear", align_corners=False
+                self.images, size=o.image_size, mode="bilinear", align_corners=False
             )
         (self.images, self.labels), (self.val_images, self.val_labels) = split_digits(
-            self.images, self.labels, cfg.val_fraction
+            self.images, self.labels, o.val_fraction
         )
-        self.unet_config = joint_unet_config(channels=1, model_channels=cfg.unet_channels, context_dim=cfg.context_dim)
+        self.unet_config = joint_unet_config(channels=1, model_channels=o.unet_channels, context_dim=o.context_dim)
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
         torch.manual_seed(cfg.seed + 1)
-        self.adapter = build_adapter(cfg, latent_channels=1, context_dim=cfg.context_dim, device=device)
-        self.classes = ClassEmbedding(self.num_classes, cfg.context_dim).to(device)
+        self.adapter = build_adapter(cfg, latent_channels=1, context_dim=o.context_dim, device=device)
+        self.classes = ClassEmbedding(self.num_classes, o.context_dim).to(device)
         self.trainable = trainable_modules(cfg, self.model, self.adapter, classes=self.classes)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
@@ -68,7 +69,7 @@ class JointTask(nn.Module):
         idx = torch.randint(len(self.images), (cfg.batch_size,), generator=gen)
         x0 = self.images[idx].to(device)
         labels = self.labels[idx].clone()
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.class_dropout
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.options.class_dropout
         labels[drop] = self.num_classes
         t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen).to(device)
@@ -83,12 +84,8 @@ class JointTask(nn.Module):
         x0 = self.val_images.to(self.sigmas.device)
         t = torch.randint(len(self.sigmas), (len(x0),), generator=gen)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return float(self.loss(x0, self.val_labels, t, eps, weighting="uniform"))
-        finally:
-            self.train(was)
 
     def loss(self, x0, labels, t, eps, weighting=None):
         cfg, device = self.cfg, self.sigmas.device
@@ -98,9 +95,9 @@ class JointTask(nn.Module):
         return recipe_loss(cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting)
 
     # --- artefacts -------------------------------------------------------------------------
-    def export(self, output_dir: Path) -> list[Path]:
+    def export(self) -> list[Path]:
         path = save_joint(
-            Path(output_dir) / f"{self.cfg.name}.safetensors",
+            self.export_path,
             self.model,
             self.adapter,
             self.classes,
@@ -113,9 +110,7 @@ class JointTask(nn.Module):
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, seed: int, steps: int = 30, cfg_scale: float = 4.0, strength: float = 1.0):
         """Class-conditional contextualized DDIM through the same ComfyUI model as in the host."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return sample_joint(
                 self.model,
                 self.adapter,
@@ -125,13 +120,11 @@ class JointTask(nn.Module):
                 steps,
                 cfg_scale,
                 strength,
-                size=self.cfg.image_size,
+                size=self.cfg.options.image_size,
             )
-        finally:
-            self.train(was_training)
 
     def sample_grid(self, out_path: Path) -> Path:
-        n = self.cfg.sample_classes
+        n = self.cfg.options.sample_classes
         labels = torch.arange(n).repeat_interleave(self.cfg.preview_count) % self.num_classes
         strength = 1.0 if self.cfg.use_bias else 0.0
         with_bias = self.sample(labels, seed=0, steps=self.cfg.preview_steps, strength=strength)

@@ -1,11 +1,14 @@
 """The training loop shared by every mode: optimiser, schedule, DDP, logging, checkpoints.
 
-Each step draws its batch, timesteps and noise from a generator seeded by (seed, step, rank),
-so a resumed run replays exactly the steps an uninterrupted run would have taken.
+Each step draws its batch, timesteps and noise from a generator seeded by (seed, step, rank)
+(:func:`trainer.batches.step_generator`), so a resumed run replays exactly the steps an uninterrupted
+run would have taken. :func:`train` is the loop; :class:`Run` holds a run's state and its four parts:
+:meth:`Run.resume`, :meth:`Run.step`, :meth:`Run.log` and :meth:`Run.save`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -16,7 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoint, plots
+from .batches import Prefetcher, step_generator, synchronous
 from .runtime import EMA, Dist, autocast
+
+__all__ = ["Run", "lr_lambda", "step_generator", "train"]
 
 
 def lr_lambda(cfg):
@@ -31,141 +37,182 @@ def lr_lambda(cfg):
     return f
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63))
+def _due(step: int, every: int, last: int) -> bool:
+    """Whether something done every ``every`` steps (and at the end) is done after ``step`` steps."""
+    return step % every == 0 or step == last
+
+
+class Run:
+    """One training run: the task built by ``task_factory(cfg, device)``, its optimiser, learning-rate
+    schedule, gradient scaler and EMA, and the folder it writes (``config.json``, ``log.jsonl``, ``state/``,
+    the exported checkpoint, ``loss.png``, ``samples.png``)."""
+
+    def __init__(self, cfg, task_factory):
+        self.cfg = cfg
+        self.env = env = Dist(cfg.device)
+        self.out = Path(cfg.output_dir)
+        if env.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        self.log_path = self.out / "log.jsonl"
+        self.exported: list[Path] = []
+        self.task = task_factory(cfg, env.device)
+        self.params = self.task.trained_parameters()
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=env.device.type == "cuda" and cfg.precision == "fp16")
+        self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # the from-scratch modes have a validation loss
+        self.val_every = getattr(cfg.options, "val_every", 0)
+        self.t0 = time.time()  # the loop restarts it: log lines and the summary count training time
+
+    # --- resume ------------------------------------------------------------------------------
+    def resume(self) -> int:
+        """The first step to train: with ``--resume``, the step of the latest state in ``output_dir/state``
+        (weights, optimiser, schedule, scaler, EMA and RNGs restored), else 0. The log keeps the lines up
+        to that step: a fresh run starts a new log."""
+        start = 0
+        state = checkpoint.load_state(self.out) if self.cfg.resume else None
+        if state is not None:
+            weights, extra, info = state
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(weights[k].to(p.device))
+            self.optimizer.load_state_dict(extra["optimizer"])
+            self.scheduler.load_state_dict(extra["scheduler"])
+            self.scaler.load_state_dict(extra["scaler"])
+            if self.ema is not None and "ema" in extra:
+                self.ema.shadow = {k: v.to(self.params[k].device) for k, v in extra["ema"].items()}
+            checkpoint.set_rng_state(extra["rng"])
+            start = info["step"]
+            if self.env.main:
+                print(f"[trainer] resumed from step {start} in {self.out / 'state'}")
+        if self.env.main and self.log_path.exists():
+            lines = self.log_path.read_text().splitlines()
+            kept = [line for line in lines if start and json.loads(line)["step"] <= start]
+            self.log_path.write_text("".join(line + "\n" for line in kept))
+        return start
+
+    def batches(self, start: int):
+        """``(step, batch)`` for the steps from ``start``: made ahead on a thread where the task's batches are
+        worth it (pinned on CUDA), else as each step needs it. A context manager."""
+        steps = range(start, self.cfg.steps)
+        seed, rank = self.cfg.seed, self.env.rank
+        if self.task.prefetch:
+            pin = self.env.device.type == "cuda"
+            return Prefetcher(self.task.make_batch, seed, rank, steps, pin=pin)
+        return contextlib.nullcontext(synchronous(self.task.make_batch, seed, rank, steps))
+
+    # --- step --------------------------------------------------------------------------------
+    def step(self, model, batch, step: int) -> float:
+        """One optimisation step on ``batch``; returns its loss."""
+        cfg = self.cfg
+        with autocast(self.env.device, cfg.precision):
+            loss = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {step}; lower --lr or use --precision fp32 "
+                f"(the last good checkpoint is in {self.out / 'state'})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params.values(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
+        return loss.item()
+
+    # --- log ---------------------------------------------------------------------------------
+    def log(self, done: int, loss: float, bar) -> None:
+        """After ``done`` steps: the mean loss over the ranks every ``log_every`` steps, the validation loss
+        every ``val_every`` steps (both at the end too), as lines of ``log.jsonl``."""
+        cfg, env = self.cfg, self.env
+        if _due(done, cfg.log_every, cfg.steps):
+            mean_loss = env.mean(loss)
+            if env.main:
+                rec = {
+                    "step": done,
+                    "loss": mean_loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - self.t0, 3),
+                }
+                self._append(rec)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if self.val_every and env.main and _due(done, self.val_every, cfg.steps):
+            val = self.task.validation_loss()
+            if val is not None:
+                self._append({"step": done, "val_loss": val})
+
+    def _append(self, record: dict) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --- save --------------------------------------------------------------------------------
+    def save(self, done: int) -> None:
+        """The resumable state after ``done`` steps, then (EMA weights swapped in, if any) the exported
+        checkpoint, the loss curve and the preview; every rank waits for it."""
+        cfg, env = self.cfg, self.env
+        if env.main:
+            extra = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": checkpoint.rng_state(),
+            }
+            if self.ema is not None:
+                extra["ema"] = self.ema.shadow
+            weights = {k: p.detach() for k, p in self.params.items()}
+            checkpoint.save_state(self.out, done, weights, extra, {"mode": cfg.mode, "steps": cfg.steps})
+            with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
+                self.exported[:] = self.task.export()
+                plots.loss_curve(self.log_path, self.out / "loss.png", f"{cfg.mode}: Eq. 6 loss")
+                if cfg.preview_count:
+                    self.task.sample_grid(self.out / "samples.png")
+        env.barrier()
+
+    def finish(self, last: float | None) -> dict:
+        """Each rank's weight checksum (under DDP the replicas must agree), the summary, the paths written."""
+        env = self.env
+        checksum = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(self.params.values())))
+        record = {"rank": env.rank, "world": env.world, "checksum": checksum}
+        (self.out / f"rank-{env.rank}.json").write_text(json.dumps(record))
+        summary = {
+            "steps": self.cfg.steps,
+            "final_loss": last,
+            "output_dir": str(self.out),
+            "seconds": time.time() - self.t0,
+            "exported": [str(p) for p in self.exported],
+        }
+        if env.main:
+            for path in self.exported:
+                print(f"[trainer] wrote {path}", flush=True)
+        env.close()
+        return summary
 
 
 def train(cfg, task_factory) -> dict:
     """Run ``cfg.steps`` steps of the task built by ``task_factory(cfg, device)``; returns a summary."""
-    env = Dist(cfg.device)
-    out = Path(cfg.output_dir)
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    exported: list[Path] = []
-    task = task_factory(cfg, env.device)
-    params = {
-        f"{name}.{k}": p for name, m in task.trainable.items() for k, p in m.named_parameters() if p.requires_grad
-    }
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    scaler = torch.amp.GradScaler("cuda", enabled=env.device.type == "cuda" and cfg.precision == "fp16")
-    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start = 0
-    if cfg.resume:
-        state = checkpoint.load_state(out)
-        if state is not None:
-            weights, extra, info = state
-            with torch.no_grad():
-                for k, p in params.items():
-                    p.copy_(weights[k].to(p.device))
-            optimizer.load_state_dict(extra["optimizer"])
-            scheduler.load_state_dict(extra["scheduler"])
-            scaler.load_state_dict(extra["scaler"])
-            if ema is not None and "ema" in extra:
-                ema.shadow = {k: v.to(params[k].device) for k, v in extra["ema"].items()}
-            checkpoint.set_rng_state(extra["rng"])
-            start = info["step"]
-            if env.main:
-                print(f"[trainer] resumed from step {start} in {out / 'state'}")
-    model = DistributedDataParallel(task) if env.world > 1 else task
-    log_path = out / "log.jsonl"
-    if env.main and log_path.exists():
-        # A fresh run starts a new log; a resumed one drops what was logged after its checkpoint.
-        kept = [line for line in log_path.read_text().splitlines() if start and json.loads(line)["step"] <= start]
-        log_path.write_text("".join(line + "\n" for line in kept))
-
-    def save(step):
-        if env.main:
-            extra = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": checkpoint.rng_state(),
-            }
-            if ema is not None:
-                extra["ema"] = ema.shadow
-            checkpoint.save_state(
-                out, step, {k: p.detach() for k, p in params.items()}, extra, {"mode": cfg.mode, "steps": cfg.steps}
-            )
-            ctx = ema.swapped() if ema is not None else _nullcontext()
-            with ctx:
-                exported[:] = task.export(out)
-                plots.loss_curve(log_path, out / "loss.png", f"{cfg.mode}: Eq. 6 loss")
-                if cfg.preview_count:
-                    task.sample_grid(out / "samples.png")
-        env.barrier()
-
+    run = Run(cfg, task_factory)
+    start = run.resume()
+    model = DistributedDataParallel(run.task) if run.env.world > 1 else run.task
     bar = tqdm(
-        range(start, cfg.steps),
         initial=start,
         total=cfg.steps,
-        disable=not env.main,
+        disable=not run.env.main,
         desc=f"train {cfg.mode}",
         dynamic_ncols=True,
     )
-    t0, last = time.time(), None
-    val_every = getattr(cfg.options, "val_every", 0)  # the from-scratch modes have a validation loss
-    for step in bar:
-        gen = step_generator(cfg.seed, step, env.rank)
-        with autocast(env.device, cfg.precision):
-            loss = model(gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {step}; lower --lr or use --precision fp32 "
-                f"(the last good checkpoint is in {out / 'state'})"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update()
-        last = loss.item()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            mean_loss = env.mean(last)
-            if env.main:
-                rec = {
-                    "step": step + 1,
-                    "loss": mean_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "elapsed_s": round(time.time() - t0, 3),
-                }
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-        if val_every and env.main and ((step + 1) % val_every == 0 or step + 1 == cfg.steps):
-            val = getattr(task, "validation_loss", lambda: None)()
-            if val is not None:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step + 1, "val_loss": val}) + "\n")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save(step + 1)
+    run.t0, last = time.time(), None
+    with run.batches(start) as batches:
+        for step, batch in batches:
+            last = run.step(model, batch, step)
+            run.log(step + 1, last, bar)
+            if _due(step + 1, cfg.save_every, cfg.steps):
+                run.save(step + 1)
+            bar.update()
     bar.close()
-    # Each rank records a checksum of its weights: under DDP the replicas must agree.
-    checksum = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(params.values())))
-    (out / f"rank-{env.rank}.json").write_text(json.dumps({"rank": env.rank, "world": env.world, "checksum": checksum}))
-    summary = {
-        "steps": cfg.steps,
-        "final_loss": last,
-        "output_dir": str(out),
-        "seconds": time.time() - t0,
-        "exported": [str(p) for p in exported],
-    }
-    if env.main:
-        for path in exported:
-            print(f"[trainer] wrote {path}", flush=True)
-    env.close()
-    return summary
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+    return run.finish(last)

@@ -3,26 +3,36 @@
 The denoiser (ComfyUI's UNet, pixel space, x0-prediction), the adapter and a CLIP text encoder
 (ComfyUI's CLIP text model with CLIP's BPE tokenizer) are trained together with Eq. 6. Each step
 renders a fresh batch of ``shapesworld`` scenes of the training split (the held-out colour-shape
-pairs never occur) from a seed drawn from the step's generator, so resumed runs replay exactly.
+pairs never occur) from a seed drawn from the step's generator, so resumed runs replay exactly. The batch
+(pixels, token ids, timesteps, noise) depends on that generator only, so it is made ahead of the step on
+a background thread (:mod:`trainer.batches`); each caption is BPE-tokenised once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from hostside.joint_checkpoints import save_text_joint
 from hostside.pixel_unet import build_joint_model, joint_unet_config
-from hostside.text_encoder import build_text_clip, encode_batch, text_config, text_transformer
+from hostside.text_encoder import (
+    build_text_clip,
+    encode_batch,
+    encode_token_ids,
+    text_config,
+    text_transformer,
+    token_ids,
+)
 from shapesworld import world
 
 from . import plots
-from .components import build_adapter, checkpoint_blocks
+from .components import build_adapter, trainable_modules
 from .diffusion import recipe_loss, relational, training_schedule, vp_x0_predictor
 from .joint import sample_conditioned
+from .task import Task
 
 RECIPE = "shapes"
 VALIDATION_SEED = 2**40 + 17  # a fixed batch, outside the training seeds' practical range
@@ -50,69 +60,98 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-class ShapesTask(nn.Module):
+@dataclass
+class ShapesBatch:
+    """One step's inputs, made on the CPU from the step's generator."""
+
+    pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    ids: torch.Tensor  # (B, 77) token ids of the captions ("" where dropped for classifier-free guidance)
+    t: torch.Tensor  # (B,) training timesteps
+    eps: torch.Tensor  # (B, 3, H, W) noise
+    gen: torch.Generator  # the step's generator after these draws (a bias variant draws more from it)
+
+    def pin_memory(self) -> ShapesBatch:
+        """The tensors in page-locked memory, for asynchronous copies to a GPU."""
+        return ShapesBatch(
+            self.pixels.pin_memory(), self.ids.pin_memory(), self.t.pin_memory(), self.eps.pin_memory(), self.gen
+        )
+
+
+class ShapesTask(Task):
+    prefetch = True
+
     def __init__(self, cfg, device):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg, device)
+        o = cfg.options
         self.unet_config = joint_unet_config(
             channels=3,
-            model_channels=cfg.unet_channels,
-            context_dim=cfg.context_dim,
-            channel_mult=cfg.unet_levels(),
-            num_res_blocks=cfg.unet_res_blocks,
+            model_channels=o.unet_channels,
+            context_dim=o.context_dim,
+            channel_mult=o.unet_levels(),
+            num_res_blocks=o.unet_res_blocks,
             heads=UNET_HEADS,
-            attention_from_level=cfg.attention_from_level,
-            norm_groups=cfg.norm_groups,
-            pooled_dim=cfg.context_dim,
+            attention_from_level=o.attention_from_level,
+            norm_groups=o.norm_groups,
+            pooled_dim=o.context_dim,
         )
         self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
         self.model.diffusion_model.train()
-        self.text_config = text_config(cfg.context_dim, cfg.text_layers, cfg.text_heads)
+        self.text_config = text_config(o.context_dim, o.text_layers, o.text_heads)
         self.clip = build_text_clip(self.text_config, init_seed=cfg.seed + 2)
         self.text = text_transformer(self.clip).to(device).train().requires_grad_(True)
         torch.manual_seed(cfg.seed + 1)
-        self.adapter = build_adapter(cfg, latent_channels=3, context_dim=cfg.context_dim, device=device)
+        self.adapter = build_adapter(cfg, latent_channels=3, context_dim=o.context_dim, device=device)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
-        self.trainable = nn.ModuleDict({"unet": self.model.diffusion_model, "adapter": self.adapter, "text": self.text})
-        if cfg.grad_checkpointing:
-            checkpoint_blocks(self.adapter, self.model.diffusion_model)
+        self.trainable = trainable_modules(cfg, self.model, self.adapter, text=self.text)
+        self._ids: dict[str, list[int]] = {}  # caption -> its token ids: the world has few distinct captions
 
-    def forward(self, gen: torch.Generator):
-        cfg = self.cfg
+    def caption_ids(self, captions: list[str]) -> torch.Tensor:
+        """``(B, 77)`` token ids of ``captions`` as CLIPTextEncode tokenises them, each caption tokenised once."""
+        new = [c for c in dict.fromkeys(captions) if c not in self._ids]
+        self._ids.update(zip(new, token_ids(self.clip, new), strict=True))
+        return torch.tensor([self._ids[c] for c in captions])
+
+    def make_batch(self, gen: torch.Generator) -> ShapesBatch:
+        cfg, o = self.cfg, self.cfg.options
         seed = int(torch.randint(2**62, (1,), generator=gen))
-        images, captions, _ = world.sample_batch(seed, cfg.batch_size, "train", cfg.image_size)
-        drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.class_dropout).tolist()
+        images, captions, _ = world.sample_batch(seed, cfg.batch_size, "train", o.image_size)
+        drop = (torch.rand(cfg.batch_size, generator=gen) < o.class_dropout).tolist()
         captions = ["" if d else c for c, d in zip(captions, drop, strict=False)]
         t = torch.randint(len(self.sigmas), (cfg.batch_size,), generator=gen)
-        eps = torch.randn((cfg.batch_size, 3, cfg.image_size, cfg.image_size), generator=gen)
-        return self.loss(to_pixels(images), captions, t, eps)
+        eps = torch.randn((cfg.batch_size, 3, o.image_size, o.image_size), generator=gen)
+        return ShapesBatch(to_pixels(images), self.caption_ids(captions), t, eps, gen)
 
-    def loss(self, x0: torch.Tensor, captions: list[str], t: torch.Tensor, eps: torch.Tensor, weighting=None):
+    def forward(self, batch: ShapesBatch | torch.Generator):
+        if isinstance(batch, torch.Generator):  # a step's generator: its batch made here (benches, research)
+            batch = self.make_batch(batch)
+        return self.loss(batch.pixels, batch.ids, batch.t, batch.eps, gen=batch.gen)
+
+    def loss(self, x0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, weighting=None, gen=None):
+        """The recipe's loss for pixels ``x0`` and token ids ``ids`` (:meth:`caption_ids`); CPU tensors are copied
+        to the model's device (asynchronously from pinned memory on CUDA)."""
         device = self.sigmas.device
-        x0, t, eps = x0.to(device), t.to(device), eps.to(device)
-        ctx, pooled = encode_batch(self.clip, captions)
+        non_blocking = device.type == "cuda"
+        x0, t, eps = (v.to(device, non_blocking=non_blocking) for v in (x0, t, eps))
+        ctx, pooled = encode_token_ids(self.clip, ids)
         denoise = vp_x0_predictor(self.model, self.sigmas[t], {"c_crossattn": ctx, "y": pooled})
-        return recipe_loss(self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting)
+        return recipe_loss(self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting, gen)
 
     @torch.no_grad()
     def validation_loss(self, n: int = 128) -> float:
         """Eq. 6 (uniform weighting) on one fixed batch of training-split scenes, fixed timesteps and noise."""
-        images, captions, _ = world.sample_batch(VALIDATION_SEED, n, "train", self.cfg.image_size)
+        size = self.cfg.options.image_size
+        images, captions, _ = world.sample_batch(VALIDATION_SEED, n, "train", size)
         gen = torch.Generator().manual_seed(0)
         t = torch.randint(len(self.sigmas), (n,), generator=gen)
-        eps = torch.randn((n, 3, self.cfg.image_size, self.cfg.image_size), generator=gen)
-        was = self.training
-        self.eval()
-        try:
-            return float(self.loss(to_pixels(images), captions, t, eps, weighting="uniform"))
-        finally:
-            self.train(was)
+        eps = torch.randn((n, 3, size, size), generator=gen)
+        with self.evaluating():
+            return float(self.loss(to_pixels(images), self.caption_ids(captions), t, eps, weighting="uniform", gen=gen))
 
     # --- artefacts -------------------------------------------------------------------------
-    def export(self, output_dir: Path) -> list[Path]:
+    def export(self) -> list[Path]:
         path = save_text_joint(
-            Path(output_dir) / f"{self.cfg.name}.safetensors",
+            self.export_path,
             self.model,
             self.adapter,
             self.clip,
@@ -127,18 +166,22 @@ class ShapesTask(nn.Module):
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, steps: int = 30, cfg_scale: float = 3.0, strength: float = 1.0):
         """Text-to-image with contextualized DDIM through the same ComfyUI model as in the host."""
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             cond, uncond = (
                 {"c_crossattn": tokens, "y": pooled}
                 for tokens, pooled in (encode_batch(self.clip, p) for p in (prompts, [""] * len(prompts)))
             )
             return sample_conditioned(
-                self.model, self.adapter, cond, uncond, seed, steps, cfg_scale, strength, size=self.cfg.image_size
+                self.model,
+                self.adapter,
+                cond,
+                uncond,
+                seed,
+                steps,
+                cfg_scale,
+                strength,
+                size=self.cfg.options.image_size,
             )
-        finally:
-            self.train(was)
 
     def sample_grid(self, out_path: Path) -> Path | None:
         if not self.cfg.preview_count:

@@ -19,13 +19,14 @@ class VideoTask(FrozenBaseTask):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
         # One clip: only its frames are decoded and encoded, however long the file is.
-        frames, self.fps = read_video(cfg.video, max_frames=cfg.frames, stride=cfg.frame_stride, size=cfg.image_size)
+        o = cfg.options
+        frames, self.fps = read_video(o.video, max_frames=o.frames, stride=o.frame_stride, size=o.image_size)
         self.frames = frames.permute(0, 3, 1, 2) * 2 - 1  # (F, 3, H, W) in [-1, 1]: the preview's reference
         with torch.no_grad():
             self.latents = torch.cat([self.base.encode_images(frames[i : i + 4]) for i in range(0, len(frames), 4)])
-            self.tokens, self.pooled = self.base.encode(cfg.prompt)  # (1, L, C), (1, P) or None
+            self.tokens, self.pooled = self.base.encode(o.prompt)  # (1, L, C), (1, P) or None
         self.clip = self.latents.shape[0]
-        print(f"[trainer] {Path(cfg.video).name}: a clip of {self.clip} frames at stride {cfg.frame_stride}")
+        print(f"[trainer] {Path(o.video).name}: a clip of {self.clip} frames at stride {o.frame_stride}")
 
     def forward(self, gen):
         x0 = self.latents.to(self.device)
@@ -38,7 +39,8 @@ class VideoTask(FrozenBaseTask):
         """The first ``preview_count`` frames of the clip above a clip sampled from the source prompt."""
         count = min(self.cfg.preview_count, self.clip)
         shape = self.preview_latent_shape(self.latents.shape, count)
-        scale = (self.cfg.preview_size or self.cfg.image_size) / self.cfg.image_size
+        o = self.cfg.options
+        scale = (o.preview_size or o.image_size) / o.image_size
         reference = self.frames[:count]
         if scale != 1:
             size = [max(1, round(n * scale)) for n in reference.shape[-2:]]

@@ -119,6 +119,74 @@ def test_joint_mode_writes_everything(tmp_path):
     assert Image.open(out / "samples.png").size[0] > 32
 
 
+TINY_SHAPES = [
+    "--mode",
+    "shapes",
+    "--device",
+    "cpu",
+    "--unet_channels",
+    "32",
+    "--norm_groups",
+    "8",
+    "--image_size",
+    "16",
+    "--context_dim",
+    "32",
+    "--text_heads",
+    "2",
+    "--adapter_dim",
+    "32",
+    "--adapter_depth",
+    "1",
+    "--adapter_heads",
+    "4",
+    "--batch_size",
+    "6",
+    "--class_dropout",
+    "0.3",
+]
+
+
+def test_shapes_batches_made_ahead_are_the_loops_batches(comfy_inprocess):
+    """The shapes world's batches made on the prefetch thread (token ids cached per caption) are the batches
+    made in the loop, and their loss is the loss of the captions tokenised and encoded every step (the
+    computation before the cache). Same CPU, same operations: equal exactly."""
+    from hostside.text_encoder import encode_batch
+    from shapesworld import world
+    from trainer.batches import Prefetcher, step_generator, synchronous
+    from trainer.config import load_config
+    from trainer.diffusion import recipe_loss, relational, vp_x0_predictor
+    from trainer.shapes_mode import ShapesTask, to_pixels
+
+    cfg = load_config(TINY_SHAPES)
+    task = ShapesTask(cfg, torch.device("cpu"))
+    assert task.prefetch
+    steps = range(5, 9)
+    sync = list(synchronous(task.make_batch, cfg.seed, 0, steps))
+    with Prefetcher(task.make_batch, cfg.seed, 0, steps) as pre:
+        ahead = list(pre)
+    assert [s for s, _ in ahead] == list(steps)
+    for (_, a), (_, b) in zip(ahead, sync, strict=True):
+        for key in ("pixels", "ids", "t", "eps"):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
+        assert torch.equal(a.gen.get_state(), b.gen.get_state())
+    # the previous computation, written out: render, drop captions, tokenise and encode inside the step
+    gen = step_generator(cfg.seed, 5, 0)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    images, captions, _ = world.sample_batch(seed, 6, "train", 16)
+    drop = (torch.rand(6, generator=gen) < 0.3).tolist()
+    captions = ["" if d else c for c, d in zip(captions, drop, strict=True)]
+    assert "" in captions and len(set(captions)) > 2  # both kinds of caption are in the batch
+    t = torch.randint(len(task.sigmas), (6,), generator=gen)
+    eps = torch.randn((6, 3, 16, 16), generator=gen)
+    assert torch.equal(sync[0][1].pixels, to_pixels(images)) and torch.equal(sync[0][1].t, t)
+    ctx, pooled = encode_batch(task.clip, captions)
+    denoise = vp_x0_predictor(task.model, task.sigmas[t], {"c_crossattn": ctx, "y": pooled})
+    before = recipe_loss(cfg, to_pixels(images), t, eps, task.abar, denoise, relational(task.adapter, ctx))
+    assert torch.equal(task(sync[0][1]), before)
+    assert set(task._ids) >= set(captions)  # each caption tokenised once, then read from the cache
+
+
 def test_without_bias_the_adapter_gets_no_gradient(tmp_path):
     """The fair-comparison switch: same model and data, but the bias never enters x_t."""
     weights = {}
