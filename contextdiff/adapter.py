@@ -243,9 +243,18 @@ class ContextAdapter(nn.Module):
         return out[..., :h, :w].to(x0.dtype)
 
     def pair(
-        self, x0: torch.Tensor, text: torch.Tensor, t_pair: torch.Tensor, frames: int | None = None
+        self,
+        x0: torch.Tensor,
+        text: torch.Tensor,
+        t_pair: torch.Tensor,
+        frames: int | None = None,
+        check: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(r(x0, c, t_a), r(x0, c, t_b))`` from one batched call (the two ends of a step)."""
+        """``(r(x0, c, t_a), r(x0, c, t_b))`` from one batched call (the two ends of a step).
+
+        ``check`` refuses a non-finite or absurd output at once (one host read); the samplers pass ``False``
+        and check the bound at the end of the run instead (:class:`contextdiff.bias.RunBias`).
+        """
         b = x0.shape[0]
         t = torch.cat([t_pair[0].reshape(1).expand(b), t_pair[1].reshape(1).expand(b)])
         # Match the prompts to this batch first: tiling the doubled batch would shift the second half.
@@ -254,8 +263,20 @@ class ContextAdapter(nn.Module):
         if frames is None and self.cfg.video:
             frames = b
         out = self.forward(torch.cat([x0, x0]), text, t, frames=frames)
-        self.check_output(out)
+        if check:
+            self.check_output(out)
         return out[:b], out[b:]
+
+    max_output = MAX_OUTPUT
+
+    def output_error(self, peak: float) -> str:
+        """What to say about an output of magnitude ``peak`` (NaN, infinity or over :data:`MAX_OUTPUT`)."""
+        size = "NaN or infinity" if not math.isfinite(peak) else f"{peak:.3g}"
+        return (
+            f"{self.source} gave a bias of magnitude {size} (latents are of order 1, at most {MAX_OUTPUT:g} is "
+            "accepted): its weights are too large because training diverged or the file is damaged; use an "
+            "earlier checkpoint or another adapter."
+        )
 
     def check_output(self, r: torch.Tensor) -> None:
         """Refuse an output no sample survives (NaN, infinity or ``|r| > MAX_OUTPUT``), naming the adapter.
@@ -265,12 +286,7 @@ class ContextAdapter(nn.Module):
         peak = r.detach().abs().amax().item() if r.numel() else 0.0
         if math.isfinite(peak) and peak <= MAX_OUTPUT:
             return
-        size = "NaN or infinity" if not math.isfinite(peak) else f"{peak:.3g}"
-        raise FloatingPointError(
-            f"{self.source} gave a bias of magnitude {size} (latents are of order 1, at most {MAX_OUTPUT:g} is "
-            "accepted): its weights are too large because training diverged or the file is damaged; use an "
-            "earlier checkpoint or another adapter."
-        )
+        raise FloatingPointError(self.output_error(peak))
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

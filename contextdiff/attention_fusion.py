@@ -16,7 +16,7 @@ fused (ComfyUI's own kernel, or another pack's patch that was there first).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +57,32 @@ def sparse_causal(x: torch.Tensor, frames: int) -> torch.Tensor:
 
 def cond_rows(extra: dict, batch: int) -> torch.Tensor:
     """Rows of a CFG batch that belong to the conditional (positive) prompt."""
-    flags = extra.get("cond_or_uncond") or [0]
+    return batch_rows(extra.get("cond_or_uncond") or [0], batch)[0]
+
+
+def batch_rows(flags: Sequence[int], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(conditional rows, other rows)`` of a batch made of ``len(flags)`` equal chunks, ComfyUI's
+    ``cond_or_uncond`` order (0 = the positive prompt), as CPU index tensors."""
     chunk = batch // len(flags)
-    rows = [i * chunk + j for i, f in enumerate(flags) if f == 0 for j in range(chunk)]
-    return torch.tensor(rows, dtype=torch.long)
+    rows = [[i * chunk + j for j in range(chunk)] for i in range(len(flags))]
+    cond = [r for i, f in enumerate(flags) if f == 0 for r in rows[i]]
+    other = [r for i, f in enumerate(flags) if f != 0 for r in rows[i]]
+    return torch.tensor(cond, dtype=torch.long), torch.tensor(other, dtype=torch.long)
+
+
+class DeviceIndex:
+    """Index tensors made once per (key, device) and kept there: a CPU index moved to the GPU with a plain
+    ``.to(device)`` at every attention call is a blocking copy (the host waits for the device's queue)."""
+
+    def __init__(self) -> None:
+        self._cache: dict = {}
+
+    def get(self, key: Hashable, device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        found = self._cache.get((key, device))
+        if found is None:
+            # From pageable memory CUDA stages the copy and returns: no wait for the queued kernels.
+            found = self._cache[(key, device)] = make().to(device, non_blocking=True)
+        return found
 
 
 class AttentionEditor:
@@ -93,6 +115,13 @@ class AttentionEditor:
         self.blend = blend
         self.fused = 0
         self.missing = 0
+        self.level: float | None = None  # the current model call's sigma, told by the sampler (at_level)
+        self.index = DeviceIndex()
+
+    def at_level(self, sigma: float) -> None:
+        """The sampler's ``on_level`` hook: the next model call runs at ``sigma`` (a host float), so that the
+        hooks look their step up without reading the device's sigma at every attention call."""
+        self.level = sigma
 
     @property
     def replaces_self_attention(self) -> bool:
@@ -106,10 +135,19 @@ class AttentionEditor:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _step(self, extra: dict) -> int | None:
-        sigmas = extra.get("sigmas")
+        if self.level is not None:
+            return self.step_of(self.level)
+        sigmas = extra.get("sigmas")  # a run without the level hook: read the device's sigma (a host sync)
         if sigmas is None:
             return None
         return self.step_of(float(sigmas.reshape(-1)[0]))
+
+    def _rows(self, extra: dict, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(conditional rows, other rows, number of other rows)`` on ``device``, made once per batch layout."""
+        flags = tuple(extra.get("cond_or_uncond") or [0])
+        cond = self.index.get(("cond", flags, batch), device, lambda: batch_rows(flags, batch)[0])
+        other = self.index.get(("other", flags, batch), device, lambda: batch_rows(flags, batch)[1])
+        return cond, other, batch - batch // len(flags) * flags.count(0)
 
     @staticmethod
     def _layer(extra: dict) -> tuple:
@@ -122,14 +160,13 @@ class AttentionEditor:
         return k, v
 
     @staticmethod
-    def _mixed(q, k, v, heads: int, rows: torch.Tensor, cond_out: torch.Tensor) -> torch.Tensor:
-        """Unconditional rows attend normally; conditional ``rows`` get ``cond_out``."""
+    def _mixed(q, k, v, heads: int, rows: tuple, cond_out: torch.Tensor) -> torch.Tensor:
+        """Unconditional rows attend normally; conditional rows get ``cond_out``. ``rows``: from :meth:`_rows`."""
+        cond, other, n_other = rows
         out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
-        keep = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
-        keep[rows] = False
-        if keep.any():
-            out[keep] = attend(q[keep], k[keep], v[keep], heads)
-        out[rows] = cond_out.to(v.dtype)
+        if n_other:
+            out[other] = attend(q[other], k[other], v[other], heads)
+        out[cond] = cond_out.to(v.dtype)
         return out
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -142,7 +179,8 @@ class AttentionEditor:
         kk, vv = self._self_kv(k, v)
         if self.mode == "plain" or step not in self.store.fused_steps:
             return attention(q, kk, vv, extra)
-        rows = cond_rows(extra, q.shape[0]).to(q.device)
+        layout = self._rows(extra, q.shape[0], q.device)
+        rows = layout[0]
         key = (step, self._layer(extra), "self")
         if self.mode == "record":
             # Raw per-frame keys: the sparse-causal keys are rebuilt from them when fusing.
@@ -164,7 +202,7 @@ class AttentionEditor:
             k_src = self._self_kv(k_src, k_src)[0]
             cond_out = attend(q_src, k_src, vv[rows], heads)  # = source maps applied to v, fused kernel
         self.fused += 1
-        return self._mixed(q, kk, vv, heads, rows, cond_out)
+        return self._mixed(q, kk, vv, heads, layout, cond_out)
 
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, attention: Attention = default_attention
@@ -174,7 +212,8 @@ class AttentionEditor:
         step = self._step(extra)
         if self.mode == "plain" or step not in self.store.fused_steps:
             return attention(q, k, v, extra)
-        rows = cond_rows(extra, q.shape[0]).to(q.device)
+        layout = self._rows(extra, q.shape[0], q.device)
+        rows = layout[0]
         key = (step, self._layer(extra), "cross")
         if self.mode == "record":
             self.store.put(key, q[rows], k[rows], heads)
@@ -193,5 +232,6 @@ class AttentionEditor:
         self.fused += 1
         if not edits_maps:
             return attention(q, k, v, extra)
-        probs[..., self.shared_tgt.to(q.device)] = src[..., self.shared_src.to(q.device)]
-        return self._mixed(q, k, v, heads, rows, attend(q[rows], k[rows], v[rows], heads, probs=probs))
+        tgt = self.index.get("shared_tgt", q.device, lambda: self.shared_tgt)
+        probs[..., tgt] = src[..., self.index.get("shared_src", q.device, lambda: self.shared_src)]
+        return self._mixed(q, k, v, heads, layout, attend(q[rows], k[rows], v[rows], heads, probs=probs))

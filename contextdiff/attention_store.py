@@ -47,16 +47,33 @@ class AttentionStore:
     def put(self, key: Hashable, q: torch.Tensor, k: torch.Tensor, heads: int) -> None:
         """Record one layer's source attention: its queries and keys (or its maps, with ``store_maps``)."""
         if self.store_maps:
-            self.entries[key] = attention_probs(q, k, heads).to(self.device, self.dtype)
+            self.entries[key] = self._keep(attention_probs(q, k, heads))
         else:
-            self.entries[key] = (q.detach().to(self.device, self.dtype), k.detach().to(self.device, self.dtype))
+            self.entries[key] = (self._keep(q), self._keep(k))
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the store's dtype on its device. From a GPU to the CPU the copy goes to pinned memory without
+        blocking (a plain ``.to("cpu")`` makes the host wait for the GPU at every attention call); the
+        copy is ordered on the stream before anything that reads it back (:meth:`_fetch`)."""
+        x = x.detach().to(self.dtype)
+        device = torch.device(self.device)
+        if x.device == device:
+            return x
+        out = torch.empty(x.shape, dtype=self.dtype, device=device, pin_memory=x.is_cuda and device.type == "cpu")
+        return out.copy_(x, non_blocking=True)
+
+    @staticmethod
+    def _fetch(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A recorded tensor on ``device`` without blocking the host: from pinned memory the copy is queued; from
+        pageable memory CUDA stages it and returns (a host-to-device copy never waits for the queue then)."""
+        return x.to(device, dtype, non_blocking=True) if dtype else x.to(device, non_blocking=True)
 
     def queries_keys(self, key: Hashable, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The recorded ``(q, k)`` of ``key`` on ``device`` (``None`` if not recorded or maps were stored)."""
         item = self.entries.get(key)
         if item is None or self.store_maps:
             return None
-        return item[0].to(device), item[1].to(device)
+        return self._fetch(item[0], device), self._fetch(item[1], device)
 
     def probs(self, key: Hashable, heads: int, device: torch.device | str) -> torch.Tensor | None:
         """The source's attention maps of ``key``, float32 on ``device`` (``None`` if not recorded)."""
@@ -64,9 +81,9 @@ class AttentionStore:
         if item is None:
             return None
         if self.store_maps:
-            return item.to(device, torch.float32)
+            return self._fetch(item, device, torch.float32)
         q, k = item
-        return attention_probs(q.to(device), k.to(device), heads)
+        return attention_probs(self._fetch(q, device), self._fetch(k, device), heads)
 
     def layers(self) -> set:
         """The layers that have a recording (the second part of every key)."""

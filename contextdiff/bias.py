@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .schedule import k_from_sigma
+from .deferred_checks import DeferredChecks
+from .schedule import RunSchedule, k_from_sigma
 
 if TYPE_CHECKING:
     from .adapter import ContextAdapter
 
 # r(x0hat, sigmas) -> (r at sigmas[0], r at sigmas[1]): one relational-network call for both.
 RelationalPair = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (bound, message(peak)) for the relational network's output: larger or non-finite outputs are refused.
+OutputGuard = tuple[float, Callable[[float], str]]
 
 
 def finite_strength(strength: float) -> float:
@@ -36,8 +39,19 @@ class ContextBias:
     the model's last training sigma, where ``k_T = 0`` keeps the prior ``N(0, I)``.
     """
 
-    def __init__(self, r: RelationalPair, sigma_max: float | torch.Tensor | None, strength: float = 1.0):
+    def __init__(
+        self,
+        r: RelationalPair,
+        sigma_max: float | torch.Tensor | None,
+        strength: float = 1.0,
+        guard: OutputGuard | None = None,
+    ):
         self.r, self.sigma_max, self.strength = r, sigma_max, finite_strength(strength)
+        self.guard = guard
+
+    def for_run(self, run: RunSchedule, checks: DeferredChecks) -> RunBias:
+        """This bias over one run's schedule: ``k`` of every sigma computed once, checks deferred to ``checks``."""
+        return RunBias(self, run, checks)
 
     def __call__(
         self, x0hat: torch.Tensor, sigma_a: torch.Tensor, sigma_b: torch.Tensor
@@ -49,8 +63,39 @@ class ContextBias:
             zero = torch.zeros_like(x0hat)
             return zero, zero
         r_a, r_b = self.r(x0hat, sigmas.to(x0hat.device, x0hat.dtype))
+        if self.guard is not None:
+            bound, message = self.guard
+            peak = float(torch.maximum(r_a.detach().abs().amax(), r_b.detach().abs().amax()))
+            if not peak <= bound:
+                raise FloatingPointError(message(peak))
         k = (self.strength * k).to(x0hat.device, x0hat.dtype)
         return k[0] * r_a, k[1] * r_b
+
+
+class RunBias:
+    """``(b_i, b_j)`` of one ``x0hat`` at steps ``i`` and ``j`` of a run, without reading the device.
+
+    ``k`` is computed for every sigma of the run once, on the CPU in float64, exactly as
+    :meth:`ContextBias.__call__` computes it per call; whether a step needs the adapter at all (``k = 0`` at
+    both ends, or strength 0) is decided on those host values. The adapter's output bound is recorded on the
+    device (:class:`~contextdiff.deferred_checks.DeferredChecks`) and read at the end of the run.
+    """
+
+    def __init__(self, bias: ContextBias, run: RunSchedule, checks: DeferredChecks):
+        self.bias, self.run, self.checks = bias, run, checks
+        self.k = (bias.strength * k_from_sigma(run.sigmas64, bias.sigma_max)).tolist()  # host floats, no device
+
+    def __call__(self, x0hat: torch.Tensor, i: int, j: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        k_a, k_b = self.k[i], self.k[j]
+        if k_a == 0 and k_b == 0:
+            return None, None  # the same sample as zero biases: the steps add nothing
+        sigmas = torch.stack([self.run.sigmas[i], self.run.sigmas[j]]).to(x0hat.dtype)
+        r_a, r_b = self.bias.r(x0hat, sigmas)
+        if self.bias.guard is not None:
+            bound, message = self.bias.guard
+            peak = torch.maximum(r_a.detach().abs().amax(), r_b.detach().abs().amax())
+            self.checks.record(~(peak <= bound), message, value=peak)
+        return r_a * k_a, r_b * k_b
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
@@ -75,11 +120,18 @@ def adapter_bias(
     model's own ``model_sampling.timestep``); ``frames``: clip length in video mode.
     """
 
+    on_device = {text.device: text}  # the tokens moved once per device, not at every step
+
     def r(x0hat: torch.Tensor, sigmas: torch.Tensor):
-        t = timestep(sigmas.to(x0hat.device)).float()
+        # ``sigmas`` are on the latent's device already (the run's schedule): no copy per step.
+        t = timestep(sigmas).float()
+        tokens = on_device.get(x0hat.device)
+        if tokens is None:
+            tokens = on_device[x0hat.device] = text.to(x0hat.device)
         with torch.no_grad(), autocast_for(x0hat.device):
-            # pair() refuses NaN, infinity and absurd magnitudes, naming the adapter file.
-            r_a, r_b = adapter.pair(x0hat, text.to(x0hat.device), t, frames=frames)
+            # The output bound (NaN, infinity, absurd magnitudes, naming the adapter file) is checked by the
+            # caller: per call here (a host read) or deferred to the end of a run (RunBias).
+            r_a, r_b = adapter.pair(x0hat, tokens, t, frames=frames, check=False)
         return r_a.to(x0hat.dtype), r_b.to(x0hat.dtype)
 
-    return ContextBias(r, sigma_max, strength)
+    return ContextBias(r, sigma_max, strength, guard=(adapter.max_output, adapter.output_error))

@@ -43,7 +43,23 @@ class BlendMask:
     def __init__(self, target_tokens: Sequence[int], source_tokens: Sequence[int], threshold: float):
         self.target_tokens, self.source_tokens = list(target_tokens), list(source_tokens)
         self.threshold = threshold
-        self.maps: list[torch.Tensor] = []  # per fused layer call: (B, 1, h, w)
+        # The collected maps, summed per layer resolution: (B, 1, h, w) each, plus how many were added. The mean
+        # of their interpolations is the interpolation of these sums (bilinear interpolation is linear), so the
+        # mask is made from a few maps whatever the number of layers and steps.
+        self.sums: dict[tuple[int, int], torch.Tensor] = {}
+        self.count = 0
+        self._index: dict = {}
+
+    def _tokens(self, which: str, device: torch.device) -> torch.Tensor:
+        """The blend words' positions as an index tensor kept on ``device`` (no copy per layer call)."""
+        found = self._index.get((which, device))
+        if found is None:
+            positions = self.target_tokens if which == "target" else self.source_tokens
+            found = self._index[(which, device)] = torch.tensor(positions, dtype=torch.long).to(
+                device,
+                non_blocking=True,  # staged from pageable memory: no wait for the queue
+            )
+        return found
 
     @property
     def active(self) -> bool:
@@ -56,13 +72,17 @@ class BlendMask:
             return
         maps = []
         if self.target_tokens:
-            maps.append(target_probs[..., self.target_tokens].mean(dim=(1, 3)))
+            maps.append(target_probs.index_select(-1, self._tokens("target", target_probs.device)).mean(dim=(1, 3)))
         if self.source_tokens:
-            maps.append(source_probs[..., self.source_tokens].mean(dim=(1, 3)))
+            maps.append(source_probs.index_select(-1, self._tokens("source", source_probs.device)).mean(dim=(1, 3)))
         m = torch.stack(maps).amax(0)  # (B, N)
         h, w = int(hw[0]), int(hw[1])
-        if h * w == m.shape[1]:
-            self.maps.append(m.reshape(-1, 1, h, w).float())
+        if h * w != m.shape[1]:
+            return
+        m = m.reshape(-1, 1, h, w).float()
+        total = self.sums.get((h, w))
+        self.sums[(h, w)] = m if total is None else total + m
+        self.count += 1
 
     def mask(self, size: tuple[int, int]) -> torch.Tensor | None:
         """The mask at latent ``size`` from the maps collected so far (``None`` before the first one).
@@ -70,10 +90,10 @@ class BlendMask:
         Min-max normalisation (Prompt-to-Prompt divides by the max only) keeps the threshold
         meaningful when a word's attention is spread out: the most attended pixel is 1, the least 0.
         """
-        if not self.maps:
+        if not self.sums:
             return None
-        mean = torch.stack([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in self.maps])
-        mean = mean.mean(0)
+        sums = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in self.sums.values()]
+        mean = torch.stack(sums).sum(0) / self.count
         sigma = smoothing_sigma(size)
         if sigma:
             k = 2 * math.ceil(2 * sigma) + 1  # two sigmas each side
@@ -93,13 +113,14 @@ def latent_blend(
 ) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``post_step`` for the sampler: outside the edited words' mask, stay on the source trajectory."""
 
-    def post_step(i: int, x: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        src = source_latents.get(step_of(float(sigma_next)))
+    def post_step(i: int, x: torch.Tensor, sigma_next: float) -> torch.Tensor:
+        src = source_latents.get(step_of(float(sigma_next)))  # a host float from the sampler: no device read
         mask = blend.mask(tuple(x.shape[-2:]))
         if src is None or mask is None or src.shape != x.shape:
             return x
-        src = src.to(x.device, x.dtype)
-        mask = mask.to(x.device, x.dtype)
+        # Both were made on the sampler's device (the recorded trajectory, the maps): a cast, no copy.
+        src = src.to(x.dtype)
+        mask = mask.to(x.dtype)
         if mask.shape[0] != x.shape[0]:
             mask = mask[:1].expand(x.shape[0], -1, -1, -1) if mask.shape[0] == 1 else mask.amax(0, keepdim=True)
         return mask * x + (1 - mask) * src

@@ -24,14 +24,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from tqdm.auto import trange
 
 from . import process
-from .sampling import MODEL_CAUSE, Callback, Denoiser, Sigma, biases, check_finite, step_dtype, transition
-from .schedule import abar_from_sigma
+from .deferred_checks import DeferredChecks
+from .sampling import MODEL_CAUSE, Callback, Denoise, Denoiser, LevelHook, run_bias, transition
+from .schedule import RunSchedule, step_dtype
 
 if TYPE_CHECKING:
     from .bias import ContextBias
@@ -39,30 +41,28 @@ if TYPE_CHECKING:
 DDIM = functools.partial(process.ddim_step, eta=0.0)
 
 
-def first_guess(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigma: Sigma,
-    sigma_next: Sigma,
-    s_in: torch.Tensor,
-    extra_args: dict,
-    bias: ContextBias | None = None,
-    cause: str = MODEL_CAUSE,
-    index: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classic (explicit) DDIM inversion of step ``index``: ``(x at sigma_next, x0hat)``, one model call."""
-    if sigma > 0:
-        x0hat = model(x, sigma * s_in, **extra_args)
-        check_finite(x0hat, index, sigma, cause)
-        return transition(DDIM, x, x0hat, sigma, sigma_next, *biases(bias, x0hat, sigma, sigma_next)), x0hat
+class InversionRun(NamedTuple):
+    """One inversion run: the model at each level, the biases at two levels, the schedule (read once)."""
+
+    denoise: Denoise
+    bias_at: Callable
+    run: RunSchedule
+
+
+def first_guess(ctx: InversionRun, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classic (explicit) DDIM inversion of step ``i`` (level ``i`` to ``i + 1``): ``(x at i + 1, x0hat)``,
+    one model call."""
+    run = ctx.run
+    if run.host[i] > 0:
+        x0hat = ctx.denoise(x, i, i)
+        return transition(DDIM, x, x0hat, run.abar[i], run.abar[i + 1], *ctx.bias_at(x0hat, i, i + 1)), x0hat
     # Clean start: the noise direction is undefined at sigma 0; take the model's estimate at the next level,
     # and Eq. 1 with the bias of the clean latent itself.
-    x0hat = model(x, sigma_next * s_in, **extra_args)
-    check_finite(x0hat, index, sigma_next, cause)
-    eps = (x - x0hat) / sigma_next
-    b_next, _ = biases(bias, x, sigma_next, sigma)
+    x0hat = ctx.denoise(x, i + 1, i)
+    eps = (x - x0hat) / run.sigmas[i + 1]
+    b_next, _ = ctx.bias_at(x, i + 1, i)
     dt = step_dtype(x)
-    abar_next = abar_from_sigma(torch.as_tensor(sigma_next).detach().to("cpu", torch.float64)).to(x.device, dt)
+    abar_next = run.abar[i + 1]
     x_vp = process.forward_sample(x.to(dt), abar_next, eps.to(dt), None if b_next is None else b_next.to(dt))
     return (x_vp / abar_next.sqrt()).to(x.dtype), x0hat
 
@@ -109,31 +109,22 @@ def anderson(
 
 
 def refine(
-    model: Denoiser,
-    x: torch.Tensor,
-    guess: torch.Tensor,
-    sigma: Sigma,
-    sigma_next: Sigma,
-    s_in: torch.Tensor,
-    extra_args: dict,
-    bias: ContextBias | None = None,
-    max_iter: int = 10,
-    rel_tol: float | None = None,
-    cause: str = MODEL_CAUSE,
-    index: int = 0,
+    ctx: InversionRun, x: torch.Tensor, guess: torch.Tensor, i: int, max_iter: int = 10, rel_tol: float | None = None
 ) -> torch.Tensor:
-    """The ``x_t`` (k-space, at ``sigma_next``) that the contextualized DDIM step takes back to ``x``.
+    """The ``x_t`` (k-space, at level ``i + 1``) that the contextualized DDIM step takes back to ``x`` (level ``i``).
 
-    Starts at ``guess``; ``rel_tol`` bounds ``||S(x_t) - x|| / ||x||`` (default: 16 float eps of ``x``).
+    Starts at ``guess``; ``rel_tol`` bounds ``||S(x_t) - x|| / ||x||`` (default: 16 float eps of ``x``). Stopping
+    on the residual reads its norm once per iteration: the exact solve's one host read, by design
+    (``refine_steps = 0``, the default, reads none).
     """
     if rel_tol is None:
         rel_tol = 16 * torch.finfo(x.dtype).eps
     target = x.to(step_dtype(x))
+    run = ctx.run
 
     def residual(y):
-        x0hat = model(y, sigma_next * s_in, **extra_args)
-        check_finite(x0hat, index, sigma_next, cause)
-        back = transition(DDIM, y, x0hat, sigma_next, sigma, *biases(bias, x0hat, sigma_next, sigma))
+        x0hat = ctx.denoise(y, i + 1, i)
+        back = transition(DDIM, y, x0hat, run.abar[i + 1], run.abar[i], *ctx.bias_at(x0hat, i + 1, i))
         return back.to(target.dtype) - target
 
     return anderson(residual, guess, max_iter, rel_tol * float(target.norm()))
@@ -147,6 +138,26 @@ def require_ascending(sigmas: torch.Tensor) -> None:
         )
 
 
+@dataclass(frozen=True)
+class InversionOptions:
+    """:func:`invert_ddim`'s options.
+
+    ``refine_steps = 0`` is the classic approximate inversion (one model call per step); ``refine_steps > 0``
+    allows that many more calls per step to solve the step exactly (:func:`refine`), so that sampling with
+    :func:`contextdiff.sampling.sample_contextdiff_ddim` and the same bias returns the input. ``final_eval``
+    evaluates the denoiser once more on the result at the top sigma, so that attention hooks see every level
+    on the final latents (the editing store records them). ``cause``: what a NaN prediction most likely
+    means; ``on_level``: told each model call's sigma as a host float (the editor's step lookup).
+    """
+
+    bias: ContextBias | None = None
+    refine_steps: int = 0
+    refine_tol: float | None = None
+    final_eval: bool = False
+    cause: str = MODEL_CAUSE
+    on_level: LevelHook | None = None
+
+
 @torch.no_grad()
 def invert_ddim(
     model: Denoiser,
@@ -155,34 +166,33 @@ def invert_ddim(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
-    *,
-    bias: ContextBias | None = None,
-    refine_steps: int = 0,
-    refine_tol: float | None = None,
-    final_eval: bool = False,
-    cause: str = MODEL_CAUSE,
+    **options: Any,
 ) -> torch.Tensor:
     """Bias-aware DDIM inversion over ascending ``sigmas``; ``x`` is the latent at ``sigmas[0]``.
 
-    ``refine_steps = 0`` is the classic approximate inversion (one model call per step). ``refine_steps > 0``
-    allows that many more calls per step to solve the step exactly (:func:`refine`), so that sampling with
-    :func:`contextdiff.sampling.sample_contextdiff_ddim` and the same bias returns the input.
-    ``final_eval`` evaluates the denoiser once more on the result at the top sigma, so that attention
-    hooks see every level on the final latents (the editing store records them).
+    ``options``: the fields of :class:`InversionOptions`. ``callback`` gets each inverted level, with
+    ``sigma_host`` (its sigma as a host float) beside ComfyUI's keys. Like the samplers, the run reads the
+    device once for its schedule and once at the end for its checks (NaN predictions, the adapter's bound).
     """
+    opts = InversionOptions(**options)
     extra_args = {} if extra_args is None else extra_args
     require_ascending(sigmas)
-    s_in = x.new_ones([x.shape[0]])
+    run = RunSchedule(sigmas, x)
+    checks = DeferredChecks()
+    ctx = InversionRun(
+        Denoise(model, run, extra_args, checks, opts.cause, opts.on_level), run_bias(opts.bias, run, checks), run
+    )
     for i in trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x_next, x0hat = first_guess(model, x, sigma, sigma_next, s_in, extra_args, bias, cause, index=i)
-        if refine_steps > 0:
-            x_next = refine(
-                model, x, x_next, sigma, sigma_next, s_in, extra_args, bias, refine_steps, refine_tol, cause, index=i
-            )
+        x_next, x0hat = first_guess(ctx, x, i)
+        if opts.refine_steps > 0:
+            x_next = refine(ctx, x, x_next, i, opts.refine_steps, opts.refine_tol)
         x = x_next
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma_next, "sigma_hat": sigma_next, "denoised": x0hat})
-    if final_eval and len(sigmas) > 1:
-        model(x, sigmas[-1] * s_in, **extra_args)
+            level = sigmas[i + 1]
+            callback(
+                {"x": x, "i": i, "sigma": level, "sigma_hat": level, "denoised": x0hat, "sigma_host": run.host[i + 1]}
+            )
+    if opts.final_eval and len(sigmas) > 1:
+        ctx.denoise(x, len(sigmas) - 1, len(sigmas) - 1)
+    checks.raise_first()
     return x

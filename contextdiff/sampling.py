@@ -19,10 +19,11 @@ import torch
 from tqdm.auto import trange
 
 from . import process
-from .schedule import abar_from_sigma
+from .deferred_checks import DeferredChecks, describe_sigma
+from .schedule import RunSchedule, step_dtype
 
 if TYPE_CHECKING:
-    from .bias import ContextBias
+    from .bias import ContextBias, RunBias
 
 # (x_t, x0hat, abar_t, abar_prev, b_t, b_prev, noise) -> x_prev, all in VP space.
 StepFn = Callable[..., torch.Tensor]
@@ -32,8 +33,10 @@ Denoiser = Callable[..., torch.Tensor]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # ComfyUI's sampler callback: {"x", "i", "sigma", "sigma_hat", "denoised"}.
 Callback = Callable[[dict[str, Any]], None]
-# (i, x_next, sigma_next) -> x_next.
-PostStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+# (i, x_next, sigma_next) -> x_next; sigma_next is a host float.
+PostStep = Callable[[int, torch.Tensor, float], torch.Tensor]
+# (sigma) -> None, told the host value of the sigma before each model call (the editor's step lookup).
+LevelHook = Callable[[float], None]
 Sigma = torch.Tensor | float
 
 MODEL_CAUSE = "in fp16 this is usually an overflow: run the model in bf16 or fp32 (ComfyUI --bf16-unet or --force-fp32)"
@@ -50,28 +53,22 @@ def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSamp
     )
 
 
-def step_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 for the step arithmetic: ``1 - abar`` vanishes in float32 below sigma ~ 3e-4 (FlipSigmas
-    starts at 1e-4) and ``x_t - sqrt(abar_t) x0hat`` cancels near sigma 0. MPS has no float64."""
-    return torch.float32 if x.device.type == "mps" else torch.float64
-
-
 def transition(
     step: StepFn,
     x: torch.Tensor,
     x0hat: torch.Tensor,
-    sigma: Sigma,
-    sigma_next: Sigma,
+    abar_t: torch.Tensor,
+    abar_next: torch.Tensor,
     b_t: torch.Tensor | None = None,
     b_next: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``step`` from ``x`` (k-space, at ``sigma``) to ``sigma_next``, with the VP biases of ``x0hat``; k-space out."""
+    """``step`` from ``x`` (k-space) to the next level, with the VP biases of ``x0hat``; k-space out.
+
+    ``abar_t``, ``abar_next``: the two levels' ``abar`` in the step dtype on ``x``'s device (a
+    :class:`~contextdiff.schedule.RunSchedule` holds them for a run), so that a step reads nothing back.
+    """
     dt = step_dtype(x)
-    abar_t, abar_next = (
-        abar_from_sigma(torch.as_tensor(s).detach().to("cpu", torch.float64)).to(x.device, dt)
-        for s in (sigma, sigma_next)
-    )
 
     def vp(t):
         return None if t is None else t.to(dt)
@@ -80,17 +77,50 @@ def transition(
     return (x_next / abar_next.sqrt()).to(x.dtype)
 
 
-def biases(
-    bias: ContextBias | None, x0hat: torch.Tensor, sigma: Sigma, sigma_next: Sigma
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(b_t, b_{t-1})`` of ``x0hat`` for a step, ``(None, None)`` without a bias."""
-    return bias(x0hat, sigma, sigma_next) if bias is not None else (None, None)
+def model_error(i: int, sigma: float, cause: str = MODEL_CAUSE) -> str:
+    """What to say when the model predicted NaN or infinity at step ``i`` (``sigma``: host float)."""
+    return f"the model predicted NaN or infinity at step {i} (sigma {describe_sigma(sigma)}); {cause}"
 
 
-def check_finite(denoised: torch.Tensor, i: int, sigma: Sigma, cause: str = MODEL_CAUSE) -> None:
-    """Stop at the first non-finite prediction, naming the likely ``cause``, instead of a black image."""
-    if not bool(torch.isfinite(denoised).all()):
-        raise FloatingPointError(f"the model predicted NaN or infinity at step {i} (sigma {float(sigma):.4g}); {cause}")
+class Denoise:
+    """The model called at level ``j`` of a run: tells ``on_level`` the host sigma first, records the finite check
+    of the prediction in ``checks`` (read at the end of the run) and names the step ``index`` if it fails."""
+
+    def __init__(
+        self,
+        model: Denoiser,
+        run: RunSchedule,
+        extra_args: dict[str, Any],
+        checks: DeferredChecks,
+        cause: str = MODEL_CAUSE,
+        on_level: LevelHook | None = None,
+    ):
+        self.model, self.run, self.extra_args, self.checks = model, run, extra_args, checks
+        self.cause, self.on_level = cause, on_level
+
+    def __call__(self, x: torch.Tensor, j: int, index: int) -> torch.Tensor:
+        if self.on_level is not None:
+            self.on_level(self.run.host[j])
+        x0hat = self.model(x, self.run.sigmas[j] * x.new_ones([x.shape[0]]), **self.extra_args)
+        self.checks.nonfinite(x0hat, model_error(index, self.run.host[j], self.cause))
+        return x0hat
+
+
+def no_bias(x0hat: torch.Tensor, i: int, j: int) -> tuple[None, None]:
+    """The biases of a run without an adapter."""
+    return None, None
+
+
+def run_bias(bias: ContextBias | None, run: RunSchedule, checks: DeferredChecks) -> RunBias | Callable:
+    """``(x0hat, i, j) -> (b_i, b_j)`` over the run's schedule (:meth:`ContextBias.for_run`), or :func:`no_bias`.
+
+    Any other callable ``bias(x0hat, sigma, sigma_next) -> (b_t, b_next)`` is called with the run's sigmas
+    (a custom bias decides for itself what it reads)."""
+    if bias is None:
+        return no_bias
+    if hasattr(bias, "for_run"):
+        return bias.for_run(run, checks)
+    return lambda x0hat, i, j: bias(x0hat, run.sigmas[i], run.sigmas[j])
 
 
 def require_direction(sigmas: torch.Tensor, reversible: bool) -> None:
@@ -127,13 +157,17 @@ def sample(
     post_step: PostStep | None = None,
     cause: str = MODEL_CAUSE,
     start_has_bias: bool = True,
+    on_level: LevelHook | None = None,
 ) -> torch.Tensor:
     """The sampler loop: one model call per step, then ``step`` (see :func:`transition`).
 
     ``stochastic`` steps get fresh noise for every step with ``sigma_next > 0``, in the order ComfyUI's
     ``ddpm`` draws it; deterministic ones may run on increasing sigmas (unsampling).
     ``post_step(i, x_next, sigma_next) -> x_next`` may adjust each result (editing's latent blend);
-    ``cause`` is named when the model predicts NaN (the caller knows the model's dtype).
+    ``cause`` is named when the model predicts NaN (the caller knows the model's dtype); that check, and the
+    adapter's output bound, are read once at the end of the run (:mod:`contextdiff.deferred_checks`), so no step
+    makes the host wait for the device; the error still names the first step that failed. ``on_level(sigma)``
+    is told each model call's sigma as a host float (the editor's attention hooks look their step up with it).
 
     ``start_has_bias`` says whether ``x`` carries ``b_t`` at ``sigmas[0]`` (Eq. 1), as a latent from
     :func:`contextdiff.inversion.invert_ddim` does; then the first step subtracts it like any other. A latent
@@ -146,20 +180,24 @@ def sample(
     require_direction(sigmas, reversible=not stochastic)
     if stochastic and noise_sampler is None:
         noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
-    s_in = x.new_ones([x.shape[0]])
+    # Everything a step decides is decided on host values read here, once: no step waits for the device.
+    run = RunSchedule(sigmas, x)
+    checks = DeferredChecks()
+    denoise = Denoise(model, run, extra_args, checks, cause, on_level)
+    bias_at = run_bias(bias, run, checks)
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
-        check_finite(denoised, i, sigma, cause)
+        denoised = denoise(x, i, i)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        b_t, b_next = biases(bias, denoised, sigma, sigma_next)
+        b_t, b_next = bias_at(denoised, i, i + 1)
         if i == 0 and not start_has_bias:
             b_t = None
-        noise = noise_sampler(sigma, sigma_next) if stochastic and sigma_next > 0 else None
-        x = transition(step, x, denoised, sigma, sigma_next, b_t, b_next, noise)
+        noise = noise_sampler(sigma, sigma_next) if stochastic and run.host[i + 1] > 0 else None
+        x = transition(step, x, denoised, run.abar[i], run.abar[i + 1], b_t, b_next, noise)
         if post_step is not None:
-            x = post_step(i, x, sigma_next)
+            x = post_step(i, x, run.host[i + 1])
+    checks.raise_first()
     return x
 
 
@@ -167,7 +205,8 @@ def sample_contextdiff_ddim(*args: Any, eta: float = 0.0, **options: Any) -> tor
     """Contextualized DDIM (Eq. 11; Eq. 18 for ``eta > 0``) over any sigma list (increasing too, at eta 0).
 
     Called like a k-diffusion sampler, ``(model, x, sigmas, extra_args, callback, disable)``, with
-    :func:`sample`'s keywords (``bias``, ``noise_sampler``, ``post_step``, ``cause``, ``start_has_bias``).
+    :func:`sample`'s keywords (``bias``, ``noise_sampler``, ``post_step``, ``cause``, ``start_has_bias``,
+    ``on_level``).
     """
     step = functools.partial(process.ddim_step, eta=eta)
     return sample(*args, step=step, stochastic=eta > 0, **options)

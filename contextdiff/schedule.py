@@ -64,3 +64,29 @@ def k_from_sigma(sigma: Tensorish, sigma_max: Tensorish | None = None) -> torch.
     """:func:`k_coefficient` for a ComfyUI sigma; ``sigma_max`` is the model's last training sigma."""
     abar_T = None if sigma_max is None else abar_from_sigma(sigma_max)
     return k_coefficient(abar_from_sigma(sigma), abar_T)
+
+
+def step_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for the step arithmetic: ``1 - abar`` vanishes in float32 below sigma ~ 3e-4 (FlipSigmas
+    starts at 1e-4) and ``x_t - sqrt(abar_t) x0hat`` cancels near sigma 0. MPS has no float64."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+class RunSchedule:
+    """A run's sigmas, read once before the first step, so that no step has to read the device.
+
+    ``host``: the sigmas as Python floats (float64 of what the device holds), for every decision a step makes
+    (is this the last step, which stored step is this) and for messages. ``abar``: ``abar_from_sigma`` of
+    them in the step dtype on the latent's device, computed on the CPU in float64 exactly as a per-step
+    conversion would (:func:`abar_from_sigma`), then moved once. ``sigmas``: the list as given (device).
+    """
+
+    def __init__(self, sigmas: torch.Tensor, like: torch.Tensor):
+        self.sigmas = sigmas
+        # The run's one device-to-host read of its schedule.
+        self.sigmas64 = sigmas.detach().to("cpu", torch.float64)
+        self.host: tuple[float, ...] = tuple(self.sigmas64.tolist())
+        self.abar = abar_from_sigma(self.sigmas64).to(like.device, step_dtype(like))
+
+    def __len__(self) -> int:
+        return len(self.host)

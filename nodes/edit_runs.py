@@ -134,6 +134,7 @@ def invert(
         frames,
         refine_steps=settings.refine_steps,
         trajectory=trajectory_recorder(store.latents, step_of),
+        on_level=editor.at_level,  # the hooks' step lookup, without reading the device's sigma per call
     )
     out = run_patched(
         model,
@@ -209,7 +210,9 @@ def edit(
         blend=blend,
     )
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
-    sampler = contextdiff_ksampler(adapter, "ddim", 0.0, strength, source.frames, post_step=post, start_has_bias=True)
+    sampler = contextdiff_ksampler(
+        adapter, "ddim", 0.0, strength, source.frames, post_step=post, start_has_bias=True, on_level=editor.at_level
+    )
     zeros = torch.zeros(source.latent_shape)
     guidance = Guidance(positive, negative, cfg)
     out = run_patched(model, editor, sampler, source.noise.clone(), zeros, source.sigmas, guidance)

@@ -19,7 +19,7 @@ import torch
 from ..contextdiff import families, inversion, sampling
 from ..contextdiff.bias import ContextBias, adapter_bias, finite_strength
 from ..contextdiff.families import ModelSampling
-from ..contextdiff.sampling import Callback, PostStep
+from ..contextdiff.sampling import Callback, LevelHook, PostStep
 from . import interrupt
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ def contextdiff_sample(
     frames: int | None = None,
     post_step: PostStep | None = None,
     start_has_bias: bool = False,
+    on_level: LevelHook | None = None,
 ) -> torch.Tensor:
     """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt.
 
@@ -120,7 +121,7 @@ def contextdiff_sample(
     DDIM steps (editing's latent blend); ``start_has_bias``: see :func:`contextdiff.sampling.sample`.
     """
     bias, cause = prepare(model, x, adapter, strength, frames)
-    options = dict(bias=bias, cause=cause, start_has_bias=start_has_bias)
+    options = dict(bias=bias, cause=cause, start_has_bias=start_has_bias, on_level=on_level)
     extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
     with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
         if method == "ddim":
@@ -143,6 +144,7 @@ def contextdiff_invert(
     frames: int | None = None,
     refine_steps: int = 0,
     trajectory: Callable[[dict], None] | None = None,
+    on_level: LevelHook | None = None,
 ) -> torch.Tensor:
     """KSAMPLER function: bias-aware DDIM inversion over ascending sigmas (:func:`contextdiff.inversion.invert_ddim`).
 
@@ -157,7 +159,7 @@ def contextdiff_invert(
             callback(info)
 
     if trajectory is not None:
-        trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x})
+        trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x, "sigma_host": float(sigmas[0])})
     extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
     with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
         return inversion.invert_ddim(
@@ -171,6 +173,7 @@ def contextdiff_invert(
             refine_steps=refine_steps,
             final_eval=True,
             cause=cause,
+            on_level=on_level,
         )
 
 
@@ -191,6 +194,7 @@ def contextdiff_ksampler(
     frames: int | None = None,
     post_step: PostStep | None = None,
     start_has_bias: bool = False,
+    on_level: LevelHook | None = None,
 ) -> comfy.samplers.KSAMPLER:
     """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node.
 
@@ -206,6 +210,7 @@ def contextdiff_ksampler(
         frames=frames,
         post_step=post_step,
         start_has_bias=start_has_bias,
+        on_level=on_level,
     )
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
     return comfy.samplers.KSAMPLER(
@@ -219,10 +224,18 @@ def inversion_ksampler(
     frames: int | None = None,
     refine_steps: int = 0,
     trajectory: Callable[[dict], None] | None = None,
+    on_level: LevelHook | None = None,
 ) -> comfy.samplers.KSAMPLER:
     """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped) and the clean latent."""
     check_options(strength)
     if refine_steps < 0:
         raise ValueError(f"refine_steps is {refine_steps}; it must be 0 (classic inversion) or more")
-    options = dict(adapter=adapter, strength=strength, frames=frames, refine_steps=refine_steps, trajectory=trajectory)
+    options = dict(
+        adapter=adapter,
+        strength=strength,
+        frames=frames,
+        refine_steps=refine_steps,
+        trajectory=trajectory,
+        on_level=on_level,
+    )
     return comfy.samplers.KSAMPLER(contextdiff_invert, extra_options=options)
