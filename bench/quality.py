@@ -223,8 +223,8 @@ def edit_clip(pack, b: Bundle, task: scoring.ClipEditTask, s: Settings) -> np.nd
     import torch
 
     frames = torch.from_numpy(task.source.frames).float() / 255.0
-    editing = pack.contextdiff.editing
-    edit = editing.EditSettings(
+    runs, video_runs = pack.nodes.edit_runs, pack.nodes.video_runs
+    edit = runs.EditSettings(
         cfg=s.cfg,
         source_prompt=task.source_caption,
         target_prompt=task.target_caption,
@@ -232,11 +232,9 @@ def edit_clip(pack, b: Bundle, task: scoring.ClipEditTask, s: Settings) -> np.nd
         blend_threshold=s.blend_threshold,
         strength=s.strength,
     )
-    inversion = editing.InversionSettings(steps=s.steps, fuse_start=s.fuse_start, strength=s.strength)
-    video = editing.VideoSettings(edit, inversion, chunk_size=s.chunk_size, overlap=0 if s.chunk_size == 1 else 2)
-    out, _ = pack.nodes.video_runs.edit_video(
-        b.model, b.vae, b.clip, frames, video, budget_bytes=16e9, adapter=b.adapter
-    )
+    inversion = runs.InversionSettings(steps=s.steps, fuse_start=s.fuse_start, strength=s.strength)
+    video = video_runs.VideoSettings(edit, inversion, chunk_size=s.chunk_size, overlap=0 if s.chunk_size == 1 else 2)
+    out, _ = video_runs.edit_video(b.model, b.vae, b.clip, frames, video, budget_bytes=16e9, adapter=b.adapter)
     return (out.clamp(0, 1) * 255).round().byte().numpy()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from ..contextdiff.edit_plan import check_prompt_text, check_settings
-from ..contextdiff.editing import EditSettings, InversionSettings
+from ..contextdiff.editing import EditSettings, EditSourceMismatch, InversionSettings
 from .prompt_tokens import spoken_words
 
 EDIT_SAMPLER = "ContextDiffEditSampler"
@@ -95,3 +95,42 @@ def check_before_inverting(prompt: Mapping | None, inversion_id: object, inversi
         settings = EditSettings.from_inputs({**values, "adapter_strength": 1.0})
         check_settings(settings, inversion, has_clip="clip" in inputs)
         check_edit_texts(prompt, inputs, settings)
+    check_adapters(prompt, inversion_id)
+
+
+def _bias(inputs: Mapping) -> tuple[str, float] | None:
+    """``(adapter link as text, strength)`` of a node's inputs; ``None`` without a bias (no adapter or strength 0)."""
+    link, strength = inputs.get("adapter"), inputs.get("adapter_strength")
+    if link is None or strength == 0:
+        return None
+    return str(link), float(strength)
+
+
+def _adapter_name(prompt: Mapping, link: object) -> str:
+    name = node_inputs(prompt, link[0]).get("adapter_name") if is_link(link) else None
+    return name if isinstance(name, str) else "the connected adapter"
+
+
+def check_adapters(prompt: Mapping | None, inversion_id: object) -> None:
+    """Refuse, before inverting, an Edit Sampler whose adapter or adapter_strength certainly differs from this
+    inversion's (one has a bias and the other none, or the same adapter at another literal strength); what the
+    graph leaves open (two loaders, a strength from a link) the edit checks against the edit source's identity."""
+    if prompt is None:
+        return
+    inversion = node_inputs(prompt, inversion_id)
+    for _, inputs in edit_samplers_of(prompt, inversion_id):
+        if any(not isinstance(i.get("adapter_strength"), (int, float)) for i in (inversion, inputs)):
+            continue  # a strength from a link: known at run time only
+        ours, theirs = _bias(inversion), _bias(inputs)
+        if (ours is None) != (theirs is None):
+            inv = _adapter_name(prompt, inversion.get("adapter")) if ours else "none"
+            edit = _adapter_name(prompt, inputs.get("adapter")) if theirs else "none"
+            raise EditSourceMismatch(
+                f"the edit_source would be inverted with adapter {inv}, the edit uses {edit}: connect the same "
+                "adapter (and adapter_strength) to both nodes for a faithful reconstruction"
+            )
+        if ours is not None and ours[0] == theirs[0] and ours[1] != theirs[1]:
+            raise EditSourceMismatch(
+                f"the edit_source would be inverted with adapter_strength {ours[1]:g}, the edit uses "
+                f"{theirs[1]:g}: use the same strength on both nodes for a faithful reconstruction"
+            )

@@ -22,11 +22,14 @@ SAMPLED_VALUES = 4096  # values hashed per tensor, evenly strided
 
 def _update(digest: hashlib._Hash, t: torch.Tensor) -> None:
     """Feed the shape, dtype and an evenly strided sample of ``t``'s values (its bytes, any dtype) to ``digest``."""
-    flat = t.detach().reshape(-1)
-    step = max(1, flat.numel() // SAMPLED_VALUES)
-    sample = flat[::step][:SAMPLED_VALUES].contiguous().cpu()
     digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    digest.update(sample.view(torch.uint8).numpy().tobytes())
+    try:
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // SAMPLED_VALUES)
+        sample = flat[::step][:SAMPLED_VALUES].contiguous().cpu()
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+    except (RuntimeError, TypeError, NotImplementedError):
+        pass  # a tensor type without plain storage (another pack's quantised weights): its shape and dtype only
 
 
 def _spread(keys: list[str], n: int) -> list[str]:

@@ -368,3 +368,30 @@ def test_edit_source_refuses_another_model_naming_it(edit_env):
         runs.check_source_fits(model, source, None, 1.0)
     finally:
         mm.unload_all_models()
+
+
+def test_edit_source_refusal_guards_a_real_loss(edit_env):
+    """Why an adapter mismatch is refused (issue 22.1): inverted with the bias, sampled without it (forced past
+    the refusal by claiming the edit's identity), the reconstruction is worse than with the same adapter."""
+    import dataclasses
+
+    from contextdiff.adapter import AdapterConfig, ContextAdapter
+    from devkit import import_pack
+
+    runs, model, clip, enc = edit_env
+    types = importlib.import_module(import_pack().__name__ + ".nodes.types")
+    torch.manual_seed(0)
+    module = ContextAdapter(AdapterConfig(dim=64, depth=2))  # a smooth, small bias, like a trained adapter's
+    torch.nn.init.normal_(module.patch_out.weight, std=0.02)
+    torch.nn.init.normal_(module.patch_out.bias, std=0.05)
+    adapter = types.LoadedAdapter(module.eval(), {}, "gentle")
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    source = runs.invert(model, {"samples": x0}, enc("a cat"), InversionSettings(steps=6), adapter=adapter)
+    plain = runs.plan_edit(EditSettings(fuse=False), source.settings)
+    same = runs.edit(model, source, enc("a cat"), plan=plain, cfg=1.0, adapter=adapter).samples
+    with pytest.raises(ValueError, match="inverted with adapter gentle, the edit uses none"):
+        runs.edit(model, source, enc("a cat"), plan=plain, cfg=1.0)
+    forced = dataclasses.replace(source, identity=type(source.identity)(source.identity.model))
+    without = runs.edit(model, forced, enc("a cat"), plan=plain, cfg=1.0).samples
+    err_same, err_without = (((x - x0).norm() / x0.norm()).item() for x in (same, without))
+    assert err_without > 1.2 * err_same, (err_same, err_without)
