@@ -42,14 +42,14 @@ def encoded_text(prompt: Mapping | None, link: object) -> str | None:
         if prompt is None or not is_link(link):
             return None
         inputs = node_inputs(prompt, link[0])
-        if "clip" in inputs:
-            text = next((inputs[k] for k in TEXT_INPUTS if k in inputs), None)
-            return text if isinstance(text, str) else None
-        follow = [k for k in PASS_THROUGH if k in inputs]
+        follow = [k for k in PASS_THROUGH if k in inputs]  # first: an encoder that adds to a conditioning passes it
         if follow:
             link = inputs[follow[0]]
         elif all(k in inputs for k in PAIRS) and link[1] < len(PAIRS):
             link = inputs[PAIRS[link[1]]]
+        elif "clip" in inputs:
+            text = next((inputs[k] for k in TEXT_INPUTS if k in inputs), None)
+            return text if isinstance(text, str) else None
         else:
             return None
     return None

@@ -395,3 +395,32 @@ def test_edit_source_refusal_guards_a_real_loss(edit_env):
     without = runs.edit(model, forced, enc("a cat"), plan=plain, cfg=1.0).samples
     err_same, err_without = (((x - x0).norm() / x0.norm()).item() for x in (same, without))
     assert err_without > 1.2 * err_same, (err_same, err_without)
+
+
+def test_prompt_text_is_read_from_the_graph_through_conditioning_nodes(comfy_inprocess):
+    """Issue 22.2: the text a conditioning was encoded from, found upstream in the API prompt (None where the
+    graph does not say, so nothing is refused there)."""
+    from devkit import import_pack
+
+    graph = importlib.import_module(import_pack().__name__ + ".nodes.edit_graph")
+    prompt = {
+        "enc": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": "a cat"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": "blurry"}},
+        "xl": {"class_type": "CLIPTextEncodeSDXL", "inputs": {"clip": ["c", 0], "text_g": "a dog", "text_l": "x"}},
+        "cn": {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {"positive": ["enc", 0], "negative": ["neg", 0], "control_net": ["n", 0], "image": ["i", 0]},
+        },
+        "both": {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": ["cn", 0], "conditioning_2": ["xl", 0]},
+        },
+        "adds": {"class_type": "SomeEncoder", "inputs": {"clip": ["c", 0], "conditioning": ["xl", 0], "text": "extra"}},
+        "linked": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": ["s", 0]}},
+        "odd": {"class_type": "Unknown", "inputs": {"samples": ["enc", 0]}},
+    }
+    expected = {"enc": "a cat", "xl": "a dog", "both": "a cat", "adds": "a dog", "linked": None, "odd": None}
+    for node, text in expected.items():
+        assert graph.encoded_text(prompt, [node, 0]) == text, node
+    assert graph.encoded_text(prompt, ["cn", 1]) == "blurry"  # ControlNet's second output is the negative
+    assert graph.encoded_text(None, ["enc", 0]) is None and graph.encoded_text(prompt, "a literal") is None
