@@ -344,7 +344,7 @@ def test_load_fifty_mixed_prompts(server, adapters, media):
                 "negative": ["neg", 0],
                 "cfg": 2.0,
                 "clip": ["clip", 0],
-                "source_prompt": "a cat",
+                "source_prompt": p["src"]["inputs"]["text"],  # the text the inversion's positive encoded
                 "target_prompt": f"a dog number {i}",
                 "blend_words": "",
                 "blend_threshold": 0.3,
