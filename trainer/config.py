@@ -92,7 +92,7 @@ class JointOptions(FromScratchOptions):
 
 @dataclass
 class ShapesOptions(FromScratchOptions):
-    """The text-conditioned joint model on the shapes world (see contextdiff/text_joint.py)."""
+    """The text-conditioned joint model on the shapes world (see hostside/joint_checkpoints.py)."""
 
     mode: ClassVar[str] = "shapes"
     image_size: int = opt(8, "side of the rendered scenes in pixels", minimum=1)
