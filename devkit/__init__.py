@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from .device import on_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 PACK = "contextdiff_pack"
@@ -46,14 +48,15 @@ def shared_packages() -> set[str]:
     return {p.parent.name for p in ROOT.glob("*/__init__.py")} - PACK_ONLY
 
 
-def comfyui(cpu: bool | None = True) -> Path:
+def comfyui(cpu: bool | None = None) -> Path:
     """ComfyUI importable in this process, first on the import path, on the CPU unless ``cpu=False``
-    (``None`` keeps what an earlier call chose, the CPU if none did); returns its folder."""
+    (``None`` keeps what an earlier call chose, else the suite's device: ``CONTEXTDIFF_DEVICE``, see
+    :mod:`devkit.device`); returns its folder."""
     from trainer.comfy_env import ensure_comfy_importable
 
     if cpu is None:
         configured = sys.modules.get("comfy.cli_args")
-        cpu = configured.args.cpu if configured else True
+        cpu = configured.args.cpu if configured else on_cpu()
     return ensure_comfy_importable(cpu=cpu)
 
 

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from devkit.device import on_cpu
 from trainer.comfy_env import find_comfyui
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ class ComfyServer:
         cmd = [
             sys.executable,
             "main.py",
-            "--cpu",
+            *(["--cpu"] if on_cpu() else []),  # CONTEXTDIFF_DEVICE=cuda: ComfyUI picks the GPU
             "--listen",
             "127.0.0.1",
             "--port",

