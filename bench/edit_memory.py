@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import report
 from bench.report import write_section
 from devkit import ROOT, import_pack, tiny_models
 
@@ -56,7 +57,7 @@ def _setup(size: int, frames: int):
 
     pack = import_pack()
     runs = importlib.import_module(pack.__name__ + ".nodes.edit_runs")
-    model = build_sd15(0, full_size=True, weight_scale=0.5)
+    model = build_sd15(0, weight_scale=0.5, **report.sd15_shape())
     import comfy.model_management
 
     comfy.model_management.load_models_gpu([model])
@@ -83,12 +84,19 @@ def edit_plan(runs, steps: int):
 def child(kind: str, size: int, steps: int, frames: int) -> dict:
     """One measurement in this (fresh) process: ``plain`` sampling or ``edit`` (inversion + edit)."""
     runs, model, latent, src, tgt, neg = _setup(size, frames)  # puts ComfyUI on the path
+    import comfy.model_management
     import comfy.sample
     import comfy.samplers
     import torch
 
-    baseline = _status_kib("VmRSS") * 1024
-    _reset_peak()
+    cuda = comfy.model_management.get_torch_device().type == "cuda"
+    if cuda:  # on a GPU the memory that matters is the device's: its allocator's peak
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = _status_kib("VmRSS") * 1024
+        _reset_peak()
     t = time.perf_counter()
     with torch.no_grad():
         if kind == "plain":
@@ -110,9 +118,12 @@ def child(kind: str, size: int, steps: int, frames: int) -> dict:
             settings = runs.InversionSettings(steps=steps)
             source = runs.invert(model, latent, src, settings, frames=frames if frames > 1 else None)
             runs.edit(model, source, tgt, plan=edit_plan(runs, steps), negative=neg, cfg=CFG)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t
-    peak = _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
     return {
+        "device": str(comfy.model_management.get_torch_device()),
         "kind": kind,
         "seconds": seconds,
         "baseline_bytes": baseline,
@@ -155,6 +166,7 @@ def peak_and_time(args) -> dict:
         for k, v in runs.items()
     }
     return {
+        "device": runs["plain"][0].get("device", "cpu"),
         "runs": runs,
         "median": med,
         "peak_ratio": med["edit"]["peak_bytes"] / med["plain"]["peak_bytes"],
@@ -210,6 +222,7 @@ def main():
     timing = peak_and_time(args)  # first, before this process holds a model of its own
     store = store_sizes(args)
     result = {
+        "device": timing.get("device", "cpu"),
         "size": args.size,
         "steps": args.steps,
         "frames": args.frames,

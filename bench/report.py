@@ -3,15 +3,80 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+# CONTEXTDIFF_BENCH_DOCS sends results elsewhere (a rehearsal of scripts/gpu_check.sh must not overwrite docs/).
+DOCS = Path(os.environ.get("CONTEXTDIFF_BENCH_DOCS") or Path(__file__).resolve().parents[1] / "docs")
+
+
+# Every ratio the benchmarks report, for the side-by-side table: (what, benchmark, key, target).
+RATIOS = [
+    ("ContextDiffKSampler / core KSampler, time", "sampler_overhead", "median_ratio", "<= 1.03 (goal 1.01)"),
+    (
+        "one adapter call / one CFG UNet call",
+        "sampler_overhead",
+        "component_overhead_pct",
+        "a percentage (the paper: +1.5%)",
+    ),
+    ("inversion + edit / plain sampling, time", "edit_memory", "time_ratio", "<= 1.6 on CUDA, <= 2.3 on CPU"),
+    ("inversion + edit / plain sampling, peak memory", "edit_memory", "peak_ratio", "<= 1.1 on CUDA, <= 1.25 on CPU"),
+    ("training step with adapter / without, time", "train_step", "time_ratio", ""),
+    ("training step with adapter / without, peak memory", "train_step", "memory_ratio", ""),
+]
+
+
+def sd15_shape() -> dict:
+    """``build_sd15`` options of the benchmarks' UNet: SD1.5's real shape; ``CONTEXTDIFF_BENCH_SMALL=1`` gives a
+    64-channel one, for rehearsing ``scripts/gpu_check.sh`` on a CPU (its figures then say nothing)."""
+    return {"model_channels": 64} if os.environ.get("CONTEXTDIFF_BENCH_SMALL") == "1" else {"full_size": True}
+
+
+def device_name(result: dict) -> str:
+    """``cuda`` for a result measured on a CUDA device, else ``cpu``."""
+    return "cuda" if str(result.get("device", "cpu")).startswith("cuda") else "cpu"
+
+
+def ratio_value(result: dict, key: str) -> float | None:
+    if key in result:
+        return float(result[key])
+    derived = {"time_ratio": "time_overhead_pct", "memory_ratio": "memory_overhead_pct"}.get(key)
+    return 1 + float(result[derived]) / 100 if derived in result else None
+
+
+def ratio_table() -> str:
+    """Every ratio, CPU beside CUDA, from the results in docs/bench (``<name>.json``, ``<name>_cuda.json``)."""
+    rows = ["| ratio | CPU | CUDA | target |", "|---|---|---|---|"]
+    for what, name, key, target in RATIOS:
+        cells = []
+        for suffix in ("", "_cuda"):
+            path = DOCS / "bench" / f"{name}{suffix}.json"
+            value = ratio_value(json.loads(path.read_text()), key) if path.exists() else None
+            cells.append("not measured" if value is None else f"{value:.3g}")
+        rows.append(f"| {what} (`{name}`) | {cells[0]} | {cells[1]} | {target} |")
+    return (
+        "## Every ratio, CPU and CUDA\n\nEach benchmark writes its CPU result as `docs/bench/<name>.json` and its CUDA "
+        "result as `<name>_cuda.json` (its own section below); `scripts/gpu_check.sh` runs them on a GPU. "
+        "'not measured' means no run on that device yet; nothing here is estimated.\n\n" + "\n".join(rows)
+    )
 
 
 def write_section(name: str, result: dict, markdown: str) -> None:
+    """Write ``result`` and its section; a CUDA result gets its own (``<name>_cuda``), beside the CPU one."""
+    if device_name(result) == "cuda":
+        name, markdown = f"{name}_cuda", markdown.replace("## ", "## CUDA: ", 1)
+    _write(name, result, markdown)
+    _write_block("ratios", ratio_table())
+
+
+def _write(name: str, result: dict, markdown: str) -> None:
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write_block(name, markdown)
+
+
+def _write_block(name: str, markdown: str) -> None:
     page = DOCS / "benchmarks.md"
     text = (
         page.read_text()

@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 
+from bench import report
 from bench.report import write_section
 from devkit import import_pack, tiny_models
 
@@ -43,7 +44,7 @@ def main():
 
     KSampler = samplers.ContextDiffKSampler
     LoadedAdapter = types_.LoadedAdapter
-    model = build_sd15(0, full_size=True, weight_scale=0.5)
+    model = build_sd15(0, weight_scale=0.5, **report.sd15_shape())
     pos, neg = random_conditioning(1), random_conditioning(2)
     latent = {"samples": torch.zeros(1, 4, args.size // 8, args.size // 8)}
     torch.manual_seed(0)
@@ -74,20 +75,36 @@ def main():
             fn()
             times[name].append(time.perf_counter() - t)
     ratios = [b / a for a, b in zip(times["core"], times["contextdiff"], strict=False)]
-    # The same question, component-wise (less noisy): one adapter pair call against one CFG UNet call.
+    # The same question, component-wise (less noisy): one adapter pair call against one CFG UNet call, both on
+    # the model's device (a latent left on the CPU crashed this check on CUDA), timed to the device's completion.
     base = model.model
-    x = torch.randn(1, 4, args.size // 8, args.size // 8)
-    text = pos[0][0]
-    sigma = torch.tensor([base.model_sampling.sigma_max.item()])
+    device = comfy.model_management.get_torch_device()
+    on_device = adapter.on(device)
+    x = torch.randn(1, 4, args.size // 8, args.size // 8).to(device)
+    text = pos[0][0].to(device)
+    sigma = base.model_sampling.sigma_max.reshape(1).to(device)
+    t_pair = torch.tensor([500.0, 450.0]).to(device)
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+
     comp = {"adapter": [], "unet": []}
     with torch.no_grad():
         for _ in range(args.repeats * 2):
-            t = time.perf_counter()
-            module.pair(x, text, torch.tensor([500.0, 450.0]))
-            comp["adapter"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            base.apply_model(torch.cat([x, x]), torch.cat([sigma, sigma]), c_crossattn=torch.cat([text, text]))
-            comp["unet"].append(time.perf_counter() - t)
+            comp["adapter"].append(timed(lambda: on_device.pair(x, text, t_pair, check=False)))
+            comp["unet"].append(
+                timed(
+                    lambda: base.apply_model(
+                        torch.cat([x, x]), torch.cat([sigma, sigma]), c_crossattn=torch.cat([text, text])
+                    )
+                )
+            )
     component_pct = 100 * statistics.median(comp["adapter"]) / statistics.median(comp["unet"])
     unet_params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     result = {
