@@ -11,6 +11,10 @@ width keeps every layer and depth and scales the channels (the CPU's figures in 
 which). The SD1.5-only run at full width writes the ``train_step`` section, any other the
 ``train_step_families`` one.
 
+It also measures the shapes trainer's throughput, with its batches made in the step and ahead of it, and
+of the data alone (``bench/trainer_throughput.py``; ``--part shapes`` runs only that, ``--part families``
+only the family-shaped steps).
+
     .venv/bin/python -m bench.train_step [--families sd15,sdxl] [--model_channels 320] [--size 256] [--repeats 3]
 """
 
@@ -134,6 +138,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--part", choices=["all", "families", "shapes"], default="all", help="what to measure")
+    ap.add_argument("--throughput_steps", type=int, default=20, help="shapes trainer: steps per timed run")
     args = ap.parse_args()
     names = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = set(names) - set(CONFIGS)
@@ -141,12 +147,18 @@ def main():
         ap.error(f"--families: choose from {sorted(CONFIGS)}")
     if args.model_channels % 64:
         ap.error("--model_channels must be a multiple of 64 (64-channel attention heads, 32-group norms)")
-    comfyui()
     import torch
 
+    comfyui(cpu=not torch.cuda.is_available())  # as the trainer configures ComfyUI (--device auto)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.part in ("all", "shapes"):
+        from bench import trainer_throughput
+
+        trainer_throughput.run(args.throughput_steps, args.repeats)
+    if args.part == "shapes":
+        return
     rows = {name: measure(name, args, device) for name in names}
     result = {
         "device": str(device),
