@@ -150,17 +150,18 @@ def test_forged_joint_checkpoint_adapter_refused_before_allocating(tmp_path, com
 
     from contextdiff.checkpoint import JOINT
     from hostside.joint_checkpoints import load_joint
-    from hostside.pixel_unet import joint_unet_config
+    from hostside.pixel_unet import empty_unet, joint_unet_config
 
     path = tmp_path / "forged-joint.safetensors"
     meta = {
         "format": JOINT.key,
         "format_version": str(JOINT.version),
-        "unet_config": json.dumps(joint_unet_config(model_channels=8, context_dim=8)),
+        "unet_config": json.dumps(joint_unet_config(model_channels=32, context_dim=8)),
         "adapter_config": json.dumps(AdapterConfig(dim=4096, depth=2).to_dict()),
         "num_classes": "10",
     }
     save_file({"adapter.patch_in.weight": torch.zeros(1)}, str(path), metadata=meta)
+    empty_unet(joint_unet_config(model_channels=32, context_dim=8))  # imports ComfyUI's UNet first (meta device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with pytest.raises(CheckpointError) as err:
         load_joint(path)
