@@ -24,6 +24,19 @@ RATIOS = [
     ("inversion + edit / plain sampling, peak memory", "edit_memory", "peak_ratio", "<= 1.1 on CUDA, <= 1.25 on CPU"),
     ("training step with adapter / without, time", "train_step", "time_ratio", ""),
     ("training step with adapter / without, peak memory", "train_step", "memory_ratio", ""),
+    # One file for both devices: its ``devices`` holds a record per device.
+    (
+        "shapes trainer: data alone / training step rate",
+        "train_throughput",
+        "devices/{device}/data_over_train",
+        ">= 10",
+    ),
+    (
+        "shapes trainer: batches made ahead / in the step, steps/s",
+        "train_throughput",
+        "devices/{device}/ahead_over_in_step",
+        "",
+    ),
 ]
 
 
@@ -38,7 +51,16 @@ def device_name(result: dict) -> str:
     return "cuda" if str(result.get("device", "cpu")).startswith("cuda") else "cpu"
 
 
-def ratio_value(result: dict, key: str) -> float | None:
+def ratio_value(result: dict, key: str, device: str = "cpu") -> float | None:
+    if "/" in key:  # a path into the record, per device
+        node = result
+        for part in key.format(device=device).split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and key.endswith("ahead_over_in_step"):
+            rec = (result.get("devices") or {}).get(device) or {}
+            ahead, in_step = rec.get("train_steps_per_s_batches_ahead"), rec.get("train_steps_per_s_batches_in_step")
+            node = ahead / in_step if ahead and in_step else None
+        return None if node is None else float(node)
     if key in result:
         return float(result[key])
     derived = {"time_ratio": "time_overhead_pct", "memory_ratio": "memory_overhead_pct"}.get(key)
@@ -50,9 +72,9 @@ def ratio_table() -> str:
     rows = ["| ratio | CPU | CUDA | target |", "|---|---|---|---|"]
     for what, name, key, target in RATIOS:
         cells = []
-        for suffix in ("", "_cuda"):
-            path = DOCS / "bench" / f"{name}{suffix}.json"
-            value = ratio_value(json.loads(path.read_text()), key) if path.exists() else None
+        for suffix, dev in (("", "cpu"), ("_cuda", "cuda")):
+            path = DOCS / "bench" / (f"{name}.json" if "/" in key else f"{name}{suffix}.json")
+            value = ratio_value(json.loads(path.read_text()), key, dev) if path.exists() else None
             cells.append("not measured" if value is None else f"{value:.3g}")
         rows.append(f"| {what} (`{name}`) | {cells[0]} | {cells[1]} | {target} |")
     return (
