@@ -55,11 +55,6 @@ def sparse_causal(x: torch.Tensor, frames: int) -> torch.Tensor:
     return rearrange(torch.cat([first, prev], dim=2), "s f n c -> (s f) n c")
 
 
-def cond_rows(extra: dict, batch: int) -> torch.Tensor:
-    """Rows of a CFG batch that belong to the conditional (positive) prompt."""
-    return batch_rows(extra.get("cond_or_uncond") or [0], batch)[0]
-
-
 def batch_rows(flags: Sequence[int], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(conditional rows, other rows)`` of a batch made of ``len(flags)`` equal chunks, ComfyUI's
     ``cond_or_uncond`` order (0 = the positive prompt), as CPU index tensors."""
@@ -142,12 +137,12 @@ class AttentionEditor:
             return None
         return self.step_of(float(sigmas.reshape(-1)[0]))
 
-    def _rows(self, extra: dict, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``(conditional rows, other rows, number of other rows)`` on ``device``, made once per batch layout."""
+    def _rows(self, extra: dict, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(conditional rows, other rows)`` of a CFG batch on ``device``, made once per batch layout."""
         flags = tuple(extra.get("cond_or_uncond") or [0])
         cond = self.index.get(("cond", flags, batch), device, lambda: batch_rows(flags, batch)[0])
         other = self.index.get(("other", flags, batch), device, lambda: batch_rows(flags, batch)[1])
-        return cond, other, batch - batch // len(flags) * flags.count(0)
+        return cond, other
 
     @staticmethod
     def _layer(extra: dict) -> tuple:
@@ -162,9 +157,9 @@ class AttentionEditor:
     @staticmethod
     def _mixed(q, k, v, heads: int, rows: tuple, cond_out: torch.Tensor) -> torch.Tensor:
         """Unconditional rows attend normally; conditional rows get ``cond_out``. ``rows``: from :meth:`_rows`."""
-        cond, other, n_other = rows
+        cond, other = rows
         out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
-        if n_other:
+        if len(other):  # a shape, not a value: no read
             out[other] = attend(q[other], k[other], v[other], heads)
         out[cond] = cond_out.to(v.dtype)
         return out
