@@ -32,6 +32,11 @@ def finite_strength(strength: float) -> float:
     return value
 
 
+def pair_peak(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of a step's two relational outputs, on their device (NaN if either holds NaN)."""
+    return torch.maximum(r_a.detach().abs().amax(), r_b.detach().abs().amax())
+
+
 class ContextBias:
     """``b_t = strength * k_t * r_phi(x0hat, c, t)`` for the two ends of a step, in VP units.
 
@@ -65,7 +70,7 @@ class ContextBias:
         r_a, r_b = self.r(x0hat, sigmas.to(x0hat.device, x0hat.dtype))
         if self.guard is not None:
             bound, message = self.guard
-            peak = float(torch.maximum(r_a.detach().abs().amax(), r_b.detach().abs().amax()))
+            peak = float(pair_peak(r_a, r_b))
             if not peak <= bound:
                 raise FloatingPointError(message(peak))
         k = (self.strength * k).to(x0hat.device, x0hat.dtype)
@@ -93,7 +98,7 @@ class RunBias:
         r_a, r_b = self.bias.r(x0hat, sigmas)
         if self.bias.guard is not None:
             bound, message = self.bias.guard
-            peak = torch.maximum(r_a.detach().abs().amax(), r_b.detach().abs().amax())
+            peak = pair_peak(r_a, r_b)  # read only at the end of the run
             self.checks.record(~(peak <= bound), message, value=peak)
         return r_a * k_a, r_b * k_b
 
