@@ -78,6 +78,7 @@ def edit_plan(runs, steps: int):
         blend_source=[5],
         blend_threshold=0.3,
         warnings=plan.warnings,
+        cfg=CFG,
     )
 
 
@@ -117,7 +118,7 @@ def child(kind: str, size: int, steps: int, frames: int) -> dict:
         else:
             settings = runs.InversionSettings(steps=steps)
             source = runs.invert(model, latent, src, settings, frames=frames if frames > 1 else None)
-            runs.edit(model, source, tgt, plan=edit_plan(runs, steps), negative=neg, cfg=CFG)
+            runs.edit(model, source, tgt, plan=edit_plan(runs, steps), negative=neg)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
@@ -189,7 +190,7 @@ def store_sizes(args) -> dict:
             steps=args.steps, store_maps=store_maps, store_dtype=torch.float32 if store_maps else torch.float16
         )
         source = runs.invert(model, latent, src, settings, frames=args.frames)
-        out = runs.edit(model, source, tgt, plan=edit_plan(runs, args.steps), negative=neg, cfg=CFG).samples
+        out = runs.edit(model, source, tgt, plan=edit_plan(runs, args.steps), negative=neg).samples
         measured[store_maps] = {"bytes": source.store.nbytes(), "out": out}
         del source
     h = args.size // 8

@@ -144,6 +144,13 @@ class AttentionEditor:
         other = self.index.get(("other", flags, batch), device, lambda: batch_rows(flags, batch)[1])
         return cond, other
 
+    def _fused_call(self, extra: dict, q: torch.Tensor, kind: str) -> tuple[tuple, tuple] | None:
+        """``(row layout, store key)`` when this attention call belongs to a fused step; ``None`` otherwise."""
+        step = self._step(extra)
+        if self.mode == "plain" or step not in self.store.fused_steps:
+            return None
+        return self._rows(extra, q.shape[0], q.device), (step, self._layer(extra), kind)
+
     @staticmethod
     def _layer(extra: dict) -> tuple:
         block = extra.get("block") or ("?", 0)
@@ -170,13 +177,12 @@ class AttentionEditor:
     ) -> torch.Tensor:
         """ComfyUI ``attn1`` replace: record or fuse the source's self-attention; ``attention`` elsewhere."""
         heads = extra["n_heads"]
-        step = self._step(extra)
         kk, vv = self._self_kv(k, v)
-        if self.mode == "plain" or step not in self.store.fused_steps:
+        call = self._fused_call(extra, q, "self")
+        if call is None:
             return attention(q, kk, vv, extra)
-        layout = self._rows(extra, q.shape[0], q.device)
+        layout, key = call
         rows = layout[0]
-        key = (step, self._layer(extra), "self")
         if self.mode == "record":
             # Raw per-frame keys: the sparse-causal keys are rebuilt from them when fusing.
             keys = self._self_kv(k[rows], v[rows])[0] if self.store.store_maps else k[rows]
@@ -204,12 +210,11 @@ class AttentionEditor:
     ) -> torch.Tensor:
         """ComfyUI ``attn2`` replace: record, fuse shared words, collect the blend maps; ``attention`` elsewhere."""
         heads = extra["n_heads"]
-        step = self._step(extra)
-        if self.mode == "plain" or step not in self.store.fused_steps:
+        call = self._fused_call(extra, q, "cross")
+        if call is None:
             return attention(q, k, v, extra)
-        layout = self._rows(extra, q.shape[0], q.device)
+        layout, key = call
         rows = layout[0]
-        key = (step, self._layer(extra), "cross")
         if self.mode == "record":
             self.store.put(key, q[rows], k[rows], heads)
             return attention(q, k, v, extra)

@@ -71,6 +71,8 @@ class EditPlan:
     blend_source: list[int]
     blend_threshold: float
     warnings: list[str]
+    cfg: float = 7.5  # the edit's guidance and adapter strength, from its settings
+    strength: float = 1.0
 
 
 def _squeezed(text: str) -> str:
@@ -205,6 +207,8 @@ def plan_edit(
         blend_source=blend_src,
         blend_threshold=settings.blend_threshold,
         warnings=warnings,
+        cfg=settings.cfg,
+        strength=settings.strength,
     )
 
 

@@ -8,7 +8,7 @@ the video edit (each built once from a node's inputs), the fused window, and wha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 
 import torch
@@ -54,6 +54,19 @@ def trajectory_recorder(store_latents: dict, step_of: Callable[[float], int | No
     return callback
 
 
+def from_node_inputs(cls: type, inputs: Mapping[str, object], **renamed: tuple[str, Callable] | None):
+    """A settings dataclass from a node's inputs: each field from the input of its own name, converted to the
+    type of its default; ``renamed`` maps a field to ``(input name, converter)``, or to ``None`` for a field that
+    no input sets (it keeps its default). A missing input is a KeyError: the node's schema and the settings
+    disagree, which is a bug, not a user's error."""
+    values = {}
+    for f in fields(cls):
+        source = renamed.get(f.name, (f.name, type(f.default)))
+        if source is not None:
+            values[f.name] = source[1](inputs[source[0]])
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class InversionSettings:
     """How an inversion is run; the edit samples the same schedule and fuses the same window."""
@@ -75,14 +88,12 @@ class InversionSettings:
     @classmethod
     def from_inputs(cls, inputs: Mapping[str, object]) -> InversionSettings:
         """From the inversion node's inputs (``adapter_strength``, ``store_precision`` named as the node names them)."""
-        return cls(
-            steps=int(inputs["steps"]),
-            scheduler=str(inputs["scheduler"]),
-            cfg=float(inputs["cfg"]),
-            fuse_start=float(inputs["fuse_start"]),
-            refine_steps=int(inputs["refine_steps"]),
-            strength=float(inputs["adapter_strength"]),
-            store_dtype=torch.float16 if inputs["store_precision"] == "fp16" else torch.float32,
+        return from_node_inputs(
+            cls,
+            inputs,
+            strength=("adapter_strength", float),
+            store_dtype=("store_precision", lambda p: torch.float16 if p == "fp16" else torch.float32),
+            store_maps=None,
         )
 
 
@@ -101,15 +112,9 @@ class EditSettings:
     @classmethod
     def from_inputs(cls, inputs: Mapping[str, object]) -> EditSettings:
         """From a node's inputs, named as the Edit Sampler and the Video Edit node name them."""
-        return cls(
-            cfg=float(inputs["cfg"]),
-            source_prompt=str(inputs["source_prompt"]),
-            target_prompt=str(inputs["target_prompt"]),
-            blend_words=str(inputs["blend_words"]),
-            blend_threshold=float(inputs["blend_threshold"]),
-            fuse=bool(inputs.get("fuse_attention", True)),
-            strength=float(inputs["adapter_strength"]),
-        )
+        # The Video Edit node has no fuse_attention input: it always fuses.
+        fuse = ("fuse_attention", bool) if "fuse_attention" in inputs else None
+        return from_node_inputs(cls, inputs, fuse=fuse, strength=("adapter_strength", float))
 
 
 @dataclass(frozen=True)

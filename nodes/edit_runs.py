@@ -192,12 +192,11 @@ def edit(
     *,
     plan: EditPlan,
     negative: list | None = None,
-    cfg: float = 7.5,
     adapter: LoadedAdapter | None = None,
-    strength: float = 1.0,
 ) -> EditResult:
-    """Sample from the inverted noise with the target prompt, fusing the source attention as ``plan`` says."""
-    check_source_fits(model, source, adapter, strength)
+    """Sample from the inverted noise with the target prompt, fusing the source attention as ``plan`` says
+    (with its guidance and adapter strength)."""
+    check_source_fits(model, source, adapter, plan.strength)
     warnings = list(plan.warnings)
     step_of = StepIndex(source.sigmas)
     blend = BlendMask(plan.blend_target, plan.blend_source, plan.blend_threshold) if plan.fuse else None
@@ -210,11 +209,10 @@ def edit(
         blend=blend,
     )
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
-    sampler = contextdiff_ksampler(
-        adapter, "ddim", 0.0, strength, source.frames, post_step=post, start_has_bias=True, on_level=editor.at_level
-    )
+    hooks = dict(post_step=post, start_has_bias=True, on_level=editor.at_level)
+    sampler = contextdiff_ksampler(adapter, "ddim", 0.0, plan.strength, source.frames, **hooks)
     zeros = torch.zeros(source.latent_shape)
-    guidance = Guidance(positive, negative, cfg)
+    guidance = Guidance(positive, negative, plan.cfg)
     out = run_patched(model, editor, sampler, source.noise.clone(), zeros, source.sigmas, guidance)
     if plan.fuse and not (editor.fused or editor.missing):
         warnings.append(

@@ -165,15 +165,6 @@ class ContextDiffEditSampler(io.ComfyNode):
         prompt = cls.hidden.prompt
         edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)
         plan = edit_runs.plan_edit(settings, edit_source.settings, clip)
-        result = edit_runs.edit(
-            model,
-            edit_source,
-            positive,
-            plan=plan,
-            negative=negative,
-            cfg=settings.cfg,
-            adapter=adapter,
-            strength=settings.strength,
-        )
+        result = edit_runs.edit(model, edit_source, positive, plan=plan, negative=negative, adapter=adapter)
         mask = edit_runs.mask_image(result.mask, result.samples, edit_runs.pixel_ratio(model, vae))
         return io.NodeOutput({"samples": result.samples}, mask, ui=report("ContextDiff Edit Sampler", result.warnings))

@@ -100,16 +100,7 @@ def edit_video(
             adapter=adapter,
             frames=end - start if end - start > 1 else None,
         )
-        result = edit_runs.edit(
-            model,
-            source,
-            positive_tgt,
-            plan=plan,
-            negative=negative,
-            cfg=edit.cfg,
-            adapter=adapter,
-            strength=edit.strength,
-        )
+        result = edit_runs.edit(model, source, positive_tgt, plan=plan, negative=negative, adapter=adapter)
         warnings += [w for w in result.warnings if w not in warnings]
         decoded = _vae_batches(vae.decode, result.samples)
         outputs.append((start, decoded.reshape(-1, *decoded.shape[-3:]).cpu()))

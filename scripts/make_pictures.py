@@ -52,11 +52,11 @@ def main():
     target = (y + 1) % 10
     settings = runtime.InversionSettings(steps=30, scheduler="simple", refine_steps=4, store_dtype=torch.float32)
     source = runtime.invert(patcher, {"samples": x0}, cond(y), settings, adapter=loaded)
-    plain, fused = (runtime.plan_edit(runtime.EditSettings(fuse=f), source.settings) for f in (False, True))
-    rec = runtime.edit(patcher, source, cond(y), plan=plain, negative=cond([10] * 8), cfg=1.0, adapter=loaded).samples
-    edited = runtime.edit(
-        patcher, source, cond(target), plan=fused, negative=cond([10] * 8), cfg=4.0, adapter=loaded
-    ).samples
+    plain, fused = (
+        runtime.plan_edit(runtime.EditSettings(cfg=c, fuse=f), source.settings) for c, f in ((1.0, False), (4.0, True))
+    )
+    rec = runtime.edit(patcher, source, cond(y), plan=plain, negative=cond([10] * 8), adapter=loaded).samples
+    edited = runtime.edit(patcher, source, cond(target), plan=fused, negative=cond([10] * 8), adapter=loaded).samples
     err = ((rec - x0).norm() / x0.norm()).item()
     image_grid(torch.cat([x0, rec, edited]), rows=3, out_path=OUT / "inversion_digits.png", scale=8)
     print(f"inversion reconstruction: relative error {err:.4f}; edit rows: class +1")
@@ -66,9 +66,7 @@ def main():
     frames = torch.stack([a + (b - a) * t for t in torch.linspace(0, 1, 8)])
     settings = runtime.InversionSettings(steps=30, scheduler="simple", store_dtype=torch.float32)
     source = runtime.invert(patcher, {"samples": frames}, cond([3] * 8), settings, adapter=loaded, frames=8)
-    edited = runtime.edit(
-        patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), cfg=4.0, adapter=loaded
-    ).samples
+    edited = runtime.edit(patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), adapter=loaded).samples
     image_grid(torch.cat([frames, edited]), rows=2, out_path=OUT / "video_edit_digits.png", scale=8)
     grid = ROOT / "out" / "digits_grid.png"
     if grid.exists():

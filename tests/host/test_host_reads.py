@@ -152,7 +152,8 @@ def test_inversion_and_edit_read_the_host_only_before_and_after_their_loops(env,
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
     src, tgt = "a cat sitting on the grass", "a dog sitting on the grass"
     settings = InversionSettings(steps=STEPS, fuse_start=0.5)
-    plan = runs.plan_edit(EditSettings(source_prompt=src, target_prompt=tgt, blend_words="cat dog"), settings, clip)
+    edit = EditSettings(cfg=3.0, source_prompt=src, target_prompt=tgt, blend_words="cat dog")
+    plan = runs.plan_edit(edit, settings, clip)
     with counter:
         source = runs.invert(model, latent, enc(src), settings, adapter=adapter)
     calls = len(source.sigmas)  # a call per step, and the final evaluation at the top level the store records
@@ -160,7 +161,7 @@ def test_inversion_and_edit_read_the_host_only_before_and_after_their_loops(env,
     assert counter.inside_loop(calls) == [], counter.inside_loop(calls)
     counter = HostReads()
     with counter:
-        result = runs.edit(model, source, enc(tgt), plan=plan, cfg=3.0, adapter=adapter)
+        result = runs.edit(model, source, enc(tgt), plan=plan, adapter=adapter)
     assert result.mask is not None and torch.isfinite(result.samples).all()
     calls = len(source.sigmas) - 1
     assert counter.calls == calls

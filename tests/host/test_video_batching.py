@@ -50,7 +50,7 @@ def edited(env, latents: torch.Tensor, layouts: list) -> torch.Tensor:
     runs.AttentionEditor.self_attention = spy
     try:
         source = runs.invert(model, {"samples": latents}, enc("a cat"), settings, frames=FRAMES)
-        return runs.edit(model, source, enc("a dog"), plan=plan, cfg=3.0).samples
+        return runs.edit(model, source, enc("a dog"), plan=plan).samples
     finally:
         runs.AttentionEditor.self_attention = seen
 
