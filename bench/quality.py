@@ -42,6 +42,9 @@ from shapesworld import judge, scoring, world
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 RECIPE_COPY = "recipe.yaml"  # every model of a run trains from this copy, taken when the run starts
 VARIANTS = {"contextdiff": [], "no_bias": ["--use_bias", "false"], "bias_l2": ["--bias_l2", "1.0"]}
+# Issue 20's leak-free candidates (docs/bias_leak.md): the best is chosen on validation prompts only.
+CANDIDATES = {"self_bias": ["--self_bias", "1.0"], "eq5": ["--objective", "eq5"]}
+ALL_VARIANTS = {**VARIANTS, **CANDIDATES}
 FUSE_STARTS = (0.3, 0.5, 0.7, 0.9)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
@@ -89,7 +92,7 @@ def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 
         str(out),
         "--name",
         f"shapes-{variant}-seed{seed}",
-        *VARIANTS[variant],
+        *ALL_VARIANTS[variant],
         *extra,
     ]
     print("[quality] train:", " ".join(cmd[2:]), flush=True)
@@ -214,7 +217,7 @@ def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: S
         strength=s.strength,
     )
     plan = runs.plan_edit(edit, inversion, b.clip)
-    res = runs.edit(b.model, inv, pos_tgt, plan=plan, negative=neg, cfg=s.cfg, adapter=b.adapter, strength=s.strength)
+    res = runs.edit(b.model, inv, pos_tgt, plan=plan, negative=neg, adapter=b.adapter)
     return to_images(res.samples)[0]
 
 
