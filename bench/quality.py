@@ -44,6 +44,7 @@ RECIPE_COPY = "recipe.yaml"  # every model of a run trains from this copy, taken
 VARIANTS = {"contextdiff": [], "no_bias": ["--use_bias", "false"], "bias_l2": ["--bias_l2", "1.0"]}
 # Issue 20's leak-free candidates (docs/bias_leak.md): the best is chosen on validation prompts only.
 CANDIDATES = {"self_bias": ["--self_bias", "1.0"], "eq5": ["--objective", "eq5"]}
+CANDIDATE_NAMES = {"self_bias": "self-consistent bias (--self_bias 1)", "eq5": "Eq. 5 (--objective eq5)"}
 ALL_VARIANTS = {**VARIANTS, **CANDIDATES}
 FUSE_STARTS = (0.3, 0.5, 0.7, 0.9)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
@@ -367,7 +368,12 @@ def choose_defaults(
     }
 
 
-def edit_ablations(chosen: Settings) -> dict[str, tuple[str, Settings]]:
+def best_name(variant: str) -> str:
+    """The report's name of the chosen bias variant's model."""
+    return f"best variant: {CANDIDATE_NAMES[variant]}"
+
+
+def edit_ablations(chosen: Settings, best: str | None = None) -> dict[str, tuple[str, Settings]]:
     """Name -> (model variant, settings) of every editing configuration measured on the test edits."""
     out = {
         "plain inversion + fusion (no bias)": ("no_bias", chosen.but(strength=0.0)),
@@ -377,9 +383,45 @@ def edit_ablations(chosen: Settings) -> dict[str, tuple[str, Settings]]:
         "fusion, no blend mask": ("contextdiff", chosen.but(blend=False)),
         "--bias_l2 model": ("bias_l2", chosen),
     }
+    if best:
+        out[f"bias-aware inversion + fusion ({best_name(best)})"] = (best, chosen)
     out.update({f"fuse_start {fs}": ("contextdiff", chosen.but(fuse_start=fs)) for fs in FUSE_STARTS})
     out.update({f"blend threshold {th}": ("contextdiff", chosen.but(blend_threshold=th)) for th in THRESHOLDS})
     return out
+
+
+def seed_variants(seed: int, args, best: str | None) -> list[str]:
+    """The models of one training seed: Eq. 6 and no bias always; the ``--bias_l2`` ablation on the first
+    ``--bias_l2_seeds`` seeds; every candidate on seed 0 (to choose among them), the chosen one on the others."""
+    out = ["contextdiff", "no_bias"] + (["bias_l2"] if seed < args.bias_l2_seeds else [])
+    return out + (list(args.candidates) if seed == 0 else [best] if best else [])
+
+
+def train_all(plan: list[tuple[str, int]], runs: Path, extra: list[str], args) -> None:
+    """Train every model of ``plan`` first, ``--jobs`` single-threaded trainers side by side."""
+    if args.jobs > 1:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda vs: train(vs[0], vs[1], runs, extra, args.threads), plan))
+
+
+def choose_variant(pack, cache, bundles: dict, keys: dict, args, s: Settings, test_captions: set[str]):
+    """Issue 20's best variant: the candidate with the highest whole-caption accuracy on the validation prompts
+    (ties: mean attribute accuracy, then the order of ``--candidates``), at the chosen node defaults."""
+    from bench.quality_report import GEN_METRICS
+
+    val = prompts(VAL_SEED, args.n, "train", test_captions)
+    scores = {
+        c: cache.get(  # the key of choose_defaults' sweep: the same sampling is not run twice
+            f"{keys[c]}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{args.n}",
+            lambda c=c: generation_score(pack, bundles[c], val, s, VAL_SEED),
+        )
+        for c in ["contextdiff", *args.candidates]
+    }
+    order = list(args.candidates)
+    best = max(
+        order, key=lambda c: (scores[c]["caption"], np.mean([scores[c][m] for m in GEN_METRICS]), -order.index(c))
+    )
+    return best, {"validation_prompts": len(val), "scores": scores, "chosen": best}
 
 
 def run(args) -> dict:
@@ -401,21 +443,22 @@ def run(args) -> dict:
     test_held = prompts(HELD_SEED, args.n, "heldout")
     test_tasks = scoring.edit_tasks(EDIT_SEED, args.edits)
     clip_tasks = scoring.clip_edit_tasks(CLIP_SEED, args.clips)
+    test_captions = {world.caption(x) for x in test_seen}
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "started"},
         "recipe": (runs / RECIPE_COPY).read_text(),
         "per_seed": {},
         "training_seconds": {},
     }
-    plan = [(v, seed) for seed in range(args.seeds) for v in VARIANTS if v != "bias_l2" or seed < args.bias_l2_seeds]
-    if args.jobs > 1:  # train everything first, several single-threaded trainers side by side
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda vs: train(vs[0], vs[1], runs, extra, args.threads), plan))
-    chosen = None
+    train_all([(v, 0) for v in seed_variants(0, args, None)], runs, extra, args)
+    chosen = best = None
     for seed in range(args.seeds):
+        if seed == 1:  # the variant is chosen: the other seeds' models, side by side
+            train_all(
+                [(v, sd) for sd in range(1, args.seeds) for v in seed_variants(sd, args, best)], runs, extra, args
+            )
         ckpts, bundles = {}, {}
-        variants = [v for v in VARIANTS if v != "bias_l2" or seed < args.bias_l2_seeds]
-        for variant in variants:
+        for variant in seed_variants(seed, args, best):
             ckpts[variant], secs = train(variant, seed, runs, extra, args.threads)
             result["training_seconds"][f"{variant}-seed{seed}"] = secs
             bundles[variant] = load(ckpts[variant], pack)
@@ -429,36 +472,43 @@ def run(args) -> dict:
                 base,
                 args.n,
                 args.edits,
-                {world.caption(x) for x in test_seen},
+                test_captions,
                 {t.source_caption for t in test_tasks},
             )
             result["defaults"] = {"chosen": asdict(chosen), **selection}
+            if args.candidates:
+                best, result["variant_choice"] = choose_variant(pack, cache, bundles, keys, args, chosen, test_captions)
         r = result["per_seed"][seed] = {"generation": {}, "editing": {}, "video": {}}
         gen = {
             "ContextDiff": ("contextdiff", chosen),
             "ContextDiff, strength 0": ("contextdiff", chosen.but(strength=0.0)),
             "no bias": ("no_bias", chosen.but(strength=0.0)),
         }
+        if best:
+            gen[best_name(best)] = (best, chosen)
         for name, (variant, s) in gen.items():
             for split, scenes, sd in (("seen", test_seen, TEST_SEED), ("held-out", test_held, HELD_SEED)):
                 r["generation"][f"{name} | {split}"] = cache.get(
                     f"{keys[variant]}/gen/{split}/{s}/{len(scenes)}",
                     lambda b=bundles[variant], s=s, sc=scenes, sd=sd: generation_score(pack, b, sc, s, sd),
                 )
-        for name, (variant, s) in edit_ablations(chosen).items():
+        for name, (variant, s) in edit_ablations(chosen, best).items():
             if variant not in bundles:
                 continue
             r["editing"][name] = cache.get(
                 f"{keys[variant]}/edit/{s}/{len(test_tasks)}",
                 lambda b=bundles[variant], s=s: edit_score(pack, b, test_tasks, s),
             )
-        for name, s in (
-            ("sparse-causal (chunk of 8)", chosen.but(chunk_size=8)),
-            ("frame by frame (chunk of 1)", chosen.but(chunk_size=1)),
-        ):
-            r["video"][f"ContextDiff, {name}"] = cache.get(
-                f"{keys['contextdiff']}/video/{s}/{len(clip_tasks)}",
-                lambda s=s, b=bundles["contextdiff"]: clip_score(pack, b, clip_tasks, s),
+        videos = [
+            ("ContextDiff, sparse-causal (chunk of 8)", "contextdiff", chosen.but(chunk_size=8)),
+            ("ContextDiff, frame by frame (chunk of 1)", "contextdiff", chosen.but(chunk_size=1)),
+        ]
+        if best:
+            videos.append((f"{best_name(best)}, sparse-causal (chunk of 8)", best, chosen.but(chunk_size=8)))
+        for name, variant, s in videos:
+            r["video"][name] = cache.get(
+                f"{keys[variant]}/video/{s}/{len(clip_tasks)}",
+                lambda s=s, b=bundles[variant]: clip_score(pack, b, clip_tasks, s),
             )
         if seed == 0:
             result["samples"] = sample_figure(pack, bundles["contextdiff"], test_seen, test_held, chosen, args.docs)
@@ -530,6 +580,13 @@ def main(argv=None) -> int:
         default=1,
         help="train the --bias_l2 ablation model on the first N seeds only (an editing ablation; its rows say N)",
     )
+    ap.add_argument(
+        "--candidates",
+        type=lambda text: [c for c in text.split(",") if c],
+        default=list(CANDIDATES),
+        help="bias variants trained on the first seed; the best on validation prompts is trained on every seed "
+        f"(comma-separated, of: {', '.join(CANDIDATES)}; empty: none)",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="models trained side by side before the evaluation")
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance of sampling and editing")
     ap.add_argument("--train_steps", type=int, default=0, help="override the recipe's training steps (0 = recipe)")
@@ -544,6 +601,9 @@ def main(argv=None) -> int:
         "threads made a forward pass 20x slower than one thread)",
     )
     args = ap.parse_args(argv)
+    unknown = [c for c in args.candidates if c not in CANDIDATES]
+    if unknown:
+        ap.error(f"--candidates: {', '.join(unknown)} unknown; choose from {', '.join(CANDIDATES)}")
     import torch
 
     torch.set_num_threads(args.threads)

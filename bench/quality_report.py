@@ -166,8 +166,9 @@ NO_FUSION, NO_MASK, BIAS_L2 = "no fusion", "fusion, no blend mask", "--bias_l2 m
 SPARSE, FRAMEWISE = "ContextDiff, sparse-causal (chunk of 8)", "ContextDiff, frame by frame (chunk of 1)"
 
 
-def claims(gen: dict, ed: dict, vid: dict) -> list[str]:
-    """One bullet per claim of the paper: text, then each comparison's :func:`difference`."""
+def claims(gen: dict, ed: dict, vid: dict, best: str | None = None) -> list[str]:
+    """One bullet per claim of the paper: text, then each comparison's :func:`difference`; with ``best`` (the
+    report's name of issue 20's chosen bias variant) its comparisons with no bias and with Eq. 6 first."""
 
     def g(split: str, a: str, b: str, metric: str) -> tuple:
         return gen, f"{a} | {split}", f"{b} | {split}", metric
@@ -219,7 +220,57 @@ def claims(gen: dict, ed: dict, vid: dict) -> list[str]:
             ("; flicker ", (vid, SPARSE, FRAMEWISE, "flicker")),
         ],
     ]
+    if best:
+        bullets[:0] = [
+            [
+                (f"Whole caption, {best} minus no-bias: seen ", g("seen", best, NO_BIAS, "caption")),
+                ("; held-out ", g("held-out", best, NO_BIAS, "caption")),
+                ("; position: held-out ", g("held-out", best, NO_BIAS, "position")),
+                ("; count: held-out ", g("held-out", best, NO_BIAS, "count")),
+            ],
+            [
+                (f"Whole caption, {best} minus the paper's Eq. 6: seen ", g("seen", best, CD, "caption")),
+                ("; held-out ", g("held-out", best, CD, "caption")),
+            ],
+            [
+                (
+                    f"Edit success, {best} minus Eq. 6 (both bias-aware): ",
+                    (ed, f"bias-aware inversion + fusion ({best})", BIAS_AWARE, "success"),
+                ),
+                ("; kept pixels ", (ed, f"bias-aware inversion + fusion ({best})", BIAS_AWARE, "agree_tol")),
+            ],
+        ]
     return ["- " + "".join(text + difference(*spec) for text, spec in parts) + "." for parts in bullets]
+
+
+def variant_section(result: dict) -> list[str]:
+    """Issue 20's choice among the bias variants, on validation prompts: each candidate's accuracies."""
+    choice = result.get("variant_choice")
+    if not choice:
+        return []
+    rows = [
+        f"| {name} | " + " | ".join(f"{100 * v[m]:.1f}" for m in GEN_METRICS) + " |"
+        for name, v in choice["scores"].items()
+    ]
+    return [
+        "## The bias variant, chosen on validation prompts",
+        "",
+        f"Candidates (issue 20, docs/bias_leak.md): the leak-free variants, trained on the first seed. Chosen: "
+        f"**{choice['chosen']}**, by whole-caption accuracy on {choice['validation_prompts']} validation prompts "
+        "(ties: mean attribute accuracy), at the node defaults above; the paper's Eq. 6 (`contextdiff`) for "
+        "reference. Only the chosen one is trained on the other seeds.",
+        "",
+        "| model (validation) | " + " | ".join(GEN_METRICS) + " |",
+        "|---" * (len(GEN_METRICS) + 1) + "|",
+        *rows,
+        "",
+    ]
+
+
+def best_row(result: dict) -> str | None:
+    """The generation rows' name of the chosen bias variant, ``None`` in a run without candidates."""
+    choice = result.get("variant_choice")
+    return importlib.import_module("bench.quality").best_name(choice["chosen"]) if choice else None
 
 
 def write_report(result: dict, args) -> None:
@@ -265,6 +316,12 @@ def write_report(result: dict, args) -> None:
             if args.bias_l2_seeds
             else " (no `--bias_l2` model in this run)"
         )
+        + (
+            f"; the bias variants {', '.join(args.candidates)} on the first seed, the best on validation prompts "
+            "on every seed (below)"
+            if result.get("variant_choice")
+            else ""
+        )
         + ". Training time per "
         f"model: {np.mean(list(secs.values())) / 60:.1f} min on average ({min(secs.values()) / 60:.1f}-"
         f"{max(secs.values()) / 60:.1f}). Every number is mean ± sd over the training seeds; the judge "
@@ -297,6 +354,7 @@ def write_report(result: dict, args) -> None:
             for k, v in d["sweep"]["edit_threshold"].items()
         ],
         "",
+        *variant_section(result),
         "## Generation",
         "",
         f"{args.n} test prompts with seen colour-shape pairs and {args.n} with a held-out pair (never in training). "
@@ -335,7 +393,7 @@ def write_report(result: dict, args) -> None:
         "",
         floor_warning(gen),
         "",
-        *claims(gen, ed, vid),
+        *claims(gen, ed, vid, best_row(result)),
         "",
         "All numbers per seed are in [quality.json](quality.json).",
         "",

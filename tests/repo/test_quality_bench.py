@@ -1,0 +1,50 @@
+"""bench quality's plan for issue 20: which models each seed trains, and the variant chosen on validation only."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench import quality
+from bench.quality_report import GEN_METRICS
+
+
+def args(**kw) -> argparse.Namespace:
+    base = dict(candidates=["self_bias", "eq5"], bias_l2_seeds=1, n=8)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_seed_zero_trains_every_candidate_and_the_other_seeds_only_the_chosen_one():
+    a = args()
+    assert quality.seed_variants(0, a, None) == ["contextdiff", "no_bias", "bias_l2", "self_bias", "eq5"]
+    assert quality.seed_variants(1, a, "eq5") == ["contextdiff", "no_bias", "eq5"]
+    assert quality.seed_variants(2, args(candidates=[], bias_l2_seeds=0), None) == ["contextdiff", "no_bias"]
+
+
+def scores(caption: float, attribute: float) -> dict:
+    return {m: caption if m == "caption" else attribute for m in GEN_METRICS}
+
+
+@pytest.mark.parametrize(
+    "val, chosen",
+    [
+        ({"self_bias": scores(0.10, 0.5), "eq5": scores(0.20, 0.1)}, "eq5"),  # whole captions first
+        ({"self_bias": scores(0.10, 0.5), "eq5": scores(0.10, 0.6)}, "eq5"),  # then the attributes' mean
+        ({"self_bias": scores(0.10, 0.5), "eq5": scores(0.10, 0.5)}, "self_bias"),  # then the order given
+    ],
+)
+def test_the_variant_is_chosen_on_validation_prompts_only(tmp_path, val, chosen):
+    """The choice reads the validation generation scores (the cache key the defaults sweep uses) and nothing
+    else: a test-set entry that says otherwise does not change it, and the paper's Eq. 6 is reported, not chosen."""
+    s = quality.Settings()
+    a = args()
+    val_captions = {quality.world.caption(x) for x in quality.prompts(quality.TEST_SEED, a.n, "train")}
+    keys = {"contextdiff": "cd", "self_bias": "sb", "eq5": "e5"}
+    cache = quality.Cache(tmp_path / "cache.json")
+    for name, key in keys.items():
+        cache.data[f"{key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{a.n}"] = val.get(name, scores(0.9, 0.9))
+        cache.data[f"{key}/gen/seen/{s}/{a.n}"] = scores(1.0 if name != chosen else 0.0, 0.0)  # test: ignored
+    best, record = quality.choose_variant(None, cache, {}, keys, a, s, val_captions)
+    assert best == chosen and record["chosen"] == chosen
+    assert set(record["scores"]) == {"contextdiff", "self_bias", "eq5"}
