@@ -144,12 +144,14 @@ class AttentionEditor:
         other = self.index.get(("other", flags, batch), device, lambda: batch_rows(flags, batch)[1])
         return cond, other
 
-    def _fused_call(self, extra: dict, q: torch.Tensor, kind: str) -> tuple[tuple, tuple] | None:
-        """``(row layout, store key)`` when this attention call belongs to a fused step; ``None`` otherwise."""
+    def _fused_call(self, extra: dict, q: torch.Tensor, kind: str) -> tuple[torch.Tensor, tuple, tuple] | None:
+        """``(conditional rows, row layout, store key)`` when this attention call belongs to a fused step;
+        ``None`` otherwise."""
         step = self._step(extra)
         if self.mode == "plain" or step not in self.store.fused_steps:
             return None
-        return self._rows(extra, q.shape[0], q.device), (step, self._layer(extra), kind)
+        layout = self._rows(extra, q.shape[0], q.device)
+        return layout[0], layout, (step, self._layer(extra), kind)
 
     @staticmethod
     def _layer(extra: dict) -> tuple:
@@ -181,8 +183,7 @@ class AttentionEditor:
         call = self._fused_call(extra, q, "self")
         if call is None:
             return attention(q, kk, vv, extra)
-        layout, key = call
-        rows = layout[0]
+        rows, layout, key = call
         if self.mode == "record":
             # Raw per-frame keys: the sparse-causal keys are rebuilt from them when fusing.
             keys = self._self_kv(k[rows], v[rows])[0] if self.store.store_maps else k[rows]
@@ -213,8 +214,7 @@ class AttentionEditor:
         call = self._fused_call(extra, q, "cross")
         if call is None:
             return attention(q, k, v, extra)
-        layout, key = call
-        rows = layout[0]
+        rows, layout, key = call
         if self.mode == "record":
             self.store.put(key, q[rows], k[rows], heads)
             return attention(q, k, v, extra)

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import TypeVar
 
 import torch
 
 from .attention_store import AttentionStore
 from .errors import PackError
+
+S = TypeVar("S")  # a settings dataclass
 
 
 class EditSourceMismatch(PackError):
@@ -54,7 +57,7 @@ def trajectory_recorder(store_latents: dict, step_of: Callable[[float], int | No
     return callback
 
 
-def from_node_inputs(cls: type, inputs: Mapping[str, object], **renamed: tuple[str, Callable] | None):
+def from_node_inputs(cls: type[S], inputs: Mapping[str, object], **renamed: tuple[str, Callable] | None) -> S:
     """A settings dataclass from a node's inputs: each field from the input of its own name, converted to the
     type of its default; ``renamed`` maps a field to ``(input name, converter)``, or to ``None`` for a field that
     no input sets (it keeps its default). A missing input is a KeyError: the node's schema and the settings

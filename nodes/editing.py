@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..contextdiff.editing import EditSettings, Inversion, InversionSettings
 from . import edit_graph, edit_runs, inputs, store_budget
+from .pack_node import PackNode
 from .types import EditSource
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ CFG_INVERSION_TIP = (
     "Guidance during inversion. Keep 1.0: DDIM inversion follows the conditional ODE, and "
     "guidance > 1 amplifies the inversion error at every step, so the reconstruction drifts."
 )
-MODEL_TIP = "The diffusion model (SD1.x, SD2.x or SDXL). Use the same model for the inversion and the edit."
-
-
 STEPS_TIP = "DDIM steps (paper: 20). The edit sampler runs the same schedule."
 SCHEDULER_TIP = "Sigma schedule of the inversion and of the edit (ddim_uniform: DDIM's evenly spaced timesteps)."
 REFINE_STEPS_TIP = (
@@ -61,18 +59,16 @@ def report(node: str, warnings: list[str]) -> ui.PreviewText | None:
     return ui.PreviewText("\n".join(f"warning: {w}" for w in warnings)) if warnings else None
 
 
-class ContextDiffDDIMInversion(io.ComfyNode):
+class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", category="sampling/contextdiff/editing"):
+    """Bias-aware DDIM inversion: runs the contextualized DDIM step (Eq. 11) backwards so that sampling with the same
+    adapter returns the input, and records the source attention for editing (queries and keys of the fused steps,
+    not full maps)."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffDDIMInversion",
-            display_name="ContextDiff DDIM Inversion",
-            category="sampling/contextdiff/editing",
-            description="Bias-aware DDIM inversion: runs the contextualized DDIM step (Eq. 11) backwards so that "
-            "sampling with the same adapter returns the input, and records the source attention "
-            "for editing (queries and keys of the fused steps, not full maps).",
+        return cls.schema(
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
+                inputs.edit_model(),
                 io.Latent.Input("latent", tooltip="The encoded image (or a batch of video frames)."),
                 io.Conditioning.Input("positive", tooltip="The source prompt: what the image shows."),
                 io.Int.Input("steps", default=20, min=1, max=1000, tooltip=STEPS_TIP),
@@ -114,20 +110,17 @@ class ContextDiffDDIMInversion(io.ComfyNode):
         return io.NodeOutput({"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings))
 
 
-class ContextDiffEditSampler(io.ComfyNode):
+class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", category="sampling/contextdiff/editing"):
+    """Samples from an inversion with the target prompt while fusing the source attention (FateZero, as the paper uses
+    it): source self-attention, source cross-attention for the words both prompts share, and a blend mask from the
+    edited words that keeps the rest of the image on the source trajectory. Target = source reproduces the
+    reconstruction. Inputs that switch part of this off are reported in the node's text."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffEditSampler",
-            display_name="ContextDiff Edit Sampler",
-            category="sampling/contextdiff/editing",
-            description="Samples from an inversion with the target prompt while fusing the source attention "
-            "(FateZero, as the paper uses it): source self-attention, source cross-attention for the "
-            "words both prompts share, and a blend mask from the edited words that keeps the rest "
-            "of the image on the source trajectory. Target = source reproduces the reconstruction. "
-            "Inputs that switch part of this off are reported in the node's text.",
+        return cls.schema(
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
+                inputs.edit_model(),
                 EditSource.Input("edit_source", tooltip=EDIT_SOURCE_TIP),
                 io.Conditioning.Input("positive", tooltip="The target prompt's conditioning."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (for cfg)."),

@@ -25,6 +25,7 @@ BLEND_WORDS_TIP = (
 BLEND_THRESHOLD_TIP = (
     "Cut-off of the normalised attention of the blend words: above it a pixel may change. Lower edits a larger region."
 )
+EDIT_MODEL_TIP = "The diffusion model (SD1.x, SD2.x or SDXL). Use the same model for the inversion and the edit."
 EDIT_CFG_TIP = "Classifier-free guidance scale of the edit (target prompt against the negative)."
 
 
@@ -52,3 +53,7 @@ def blend_threshold() -> io.Float.Input:
 
 def edit_cfg() -> io.Float.Input:
     return io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=EDIT_CFG_TIP)
+
+
+def edit_model() -> io.Model.Input:
+    return io.Model.Input("model", tooltip=EDIT_MODEL_TIP)

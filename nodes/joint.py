@@ -14,23 +14,25 @@ from ..contextdiff.class_labels import batch_note, parse_labels
 from ..contextdiff.joint_model import ClassEmbedding
 from ..hostside.joint_checkpoints import load_joint, load_text_joint
 from . import pixel_grid
-from .loading import file_fingerprint, file_input, file_path, loader_schema
+from .loading import LOADERS, file_fingerprint, file_input, file_path
+from .pack_node import PackNode
 from .types import Adapter, Classes, LoadedAdapter
 
 
-class ContextDiffJointLoader(io.ComfyNode):
+class ContextDiffJointLoader(PackNode, display=JOINT.loader, category=LOADERS):
+    """Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the denoiser as a MODEL
+    (pixel space, x0-prediction), its adapter, and its class tokens."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return loader_schema(
-            "ContextDiffJointLoader",
-            JOINT,
-            "Loads a checkpoint from python -m trainer.train --mode joint (e.g. the digits demo): the "
-            "denoiser as a MODEL (pixel space, x0-prediction), its adapter, and its class tokens.",
-            file_input(
-                "ckpt_name",
-                "A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
-                "runs/digits/digits-contextdiff.safetensors copied there).",
-            ),
+        return cls.schema(
+            [
+                file_input(
+                    "ckpt_name",
+                    "A joint checkpoint in models/contextdiff/ (e.g. the digits demo's "
+                    "runs/digits/digits-contextdiff.safetensors copied there).",
+                )
+            ],
             [io.Model.Output(), Adapter.Output(display_name="adapter"), Classes.Output(display_name="classes")],
         )
 
@@ -59,21 +61,21 @@ def pixel_space_vae() -> comfy.sd.VAE:
     return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
 
 
-class ContextDiffShapesLoader(io.ComfyNode):
+class ContextDiffShapesLoader(PackNode, display=TEXT_JOINT.loader, category=LOADERS):
+    """Loads a checkpoint of the shapes recipe (python -m trainer.train --config trainer/configs/shapes.yaml): a
+    text-to-image model trained from scratch with its adapter and a CLIP text encoder. Prompts, weights like
+    (red:1.3), blend words and word alignment run the same code as with an SD checkpoint."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return loader_schema(
-            "ContextDiffShapesLoader",
-            TEXT_JOINT,
-            "Loads a checkpoint of the shapes recipe (python -m trainer.train --config "
-            "trainer/configs/shapes.yaml): a text-to-image model trained from scratch with its adapter "
-            "and a CLIP text encoder. Prompts, weights like (red:1.3), blend words and word alignment "
-            "run the same code as with an SD checkpoint.",
-            file_input(
-                "ckpt_name",
-                "A shapes checkpoint in models/contextdiff/ (e.g. runs/shapes/shapes-contextdiff.safetensors "
-                "copied there).",
-            ),
+        return cls.schema(
+            [
+                file_input(
+                    "ckpt_name",
+                    "A shapes checkpoint in models/contextdiff/ (e.g. runs/shapes/shapes-contextdiff.safetensors "
+                    "copied there).",
+                )
+            ],
             [
                 io.Model.Output(tooltip="The denoiser: pixel space, 32x32 RGB, x0-prediction."),
                 io.Clip.Output(tooltip="Its CLIP text encoder (CLIP's BPE tokenizer): use CLIPTextEncode."),
@@ -99,16 +101,16 @@ class ContextDiffShapesLoader(io.ComfyNode):
         return io.NodeOutput(model_patcher(loaded.model), loaded.clip, pixel_space_vae(), adapter)
 
 
-class ContextDiffClassConditioning(io.ComfyNode):
+class ContextDiffClassConditioning(
+    PackNode, display="ContextDiff Class Conditioning", category="conditioning/contextdiff"
+):
+    """Class labels as conditioning tokens (paper §4.3, class-to-image). One label per latent in the batch, repeated to
+    fill it; -1 is the null class (use it as the negative). The node's text lists the labels and, with the latent
+    connected, which label each sample gets."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffClassConditioning",
-            display_name="ContextDiff Class Conditioning",
-            category="conditioning/contextdiff",
-            description="Class labels as conditioning tokens (paper §4.3, class-to-image). One label per latent in "
-            "the batch, repeated to fill it; -1 is the null class (use it as the negative). The node's text "
-            "lists the labels and, with the latent connected, which label each sample gets.",
+        return cls.schema(
             inputs=[
                 Classes.Input("classes", tooltip="The class tokens from Load ContextDiff Joint Model."),
                 io.String.Input("labels", default="0-9", tooltip="e.g. '7', '0-9', '9-0' (downwards), '1, 3, 5', '-1'"),
@@ -141,16 +143,14 @@ class ContextDiffClassConditioning(io.ComfyNode):
         return io.NodeOutput([[tokens, {}]], ui=ui.PreviewText(batch_note(parsed, batch)))
 
 
-class ContextDiffPixelsToImage(io.ComfyNode):
+class ContextDiffPixelsToImage(PackNode, display="ContextDiff Pixels To Image", category="latent/contextdiff"):
+    """Shows a pixel-space latent (joint models have no VAE): [-1, 1] to an IMAGE, optionally as one grid, enlarged for
+    viewing. An image that would not fit in memory, or is wider or taller than ComfyUI's 16384 pixels, is refused
+    before anything is allocated."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffPixelsToImage",
-            display_name="ContextDiff Pixels To Image",
-            category="latent/contextdiff",
-            description="Shows a pixel-space latent (joint models have no VAE): [-1, 1] to an IMAGE, optionally "
-            "as one grid, enlarged for viewing. An image that would not fit in memory, or is wider or taller "
-            "than ComfyUI's 16384 pixels, is refused before anything is allocated.",
+        return cls.schema(
             inputs=[
                 io.Latent.Input("samples", tooltip="Pixel-space latents of a joint model."),
                 io.Int.Input("scale", default=8, min=1, max=64, tooltip="Nearest-neighbour enlargement."),

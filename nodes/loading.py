@@ -9,22 +9,12 @@ from comfy_api.latest import io
 from ..contextdiff.checkpoint import Format, content_hash
 from .paths import FOLDER
 
+LOADERS = "loaders/contextdiff"  # the menu of every loader node (PackNode category)
+
 
 def file_input(name: str, tooltip: str) -> io.Combo.Input:
     """A file in models/contextdiff/, listed when the node's definition is read."""
     return io.Combo.Input(name, options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
-
-
-def loader_schema(node_id: str, fmt: Format, description: str, file: io.Combo.Input, outputs: list) -> io.Schema:
-    """The schema of the node that loads ``fmt`` files: named as the registry's wrong-loader messages name it."""
-    return io.Schema(
-        node_id=node_id,
-        display_name=fmt.loader,
-        category="loaders/contextdiff",
-        description=description,
-        inputs=[file],
-        outputs=outputs,
-    )
 
 
 def file_fingerprint(name: str) -> str:

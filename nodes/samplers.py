@@ -11,6 +11,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from . import inputs
+from .pack_node import PackNode
 from .sampler_function import METHODS, contextdiff_ksampler
 
 if TYPE_CHECKING:
@@ -43,16 +44,14 @@ def _method_inputs():
     ]
 
 
-class ContextDiffKSampler(io.ComfyNode):
+class ContextDiffKSampler(PackNode, display="ContextDiff KSampler", category="sampling/contextdiff"):
+    """Samples with ContextDiff: DDIM or DDPM whose trajectory is shifted by the cross-modal context bias of an
+    adapter, computed from the positive prompt at every step. Works with LoRA-patched models and ControlNet
+    conditioning like the core KSampler."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffKSampler",
-            display_name="ContextDiff KSampler",
-            category="sampling/contextdiff",
-            description="Samples with ContextDiff: DDIM or DDPM whose trajectory is shifted by the cross-modal "
-            "context bias of an adapter, computed from the positive prompt at every step. Works with "
-            "LoRA-patched models and ControlNet conditioning like the core KSampler.",
+        return cls.schema(
             inputs=[
                 io.Model.Input("model", tooltip="A variance-preserving model: SD1.x, SD2.x or SDXL."),
                 io.Conditioning.Input("positive", tooltip="What to generate; also the text the adapter reads."),
@@ -124,16 +123,14 @@ class ContextDiffKSampler(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-class ContextDiffSampler(io.ComfyNode):
+class ContextDiffSampler(PackNode, display="ContextDiff Sampler", category="sampling/custom_sampling/samplers"):
+    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced: contextualized DDIM/DDPM with any sigmas and any guider.
+    The bias uses the guider's positive conditioning. The starting latent is taken as ComfyUI noised it (no bias in
+    it); to sample an inversion back, use the ContextDiff Edit Sampler."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffSampler",
-            display_name="ContextDiff Sampler",
-            category="sampling/custom_sampling/samplers",
-            description="A SAMPLER for SamplerCustom / SamplerCustomAdvanced: contextualized DDIM/DDPM with any "
-            "sigmas and any guider. The bias uses the guider's positive conditioning. The starting latent is taken "
-            "as ComfyUI noised it (no bias in it); to sample an inversion back, use the ContextDiff Edit Sampler.",
+        return cls.schema(
             inputs=[*_method_inputs(), inputs.adapter()],
             outputs=[io.Sampler.Output()],
         )

@@ -13,7 +13,8 @@ from comfy_api.latest import io
 from ..contextdiff.editing import VideoSettings
 from ..media.video import VideoError, file_fingerprint, read_video, safe_input_path, write_video
 from . import inputs, video_runs
-from .editing import MODEL_TIP, report
+from .editing import report
+from .pack_node import PackNode
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -75,19 +76,16 @@ def input_errors(
     return None
 
 
-class ContextDiffVideoEdit(io.ComfyNode):
+class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category="sampling/contextdiff/editing"):
+    """Text-guided video editing (paper §4.2): bias-aware DDIM inversion of the frames with sparse-causal attention
+    (each frame attends to the first and the previous one), then sampling with the target prompt while fusing the
+    source attention. Long videos run in overlapping chunks; a memory estimate refuses jobs that would not fit."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ContextDiffVideoEdit",
-            display_name="ContextDiff Video Edit",
-            category="sampling/contextdiff/editing",
-            description="Text-guided video editing (paper §4.2): bias-aware DDIM inversion of the frames with "
-            "sparse-causal attention (each frame attends to the first and the previous one), then "
-            "sampling with the target prompt while fusing the source attention. Long videos run in "
-            "overlapping chunks; a memory estimate refuses jobs that would not fit.",
+        return cls.schema(
             inputs=[
-                io.Model.Input("model", tooltip=MODEL_TIP),
+                inputs.edit_model(),
                 io.Vae.Input("vae", tooltip="Encodes the frames to latents and decodes the edit."),
                 io.Clip.Input("clip", tooltip="Encodes both prompts and aligns their shared words."),
                 io.String.Input("source_prompt", multiline=True, default="", tooltip="What the video shows."),

@@ -100,9 +100,7 @@ class ShapesOptions(FromScratchOptions):
     unet_mult: str = opt("1,2,2", "UNet channel multiplier per level, comma-separated (one level per halving)")
     unet_res_blocks: int = opt(1, "UNet residual blocks per level")
     attention_from_level: int = opt(
-        1,
-        "UNet level from which on blocks have attention (0 = every level; 1 skips "
-        "the full resolution, which costs most)",
+        1, "UNet level from which on blocks have attention (0 = every level; 1 skips the costly full resolution)"
     )
     norm_groups: int = opt(
         32,
@@ -251,10 +249,9 @@ class TrainConfig:
         "share of samples whose bias is computed from the model's own stop-gradient x0hat (one extra forward "
         "pass), as at sampling, instead of from x0 (0 = Eq. 6; below 1 needs mode shapes)",
     )
+    # Lemma 4 needs r_phi Lipschitz in x0 with constants C_t.
     lipschitz_weight: float = opt(
-        0.0,
-        "weight of a hinge penalty on r_phi's difference quotient between x0 and x0hat above lipschitz_bound "
-        "(Lemma 4 needs r_phi Lipschitz in x0 with constants C_t; 0 = off)",
+        0.0, "weight of a hinge on r_phi's quotient |r(x0hat) - r(x0)| / |x0hat - x0| above the bound (0 = off)"
     )
     lipschitz_bound: float = opt(1.0, "the bound C on Lemma 4's C_t that lipschitz_weight enforces")
     input_blur: float = opt(0.0, "Gaussian low-pass (sigma in pixels) of r_phi's image input in training (0 = off)")

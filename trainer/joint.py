@@ -96,16 +96,8 @@ class JointTask(Task):
 
     # --- artefacts -------------------------------------------------------------------------
     def export(self) -> list[Path]:
-        path = save_joint(
-            self.export_path,
-            self.model,
-            self.adapter,
-            self.classes,
-            self.unet_config,
-            training=self.cfg.to_dict(),
-            with_bias=self.cfg.use_bias,
-        )
-        return [path]
+        parts = (self.model, self.adapter, self.classes, self.unet_config)
+        return [save_joint(self.export_path, *parts, **self.joint_record())]
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, seed: int, steps: int = 30, cfg_scale: float = 4.0, strength: float = 1.0):

@@ -150,18 +150,8 @@ class ShapesTask(Task):
 
     # --- artefacts -------------------------------------------------------------------------
     def export(self) -> list[Path]:
-        path = save_text_joint(
-            self.export_path,
-            self.model,
-            self.adapter,
-            self.clip,
-            self.unet_config,
-            self.text_config,
-            RECIPE,
-            training=self.cfg.to_dict(),
-            with_bias=self.cfg.use_bias,
-        )
-        return [path]
+        parts = (self.model, self.adapter, self.clip, self.unet_config, self.text_config, RECIPE)
+        return [save_text_joint(self.export_path, *parts, **self.joint_record())]
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int, steps: int = 30, cfg_scale: float = 3.0, strength: float = 1.0):

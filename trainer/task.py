@@ -55,6 +55,11 @@ class Task(nn.Module):
     def export_path(self) -> Path:
         return self.cfg.export_path
 
+    def joint_record(self) -> dict:
+        """What a joint checkpoint (modes joint and shapes) records of its training: the options, and whether
+        the denoiser was trained with the bias."""
+        return {"training": self.cfg.to_dict(), "with_bias": self.cfg.use_bias}
+
     def trained_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters the optimiser updates, named as the resumable state stores them."""
         return {
