@@ -20,6 +20,10 @@ with the loader the nodes use, and measures on training-split scenes of its own 
   trajectory against the trajectory's own final image; the judge's accuracy of those samples.
 
     .venv/bin/python -m analysis.bias_leak [--steps 250] [--seed 0] [--jobs 2] [--only NAME ...]
+    .venv/bin/python -m analysis.bias_leak --checkpoints "no bias=FILE" "Eq. 6 (paper)=FILE" ... --out OUT.json
+
+The second form trains nothing: it probes files trained elsewhere (e.g. bench quality's 3,000-step models),
+reading their training loss from the ``log.jsonl`` beside each file.
 
 Writes ``docs/bias_leak.json`` and prints the tables of docs/bias_leak.md.
 """
@@ -276,13 +280,28 @@ def tables(result: dict) -> str:
 def run_variant(name: str, args) -> dict:
     """Train ``name``, then probe its file in a fresh one-thread process (reused when already probed)."""
     info = train(name, args.steps, args.seed, args.runs, 1)
-    probe_path = Path(info["file"]).with_suffix(".probe.json")
+    probe = probe_file(Path(info["file"]))
+    print(f"[bias_leak] {name} done", flush=True)
+    return dict(info, seconds_per_step=info["seconds"] / args.steps, probe=probe)
+
+
+def probe_file(file: Path) -> dict:
+    """Probe one exported file in a fresh one-thread process, once (the result is kept beside it)."""
+    probe_path = file.with_suffix(".probe.json")
     if not probe_path.exists():
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        command = [sys.executable, "-m", "analysis.bias_leak", "--probe", info["file"]]
+        command = [sys.executable, "-m", "analysis.bias_leak", "--probe", str(file)]
         subprocess.run(["nice", "-n", "19", *command], cwd=ROOT, env=env, check=True)
-    print(f"[bias_leak] {name} done", flush=True)
-    return dict(info, seconds_per_step=info["seconds"] / args.steps, probe=json.loads(probe_path.read_text()))
+    return json.loads(probe_path.read_text())
+
+
+def trained_elsewhere(name: str, file: Path) -> dict:
+    """A file trained by another run: its training loss (mean of the last five logged steps) and its probe."""
+    logged = [json.loads(line) for line in (file.parent / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    steps = max(r["step"] for r in logged if "step" in r)
+    print(f"[bias_leak] probing {name}: {file}", flush=True)
+    return {"file": str(file), "steps": steps, "final_train_loss": sum(losses[-5:]) / 5, "probe": probe_file(file)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bias_leak.json")
     p.add_argument("--probe", default=None, help="(internal) probe this exported file, write FILE.probe.json")
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        metavar="NAME=FILE",
+        help="probe these files trained elsewhere instead of training (names as the table should show them)",
+    )
     args = p.parse_args(argv)
     if args.probe:
         import torch
@@ -301,6 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         result = probe(args.probe)
         Path(args.probe).with_suffix(".probe.json").write_text(json.dumps(result, indent=2, default=float))
+        return 0
+    if args.checkpoints:
+        pairs = [item.split("=", 1) for item in args.checkpoints]
+        bad = [item for item, pair in zip(args.checkpoints, pairs, strict=True) if len(pair) != 2]
+        if bad:
+            raise SystemExit(f"--checkpoints takes NAME=FILE; got {bad}")
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = dict(pool.map(lambda nf: (nf[0], trained_elsewhere(nf[0], Path(nf[1]))), pairs))
+        result = {"seed": args.seed, "probe_seed": PROBE_SEED, "variants": done}
+        args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        print(tables(result))
         return 0
     names = args.only or list(VARIANTS)
     unknown = set(names) - set(VARIANTS)
