@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,7 @@ def write_report(result: dict, args) -> None:
 
     d = result["defaults"]
     chosen = d["chosen"]
+    judge_link = os.path.relpath(Path(__file__).resolve().parents[1] / "docs" / "quality_judge.md", docs.resolve())
     secs = result["training_seconds"]
     gen, ed, vid = agg["generation"], agg["editing"], agg["video"]
     lines = [
@@ -311,6 +313,11 @@ def write_report(result: dict, args) -> None:
         f"{result['seeds_done']} training seeds x 2 variants (ContextDiff; the identical model with `--use_bias "
         "false`)"
         + (
+            f" with ContextDiff (the paper's Eq. 6) on the first {args.paper_seeds} seed(s) only (its rows say so)"
+            if getattr(args, "paper_seeds", None) is not None and args.paper_seeds < result["seeds_done"]
+            else ""
+        )
+        + (
             f", and ContextDiff with `--bias_l2 1.0` on {min(args.bias_l2_seeds, result['seeds_done'])} seed(s) "
             "(an editing ablation; its rows say so)"
             if args.bias_l2_seeds
@@ -325,7 +332,7 @@ def write_report(result: dict, args) -> None:
         + ". Training time per "
         f"model: {np.mean(list(secs.values())) / 60:.1f} min on average ({min(secs.values()) / 60:.1f}-"
         f"{max(secs.values()) / 60:.1f}). Every number is mean ± sd over the training seeds; the judge "
-        "(`shapesworld/judge.py`, 100% on clean renders, see [quality_judge.md](quality_judge.md)) reads every image. "
+        f"(`shapesworld/judge.py`, 100% on clean renders, see [quality_judge.md]({judge_link})) reads every image. "
         "Sampling is the ContextDiff KSampler (ddim, eta 0, scheduler normal), editing the inversion/edit nodes' "
         "runs, video the video edit node's run, all in-process on the CPU.",
         "",
@@ -360,7 +367,7 @@ def write_report(result: dict, args) -> None:
         f"{args.n} test prompts with seen colour-shape pairs and {args.n} with a held-out pair (never in training). "
         "Per-attribute columns: every object of the prompt has it right; `caption`: all of it, count included.",
         "",
-        table(gen, GEN_METRICS, "model | prompts"),
+        table(gen, GEN_METRICS, "model | prompts", result["seeds_done"]),
         "",
         "![generation](quality_generation.png)",
         "",
@@ -385,7 +392,7 @@ def write_report(result: dict, args) -> None:
         "object changes colour or shape (or vanishes); `trajectory_px`: distance of the object's centre from the "
         "source's; `missing`: frames without an object.",
         "",
-        table(vid, VIDEO_METRICS, "method"),
+        table(vid, VIDEO_METRICS, "method", result["seeds_done"]),
         "",
         "![video](quality_video.png)",
         "",

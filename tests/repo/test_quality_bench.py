@@ -11,7 +11,7 @@ from bench.quality_report import GEN_METRICS
 
 
 def args(**kw) -> argparse.Namespace:
-    base = dict(candidates=["self_bias", "eq5"], bias_l2_seeds=1, n=8)
+    base = dict(candidates=["self_bias", "eq5"], bias_l2_seeds=1, paper_seeds=None, n=8)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -20,6 +20,8 @@ def test_seed_zero_trains_every_candidate_and_the_other_seeds_only_the_chosen_on
     assert quality.seed_variants(0, a, None) == ["contextdiff", "no_bias", "bias_l2", "self_bias", "eq5"]
     assert quality.seed_variants(1, a, "eq5") == ["contextdiff", "no_bias", "eq5"]
     assert quality.seed_variants(2, args(candidates=[], bias_l2_seeds=0), None) == ["contextdiff", "no_bias"]
+    assert quality.seed_variants(1, args(paper_seeds=1), "self_bias") == ["no_bias", "self_bias"]
+    assert quality.seed_variants(0, args(paper_seeds=1), None)[0] == "contextdiff"
 
 
 def scores(caption: float, attribute: float) -> dict:
