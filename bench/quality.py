@@ -515,6 +515,10 @@ def run(args) -> dict:
             )
         if seed == 0:
             result["samples"] = sample_figure(pack, bundles["contextdiff"], test_seen, test_held, chosen, args.docs)
+            if best:
+                result["samples_best"] = sample_figure(
+                    pack, bundles[best], test_seen, test_held, chosen, args.docs, "quality_samples_best.png"
+                )
         report(result, args)  # after every seed, so that a long run shows what it has so far
     return result
 
@@ -543,7 +547,7 @@ def aggregate(per_seed: dict) -> dict:
     return out
 
 
-def sample_figure(pack, b: Bundle, seen, held, s: Settings, docs: Path) -> str:
+def sample_figure(pack, b: Bundle, seen, held, s: Settings, docs: Path, name: str = "quality_samples.png") -> str:
     """Prompts and their images (first seed's ContextDiff model) as docs/quality_samples.png."""
     import matplotlib
 
@@ -561,9 +565,9 @@ def sample_figure(pack, b: Bundle, seen, held, s: Settings, docs: Path) -> str:
             fontsize=7,
         )
         ax.axis("off")
-    fig.suptitle("top: seen colour-shape pairs; bottom: held-out pairs", fontsize=9)
+    fig.suptitle(f"{b.name} (seed 0) - top: seen colour-shape pairs; bottom: held-out pairs", fontsize=9)
     fig.tight_layout()
-    path = docs / "quality_samples.png"
+    path = docs / name
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.name

@@ -249,16 +249,17 @@ def variant_section(result: dict) -> list[str]:
     choice = result.get("variant_choice")
     if not choice:
         return []
+    names = {"contextdiff": "Eq. 6 (paper)", **importlib.import_module("bench.quality").CANDIDATE_NAMES}
     rows = [
-        f"| {name} | " + " | ".join(f"{100 * v[m]:.1f}" for m in GEN_METRICS) + " |"
+        f"| {names.get(name, name)} | " + " | ".join(f"{100 * v[m]:.1f}" for m in GEN_METRICS) + " |"
         for name, v in choice["scores"].items()
     ]
     return [
         "## The bias variant, chosen on validation prompts",
         "",
         f"Candidates (issue 20, docs/bias_leak.md): the leak-free variants, trained on the first seed. Chosen: "
-        f"**{choice['chosen']}**, by whole-caption accuracy on {choice['validation_prompts']} validation prompts "
-        "(ties: mean attribute accuracy), at the node defaults above; the paper's Eq. 6 (`contextdiff`) for "
+        f"**{names.get(choice['chosen'])}**, by whole-caption accuracy on {choice['validation_prompts']} validation prompts "
+        "(ties: mean attribute accuracy), at the node defaults above; the paper's Eq. 6 for "
         "reference. Only the chosen one is trained on the other seeds.",
         "",
         "| model (validation) | " + " | ".join(GEN_METRICS) + " |",
@@ -372,6 +373,7 @@ def write_report(result: dict, args) -> None:
         "![generation](quality_generation.png)",
         "",
         "![samples](quality_samples.png)",
+        *(["", "![samples of the best variant](quality_samples_best.png)"] if result.get("samples_best") else []),
         "",
         "## Image editing",
         "",
