@@ -258,9 +258,9 @@ def variant_section(result: dict) -> list[str]:
         "## The bias variant, chosen on validation prompts",
         "",
         f"Candidates (issue 20, docs/bias_leak.md): the leak-free variants, trained on the first seed. Chosen: "
-        f"**{names.get(choice['chosen'])}**, by whole-caption accuracy on {choice['validation_prompts']} validation prompts "
-        "(ties: mean attribute accuracy), at the node defaults above; the paper's Eq. 6 for "
-        "reference. Only the chosen one is trained on the other seeds.",
+        f"**{names.get(choice['chosen'])}**, by whole-caption accuracy on {choice['validation_prompts']} validation "
+        "prompts (ties: mean attribute accuracy), at the node defaults above; the paper's Eq. 6 for reference. Only "
+        "the chosen one is trained on the other seeds.",
         "",
         "| model (validation) | " + " | ".join(GEN_METRICS) + " |",
         "|---" * (len(GEN_METRICS) + 1) + "|",
