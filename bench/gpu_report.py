@@ -57,7 +57,7 @@ def write(logdir: Path, device: str) -> Path:
     cuda = device == "cuda" and torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(0) if cuda else f"none (rehearsal on the CPU: {platform.machine()})"
     suffix = "_cuda" if cuda else ""
-    overhead = _load(f"sampler_overhead{suffix}") if cuda else _load("sampler_overhead")
+    overhead = _load(f"sampler_overhead{suffix}")
     edit_result = _load("edit_memory_cuda" if cuda else "edit_memory_rehearsal")
     throughput = _load("train_throughput")
     counts, failures = pytest_summary(logdir / "pytest.log")

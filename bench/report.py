@@ -56,10 +56,6 @@ def ratio_value(result: dict, key: str, device: str = "cpu") -> float | None:
         node = result
         for part in key.format(device=device).split("/"):
             node = node.get(part) if isinstance(node, dict) else None
-        if node is None and key.endswith("ahead_over_in_step"):
-            rec = (result.get("devices") or {}).get(device) or {}
-            ahead, in_step = rec.get("train_steps_per_s_batches_ahead"), rec.get("train_steps_per_s_batches_in_step")
-            node = ahead / in_step if ahead and in_step else None
         return None if node is None else float(node)
     if key in result:
         return float(result[key])

@@ -89,6 +89,7 @@ def measure(device_name: str, steps: int, repeats: int) -> dict:
         "train_steps_per_s_batches_ahead": median["ahead"],
         "data_batches_per_s": median["data"],
         "data_over_train": median["data"] / median["ahead"],
+        "ahead_over_in_step": median["ahead"] / median["in_step"],
         "runs": rates,
     }
 
