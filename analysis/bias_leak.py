@@ -59,6 +59,12 @@ VARIANTS = {
 }
 
 
+def final_train_loss(log: Path) -> float:
+    """The objective as trained: the mean of the last five logged losses (the trainer logs every 10 steps)."""
+    losses = [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
+    return sum(losses[-5:]) / len(losses[-5:])
+
+
 def train(name: str, steps: int, seed: int, runs: Path, threads: int) -> dict:
     """Train one variant (reused when its directory holds a finished run of the same options)."""
     slug, options = VARIANTS[name]
@@ -89,12 +95,10 @@ def train(name: str, steps: int, seed: int, runs: Path, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.time()
     subprocess.run(["nice", "-n", "19", *command], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    losses = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in losses if "loss" in r]
     info = {
         "command": command[1:],
         "seconds": round(time.time() - start, 1),
-        "final_train_loss": sum(losses[-5:]) / len(losses[-5:]),  # the objective as trained, last 50 steps
+        "final_train_loss": final_train_loss(out / "log.jsonl"),
         "file": str(out / f"{slug}.safetensors"),
     }
     stamp.write_text(json.dumps(info, indent=2))
@@ -297,11 +301,10 @@ def probe_file(file: Path) -> dict:
 
 def trained_elsewhere(name: str, file: Path) -> dict:
     """A file trained by another run: its training loss (mean of the last five logged steps) and its probe."""
-    logged = [json.loads(line) for line in (file.parent / "log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in logged if "loss" in r]
-    steps = max(r["step"] for r in logged if "step" in r)
+    log = file.parent / "log.jsonl"
+    steps = max(r["step"] for r in map(json.loads, log.read_text().splitlines()) if "step" in r)
     print(f"[bias_leak] probing {name}: {file}", flush=True)
-    return {"file": str(file), "steps": steps, "final_train_loss": sum(losses[-5:]) / 5, "probe": probe_file(file)}
+    return {"file": str(file), "steps": steps, "final_train_loss": final_train_loss(log), "probe": probe_file(file)}
 
 
 def main(argv: list[str] | None = None) -> int:
