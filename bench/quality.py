@@ -273,6 +273,16 @@ def prompts(seed: int, n: int, split: str, exclude: set[str] = frozenset()) -> l
     return out
 
 
+def validation_prompts(n: int, test_captions: set[str]) -> list[world.Scene]:
+    """The validation prompts: their own seed, the test captions removed."""
+    return prompts(VAL_SEED, n, "train", test_captions)
+
+
+def validation_key(model_key: str, s: Settings, n: int) -> str:
+    """The cache key of one model's generation score on the validation prompts at settings ``s``."""
+    return f"{model_key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{n}"
+
+
 def generation_score(pack, b: Bundle, scenes: list[world.Scene], s: Settings, seed: int) -> dict:
     images = generate(pack, b, [world.caption(x) for x in scenes], s, seed)
     return judge.accuracy(scenes, [judge.read(im) for im in images])
@@ -316,7 +326,7 @@ def choose_defaults(
     test_edit_captions: set[str],
 ) -> tuple[Settings, dict]:
     """Sweep the node defaults on validation prompts and edits (disjoint from the test set)."""
-    val = prompts(VAL_SEED, n, "train", test_captions)
+    val = validation_prompts(n, test_captions)
     val_tasks = [t for t in scoring.edit_tasks(VAL_EDIT_SEED, 4 * edits) if t.source_caption not in test_edit_captions]
     val_tasks = val_tasks[:edits]
     sweep = {"generation": {}, "edit_fuse_start": {}, "edit_threshold": {}}
@@ -329,7 +339,7 @@ def choose_defaults(
     def sweep_generation(settings: list[Settings]) -> Settings:
         for s in settings:
             sweep["generation"][f"{s.steps}/{s.strength:g}"] = cache.get(
-                f"{key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{n}",
+                validation_key(key, s, n),
                 lambda s=s: generation_score(pack, b, val, s, VAL_SEED),
             )
         steps, strength = max(sweep["generation"].items(), key=gen_value)[0].split("/")
@@ -411,10 +421,10 @@ def choose_variant(pack, cache, bundles: dict, keys: dict, args, s: Settings, te
     (ties: mean attribute accuracy, then the order of ``--candidates``), at the chosen node defaults."""
     from bench.quality_report import GEN_METRICS
 
-    val = prompts(VAL_SEED, args.n, "train", test_captions)
+    val = validation_prompts(args.n, test_captions)
     scores = {
-        c: cache.get(  # the key of choose_defaults' sweep: the same sampling is not run twice
-            f"{keys[c]}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{args.n}",
+        c: cache.get(  # choose_defaults' key: the same sampling is not run twice
+            validation_key(keys[c], s, args.n),
             lambda c=c: generation_score(pack, bundles[c], val, s, VAL_SEED),
         )
         for c in ["contextdiff", *args.candidates]

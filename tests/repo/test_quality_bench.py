@@ -45,7 +45,7 @@ def test_the_variant_is_chosen_on_validation_prompts_only(tmp_path, val, chosen)
     keys = {"contextdiff": "cd", "self_bias": "sb", "eq5": "e5"}
     cache = quality.Cache(tmp_path / "cache.json")
     for name, key in keys.items():
-        cache.data[f"{key}/val-gen/{s.steps}/{s.strength}/{s.cfg}/{a.n}"] = val.get(name, scores(0.9, 0.9))
+        cache.data[quality.validation_key(key, s, a.n)] = val.get(name, scores(0.9, 0.9))
         cache.data[f"{key}/gen/seen/{s}/{a.n}"] = scores(1.0 if name != chosen else 0.0, 0.0)  # test: ignored
     best, record = quality.choose_variant(None, cache, {}, keys, a, s, val_captions)
     assert best == chosen and record["chosen"] == chosen
