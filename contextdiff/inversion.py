@@ -147,7 +147,8 @@ class InversionOptions:
     :func:`contextdiff.sampling.sample_contextdiff_ddim` and the same bias returns the input. ``final_eval``
     evaluates the denoiser once more on the result at the top sigma, so that attention hooks see every level
     on the final latents (the editing store records them). ``cause``: what a NaN prediction most likely
-    means; ``on_level``: told each model call's sigma as a host float (the editor's step lookup).
+    means; ``on_level``: told each model call's sigma as a host float (the editor's step lookup);
+    ``trajectory(info)``: sees the input (``i = -1``) and then every inverted level, before ``callback``.
     """
 
     bias: ContextBias | None = None
@@ -156,6 +157,7 @@ class InversionOptions:
     final_eval: bool = False
     cause: str = MODEL_CAUSE
     on_level: LevelHook | None = None
+    trajectory: Callable[[dict], None] | None = None
 
 
 @torch.no_grad()
@@ -182,16 +184,18 @@ def invert_ddim(
     ctx = InversionRun(
         Denoise(model, run, extra_args, checks, opts.cause, opts.on_level), run_bias(opts.bias, run, checks), run
     )
+    if opts.trajectory is not None:
+        opts.trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x, "sigma_host": run.host[0]})
     for i in trange(len(sigmas) - 1, disable=disable):
         x_next, x0hat = first_guess(ctx, x, i)
         if opts.refine_steps > 0:
             x_next = refine(ctx, x, x_next, i, opts.refine_steps, opts.refine_tol)
         x = x_next
-        if callback is not None:
-            level = sigmas[i + 1]
-            callback(
-                {"x": x, "i": i, "sigma": level, "sigma_hat": level, "denoised": x0hat, "sigma_host": run.host[i + 1]}
-            )
+        level = sigmas[i + 1]
+        info = {"x": x, "i": i, "sigma": level, "sigma_hat": level, "denoised": x0hat, "sigma_host": run.host[i + 1]}
+        for report in (opts.trajectory, callback):
+            if report is not None:
+                report(info)
     if opts.final_eval and len(sigmas) > 1:
         ctx.denoise(x, len(sigmas) - 1, len(sigmas) - 1)
     checks.raise_first()

@@ -71,7 +71,7 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
                 inputs.edit_model(),
                 io.Latent.Input("latent", tooltip="The encoded image (or a batch of video frames)."),
                 io.Conditioning.Input("positive", tooltip="The source prompt: what the image shows."),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip=STEPS_TIP),
+                inputs.edit_steps(1000, STEPS_TIP),
                 io.Combo.Input(
                     "scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform", tooltip=SCHEDULER_TIP
                 ),

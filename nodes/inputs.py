@@ -57,3 +57,8 @@ def edit_cfg() -> io.Float.Input:
 
 def edit_model() -> io.Model.Input:
     return io.Model.Input("model", tooltip=EDIT_MODEL_TIP)
+
+
+def edit_steps(maximum: int, tooltip: str) -> io.Int.Input:
+    """DDIM steps of an inversion and its edit (paper: 20); each node sets its own ceiling."""
+    return io.Int.Input("steps", default=20, min=1, max=maximum, tooltip=tooltip)

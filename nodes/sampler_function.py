@@ -9,6 +9,7 @@ hold the positive text tokens the adapter needs. Two factories: :func:`contextdi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,7 @@ def prepare(
     return bias, nan_cause(base_model)
 
 
-def contextdiff_sample(
+def biased_run(
     model: WrappedModel,
     x: torch.Tensor,
     sigmas: torch.Tensor,
@@ -106,75 +107,19 @@ def contextdiff_sample(
     callback: Callback | None = None,
     disable: bool | None = None,
     *,
-    adapter: LoadedAdapter | None = None,
-    method: str = "ddim",
-    eta: float = 0.0,
-    strength: float = 1.0,
-    frames: int | None = None,
-    post_step: PostStep | None = None,
-    start_has_bias: bool = False,
-    on_level: LevelHook | None = None,
-) -> torch.Tensor:
-    """KSAMPLER function: contextualized DDIM/DDPM with the adapter's bias from the positive prompt.
-
-    On increasing sigmas (FlipSigmas) DDIM at eta 0 unsamples, like core ``ddim``; ``post_step`` adjusts
-    DDIM steps (editing's latent blend); ``start_has_bias``: see :func:`contextdiff.sampling.sample`.
-    """
-    bias, cause = prepare(model, x, adapter, strength, frames)
-    options = dict(bias=bias, cause=cause, start_has_bias=start_has_bias, on_level=on_level)
-    extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
-    with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
-        if method == "ddim":
-            return sampling.sample_contextdiff_ddim(
-                model, x, sigmas, extra_args, callback, disable, eta=eta, post_step=post_step, **options
-            )
-        return sampling.sample_contextdiff_ddpm(model, x, sigmas, extra_args, callback, disable, **options)
-
-
-def contextdiff_invert(
-    model: WrappedModel,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: Callback | None = None,
-    disable: bool | None = None,
-    *,
+    loop: Callable[..., torch.Tensor],
     adapter: LoadedAdapter | None = None,
     strength: float = 1.0,
     frames: int | None = None,
-    refine_steps: int = 0,
-    trajectory: Callable[[dict], None] | None = None,
-    on_level: LevelHook | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """KSAMPLER function: bias-aware DDIM inversion over ascending sigmas (:func:`contextdiff.inversion.invert_ddim`).
-
-    ``trajectory(info)`` sees the input and every inverted level, before ``callback`` (the preview).
-    """
+    """KSAMPLER function: the checks and the adapter's bias that sampling and inversion share, then ``loop`` (a
+    sampler of :mod:`contextdiff.sampling` or :func:`contextdiff.inversion.invert_ddim`) with ``bias``, ``cause``
+    and ``options``."""
     bias, cause = prepare(model, x, adapter, strength, frames)
-
-    def report(info):
-        if trajectory is not None:
-            trajectory(info)
-        if callback is not None:
-            callback(info)
-
-    if trajectory is not None:
-        trajectory({"x": x, "i": -1, "sigma": sigmas[0], "denoised": x, "sigma_host": float(sigmas[0])})
     extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
     with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
-        return inversion.invert_ddim(
-            model,
-            x,
-            sigmas,
-            extra_args,
-            report,
-            disable,
-            bias=bias,
-            refine_steps=refine_steps,
-            final_eval=True,
-            cause=cause,
-            on_level=on_level,
-        )
+        return loop(model, x, sigmas, extra_args, callback, disable, bias=bias, cause=cause, **options)
 
 
 def check_options(strength: float, eta: float = 0.0, method: str = "ddim") -> None:
@@ -202,20 +147,17 @@ def contextdiff_ksampler(
     step takes ``b_t = 0`` (``start_has_bias=False``). Sampling from an inversion passes ``True``.
     """
     check_options(strength, eta, method)
+    # On increasing sigmas (FlipSigmas) DDIM at eta 0 unsamples, like core ``ddim``; ``post_step`` adjusts DDIM steps
+    # (editing's latent blend).
+    if method == "ddim":
+        loop = functools.partial(sampling.sample_contextdiff_ddim, eta=eta, post_step=post_step)
+    else:
+        loop = sampling.sample_contextdiff_ddpm
     options = dict(
-        adapter=adapter,
-        method=method,
-        eta=eta,
-        strength=strength,
-        frames=frames,
-        post_step=post_step,
-        start_has_bias=start_has_bias,
-        on_level=on_level,
+        loop=loop, adapter=adapter, strength=strength, frames=frames, start_has_bias=start_has_bias, on_level=on_level
     )
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
-    return comfy.samplers.KSAMPLER(
-        contextdiff_sample, extra_options=options, inpaint_options={"random": method == "ddim"}
-    )
+    return comfy.samplers.KSAMPLER(biased_run, extra_options=options, inpaint_options={"random": method == "ddim"})
 
 
 def inversion_ksampler(
@@ -226,16 +168,21 @@ def inversion_ksampler(
     trajectory: Callable[[dict], None] | None = None,
     on_level: LevelHook | None = None,
 ) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped) and the clean latent."""
+    """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped) and the clean latent.
+
+    ``trajectory(info)`` sees the input and every inverted level, before the preview callback.
+    """
     check_options(strength)
     if refine_steps < 0:
         raise ValueError(f"refine_steps is {refine_steps}; it must be 0 (classic inversion) or more")
     options = dict(
+        loop=inversion.invert_ddim,
         adapter=adapter,
         strength=strength,
         frames=frames,
         refine_steps=refine_steps,
         trajectory=trajectory,
         on_level=on_level,
+        final_eval=True,  # the editing store records the attention at the top level too
     )
-    return comfy.samplers.KSAMPLER(contextdiff_invert, extra_options=options)
+    return comfy.samplers.KSAMPLER(biased_run, extra_options=options)

@@ -91,7 +91,7 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
                 io.String.Input("source_prompt", multiline=True, default="", tooltip="What the video shows."),
                 io.String.Input("target_prompt", multiline=True, default="", tooltip="What it should show."),
                 inputs.blend_words(),
-                io.Int.Input("steps", default=20, min=1, max=200, tooltip=STEPS_TIP),
+                inputs.edit_steps(200, STEPS_TIP),
                 inputs.edit_cfg(),
                 inputs.fuse_start(),
                 inputs.blend_threshold(),
