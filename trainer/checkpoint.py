@@ -77,6 +77,14 @@ def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: di
     return final
 
 
+def latest_info(output_dir: Path) -> dict | None:
+    """The ``info.json`` of the latest complete state (its step, and the options it was trained with), or ``None``."""
+    pointer = Path(output_dir) / "state" / "latest"
+    if not pointer.exists():
+        return None
+    return json.loads((pointer.parent / pointer.read_text().strip() / "info.json").read_text())
+
+
 def load_state(output_dir: Path):
     """``(weights, extra, info)`` of the latest complete state, or ``None`` when there is none."""
     root = Path(output_dir) / "state"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +23,25 @@ import yaml
 MODES = ("joint", "adapter", "video", "shapes")
 FROM_SCRATCH = ("joint", "shapes")  # a denoiser trained with the adapter (Eq. 6)
 BASE_MODES = ("adapter", "video")  # a frozen ComfyUI base model
+
+
+# What a resumed run may change: how long it trains, where it runs, how often it logs, saves and previews. Any other
+# option would continue the state's weights and optimiser as the training of another model.
+MAY_CHANGE = frozenset(
+    {
+        "steps",
+        "resume",
+        "output_dir",
+        "name",
+        "device",
+        "grad_checkpointing",
+        "save_every",
+        "log_every",
+        "preview_count",
+        "preview_steps",
+        "val_every",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -337,14 +357,34 @@ class TrainConfig:
         return self
 
     def check_inputs(self) -> TrainConfig:
-        """The files this run reads exist, checked before ComfyUI or any model is loaded."""
+        """The files this run reads exist, and a state it resumes was trained with its options; checked before
+        ComfyUI or any model is loaded."""
         for key, path in self.options.input_paths().items():
             if path and not Path(path).exists():
                 raise ConfigError(
                     f"--{key} {path} does not exist; give the path of an existing "
                     f"{'folder or .jsonl file' if key == 'dataset' else 'file'}"
                 )
+        if self.resume:
+            self.check_resumes()
         return self
+
+    def check_resumes(self) -> None:
+        """Refuse to continue a state saved with other options than this run's (but those in ``MAY_CHANGE``)."""
+        from .checkpoint import latest_info
+
+        info = latest_info(Path(self.output_dir))
+        saved = None if info is None else info.get("config")  # states written before this check carry none
+        if saved is None:
+            return
+        now = json.loads(json.dumps(self.to_dict(), default=str))  # as the state stored it
+        changed = [k for k in sorted(saved.keys() | now.keys()) if k not in MAY_CHANGE and saved.get(k) != now.get(k)]
+        if changed:
+            diff = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"--resume: the state in {self.output_dir}/state (step {info['step']}) was trained with other "
+                f"options ({diff}); run with its options to continue it, or give another --output_dir to train anew"
+            )
 
     @property
     def export_path(self) -> Path:

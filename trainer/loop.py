@@ -73,6 +73,12 @@ class Run:
         to that step: a fresh run starts a new log."""
         start = 0
         state = checkpoint.load_state(self.out) if self.cfg.resume else None
+        earlier = None if self.cfg.resume else checkpoint.latest_info(self.out)
+        if earlier is not None and self.env.main:
+            print(
+                f"[trainer] {self.out / 'state'} holds step {earlier['step']} of an earlier run; this run starts at "
+                "step 0 and replaces it at its first save (stop it and add --resume true to continue that run)"
+            )
         if state is not None:
             weights, extra, info = state
             with torch.no_grad():
@@ -166,7 +172,7 @@ class Run:
             if self.ema is not None:
                 extra["ema"] = self.ema.shadow
             weights = {k: p.detach() for k, p in self.params.items()}
-            checkpoint.save_state(self.out, done, weights, extra, {"mode": cfg.mode, "steps": cfg.steps})
+            checkpoint.save_state(self.out, done, weights, extra, {"mode": cfg.mode, "config": cfg.to_dict()})
             with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
                 self.exported[:] = self.task.export()
                 plots.loss_curve(self.log_path, self.out / "loss.png", f"{cfg.mode}: Eq. 6 loss")

@@ -252,6 +252,22 @@ def test_sigkill_then_resume_reaches_the_same_weights(tmp_path):
     assert logged == sorted(set(logged)) and logged[-1] == 16, "the log repeats or misses steps after resuming"
 
 
+def test_resume_refuses_a_state_of_other_options_and_a_fresh_run_says_it_starts_over(tmp_path):
+    """A state continues only the run that wrote it: another model option is refused before anything is built,
+    while the run's length may change (training extended); a run without --resume names the state it replaces."""
+    out = tmp_path / "run"
+    run(*TINY_JOINT, "--steps", "2", "--output_dir", str(out))
+    latest = (out / "state" / "latest").read_text()
+    other = run(*TINY_JOINT, "--lr", "1e-3", "--steps", "4", "--output_dir", str(out), "--resume", "true", check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-3000:]
+    assert "lr 0.002 -> 0.001" in other.stderr and "another --output_dir" in other.stderr, other.stderr
+    assert (out / "state" / "latest").read_text() == latest  # the refused run wrote nothing over the state
+    longer = run(*TINY_JOINT, "--steps", "4", "--output_dir", str(out), "--resume", "true")
+    assert "resumed from step 2" in longer.stdout, longer.stdout[-2000:]
+    again = run(*TINY_JOINT, "--steps", "2", "--output_dir", str(out))
+    assert "holds step 4 of an earlier run" in again.stdout and "--resume true" in again.stdout, again.stdout[-2000:]
+
+
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
