@@ -11,7 +11,8 @@ The output projection starts at zero, so a fresh adapter leaves sampling exactly
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,33 +23,26 @@ from torch import nn
 # b_t = k_t r with k_t <= 1/4, so a larger output can only wreck the sample (a diverged or damaged adapter).
 MAX_OUTPUT = 1e4
 
-# Sane bounds on every hyper-parameter (inclusive): far above any adapter worth training (the paper's
-# has dim 256-1024, depth 4, 8 heads), low enough that a forged file cannot make us build a giant.
-LIMITS = {
-    "latent_channels": (1, 64),
-    "context_dim": (1, 16384),
-    "dim": (2, 8192),
-    "depth": (1, 128),
-    "heads": (1, 256),
-    "patch_size": (1, 16),
-    "mlp_ratio": (0.0, 16.0),
-    "temporal_window": (1, 64),
-}
+
+def bounded(default: float, low: float, high: float) -> Any:
+    """A hyper-parameter with its default and its inclusive bounds: far above any adapter worth training (the paper's
+    has dim 256-1024, depth 4, 8 heads), low enough that a forged file cannot make us build a giant."""
+    return field(default=default, metadata={"bounds": (low, high)})
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
     """Architecture hyper-parameters; stored in every adapter file's metadata."""
 
-    latent_channels: int = 4
-    context_dim: int = 768  # SD1.x 768, SD2.x 1024, SDXL 2048
-    dim: int = 256
-    depth: int = 4  # transformer blocks (Tables 7/8)
-    heads: int = 8  # attention heads (paper §4.1)
-    patch_size: int = 2
-    mlp_ratio: float = 4.0
+    latent_channels: int = bounded(4, 1, 64)
+    context_dim: int = bounded(768, 1, 16384)  # SD1.x 768, SD2.x 1024, SDXL 2048
+    dim: int = bounded(256, 2, 8192)
+    depth: int = bounded(4, 1, 128)  # transformer blocks (Tables 7/8)
+    heads: int = bounded(8, 1, 256)  # attention heads (paper §4.1)
+    patch_size: int = bounded(2, 1, 16)
+    mlp_ratio: float = bounded(4.0, 0.0, 16.0)
     video: bool = False  # adds temporal causal attention
-    temporal_window: int = 3  # frames each frame attends to, itself included (Table 8)
+    temporal_window: int = bounded(3, 1, 64)  # frames each frame attends to, itself included (Table 8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,9 +59,11 @@ class AdapterConfig:
 
     def __post_init__(self):
         # Checked before any module is built: a bad value must never reach a layer constructor.
-        for name, (low, high) in LIMITS.items():
-            value = getattr(self, name)
-            if name == "mlp_ratio":
+        for f in fields(self):
+            if "bounds" not in f.metadata:
+                continue
+            (low, high), name, value = f.metadata["bounds"], f.name, getattr(self, f.name)
+            if isinstance(f.default, float):  # mlp_ratio: a ratio, 0 excluded
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
                 span = f"a number in ({low:g}, {high:g}]"
             else:
