@@ -117,8 +117,8 @@ def child(kind: str, size: int, steps: int, frames: int) -> dict:
             )
         else:
             settings = runs.InversionSettings(steps=steps)
-            source = runs.invert(model, latent, src, settings, frames=frames if frames > 1 else None)
-            runs.edit(model, source, tgt, plan=edit_plan(runs, steps), negative=neg)
+            source = runs.invert(runs.Guide(model, src), latent, settings, frames if frames > 1 else None)
+            runs.edit(runs.Guide(model, tgt, neg), source, edit_plan(runs, steps))
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
@@ -189,8 +189,8 @@ def store_sizes(args) -> dict:
         settings = runs.InversionSettings(
             steps=args.steps, store_maps=store_maps, store_dtype=torch.float32 if store_maps else torch.float16
         )
-        source = runs.invert(model, latent, src, settings, frames=args.frames)
-        out = runs.edit(model, source, tgt, plan=edit_plan(runs, args.steps), negative=neg).samples
+        source = runs.invert(runs.Guide(model, src), latent, settings, args.frames)
+        out = runs.edit(runs.Guide(model, tgt, neg), source, edit_plan(runs, args.steps)).samples
         measured[store_maps] = {"bytes": source.store.nbytes(), "out": out}
         del source
     h = args.size // 8

@@ -207,7 +207,7 @@ def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: S
     inversion = runs.InversionSettings(
         steps=s.steps, cfg=1.0, fuse_start=s.fuse_start, strength=s.strength, store_dtype=torch.float16
     )
-    inv = runs.invert(b.model, {"samples": to_latent(source[None])}, pos_src, inversion, adapter=b.adapter)
+    inv = runs.invert(runs.Guide(b.model, pos_src, adapter=b.adapter), {"samples": to_latent(source[None])}, inversion)
     edit = runs.EditSettings(
         cfg=s.cfg,
         source_prompt=task.source_caption,
@@ -218,7 +218,7 @@ def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: S
         strength=s.strength,
     )
     plan = runs.plan_edit(edit, inversion, b.clip)
-    res = runs.edit(b.model, inv, pos_tgt, plan=plan, negative=neg, adapter=b.adapter)
+    res = runs.edit(runs.Guide(b.model, pos_tgt, neg, b.adapter), inv, plan)
     return to_images(res.samples)[0]
 
 

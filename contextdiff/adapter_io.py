@@ -27,11 +27,7 @@ from .checkpoint import (
 
 
 def save_adapter(
-    adapter: ContextAdapter,
-    path: PathLike,
-    base_model: str,
-    training: dict | None = None,
-    producer: str = PRODUCER,
+    adapter: ContextAdapter, path: PathLike, base_model: str, training: dict | None = None, producer: str = PRODUCER
 ) -> Path:
     """Write ``adapter`` atomically with the metadata the loader validates."""
     cfg = adapter.cfg

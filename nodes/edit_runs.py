@@ -62,26 +62,29 @@ def _negative_or_empty(positive: list, negative: list | None) -> list:
     ]
 
 
-class Guidance(NamedTuple):
-    """The conditionings and the guidance scale of a run (no negative: the positive zeroed out)."""
+class Guide(NamedTuple):
+    """What an inversion or an edit samples with: the user's model, the prompt's conditionings (no negative: the
+    positive zeroed out) and the ContextDiff adapter (none: plain DDIM). ComfyUI's guider, less the guidance scale,
+    which the inversion's settings and the edit's plan carry."""
 
+    model: ModelPatcher
     positive: list
-    negative: list | None
-    cfg: float
+    negative: list | None = None
+    adapter: LoadedAdapter | None = None
 
 
 def run_patched(
-    model: ModelPatcher,
+    guide: Guide,
+    cfg: float,
     editor: AttentionEditor,
     sampler: comfy.samplers.KSAMPLER,
     noise: torch.Tensor,
     latent: torch.Tensor,
     sigmas: torch.Tensor,
-    guidance: Guidance,
 ) -> torch.Tensor:
     """ComfyUI's custom sampling of ``latent`` (``noise`` added at ``sigmas[0]``) with ``editor``'s attention hooks
     on a clone of ``model``, a latent preview and the progress bar: what the inversion and the edit share."""
-    positive, negative, cfg = guidance
+    model, positive = guide.model, guide.positive
     return comfy.sample.sample_custom(
         patched(model, editor),
         noise,
@@ -89,7 +92,7 @@ def run_patched(
         sampler,
         sigmas,
         positive,
-        _negative_or_empty(positive, negative),
+        _negative_or_empty(positive, guide.negative),
         latent,
         callback=latent_preview.prepare_callback(model, len(sigmas) - 1),
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
@@ -105,18 +108,10 @@ def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:
     return (1.0 + sigma**2).sqrt() if at_max else sigma
 
 
-def invert(
-    model: ModelPatcher,
-    latent: dict,
-    positive: list,
-    settings: InversionSettings,
-    *,
-    negative: list | None = None,
-    adapter: LoadedAdapter | None = None,
-    frames: int | None = None,
-) -> Inversion:
-    """Bias-aware DDIM inversion of ``latent`` with the source attention recorded; ``frames`` > 1 attend to each
-    other (sparse-causal, a video chunk)."""
+def invert(guide: Guide, latent: dict, settings: InversionSettings, frames: int | None = None) -> Inversion:
+    """Bias-aware DDIM inversion of ``latent`` (``guide``: the source prompt) with the source attention recorded;
+    ``frames`` > 1 attend to each other (sparse-causal, a video chunk)."""
+    model, adapter = guide.model, guide.adapter
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     identity = edit_identity(model, adapter, settings.strength)
     sigmas = schedule(model, settings.scheduler, settings.steps)
@@ -136,15 +131,7 @@ def invert(
         trajectory=trajectory_recorder(store.latents, step_of),
         on_level=editor.at_level,  # the hooks' step lookup, without reading the device's sigma per call
     )
-    out = run_patched(
-        model,
-        editor,
-        sampler,
-        torch.zeros_like(samples),
-        samples,
-        sigmas.flip(0),
-        Guidance(positive, negative, settings.cfg),
-    )
+    out = run_patched(guide, settings.cfg, editor, sampler, torch.zeros_like(samples), samples, sigmas.flip(0))
     x_top = model.model.process_latent_in(out)  # undo the guider's process_latent_out: this is noise, not an image
     return Inversion(
         noise=(x_top / noise_scale(model, sigmas[0])).cpu(),
@@ -185,17 +172,10 @@ def check_source_fits(model: ModelPatcher, source: Inversion, adapter: LoadedAda
     source.identity.require_match(edit_identity(model, adapter, strength))
 
 
-def edit(
-    model: ModelPatcher,
-    source: Inversion,
-    positive: list,
-    *,
-    plan: EditPlan,
-    negative: list | None = None,
-    adapter: LoadedAdapter | None = None,
-) -> EditResult:
-    """Sample from the inverted noise with the target prompt, fusing the source attention as ``plan`` says
-    (with its guidance and adapter strength)."""
+def edit(guide: Guide, source: Inversion, plan: EditPlan) -> EditResult:
+    """Sample from the inverted noise with the target prompt (``guide``), fusing the source attention as ``plan``
+    says (with its guidance and adapter strength)."""
+    model, adapter = guide.model, guide.adapter
     check_source_fits(model, source, adapter, plan.strength)
     warnings = list(plan.warnings)
     step_of = StepIndex(source.sigmas)
@@ -212,8 +192,7 @@ def edit(
     hooks = dict(post_step=post, start_has_bias=True, on_level=editor.at_level)
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, plan.strength, source.frames, **hooks)
     zeros = torch.zeros(source.latent_shape)
-    guidance = Guidance(positive, negative, plan.cfg)
-    out = run_patched(model, editor, sampler, source.noise.clone(), zeros, source.sigmas, guidance)
+    out = run_patched(guide, plan.cfg, editor, sampler, source.noise.clone(), zeros, source.sigmas)
     if plan.fuse and not (editor.fused or editor.missing):
         warnings.append(
             "no attention layer was fused (the sampling steps did not meet the inversion's schedule): "

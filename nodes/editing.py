@@ -106,7 +106,7 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
         warnings = []
         if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")
-        source = edit_runs.invert(model, latent, positive, settings, negative=negative, adapter=adapter)
+        source = edit_runs.invert(edit_runs.Guide(model, positive, negative, adapter), latent, settings)
         return io.NodeOutput({"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings))
 
 
@@ -158,6 +158,6 @@ class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", categ
         prompt = cls.hidden.prompt
         edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)
         plan = edit_runs.plan_edit(settings, edit_source.settings, clip)
-        result = edit_runs.edit(model, edit_source, positive, plan=plan, negative=negative, adapter=adapter)
+        result = edit_runs.edit(edit_runs.Guide(model, positive, negative, adapter), edit_source, plan)
         mask = edit_runs.mask_image(result.mask, result.samples, edit_runs.pixel_ratio(model, vae))
         return io.NodeOutput({"samples": result.samples}, mask, ui=report("ContextDiff Edit Sampler", result.warnings))

@@ -84,23 +84,17 @@ def edit_video(
     memory_check(model, frames, ratio, settings, budget_bytes)
 
     edit = settings.edit
-    positive_src, positive_tgt = encode_prompt(clip, edit.source_prompt), encode_prompt(clip, edit.target_prompt)
     negative = encode_prompt(clip, "")
+    source_guide = edit_runs.Guide(model, encode_prompt(clip, edit.source_prompt), negative, adapter)
+    target_guide = source_guide._replace(positive=encode_prompt(clip, edit.target_prompt))
     latents = _vae_batches(lambda x: vae.encode(x[..., :3]), frames)
     outputs = []
     for start in starts:
         comfy.model_management.throw_exception_if_processing_interrupted()
         end = min(n, start + chunk_size)
-        source = edit_runs.invert(
-            model,
-            {"samples": latents[start:end]},
-            positive_src,
-            settings.inversion,
-            negative=negative,
-            adapter=adapter,
-            frames=end - start if end - start > 1 else None,
-        )
-        result = edit_runs.edit(model, source, positive_tgt, plan=plan, negative=negative, adapter=adapter)
+        chunk = {"samples": latents[start:end]}
+        source = edit_runs.invert(source_guide, chunk, settings.inversion, end - start if end - start > 1 else None)
+        result = edit_runs.edit(target_guide, source, plan)
         warnings += [w for w in result.warnings if w not in warnings]
         decoded = _vae_batches(vae.decode, result.samples)
         outputs.append((start, decoded.reshape(-1, *decoded.shape[-3:]).cpu()))

@@ -51,12 +51,12 @@ def main():
     x0, y = images[pick], labels[pick]
     target = (y + 1) % 10
     settings = runtime.InversionSettings(steps=30, scheduler="simple", refine_steps=4, store_dtype=torch.float32)
-    source = runtime.invert(patcher, {"samples": x0}, cond(y), settings, adapter=loaded)
+    source = runtime.invert(runtime.Guide(patcher, cond(y), adapter=loaded), {"samples": x0}, settings)
     plain, fused = (
         runtime.plan_edit(runtime.EditSettings(cfg=c, fuse=f), source.settings) for c, f in ((1.0, False), (4.0, True))
     )
-    rec = runtime.edit(patcher, source, cond(y), plan=plain, negative=cond([10] * 8), adapter=loaded).samples
-    edited = runtime.edit(patcher, source, cond(target), plan=fused, negative=cond([10] * 8), adapter=loaded).samples
+    rec = runtime.edit(runtime.Guide(patcher, cond(y), cond([10] * 8), loaded), source, plain).samples
+    edited = runtime.edit(runtime.Guide(patcher, cond(target), cond([10] * 8), loaded), source, fused).samples
     err = ((rec - x0).norm() / x0.norm()).item()
     image_grid(torch.cat([x0, rec, edited]), rows=3, out_path=OUT / "inversion_digits.png", scale=8)
     print(f"inversion reconstruction: relative error {err:.4f}; edit rows: class +1")
@@ -65,8 +65,8 @@ def main():
     a, b = images[labels == 3][0], images[labels == 3][5]
     frames = torch.stack([a + (b - a) * t for t in torch.linspace(0, 1, 8)])
     settings = runtime.InversionSettings(steps=30, scheduler="simple", store_dtype=torch.float32)
-    source = runtime.invert(patcher, {"samples": frames}, cond([3] * 8), settings, adapter=loaded, frames=8)
-    edited = runtime.edit(patcher, source, cond([8] * 8), plan=fused, negative=cond([10] * 8), adapter=loaded).samples
+    source = runtime.invert(runtime.Guide(patcher, cond([3] * 8), adapter=loaded), {"samples": frames}, settings, 8)
+    edited = runtime.edit(runtime.Guide(patcher, cond([8] * 8), cond([10] * 8), loaded), source, fused).samples
     image_grid(torch.cat([frames, edited]), rows=2, out_path=OUT / "video_edit_digits.png", scale=8)
     grid = ROOT / "out" / "digits_grid.png"
     if grid.exists():

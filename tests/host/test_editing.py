@@ -289,14 +289,15 @@ def test_fusion_from_queries_keys_equals_fusion_from_full_maps(edit_env):
     outs = {}
     for store_maps in (False, True):
         settings = InversionSettings(steps=6, store_dtype=torch.float32, store_maps=store_maps)
-        source = runs.invert(model, latent, enc(src_p), settings)
-        result = runs.edit(model, source, enc(tgt_p), plan=fused)
+        source = runs.invert(runs.Guide(model, enc(src_p)), latent, settings)
+        result = runs.edit(runs.Guide(model, enc(tgt_p)), source, fused)
         assert result.mask is not None and result.warnings == []
         outs[store_maps] = (result.samples, source.store.nbytes())
     torch.testing.assert_close(outs[False][0], outs[True][0], rtol=1e-4, atol=1e-5)
     assert outs[False][1] < outs[True][1]
     # And fusion is not a no-op: without it the edit differs.
-    plain = runs.edit(model, source, enc(tgt_p), plan=runs.plan_edit(EditSettings(cfg=3.0, fuse=False), settings))
+    unfused = runs.plan_edit(EditSettings(cfg=3.0, fuse=False), settings)
+    plain = runs.edit(runs.Guide(model, enc(tgt_p)), source, unfused)
     assert (plain.samples - outs[False][0]).abs().max() > 1e-3
 
 
@@ -308,9 +309,9 @@ def test_runs_never_modify_the_users_model(edit_env):
     options = copy.deepcopy(model.model_options)
     weights = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
-    source = runs.invert(model, latent, enc("a cat"), InversionSettings(steps=3))
+    source = runs.invert(runs.Guide(model, enc("a cat")), latent, InversionSettings(steps=3))
     edit = EditSettings(cfg=2.0, source_prompt="a cat", target_prompt="a dog", blend_words="cat dog")
-    runs.edit(model, source, enc("a dog"), plan=runs.plan_edit(edit, source.settings, clip))
+    runs.edit(runs.Guide(model, enc("a dog")), source, runs.plan_edit(edit, source.settings, clip))
     assert model.model_options == options
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
     for k, v in model.model.diffusion_model.state_dict().items():
@@ -337,7 +338,7 @@ def test_interrupt_stops_within_one_unet_call(edit_env):
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))}
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            runs.invert(patched, latent, enc("a cat"), InversionSettings(steps=3))
+            runs.invert(runs.Guide(patched, enc("a cat")), latent, InversionSettings(steps=3))
     finally:
         mm.interrupt_current_processing(False)
     blocks = len(runs.attention_blocks(model.model.diffusion_model))
@@ -352,15 +353,15 @@ def test_edit_source_refuses_another_model_naming_it(edit_env):
 
     runs, model, clip, enc = edit_env
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))}
-    source = runs.invert(model, latent, enc("a cat"), InversionSettings(steps=3))
+    source = runs.invert(runs.Guide(model, enc("a cat")), latent, InversionSettings(steps=3))
     plain = runs.plan_edit(EditSettings(cfg=2.0, fuse=False), source.settings)
     merged = model.clone()
     other = build_sd15(1, 32, 768, attn_scale=6.0)
     merged.add_patches(other.get_key_patches("diffusion_model."), 0.5, 0.5)  # what ModelMergeSimple does
     for wrong, named in ((other, "UNet weights differ"), (merged, "weight patches")):
         with pytest.raises(ValueError, match=named):
-            runs.edit(wrong, source, enc("a dog"), plan=plain)
-    runs.edit(model.clone(), source, enc("a dog"), plan=plain)
+            runs.edit(runs.Guide(wrong, enc("a dog")), source, plain)
+    runs.edit(runs.Guide(model.clone(), enc("a dog")), source, plain)
     # The merged model loaded with its patches applied in place: the base model's identity is unchanged
     # (read from ComfyUI's backup of the original weights), so its edit source still fits.
     mm.load_models_gpu([merged])
@@ -386,13 +387,13 @@ def test_edit_source_refusal_guards_a_real_loss(edit_env):
     torch.nn.init.normal_(module.patch_out.bias, std=0.05)
     adapter = types.LoadedAdapter(module.eval(), {}, "gentle")
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
-    source = runs.invert(model, {"samples": x0}, enc("a cat"), InversionSettings(steps=6), adapter=adapter)
+    source = runs.invert(runs.Guide(model, enc("a cat"), adapter=adapter), {"samples": x0}, InversionSettings(steps=6))
     plain = runs.plan_edit(EditSettings(cfg=1.0, fuse=False), source.settings)
-    same = runs.edit(model, source, enc("a cat"), plan=plain, adapter=adapter).samples
+    same = runs.edit(runs.Guide(model, enc("a cat"), adapter=adapter), source, plain).samples
     with pytest.raises(ValueError, match="inverted with adapter gentle, the edit uses none"):
-        runs.edit(model, source, enc("a cat"), plan=plain)
+        runs.edit(runs.Guide(model, enc("a cat")), source, plain)
     forced = dataclasses.replace(source, identity=type(source.identity)(source.identity.model))
-    without = runs.edit(model, forced, enc("a cat"), plan=plain).samples
+    without = runs.edit(runs.Guide(model, enc("a cat")), forced, plain).samples
     err_same, err_without = (((x - x0).norm() / x0.norm()).item() for x in (same, without))
     assert err_without > 1.2 * err_same, (err_same, err_without)
 

@@ -155,13 +155,13 @@ def test_inversion_and_edit_read_the_host_only_before_and_after_their_loops(env,
     edit = EditSettings(cfg=3.0, source_prompt=src, target_prompt=tgt, blend_words="cat dog")
     plan = runs.plan_edit(edit, settings, clip)
     with counter:
-        source = runs.invert(model, latent, enc(src), settings, adapter=adapter)
+        source = runs.invert(runs.Guide(model, enc(src), adapter=adapter), latent, settings)
     calls = len(source.sigmas)  # a call per step, and the final evaluation at the top level the store records
     assert counter.calls == calls
     assert counter.inside_loop(calls) == [], counter.inside_loop(calls)
     counter = HostReads()
     with counter:
-        result = runs.edit(model, source, enc(tgt), plan=plan, adapter=adapter)
+        result = runs.edit(runs.Guide(model, enc(tgt), adapter=adapter), source, plan)
     assert result.mask is not None and torch.isfinite(result.samples).all()
     calls = len(source.sigmas) - 1
     assert counter.calls == calls

@@ -303,7 +303,7 @@ def test_inversion_store_estimate_matches_the_recording(inversion_env, shape):
     runs, budget, model, positive = inversion_env
     settings = InversionSettings(steps=8, store_dtype=torch.float16)
     latent = {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(0))}
-    recorded = runs.invert(model, latent, positive, settings).store.nbytes()
+    recorded = runs.invert(runs.Guide(model, positive), latent, settings).store.nbytes()
     fused = len(settings.fused_steps)
     estimate = budget.store_bytes_per_frame(budget._footprint(model, *shape[-2:]), fused, 2) * shape[0]
     assert abs(estimate - recorded) <= 0.1 * recorded, (estimate, recorded)

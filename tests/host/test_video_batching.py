@@ -49,8 +49,8 @@ def edited(env, latents: torch.Tensor, layouts: list) -> torch.Tensor:
 
     runs.AttentionEditor.self_attention = spy
     try:
-        source = runs.invert(model, {"samples": latents}, enc("a cat"), settings, frames=FRAMES)
-        return runs.edit(model, source, enc("a dog"), plan=plan).samples
+        source = runs.invert(runs.Guide(model, enc("a cat")), {"samples": latents}, settings, FRAMES)
+        return runs.edit(runs.Guide(model, enc("a dog")), source, plan).samples
     finally:
         runs.AttentionEditor.self_attention = seen
 
