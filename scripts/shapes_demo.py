@@ -15,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from devkit.comfy_host import ROOT, ComfyServer, ui_to_api
 from devkit.shapes_inputs import write_inputs
+from shapesworld import judge, world
 
 RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 CKPT = "shapes-contextdiff.safetensors"
@@ -34,6 +36,7 @@ PROMPTS = [
     "a small red triangle on the left and a small blue circle on the right",
 ]
 SAMPLES = 4
+JUDGED = ("colour", "shape", "position", "count", "caption")  # the verdicts the picture prints, in this order
 
 
 def log(msg: str) -> None:
@@ -78,46 +81,76 @@ def workflow(server: ComfyServer, name: str) -> dict:
     return ui_to_api(json.loads((ROOT / "workflows" / f"{name}.json").read_text()), server.get("/object_info"))
 
 
+def verdicts(text: str, pictures: list[Image.Image]) -> list[dict[str, bool]]:
+    """The exact judge's verdict on each picture against the caption it was sampled for."""
+    target = world.Scene(world.parse_caption(text), world.BACKGROUNDS[0])  # the judge ignores the background
+    return [judge.compare(target, judge.read(np.asarray(pic))) for pic in pictures]
+
+
+def judged_label(text: str, on: list[dict[str, bool]], off: list[dict[str, bool]]) -> str:
+    """A row's label: the caption, then how many samples the judge finds right, bias on | off."""
+    counts = "  ".join(
+        f"{'whole' if m == 'caption' else m} {sum(v[m] for v in on)}|{sum(v[m] for v in off)}" for m in JUDGED
+    )
+    return f"{text}\njudge, on|off: {counts}"
+
+
 def sheet(
     rows: list[tuple[str, list[Image.Image]]],
     out: Path,
     title: str,
-    label_width: int = 470,
+    label_width: int = 500,
     gap_after: int | None = None,
+    marks: list[list[bool]] | None = None,
 ) -> Path:
-    """Rows of equal-size pictures, each row labelled on the left; an extra gap after column ``gap_after``."""
+    """Rows of equal-size pictures, each row labelled on the left; an extra gap after column ``gap_after``;
+    ``marks`` (per row, per picture) draws a bar under each picture: green where the judge reads the whole
+    caption, red where it does not."""
     font = ImageFont.load_default(size=15)
     w, h = rows[0][1][0].size
-    pad, head = 6, 34
+    pad, bar = 6, 4
+    head = 14 + 20 * (title.count("\n") + 1)
     cols = max(len(pics) for _, pics in rows)
     extra = 3 * pad if gap_after else 0
-    canvas = Image.new(
-        "RGB", (label_width + cols * (w + pad) + extra + pad, head + len(rows) * (h + pad) + pad), "white"
-    )
+    row_h = h + pad + (bar if marks else 0)
+    canvas = Image.new("RGB", (label_width + cols * (w + pad) + extra + pad, head + len(rows) * row_h + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 8), title, fill="black", font=font)
+    draw.multiline_text((pad, 8), title, fill="black", font=font, spacing=5)
     for r, (label, pics) in enumerate(rows):
-        y = head + r * (h + pad)
-        draw.text((pad, y + h // 2 - 8), label, fill="black", font=font)
+        y = head + r * row_h
+        lines = label.count("\n") + 1
+        draw.multiline_text((pad, y + h // 2 - 9 * lines), label, fill="black", font=font, spacing=4)
         for c, pic in enumerate(pics):
-            canvas.paste(pic, (label_width + c * (w + pad) + (extra if gap_after and c >= gap_after else 0), y))
+            x = label_width + c * (w + pad) + (extra if gap_after and c >= gap_after else 0)
+            canvas.paste(pic, (x, y))
+            if marks:
+                draw.rectangle((x, y + h + 1, x + w - 1, y + h + bar), fill="#1a9641" if marks[r][c] else "#d7191c")
     canvas.save(out)
     return out
 
 
 def text_to_image(server: ComfyServer, out_dir: Path) -> Path:
-    rows = []
+    rows, marks, totals = [], [], {"on": [], "off": []}
     for text in PROMPTS:
         prompt = workflow(server, "shapes_text_to_image")
         prompt["3"]["inputs"]["text"] = text
         prompt["5"]["inputs"]["batch_size"] = SAMPLES
         entry = server.run(prompt, timeout=900)
-        rows.append((text, images_of(server, entry, "12") + images_of(server, entry, "13")))
+        on, off = images_of(server, entry, "12"), images_of(server, entry, "13")
+        judged = {"on": verdicts(text, on), "off": verdicts(text, off)}
+        for side, found in judged.items():
+            totals[side] += found
+        rows.append((judged_label(text, judged["on"], judged["off"]), on + off))
+        marks.append([v["caption"] for v in judged["on"] + judged["off"]])
+    summary = judged_label("all rows", totals["on"], totals["off"]).split("\n")[1]
+    log(f"text to image, {summary}")
     return sheet(
         rows,
         out_dir / "shapes_text_to_image.png",
-        f"ContextDiff: {SAMPLES} samples with the adapter's bias (left) | the same model and noise, bias off (right)",
+        f"ContextDiff: {SAMPLES} samples with the adapter's bias (left) | the same model and noise, bias off (right)\n"
+        f"bar: the exact judge reads the whole caption (green) or not (red); {summary} (of {len(totals['on'])} each)",
         gap_after=SAMPLES,
+        marks=marks,
     )
 
 
