@@ -132,8 +132,8 @@ class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", categ
                 io.Boolean.Input("fuse_attention", default=True, tooltip=FUSE_ATTENTION_TIP),
                 inputs.adapter_strength(),
                 inputs.adapter(),
-                io.Clip.Input("clip", optional=True, tooltip=CLIP_TIP),
-                io.Vae.Input("vae", optional=True, tooltip=VAE_TIP),
+                inputs.clip(CLIP_TIP, optional=True),
+                inputs.vae(VAE_TIP, optional=True),
             ],
             outputs=[
                 io.Latent.Output(tooltip="The edited latent."),

@@ -62,3 +62,13 @@ def edit_model() -> io.Model.Input:
 def edit_steps(maximum: int, tooltip: str) -> io.Int.Input:
     """DDIM steps of an inversion and its edit (paper: 20); each node sets its own ceiling."""
     return io.Int.Input("steps", default=20, min=1, max=maximum, tooltip=tooltip)
+
+
+def clip(tooltip: str, optional: bool = False) -> io.Clip.Input:
+    """The CLIP that tokenises an edit's prompts (the Edit Sampler's is optional, the Video Edit's is not)."""
+    return io.Clip.Input("clip", optional=optional, tooltip=tooltip)
+
+
+def vae(tooltip: str, optional: bool = False) -> io.Vae.Input:
+    """The VAE of an edit's images (the Edit Sampler's is optional, the Video Edit's is not)."""
+    return io.Vae.Input("vae", optional=optional, tooltip=tooltip)

@@ -86,8 +86,8 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
         return cls.schema(
             inputs=[
                 inputs.edit_model(),
-                io.Vae.Input("vae", tooltip="Encodes the frames to latents and decodes the edit."),
-                io.Clip.Input("clip", tooltip="Encodes both prompts and aligns their shared words."),
+                inputs.vae("Encodes the frames to latents and decodes the edit."),
+                inputs.clip("Encodes both prompts and aligns their shared words."),
                 io.String.Input("source_prompt", multiline=True, default="", tooltip="What the video shows."),
                 io.String.Input("target_prompt", multiline=True, default="", tooltip="What it should show."),
                 inputs.blend_words(),
