@@ -81,6 +81,7 @@ def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 
         info = json.loads(done.read_text())
         if info["args"] == extra and Path(info["checkpoint"]).exists():
             return Path(info["checkpoint"]), info["seconds"]
+    resume = ["--resume", "true"] if killed_run(out, extra, runs) else []
     cmd = [
         sys.executable,
         "-m",
@@ -95,6 +96,7 @@ def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 
         f"shapes-{variant}-seed{seed}",
         *ALL_VARIANTS[variant],
         *extra,
+        *resume,
     ]
     print("[quality] train:", " ".join(cmd[2:]), flush=True)
     t = time.perf_counter()
@@ -104,6 +106,23 @@ def train(variant: str, seed: int, runs: Path, extra: list[str], threads: int = 
     ckpt = final_checkpoint(out)
     done.write_text(json.dumps({"args": extra, "checkpoint": str(ckpt), "seconds": seconds}))
     return ckpt, seconds
+
+
+def killed_run(out: Path, extra: list[str], runs: Path) -> bool:
+    """Whether ``out`` holds the saved state of this very training, killed before it finished: then it resumes. The
+    trainer replays the same steps (the result is the uninterrupted run's) and refuses a state of other options;
+    the length is checked here, since the trainer lets a resumed run change it."""
+    import yaml
+
+    from trainer.checkpoint import latest_info
+
+    info = latest_info(out)
+    saved = None if info is None else info.get("config")
+    if saved is None:
+        return False
+    recipe = yaml.safe_load((runs / RECIPE_COPY).read_text())
+    steps = int(extra[extra.index("--steps") + 1]) if "--steps" in extra else recipe["steps"]
+    return saved.get("steps") == steps
 
 
 def final_checkpoint(out: Path) -> Path:

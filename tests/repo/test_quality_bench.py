@@ -50,3 +50,21 @@ def test_the_variant_is_chosen_on_validation_prompts_only(tmp_path, val, chosen)
     best, record = quality.choose_variant(None, cache, {}, keys, a, s, val_captions)
     assert best == chosen and record["chosen"] == chosen
     assert set(record["scores"]) == {"contextdiff", "self_bias", "eq5"}
+
+
+def test_a_killed_training_resumes_only_when_its_state_is_of_the_same_length(tmp_path):
+    """A rerun of the bench continues a model killed mid-training (the trainer refuses other options), but not a
+    state of another length: the schedule would differ from the uninterrupted run's."""
+    import torch
+
+    from trainer.checkpoint import save_state
+
+    (tmp_path / quality.RECIPE_COPY).write_text("mode: shapes\nsteps: 1000\n")
+    out = tmp_path / "no_bias-seed2"
+    assert not quality.killed_run(out, ["--steps", "3000"], tmp_path)  # nothing saved yet
+    save_state(out, 500, {"w": torch.zeros(1)}, {}, {"mode": "shapes"})  # a state from before states kept options
+    assert not quality.killed_run(out, ["--steps", "3000"], tmp_path)
+    save_state(out, 1000, {"w": torch.zeros(1)}, {}, {"mode": "shapes", "config": {"steps": 3000}})
+    assert quality.killed_run(out, ["--steps", "3000"], tmp_path)
+    assert not quality.killed_run(out, ["--steps", "2000"], tmp_path)
+    assert not quality.killed_run(out, [], tmp_path)  # the recipe's 1,000 steps
