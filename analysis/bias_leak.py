@@ -56,6 +56,7 @@ VARIANTS = {
     "self/x0 mix 0.5": ("selfmix", ["--self_bias", "0.5"]),
     "input blur 2 px": ("blur", ["--input_blur", "2.0"]),
     "input noise 0.5": ("noise", ["--input_noise", "0.5"]),
+    "text-only bias": ("text", ["--bias_input", "none"]),
 }
 
 

@@ -43,8 +43,16 @@ RECIPE = ROOT / "trainer" / "configs" / "shapes.yaml"
 RECIPE_COPY = "recipe.yaml"  # every model of a run trains from this copy, taken when the run starts
 VARIANTS = {"contextdiff": [], "no_bias": ["--use_bias", "false"], "bias_l2": ["--bias_l2", "1.0"]}
 # Issue 20's leak-free candidates (docs/bias_leak.md): the best is chosen on validation prompts only.
-CANDIDATES = {"self_bias": ["--self_bias", "1.0"], "eq5": ["--objective", "eq5"]}
-CANDIDATE_NAMES = {"self_bias": "self-consistent bias (--self_bias 1)", "eq5": "Eq. 5 (--objective eq5)"}
+CANDIDATES = {
+    "self_bias": ["--self_bias", "1.0"],
+    "eq5": ["--objective", "eq5"],
+    "text_bias": ["--bias_input", "none"],
+}
+CANDIDATE_NAMES = {
+    "self_bias": "self-consistent bias (--self_bias 1)",
+    "eq5": "Eq. 5 (--objective eq5)",
+    "text_bias": "text-only bias (--bias_input none)",
+}
 ALL_VARIANTS = {**VARIANTS, **CANDIDATES}
 FUSE_STARTS = (0.3, 0.5, 0.7, 0.9)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)

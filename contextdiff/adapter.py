@@ -43,6 +43,9 @@ class AdapterConfig:
     mlp_ratio: float = bounded(4.0, 0.0, 16.0)
     video: bool = False  # adds temporal causal attention
     temporal_window: int = bounded(3, 1, 64)  # frames each frame attends to, itself included (Table 8)
+    # False: r_phi(c, t) reads no image (its visual tokens are the patch grid's positions alone), so no image can leak
+    # into x_t and sampling computes the very bias training used (issue 20; docs/bias_leak.md).
+    image_input: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,8 +74,9 @@ class AdapterConfig:
                 span = f"an integer in {low}..{high}"
             if not ok:
                 raise ValueError(f"adapter hyper-parameter {name}={value!r} must be {span}")
-        if not isinstance(self.video, bool):
-            raise ValueError(f"adapter hyper-parameter video={self.video!r} must be true or false")
+        for flag in ("video", "image_input"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"adapter hyper-parameter {flag}={getattr(self, flag)!r} must be true or false")
         if self.dim % 2 or self.dim % self.heads:
             # Even: the sinusoidal timestep embedding has dim/2 frequencies; attention splits dim over heads.
             raise ValueError(
@@ -223,7 +227,8 @@ class ContextAdapter(nn.Module):
         if cfg.video and b % frames:
             raise ValueError(f"batch {b} is not a whole number of {frames}-frame clips")
         ph, pw = -h % p, -w % p
-        x = F.pad(x0, (0, pw, 0, ph), mode="replicate") if ph or pw else x0
+        x = x0 if cfg.image_input else torch.zeros_like(x0)
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
         gh, gw = x.shape[-2] // p, x.shape[-1] // p
         dtype = self.patch_in.weight.dtype
         tokens = self.patch_in(rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p).to(dtype))

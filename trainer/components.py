@@ -23,6 +23,7 @@ def build_adapter(cfg, latent_channels: int, context_dim: int, device, video: bo
             depth=cfg.adapter_depth,
             heads=cfg.adapter_heads,
             patch_size=cfg.adapter_patch,
+            image_input=cfg.bias_input == "image",
             **extra,
         )
     ).to(device)

@@ -278,6 +278,12 @@ class TrainConfig:
     input_noise: float = opt(
         0.0, "std of Gaussian noise added to r_phi's image input in training (0 = off; needs mode shapes)"
     )
+    bias_input: str = opt(
+        "image",
+        "what r_phi reads beside the text and t: image (x0 in training, x0hat in sampling: Eq. 1) or none "
+        "(r_phi(c, t): no image leaks into x_t, and sampling computes the bias training used)",
+        ["image", "none"],
+    )
     # Adapter architecture
     adapter_dim: int = opt(256, "adapter width", minimum=1)
     adapter_depth: int = opt(4, "transformer blocks (Tables 7/8)", minimum=1)

@@ -94,6 +94,26 @@ def test_file_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temporary file"
 
 
+def test_text_only_adapter_reads_no_image_and_its_files_say_so(tmp_path):
+    """``image_input=False`` (issue 20's leak-free bias): the output depends on the text and t, never on x0; the
+    flag survives the file, and a file written before the flag existed loads as an image-reading adapter."""
+    a = live_adapter(image_input=False)
+    text, t = torch.randn(1, 77, 768), torch.tensor(500.0)
+    zeros, noise = torch.zeros(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    assert torch.equal(a(noise, text, t), a(zeros, text, t))
+    assert (a(zeros, torch.randn(1, 77, 768), t) - a(zeros, text, t)).abs().max() > 1e-4  # still the text's
+    assert (a(zeros, text, t)[0, 0] - a(zeros, text, t)[0, 0].mean()).abs().max() > 1e-4  # a map, not a constant
+    image = live_adapter()
+    assert (image(noise, text, t) - image(zeros, text, t)).abs().max() > 1e-4  # the paper's reads x0
+    b, meta = load_adapter(save_adapter(a, tmp_path / "text.safetensors", "sd15"))
+    assert meta["config"].image_input is False and torch.equal(b(noise, text, t), b(zeros, text, t))
+    old = save_adapter(image, tmp_path / "old.safetensors", "sd15")
+    config = image.cfg.to_dict()
+    del config["image_input"]
+    _rewrite_metadata(old, config=json.dumps(config))
+    assert load_adapter(old)[1]["config"].image_input is True
+
+
 def _rewrite_metadata(path, **changes):
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
@@ -203,6 +223,7 @@ def test_batch_mismatch_matches_comfyui_repeat_to_batch_size(comfy_inprocess):
         ("patch_size", "2"),
         ("depth", 2.5),
         ("video", "yes"),
+        ("image_input", 1),
         ("latent_channels", True),
         ("temporal_window", 0),
         ("context_dim", None),
