@@ -188,7 +188,10 @@ def local_lipschitz(
         ju = jvp(v)
         with torch.enable_grad():
             xg = x.clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(fn(xg), xg, grad_outputs=ju)
+            out = fn(xg)
+            (grad,) = torch.autograd.grad(out, xg, ju, allow_unused=True) if out.requires_grad else (None,)
+        if grad is None:  # fn does not read x (a text-only adapter): its Jacobian is 0
+            return torch.zeros(x.shape[0], device=x.device)
         v = unit(grad)
     return jvp(v).float().flatten(1).norm(dim=1)
 

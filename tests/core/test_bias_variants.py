@@ -182,6 +182,15 @@ def test_local_lipschitz_is_the_spectral_norm():
         assert got[i].item() == pytest.approx(torch.linalg.matrix_norm(jac, ord=2).item(), rel=1e-4)
 
 
+def test_local_lipschitz_of_a_function_that_ignores_x_is_zero():
+    """A text-only adapter (``--bias_input none``) does not read x0: Lemma 4 holds with C_t = 0, whether its output
+    carries a graph (trainable weights) or none (frozen)."""
+    x = torch.randn(2, 3, 4, 4)
+    w = torch.randn(1, 3, 4, 4, requires_grad=True)
+    for fn in (lambda x: w.expand_as(x) * 2.0, lambda x: torch.ones_like(x)):
+        assert torch.equal(local_lipschitz(fn, x, iters=3), torch.zeros(2))
+
+
 def test_lipschitz_quotient_and_hinge():
     g = torch.Generator().manual_seed(5)
     mat = torch.randn(4, 4, generator=g)
