@@ -1,7 +1,8 @@
 """The shapes demo (scripts/demo.py's default): train the text-conditioned model on the captioned shapes world,
 run the three shapes workflows in a headless ComfyUI through the HTTP API, and write three pictures:
 
-- ``shapes_text_to_image.png``: captions and their samples, the adapter's bias on and off (strength 0);
+- ``shapes_text_to_image.png``: captions and their samples, the adapter's bias on and off (strength 0), with the
+  exact judge's verdict on each sample and its counts per attribute;
 - ``shapes_edit.png``: a rendered scene, inverted and edited (red -> green, circle -> square);
 - ``shapes_video_edit.png``: a moving red circle and its edit to a blue one, frame by frame.
 """
