@@ -77,22 +77,24 @@ def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: di
     return final
 
 
+def latest_folder(output_dir: Path) -> Path | None:
+    """The folder ``state/latest`` points at (the latest complete state), or ``None`` when there is none."""
+    pointer = Path(output_dir) / "state" / "latest"
+    return pointer.parent / pointer.read_text().strip() if pointer.exists() else None
+
+
 def latest_info(output_dir: Path) -> dict | None:
     """The ``info.json`` of the latest complete state (its step, and the options it was trained with), or ``None``."""
-    pointer = Path(output_dir) / "state" / "latest"
-    if not pointer.exists():
-        return None
-    return json.loads((pointer.parent / pointer.read_text().strip() / "info.json").read_text())
+    folder = latest_folder(output_dir)
+    return None if folder is None else json.loads((folder / "info.json").read_text())
 
 
 def load_state(output_dir: Path):
     """``(weights, extra, info)`` of the latest complete state, or ``None`` when there is none."""
-    root = Path(output_dir) / "state"
-    pointer = root / "latest"
-    if not pointer.exists():
+    folder = latest_folder(output_dir)
+    if folder is None:
         return None
-    folder = root / pointer.read_text().strip()
     weights = load_file(str(folder / "weights.safetensors"))
     extra = torch.load(folder / "optim.pt", weights_only=True)
-    info = json.loads((folder / "info.json").read_text())
+    info = json.loads((folder / "info.json").read_text())  # the same folder's, even if a save moves the pointer
     return weights, extra, info
