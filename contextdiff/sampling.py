@@ -43,7 +43,8 @@ MODEL_CAUSE = "in fp16 this is usually an overflow: run the model in bf16 or fp3
 
 
 def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSampler:
-    """Fresh standard normal noise per call from a generator seeded once, like k-diffusion's."""
+    """Fresh standard normal noise per call from a generator seeded once, as k-diffusion seeded it up to ComfyUI
+    0.3.x; inside ComfyUI the nodes pass the host's own noise sampler instead (its seeding changed in 0.8)."""
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device)

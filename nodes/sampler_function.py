@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import comfy.k_diffusion.sampling
 import comfy.samplers
 import torch
 
@@ -111,15 +112,25 @@ def biased_run(
     adapter: LoadedAdapter | None = None,
     strength: float = 1.0,
     frames: int | None = None,
+    host_noise: bool = False,
     **options: Any,
 ) -> torch.Tensor:
     """KSAMPLER function: the checks and the adapter's bias that sampling and inversion share, then ``loop`` (a
     sampler of :mod:`contextdiff.sampling` or :func:`contextdiff.inversion.invert_ddim`) with ``bias``, ``cause``
-    and ``options``."""
+    and ``options``. ``host_noise``: a stochastic loop draws its noise from the host's own noise sampler."""
     bias, cause = prepare(model, x, adapter, strength, frames)
+    if host_noise:
+        options["noise_sampler"] = host_noise_sampler(x, (extra_args or {}).get("seed"))
     extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
     with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
         return loop(model, x, sigmas, extra_args, callback, disable, bias=bias, cause=cause, **options)
+
+
+def host_noise_sampler(x: torch.Tensor, seed: int | None) -> sampling.NoiseSampler:
+    """The noise ComfyUI's own ancestral samplers draw for this seed: its ``default_noise_sampler``, whose seeding
+    changes between versions (0.8 seeds the CPU generator with ``seed + 1``), so that at strength 0 our DDPM draws
+    exactly what core ``ddpm`` draws on every host."""
+    return comfy.k_diffusion.sampling.default_noise_sampler(x, seed=seed)
 
 
 def check_options(strength: float, eta: float = 0.0, method: str = "ddim") -> None:
@@ -154,7 +165,13 @@ def contextdiff_ksampler(
     else:
         loop = sampling.sample_contextdiff_ddpm
     options = dict(
-        loop=loop, adapter=adapter, strength=strength, frames=frames, start_has_bias=start_has_bias, on_level=on_level
+        loop=loop,
+        adapter=adapter,
+        strength=strength,
+        frames=frames,
+        start_has_bias=start_has_bias,
+        on_level=on_level,
+        host_noise=method == "ddpm" or eta > 0,
     )
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
     return comfy.samplers.KSAMPLER(biased_run, extra_options=options, inpaint_options={"random": method == "ddim"})

@@ -115,6 +115,7 @@ def test_zero_adapter_ddpm_equals_core_ddpm(server, adapters):
 
 def reference(adapter_path, method="ddim", strength=1.0, seed=3, scheduler="normal", start_has_bias=False):
     """The same run without the node pack: tiny model, hand-written CFG, contextdiff samplers."""
+    import comfy.k_diffusion.sampling
     import comfy.sample
     import comfy.samplers
     from comfy_models import build_sd15, random_conditioning
@@ -145,7 +146,9 @@ def reference(adapter_path, method="ddim", strength=1.0, seed=3, scheduler="norm
     if method == "ddim":
         out = sampling.sample_contextdiff_ddim(denoiser, x, sigmas, **options)
     else:
-        out = sampling.sample_contextdiff_ddpm(denoiser, x, sigmas, extra_args={"seed": seed}, **options)
+        # The host's own noise for this seed, as the node draws it (its seeding differs between host versions).
+        noise_sampler = comfy.k_diffusion.sampling.default_noise_sampler(x, seed=seed)
+        out = sampling.sample_contextdiff_ddpm(denoiser, x, sigmas, noise_sampler=noise_sampler, **options)
     return base.process_latent_out(out)
 
 
@@ -481,3 +484,41 @@ def test_inversion_node_is_exact_with_the_gaussian_denoiser(server, adapters, sc
     x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))  # what RandomLatent gives
     assert rel_err(round_trip(50), x0) <= 1e-4
     assert rel_err(round_trip(0), x0) > 1e-3  # classic inversion is not exact: the refinement is the fix
+
+
+def test_ddpm_draws_the_hosts_noise_whatever_its_seeding(comfy_inprocess, monkeypatch):
+    """Strength 0 DDPM = core ddpm follows the host's noise seeding, not a copy of one version's: ComfyUI 0.8 seeds
+    its CPU noise generator with ``seed + 1``. Here the host's ``default_noise_sampler`` is replaced by one seeded
+    with ``seed + 7`` (a host that changed it again); core ``ddpm`` and ours must still agree, on any host."""
+    import importlib
+
+    import comfy.k_diffusion.sampling as k_sampling
+    import comfy.sample
+    import comfy.samplers
+    from comfy_models import build_sd15, random_conditioning
+
+    from devkit import import_pack
+
+    sampler_function = importlib.import_module(import_pack().__name__ + ".nodes.sampler_function")
+    original = k_sampling.default_noise_sampler
+
+    def reseeded(x, seed=None):
+        return original(x, seed=None if seed is None else seed + 7)
+
+    monkeypatch.setattr(k_sampling, "default_noise_sampler", reseeded)
+    patcher = build_sd15(0, 32, 768)
+    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+
+    def run(sampler):
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.set_conds(random_conditioning(1), random_conditioning(2))
+        guider.set_cfg(4.0)
+        sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", STEPS)
+        noise = comfy.sample.prepare_noise(latent, 3)
+        return guider.sample(noise, latent, sampler, sigmas, seed=3, disable_pbar=True)
+
+    core = run(comfy.samplers.sampler_object("ddpm"))
+    ours = run(sampler_function.contextdiff_ksampler(None, "ddpm"))
+    assert rel_err(ours, core) <= 1e-5
+    monkeypatch.setattr(k_sampling, "default_noise_sampler", original)
+    assert rel_err(run(comfy.samplers.sampler_object("ddpm")), core) > 1e-2  # the reseeding did change the noise
