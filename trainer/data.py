@@ -12,6 +12,7 @@ stop the run with a clear message, as ``on_bad_data`` says. An empty data set al
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,74 +53,72 @@ def _problem(report: dict, kind: str, what: str, on_bad_data: str):
     report.setdefault(kind, []).append(what)
 
 
-def decode_utf8(data: bytes, where: str, offset: int = 0) -> str:
-    """``data`` as UTF-8 text (a leading byte-order mark dropped); a :class:`_BadItem` naming ``where`` and the
-    byte offset (``offset``: that of ``data`` in its file) otherwise."""
+def decode_utf8(data: bytes, where: str, offset: int = 0, kind: str = "bad_caption") -> str:
+    """``data`` as UTF-8 text (a leading byte-order mark dropped); a :class:`_BadItem` of ``kind`` naming ``where``
+    and the byte offset (``offset``: that of ``data`` in its file) otherwise."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise _BadItem(
-            "bad_caption",
-            f"{where} is not UTF-8: byte 0x{data[e.start]:02x} at offset {offset + e.start} ({CAPTION_RULE})",
+            kind, f"{where} is not UTF-8: byte 0x{data[e.start]:02x} at offset {offset + e.start} ({CAPTION_RULE})"
         ) from None
 
 
-def _folder_items(path: Path) -> tuple[list, list]:
-    """``(image, caption)`` pairs of a folder, and its unusable items as :class:`_BadItem`."""
-    items, bad = [], []
+def _caption(text: str, missing: str) -> str:
+    """``text`` stripped; a ``missing_caption`` :class:`_BadItem` saying ``missing`` when nothing is left."""
+    if not text.strip():
+        raise _BadItem("missing_caption", missing)
+    return text.strip()
+
+
+def _folder_items(path: Path) -> Iterator[tuple[Path, str] | _BadItem]:
+    """A folder's ``(image, caption)`` pairs, and a :class:`_BadItem` for each unusable one."""
     for img in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         cap = img.with_suffix(".txt")
         try:
-            text = decode_utf8(cap.read_bytes(), cap.name).strip() if cap.is_file() else ""
+            text = decode_utf8(cap.read_bytes(), cap.name) if cap.is_file() else ""
+            yield img, _caption(text, f"{img.name} has no caption file {cap.name}")
         except _BadItem as e:
-            bad.append(e)
-            continue
-        if not text:
-            bad.append(_BadItem("missing_caption", f"{img.name} has no caption file {cap.name}"))
-            continue
-        items.append((img, text))
-    return items, bad
+            yield e
 
 
-def _jsonl_items(path: Path) -> tuple[list, list]:
-    """``(image, caption)`` pairs of a JSONL file, and its unusable lines as :class:`_BadItem`."""
-    items, bad, offset = [], [], 0
+def _record(line: str, path: Path, n: int) -> tuple[Path, str]:
+    """The pair of line ``n`` of the JSONL file ``path``."""
+    try:
+        rec = json.loads(line)
+        img, cap = path.parent / rec["image"], str(rec["caption"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise _BadItem("bad_line", f'{path.name} line {n} is not {{"image": ..., "caption": ...}}') from None
+    return img, _caption(cap, f"{path.name} line {n} has an empty caption")
+
+
+def _jsonl_items(path: Path) -> Iterator[tuple[Path, str] | _BadItem]:
+    """A JSONL file's ``(image, caption)`` pairs, and a :class:`_BadItem` for each unusable line."""
+    offset = 0
     for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
         start, offset = offset, offset + len(raw)
         try:
-            line = decode_utf8(raw, f"{path.name} line {n}", start)
+            line = decode_utf8(raw, f"{path.name} line {n}", start, kind="bad_line")
+            if line.strip():
+                yield _record(line, path, n)
         except _BadItem as e:
-            bad.append(_BadItem("bad_line", str(e)))
-            continue
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            img, cap = path.parent / rec["image"], str(rec["caption"]).strip()
-        except (json.JSONDecodeError, KeyError, TypeError):
-            bad.append(_BadItem("bad_line", f'{path.name} line {n} is not {{"image": ..., "caption": ...}}'))
-            continue
-        if not cap:
-            bad.append(_BadItem("missing_caption", f"{path.name} line {n} has an empty caption"))
-            continue
-        items.append((img, cap))
-    return items, bad
+            yield e
 
 
 def scan(source: str, on_bad_data: str = "skip") -> CaptionedImages:
     """The usable image-caption pairs of ``source``, every image decoded once (see the module's docstring)."""
     path = Path(source)
     if path.is_dir():
-        items, bad = _folder_items(path)
+        found = list(_folder_items(path))
     elif path.is_file() and path.suffix == ".jsonl":
-        items, bad = _jsonl_items(path)
+        found = list(_jsonl_items(path))
     else:
         raise DataError(f"dataset {source!r} is neither a folder of images nor a .jsonl file")
     skipped: dict[str, list[str]] = {}
-    for e in bad:
+    for e in (item for item in found if isinstance(item, _BadItem)):
         _problem(skipped, e.kind, str(e), on_bad_data)
     readable = []
-    for img, cap in items:
+    for img, cap in (item for item in found if not isinstance(item, _BadItem)):
         try:
             read_rgb(img)
             readable.append((img, cap))

@@ -731,6 +731,14 @@ def recorded_run(tmp_path, dataset, *args):
     return proc, record
 
 
+def noise_pictures(folder: Path, captions: dict[str, str], seed: int) -> None:
+    """A 64 x 64 noise picture under each name of ``captions``, with its caption in the same-name .txt."""
+    rng = np.random.default_rng(seed)
+    for name, caption in captions.items():
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name, quality=95)
+        (folder / name).with_suffix(".txt").write_text(caption, encoding="utf-8")
+
+
 def recorded_pixels(record: Path) -> list[np.ndarray]:
     """The (64, 64, 3) pictures the run encoded, in [0, 255]."""
     return [torch.load(p)[0].numpy() * 255.0 for p in sorted(record.glob("pixels-*.pt"))]
@@ -801,20 +809,16 @@ def test_round4_bad_files_are_found_before_the_model_loads(tmp_path):
 
     d = tmp_path / "bad"
     d.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"good{i}.png")
-        (d / f"good{i}.txt").write_text(f"a good picture {i}")
+    noise_pictures(d, {"good0.png": "a good picture", "good1.png": "another good picture"}, seed=1)
     # A PNG whose header claims 20000 x 20000 pixels (400 M, over PIL's 2 x MAX_IMAGE_PIXELS): its own CRC is valid.
     png = bytearray((d / "good0.png").read_bytes())
     png[16:24] = (20000).to_bytes(4, "big") * 2
     png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")
     (d / "abomb.png").write_bytes(bytes(png))
     (d / "abomb.txt").write_text("a bomb")
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / "ztrunc.jpg", quality=95)
+    noise_pictures(d, {"ztrunc.jpg": "a truncated photo"}, seed=2)
     data = (d / "ztrunc.jpg").read_bytes()
     (d / "ztrunc.jpg").write_bytes(data[: len(data) // 2])
-    (d / "ztrunc.txt").write_text("a truncated photo")
 
     stopped, record = recorded_run(tmp_path, d, "--on_bad_data", "error")
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
@@ -839,12 +843,9 @@ def test_round4_captions_are_utf8_or_refused_naming_the_byte(tmp_path):
     model loads."""
     d = tmp_path / "captions"
     d.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"img{i}.png")
+    noise_pictures(d, {"img0.png": "", "img1.png": "", "img2.png": "a plain caption"}, seed=3)
     (d / "img0.txt").write_bytes("\ufeffa café by the sea".encode("utf-8"))  # UTF-8 with a BOM
     (d / "img1.txt").write_bytes("a café in the rain".encode("latin-1"))
-    (d / "img2.txt").write_text("a plain caption", encoding="utf-8")
     proc, record = recorded_run(tmp_path, d)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped: img1.txt is not UTF-8: byte 0xe9 at offset 5" in proc.stdout, proc.stdout[-3000:]
