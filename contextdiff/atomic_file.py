@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 _TRIES = 100
+_TOKEN_BYTES = 6  # the random part of a temporary name: twice as many hex digits
 
 
 def _fresh_name(parent: Path, prefix: str, suffix: str) -> Path:
-    return parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+    return parent / f"{prefix}{secrets.token_hex(_TOKEN_BYTES)}{suffix}"
 
 
 def create_temp_file(parent: Path, prefix: str, suffix: str = "") -> Path:
@@ -65,3 +67,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def stale_temp_files(path: str | os.PathLike, suffix: str = ".tmp") -> list[Path]:
+    """The temporary files :func:`atomic_path` left beside ``path`` (``.<name>.<random hex><suffix>``) when its
+    writer was killed before the rename: only names of that exact pattern, only in ``path``'s folder."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(suffix)}")
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())

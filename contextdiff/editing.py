@@ -155,13 +155,17 @@ class VideoSettings:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a diffusion model computes with, cheaply: digests of a sample of its own weights, of its weight
-    patches (LoRA, merges: keys, strengths and sampled values) and of its noise schedule (model_sampling)."""
+    """What a diffusion model computes with, cheaply: digests of a sample of its own weights, of the weight patches
+    that change them (LoRA, merges: keys, strengths and sampled values) and of its noise schedule (model_sampling),
+    its prediction type (``EPS``, ``V_PREDICTION``, ...), and the functions other nodes hooked into its sampling
+    (FreeU's patch, wrappers: each named by its kind and maker)."""
 
     weights: str
     patches: str
     patch_count: int
     sampling: str
+    prediction: str = ""
+    wrappers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,13 @@ class EditIdentity:
             return (
                 f"the edit_source was inverted with {self.model.patch_count} weight patches on the model (LoRA, "
                 f"merges), this model has {edit.model.patch_count}{other}: {same_model}"
+            )
+        if self.model.prediction != edit.model.prediction:
+            schedule = " and another noise schedule" if self.model.sampling != edit.model.sampling else ""
+            return (
+                f"the edit_source was inverted with a model that predicts {self.model.prediction}, this model "
+                f"predicts {edit.model.prediction}{schedule} (the prediction type, e.g. a ModelSamplingDiscrete node "
+                f"on one of the two models): {same_model}"
             )
         if self.model.sampling != edit.model.sampling:
             return (
@@ -212,6 +223,23 @@ class EditIdentity:
         problem = self.mismatch(edit)
         if problem:
             raise EditSourceMismatch(problem)
+
+    def hook_differences(self, edit: EditIdentity) -> list[str]:
+        """One sentence per side when the two models' sampling hooks differ (FreeU on the edit's model only, ...):
+        the weights and schedule are the same, so the edit runs, but it starts from no exact reconstruction."""
+        notes = []
+        for side, ours, theirs in (
+            ("the edit's", edit.model.wrappers, self.model.wrappers),
+            ("the inversion's", self.model.wrappers, edit.model.wrappers),
+        ):
+            only = [w for w in ours if w not in theirs]
+            if only:
+                notes.append(
+                    f"the edit model differs from the inversion's: {'; '.join(only)} only on {side} model, so the "
+                    "edit does not start from an exact reconstruction of the source (connect the same model to both "
+                    "nodes for one)"
+                )
+        return notes
 
 
 @dataclass(frozen=True)

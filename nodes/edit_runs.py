@@ -155,8 +155,11 @@ def plan_edit(settings: EditSettings, inversion: InversionSettings, clip: CLIP |
     )
 
 
-def check_source_fits(model: ModelPatcher, source: Inversion, adapter: LoadedAdapter | None, strength: float) -> None:
-    """Refuse an edit source made by another model, adapter or strength than this edit's, naming the difference."""
+def check_source_fits(
+    model: ModelPatcher, source: Inversion, adapter: LoadedAdapter | None, strength: float
+) -> list[str]:
+    """Refuse an edit source made by another model, adapter or strength than this edit's, naming the difference;
+    the warnings on sampling hooks (FreeU, ...) that only one of the two models has."""
     channels = model.model.latent_format.latent_channels
     if len(source.latent_shape) < 2 or source.latent_shape[1] != channels:
         raise EditInputError(
@@ -169,15 +172,16 @@ def check_source_fits(model: ModelPatcher, source: Inversion, adapter: LoadedAda
             "the edit_source was recorded on another model (its attention layers do not match this "
             "model's): connect the same model to the inversion and the edit sampler"
         )
-    source.identity.require_match(edit_identity(model, adapter, strength))
+    identity = edit_identity(model, adapter, strength)
+    source.identity.require_match(identity)
+    return source.identity.hook_differences(identity)
 
 
 def edit(guide: Guide, source: Inversion, plan: EditPlan) -> EditResult:
     """Sample from the inverted noise with the target prompt (``guide``), fusing the source attention as ``plan``
     says (with its guidance and adapter strength)."""
     model, adapter = guide.model, guide.adapter
-    check_source_fits(model, source, adapter, plan.strength)
-    warnings = list(plan.warnings)
+    warnings = [*plan.warnings, *check_source_fits(model, source, adapter, plan.strength)]
     step_of = StepIndex(source.sigmas)
     blend = BlendMask(plan.blend_target, plan.blend_source, plan.blend_threshold) if plan.fuse else None
     editor = AttentionEditor(

@@ -1,5 +1,6 @@
-"""The identity of what makes an edit source, cheaply: digests of a sample of the model's weights, of its weight
-patches and its noise schedule, and of the adapter, once per node run (never per step)."""
+"""The identity of what makes an edit source, cheaply: digests of a sample of the model's weights, of the weight
+patches that change them and of its noise schedule, its prediction type, the functions other nodes hooked into its
+sampling (FreeU, ...), and a digest of the adapter, once per node run (never per step)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,68 @@ def _tensors(patch: object) -> Iterator[torch.Tensor]:
         yield from _tensors(patch.weights)
 
 
+def _changes_weight(entry: tuple) -> bool:
+    """Whether one weight patch ``(strength_patch, patch, strength_model, offset, function)`` changes the weight:
+    ComfyUI adds ``strength_patch`` times the patch's difference to ``strength_model`` times the weight, so a patch
+    at strength 0 (a LoRA loaded with strength_model 0 for its CLIP strength) changes nothing, unless it is a
+    ``("set", tensor)`` patch, which replaces the weight whatever its strength."""
+    strength_patch, patch, strength_model = entry[:3]
+    replaces = isinstance(patch, tuple) and len(patch) == 2 and patch[0] == "set"
+    return strength_patch != 0 or strength_model != 1 or replaces
+
+
+def _name(fn: object) -> str:
+    """What made a patch function, briefly: the class or function that defined it (``FreeU`` for FreeU's)."""
+    fn = getattr(fn, "func", fn)  # functools.partial
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return qualname.split(".<locals>")[0].split(".")[0]
+
+
+def _names(value: object) -> str:
+    """The makers of the functions in ``value`` (a function, or lists and dicts of them), sorted, comma-separated."""
+    found: set[str] = set()
+
+    def walk(v: object) -> None:
+        if isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+        elif callable(v):
+            found.add(_name(v))
+
+    walk(value)
+    return ", ".join(sorted(found))
+
+
+def _described(kind: str, value: object) -> str:
+    names = _names(value)
+    return f"{kind} ({names})" if names else kind
+
+
+def model_wrappers(model: ModelPatcher) -> tuple[str, ...]:
+    """The functions other nodes hooked into the model's sampling (FreeU's output block patch, attention patches and
+    replacements, unet and cfg function wrappers, wrappers and callbacks, object patches but the noise schedule),
+    each named with its kind and the class or function that made it; sorted, for comparison."""
+    found = []
+    options = model.model_options
+    for key, value in options.items():
+        if key != "transformer_options" and value:
+            found.append(_described(key, value))
+    for key, value in options.get("transformer_options", {}).items():
+        # ComfyUI's names: patches "output_block_patch", "attn1_patch", ...; replacements "attn2", "dit", ...
+        kind = {"patches": "", "patches_replace": " replace", "wrappers": " wrapper", "callbacks": " callback"}
+        if key in kind and isinstance(value, dict):
+            found += [_described(f"{name}{kind[key]}", v) for name, v in value.items() if v]
+        elif value:
+            found.append(_described(key, value))
+    for kind, table in (("wrapper", getattr(model, "wrappers", {})), ("callback", getattr(model, "callbacks", {}))):
+        found += [_described(f"{name} {kind}", v) for name, v in table.items() if v]
+    found += [f"object patch {key}" for key in getattr(model, "object_patches", {}) if key != "model_sampling"]
+    return tuple(sorted(set(found)))
+
+
 def model_identity(model: ModelPatcher) -> ModelIdentity:
     """The model's identity. Weights that a loaded patch changed in place are read from ComfyUI's backup of
     the originals (shared by every clone), so the answer does not depend on which clone was loaded last."""
@@ -60,17 +123,21 @@ def model_identity(model: ModelPatcher) -> ModelIdentity:
         weights.update(key.encode())
         _update(weights, backup.weight if backup is not None else state[key])
     patches = hashlib.sha256()
-    keys = sorted(model.patches)
+    effective = {key: [e for e in entries if _changes_weight(e)] for key, entries in model.patches.items()}
+    keys = sorted(key for key, entries in effective.items() if entries)
     sampled = set(_spread(keys, SAMPLED_TENSORS))
     for key in keys:
-        for strength_patch, patch, strength_model, offset, function in model.patches[key]:
+        for strength_patch, patch, strength_model, offset, function in effective[key]:
             patches.update(f"{key}|{strength_patch}|{strength_model}|{offset}|{function is not None}".encode())
             if key in sampled:
                 for t in _tensors(patch):
                     _update(patches, t)
     sampling = model.get_model_object("model_sampling")
-    # The prediction type is in the base classes (EPS, V_PREDICTION, ...): ComfyUI names the class itself freely.
-    schedule = hashlib.sha256("/".join(c.__name__ for c in type(sampling).__mro__[1:]).encode())
+    # ComfyUI builds the class from a schedule and a prediction type (EPS, V_PREDICTION, ...: the first base class
+    # that says how the output becomes x0) and names it freely; the schedule is the bases outside the prediction's.
+    bases = type(sampling).__mro__[1:]
+    predicts = next((c for c in bases if "calculate_denoised" in vars(c)), object)
+    schedule = hashlib.sha256("/".join(c.__name__ for c in bases if c not in predicts.__mro__).encode())
     if isinstance(getattr(sampling, "sigmas", None), torch.Tensor):
         _update(schedule, sampling.sigmas)
     return ModelIdentity(
@@ -78,6 +145,8 @@ def model_identity(model: ModelPatcher) -> ModelIdentity:
         patches=patches.hexdigest()[:16] if keys else "",
         patch_count=len(keys),
         sampling=schedule.hexdigest()[:16],
+        prediction=predicts.__name__ if predicts is not object else "unknown",
+        wrappers=model_wrappers(model),
     )
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .types import LoadedAdapter
 
 IMAGES_FPS = 8.0  # frames given as images carry no rate
-# Declared ranges of the inputs validate_inputs takes over from ComfyUI (so it checks them itself).
+# Declared ranges, checked by ComfyUI when queued and again by input_errors at run time (for values from links).
 RANGES = {"chunk_size": (1, 64), "overlap": (0, 32)}
 
 
@@ -54,10 +54,20 @@ def output_prefix_error(prefix: str) -> str | None:
     return None
 
 
+def video_path_error(video: str | None) -> str | None:
+    """Why ``video`` names no file inside the input folder, or ``None`` (also for a link or no video)."""
+    if video:
+        try:
+            safe_input_path(folder_paths.get_input_directory(), video)
+        except VideoError as err:
+            return str(err)
+    return None
+
+
 def input_errors(
     chunk_size: int | None, overlap: int | None, save_mp4: bool | None, filename_prefix: str | None, video: str | None
 ) -> str | None:
-    """The checks this node takes over from ComfyUI (``None`` values are links, checked at run time)."""
+    """The checks of the inputs' values and how they relate, before anything is read (``None``: not known yet)."""
     for name, value in (("chunk_size", chunk_size), ("overlap", overlap)):
         lo, hi = RANGES[name]
         if value is not None and not lo <= value <= hi:
@@ -68,12 +78,7 @@ def input_errors(
         error = output_prefix_error(filename_prefix)
         if error:
             return error
-    if video:
-        try:
-            safe_input_path(folder_paths.get_input_directory(), video)
-        except VideoError as err:
-            return str(err)
-    return None
+    return video_path_error(video)
 
 
 class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category="sampling/contextdiff/editing"):
@@ -123,16 +128,11 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
         )
 
     @classmethod
-    def validate_inputs(
-        cls,
-        chunk_size: int | None,
-        overlap: int | None,
-        save_mp4: bool | None = None,
-        filename_prefix: str | None = None,
-        video: str | None = "",
-    ) -> bool | str:
-        # Only the inputs named here are taken from ComfyUI's own checks; each is checked in full.
-        return input_errors(chunk_size, overlap, save_mp4, filename_prefix, video) or True
+    def validate_inputs(cls, video: str | None = "") -> bool | str:
+        # ComfyUI files a message of this function under every input it takes: it takes only the path, so a path
+        # outside the input folder is reported once, under 'video'. The ranges are ComfyUI's own checks (each under
+        # its input); how overlap relates to chunk_size, and the output path, are checked first thing at run time.
+        return video_path_error(video) or True
 
     @classmethod
     def fingerprint_inputs(cls, video: str = "", **kwargs: object) -> str:

@@ -27,7 +27,9 @@ SELECT = (
     # issue 22's classes
     "or edit_source or identity_mismatch or prompt_text or first_chunk or before_the_inversion "
     "or before_inverting or error_types or pixels_to_image or labels or label_count or label_text "
-    "or reversed_range or cancel_checks"
+    "or reversed_range or cancel_checks "
+    # issue 32's classes
+    "or round4"
 )
 # Issue 12's classes of problems found by driving the pack as a user would, and the keywords of their tests
 # (the names of the tests that check each class; a test may count in more than one).
@@ -82,6 +84,20 @@ CLASSES_22 = [
     ("7", "Cancel honoured within one attention call on every path", ("interrupt", "cancel_checks")),
     ("8", "error types read cleanly in ComfyUI's dialog", ("error_types",)),
 ]
+# Issue 32's classes (a fourth user-style run: Cancel, linked prompt texts, combined conditionings, training data,
+# messages, temporary files), same form.
+CLASSES_32 = [
+    ("1", "a job refused or cancellable at every stage", ("round4_cancel",)),
+    ("2", "prompt texts through links resolved or named", ("round4_linked_text",)),
+    ("3", "combined conditionings: what was fused, said exactly", ("round4_combined",)),
+    (
+        "4",
+        "training images and captions read faithfully or refused by name, before any model loads",
+        ("round4_image_modes", "round4_captions", "round4_bad_files"),
+    ),
+    ("5", "messages name the actual cause and the input that holds it", ("round4_messages",)),
+    ("6", "no temporary file of a killed run survives the next one", ("round4_stale_temp",)),
+]
 # Tests that assert that nothing was lost or half-written.
 NO_LOSS = ("sigkill", "full_disk", "interrupt", "atomic", "round_trip")
 
@@ -132,6 +148,7 @@ def main() -> int:
     survived = sum(1 for r in rows if r[1] == "passed")
     asserted = sum(1 for r in rows if r[1] == "passed" and any(k in r[0] for k in NO_LOSS))
     by_class, by_class_22 = class_table(rows, CLASSES), class_table(rows, CLASSES_22, "22.")
+    by_class_32 = class_table(rows, CLASSES_32, "32.")
     page = ROOT / "docs" / "reliability.md"
     page.write_text(f"""# Reliability
 
@@ -155,6 +172,12 @@ Issue 22's classes (a case can count in more than one class, and in issue 12's t
 | class | what must hold | cases | passed |
 |---|---|---|---|
 {chr(10).join(by_class_22)}
+
+Issue 32's classes (a case can count in more than one class, and in the tables above too):
+
+| class | what must hold | cases | passed |
+|---|---|---|---|
+{chr(10).join(by_class_32)}
 
 | file | case | what is tried | result | data lost | time |
 |---|---|---|---|---|---|

@@ -5,7 +5,8 @@
 - Host graphs: the API-format prompts of the editing tests (tiny model, CLIP and VAE from
   ``tests/host_nodes``; inversion; the edit sampler; the video edit node), reused by the family tests.
 - Trainer ``--base_factory`` bundles (``--base_factory helpers:tiny_sd15``): :func:`tiny_sd15` (no
-  checkpoint, no weights), :func:`counting_sd15` (logs what a run VAE-encodes) and
+  checkpoint, no weights), :func:`counting_sd15` (logs what a run VAE-encodes), :func:`recording_sd15`
+  (records when the base was built, the pixels and captions it encodes) and
   :func:`checkpoint_with_tiny_sdxl_clip` (a family checkpoint file with the tiny dual SDXL CLIP: the
   test checkpoints carry no text encoder; SDXL's are 0.8B parameters at fixed sizes).
 
@@ -175,6 +176,30 @@ def counting_sd15(cfg, device):
         return encode(pixels)
 
     bundle.encode_images = counted
+    return bundle
+
+
+def recording_sd15(cfg, device):
+    """:func:`tiny_sd15` that records in the folder ``$CONTEXTDIFF_TEST_RECORD``: a file ``base_loaded`` when it is
+    built, each image batch it encodes (``pixels-<n>.pt``, in call order) and each caption it encodes (a JSON line of
+    ``captions.jsonl``): when a run loads its model, and what it trains on."""
+    import json
+
+    record = Path(os.environ["CONTEXTDIFF_TEST_RECORD"])
+    (record / "base_loaded").touch()
+    bundle = tiny_sd15(cfg, device)
+    encode_images, encode_text = bundle.encode_images, bundle.encode_text
+
+    def images(pixels):
+        torch.save(pixels.cpu(), record / f"pixels-{len(list(record.glob('pixels-*.pt'))):04d}.pt")
+        return encode_images(pixels)
+
+    def text(caption):
+        with open(record / "captions.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(caption) + "\n")
+        return encode_text(caption)
+
+    bundle.encode_images, bundle.encode_text = images, text
     return bundle
 
 

@@ -64,8 +64,7 @@ class FrozenBaseTask(Task):
         out = [save_adapter(self.adapter, self.export_path, self.base.family, training=self.cfg.to_dict())]
         if self.loras:
             meta = {"contextdiff_training": json.dumps(self.cfg.to_dict(), default=str)}
-            lora_path = self.export_path.with_name(f"{self.cfg.name}-lora.safetensors")
-            out.append(atomic_save_file(lora_state_dict(self.loras), lora_path, meta))
+            out.append(atomic_save_file(lora_state_dict(self.loras), self.cfg.lora_path, meta))
         return out
 
     @torch.no_grad()
@@ -103,13 +102,29 @@ class FrozenBaseTask(Task):
         return pixels.to(like.device)
 
 
+SKIPPED_NAMED = 20  # skipped items named per kind; the rest are counted
+
+
+def report_skipped(found: data.CaptionedImages) -> None:
+    """The counts of skipped items and each one's name and reason (the first :data:`SKIPPED_NAMED` of a kind)."""
+    if not found.skipped:
+        return
+    counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in found.skipped.items())
+    print(f"[trainer] skipped {counts}; using {len(found)} image-caption pairs")
+    for what in found.skipped.values():
+        for line in what[:SKIPPED_NAMED]:
+            print(f"[trainer] skipped: {line}")
+        if len(what) > SKIPPED_NAMED:
+            print(f"[trainer] skipped: ... and {len(what) - SKIPPED_NAMED} more of this kind")
+
+
 class AdapterTask(FrozenBaseTask):
     def __init__(self, cfg, device):
+        # Every file is read before the base model is loaded: bad data stops (or is skipped) in seconds.
+        found = data.scan(cfg.options.dataset, cfg.options.on_bad_data)
+        report_skipped(found)
         super().__init__(cfg, device)
-        self.data = data.scan(cfg.options.dataset, cfg.options.on_bad_data)
-        if self.data.skipped:
-            counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in self.data.skipped.items())
-            print(f"[trainer] skipped {counts}; using {len(self.data)} image-caption pairs")
+        self.data = found
         self.skipped = {k: len(v) for k, v in self.data.skipped.items()}
         self._cache = {}
         if cfg.options.cache_latents:

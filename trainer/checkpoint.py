@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from contextdiff.atomic_file import atomic_path, create_temp_dir
+from contextdiff.atomic_file import atomic_path, create_temp_dir, stale_temp_files
 from contextdiff.checkpoint import atomic_save_file
 
 
@@ -48,6 +48,19 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def remove_stale_temp_files(cfg) -> list[Path]:
+    """Remove the temporary files a killed run left of this run's atomically written outputs (the exported checkpoint,
+    its LoRA, the ``state/latest`` pointer): only the atomic writer's own temporary names, only in their folders
+    (``state/.step-*`` folders are :func:`save_state`'s). The paths removed."""
+    out = Path(cfg.output_dir)
+    removed = []
+    for output in (cfg.export_path, cfg.lora_path, out / "state" / "latest"):
+        for stale in stale_temp_files(output):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def save_state(output_dir: Path, step: int, weights: dict, extra: dict, info: dict, keep: int = 1) -> Path:

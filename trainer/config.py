@@ -187,8 +187,18 @@ class AdapterOptions(FrozenBaseOptions):
     """The adapter (and LoRA) for a frozen base, on a folder or JSONL of captioned images."""
 
     mode: ClassVar[str] = "adapter"
-    dataset: str = opt("digits", "a folder of images with .txt captions or a .jsonl file of {image, caption}")
-    on_bad_data: str = opt("skip", "unreadable image / missing caption: skip and count, or stop", ["skip", "error"])
+    dataset: str = opt(
+        "digits",
+        "a folder of images with .txt captions or a .jsonl file of {image, caption}; every file is read before the "
+        "model loads. Images of any PIL mode become 8-bit RGB (16-bit scaled by 1/257, float in [0, 1] by 255, "
+        "transparency over white; other ranges and LAB are refused); captions must be UTF-8 (a BOM is allowed)",
+    )
+    on_bad_data: str = opt(
+        "skip",
+        "an unreadable, truncated or decompression-bomb image, a missing or non-UTF-8 caption: skip it (named and "
+        "counted), or stop the run naming it",
+        ["skip", "error"],
+    )
     cache_latents: bool = opt(False, "encode images and captions once and keep them (memory for speed)")
 
     def input_paths(self) -> dict[str, str]:
@@ -396,6 +406,11 @@ class TrainConfig:
     def export_path(self) -> Path:
         """Where the adapter (or joint checkpoint) is written: what the nodes and the demo load."""
         return Path(self.output_dir) / f"{self.name}.safetensors"
+
+    @property
+    def lora_path(self) -> Path:
+        """Where the LoRA trained beside the adapter (``lora_rank`` > 0) is written, in ComfyUI's LoRA format."""
+        return Path(self.output_dir) / f"{self.name}-lora.safetensors"
 
     def to_dict(self) -> dict:
         """The options that mean something for this run's mode, with the values it uses (flat)."""

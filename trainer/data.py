@@ -1,25 +1,41 @@
 """Image-caption data for ``adapter`` mode: a folder of images with same-name ``.txt`` captions,
 or a JSONL file of ``{"image": path, "caption": text}`` lines (paths relative to the file).
 
-Unreadable images, missing captions and bad lines are skipped and counted, or stop the run with
-a clear message, as ``on_bad_data`` says. An empty data set always stops the run.
+The scan reads every file before any model is loaded: each image is decoded whole and converted as
+:mod:`trainer.images` says (a damaged or truncated file, a decompression bomb and a mode that is not
+converted faithfully are found here), and each caption is decoded as UTF-8 (a byte-order mark is
+allowed; any other encoding is refused, naming the file and the byte offset, since guessing one
+would read latin-1 and cp1252 captions as wrong words). Unusable items are skipped and named, or
+stop the run with a clear message, as ``on_bad_data`` says. An empty data set always stops the run.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .images import ImageReadError, read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CAPTION_RULE = "captions are read as UTF-8, with or without a byte-order mark: save the file as UTF-8"
 
 
 class DataError(ValueError):
     pass
+
+
+class _BadItem(ValueError):
+    """One unusable item: its kind (a key of the skipped counts) and what is wrong with it."""
+
+    def __init__(self, kind: str, what: str):
+        super().__init__(what)
+        self.kind = kind
 
 
 @dataclass
@@ -37,44 +53,77 @@ def _problem(report: dict, kind: str, what: str, on_bad_data: str):
     report.setdefault(kind, []).append(what)
 
 
+def decode_utf8(data: bytes, where: str, offset: int = 0, kind: str = "bad_caption") -> str:
+    """``data`` as UTF-8 text (a leading byte-order mark dropped); a :class:`_BadItem` of ``kind`` naming ``where``
+    and the byte offset (``offset``: that of ``data`` in its file) otherwise."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _BadItem(
+            kind, f"{where} is not UTF-8: byte 0x{data[e.start]:02x} at offset {offset + e.start} ({CAPTION_RULE})"
+        ) from None
+
+
+def _caption(text: str, missing: str) -> str:
+    """``text`` stripped; a ``missing_caption`` :class:`_BadItem` saying ``missing`` when nothing is left."""
+    if not text.strip():
+        raise _BadItem("missing_caption", missing)
+    return text.strip()
+
+
+def _folder_items(path: Path) -> Iterator[tuple[Path, str] | _BadItem]:
+    """A folder's ``(image, caption)`` pairs, and a :class:`_BadItem` for each unusable one."""
+    for img in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        cap = img.with_suffix(".txt")
+        try:
+            text = decode_utf8(cap.read_bytes(), cap.name) if cap.is_file() else ""
+            yield img, _caption(text, f"{img.name} has no caption file {cap.name}")
+        except _BadItem as e:
+            yield e
+
+
+def _record(line: str, path: Path, n: int) -> tuple[Path, str]:
+    """The pair of line ``n`` of the JSONL file ``path``."""
+    try:
+        rec = json.loads(line)
+        img, cap = path.parent / rec["image"], str(rec["caption"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise _BadItem("bad_line", f'{path.name} line {n} is not {{"image": ..., "caption": ...}}') from None
+    return img, _caption(cap, f"{path.name} line {n} has an empty caption")
+
+
+def _jsonl_items(path: Path) -> Iterator[tuple[Path, str] | _BadItem]:
+    """A JSONL file's ``(image, caption)`` pairs, and a :class:`_BadItem` for each unusable line."""
+    offset = 0
+    for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        start, offset = offset, offset + len(raw)
+        try:
+            line = decode_utf8(raw, f"{path.name} line {n}", start, kind="bad_line")
+            if line.strip():
+                yield _record(line, path, n)
+        except _BadItem as e:
+            yield e
+
+
 def scan(source: str, on_bad_data: str = "skip") -> CaptionedImages:
+    """The usable image-caption pairs of ``source``, every image decoded once (see the module's docstring)."""
     path = Path(source)
-    skipped: dict[str, list[str]] = {}
-    items: list[tuple[Path, str]] = []
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for img in images:
-            cap = img.with_suffix(".txt")
-            if not cap.is_file() or not cap.read_text(errors="replace").strip():
-                _problem(skipped, "missing_caption", f"{img.name} has no caption file {cap.name}", on_bad_data)
-                continue
-            items.append((img, cap.read_text(errors="replace").strip()))
+        found = list(_folder_items(path))
     elif path.is_file() and path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                img, cap = path.parent / rec["image"], str(rec["caption"]).strip()
-            except (json.JSONDecodeError, KeyError, TypeError):
-                _problem(
-                    skipped, "bad_line", f'{path.name} line {n} is not {{"image": ..., "caption": ...}}', on_bad_data
-                )
-                continue
-            if not cap:
-                _problem(skipped, "missing_caption", f"{path.name} line {n} has an empty caption", on_bad_data)
-                continue
-            items.append((img, cap))
+        found = list(_jsonl_items(path))
     else:
         raise DataError(f"dataset {source!r} is neither a folder of images nor a .jsonl file")
+    skipped: dict[str, list[str]] = {}
+    for e in (item for item in found if isinstance(item, _BadItem)):
+        _problem(skipped, e.kind, str(e), on_bad_data)
     readable = []
-    for img, cap in items:
+    for img, cap in (item for item in found if not isinstance(item, _BadItem)):
         try:
-            with Image.open(img) as im:
-                im.verify()
+            read_rgb(img)
             readable.append((img, cap))
-        except (OSError, UnidentifiedImageError, SyntaxError):
-            _problem(skipped, "unreadable_image", f"{img.name} cannot be read as an image", on_bad_data)
+        except ImageReadError as e:
+            _problem(skipped, "unreadable_image", str(e), on_bad_data)
     if not readable:
         detail = "; ".join(f"{k}: {len(v)}" for k, v in skipped.items()) or "no image files"
         raise DataError(
@@ -85,9 +134,8 @@ def scan(source: str, on_bad_data: str = "skip") -> CaptionedImages:
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """Center-crop to a square and resize to ``size``: (size, size, 3) float in [0, 1]."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+    im = read_rgb(path)
+    side = min(im.size)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)

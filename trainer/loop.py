@@ -53,6 +53,8 @@ class Run:
         self.out = Path(cfg.output_dir)
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in checkpoint.remove_stale_temp_files(cfg):
+                print(f"[trainer] removed {stale}, a temporary file of a run killed while writing it")
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.log_path = self.out / "log.jsonl"
         self.exported: list[Path] = []

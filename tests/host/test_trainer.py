@@ -690,3 +690,207 @@ def test_demo_refuses_bad_adapter_before_comfyui_starts(tmp_path):
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert not (out / "host").exists(), "ComfyUI was started before the inputs were checked"
+
+
+# ---- issue 32.4: training images and captions read faithfully or refused by name, before any model loads --------
+
+RECORDING_BASE = [a if a != "helpers:tiny_sd15" else "helpers:recording_sd15" for a in TINY_BASE]
+
+
+def recorded_run(tmp_path, dataset, *args):
+    """An adapter run on ``dataset`` with :func:`helpers.recording_sd15` (latents cached: each image encoded once, in
+    the data set's order); ``(process, record folder)``."""
+    record = tmp_path / f"record-{len(list(tmp_path.glob('record-*')))}"
+    record.mkdir()
+    cmd = train_cmd(
+        "--mode",
+        "adapter",
+        *RECORDING_BASE,
+        "--dataset",
+        str(dataset),
+        "--image_size",
+        "64",
+        "--steps",
+        "1",
+        "--cache_latents",
+        "true",
+        "--preview_count",
+        "0",
+        "--output_dir",
+        str(tmp_path / "out"),
+        *args,
+    )
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=dict(env(), CONTEXTDIFF_TEST_RECORD=str(record)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc, record
+
+
+def noise_pictures(folder: Path, captions: dict[str, str], seed: int) -> None:
+    """A 64 x 64 noise picture under each name of ``captions``, with its caption in the same-name .txt."""
+    rng = np.random.default_rng(seed)
+    for name, caption in captions.items():
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name, quality=95)
+        (folder / name).with_suffix(".txt").write_text(caption, encoding="utf-8")
+
+
+def recorded_pixels(record: Path) -> list[np.ndarray]:
+    """The (64, 64, 3) pictures the run encoded, in [0, 255]."""
+    return [torch.load(p)[0].numpy() * 255.0 for p in sorted(record.glob("pixels-*.pt"))]
+
+
+def test_round4_image_modes_are_trained_as_they_look(tmp_path):
+    """Every image mode PIL opens reaches the VAE as the picture it shows: 16-bit greyscale scaled by 1/257 (before,
+    clipped: almost all white), 32-bit integer and float greyscale by their range, transparency over white, palette,
+    CMYK and 1-bit by PIL's conversion; a LAB image (PIL's conversion keeps only its lightness) is refused by name."""
+    d = tmp_path / "modes"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64)  # a 16-bit ramp: mostly above 255
+    grey = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    white = np.full((64, 64, 3), 255.0)
+
+    def over_white(colour, a):
+        return colour * (a / 255.0)[..., None] + white * (1 - a / 255.0)[..., None]
+
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.info["transparency"] = 0
+    indices = np.asarray(palette)
+    pal = np.array(palette.getpalette()[:48]).reshape(16, 3)
+    cmyk = Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), "CMYK")
+    bits = Image.fromarray(grey > 127)
+    cases = {  # file name: (image, its picture as 8-bit RGB, computed here)
+        "a16.png": (Image.fromarray(ramp.astype(np.uint16)), np.repeat(np.rint(ramp / 257)[..., None], 3, 2)),
+        "b32.tif": (Image.fromarray(ramp.astype(np.int32), "I"), np.repeat(np.rint(ramp / 257)[..., None], 3, 2)),
+        "cfloat.tif": (
+            Image.fromarray((ramp / 65535).astype(np.float32), "F"),
+            np.repeat(np.rint(ramp / 65535 * 255)[..., None], 3, 2),
+        ),
+        "dla.png": (
+            Image.fromarray(np.stack([grey, alpha], -1), "LA"),
+            over_white(np.repeat(grey[..., None], 3, 2).astype(float), alpha),
+        ),
+        "ergba.png": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), over_white(rgb.astype(float), alpha)),
+        "fpalette.png": (palette, np.where((indices == 0)[..., None], 255.0, pal[indices])),
+        "gcmyk.jpg": (cmyk, None),  # PIL's own CMYK -> RGB, of the decoded JPEG
+        "hbits.png": (bits, np.repeat(np.where(grey > 127, 255.0, 0.0)[..., None], 3, 2)),
+    }
+    for name, (im, _) in cases.items():
+        im.save(d / name, quality=95) if name.endswith(".jpg") else im.save(d / name)
+        (d / name).with_suffix(".txt").write_text(f"a picture {name}")
+    Image.fromarray(rgb).convert("LAB").save(d / "zlab.tif")
+    (d / "zlab.txt").write_text("a lab picture")
+    proc, record = recorded_run(tmp_path, d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped: zlab.tif has image mode LAB" in proc.stdout, proc.stdout[-3000:]
+    seen = recorded_pixels(record)
+    assert len(seen) == len(cases), len(seen)
+    for (name, (_, expected)), got in zip(cases.items(), seen, strict=True):
+        if expected is None:
+            with Image.open(d / name) as f:
+                expected = np.asarray(f.convert("RGB"), dtype=np.float64)
+        # 8-bit rounding (alpha compositing rounds once more); a clipped 16-bit image is off by up to 255.
+        assert np.abs(got - expected).max() <= 1.01, (name, np.abs(got - expected).max())
+    assert seen[0].mean() < 140, "the 16-bit ramp was read as white"  # its mean is 127.5
+
+
+def test_round4_bad_files_are_found_before_the_model_loads(tmp_path):
+    """A decompression bomb (PIL's Image.MAX_IMAGE_PIXELS rule) and a truncated JPEG are found in the scan, before
+    the base model is built: --on_bad_data error stops naming the file, without a traceback; skip names it and
+    trains on the rest."""
+    import zlib
+
+    d = tmp_path / "bad"
+    d.mkdir()
+    noise_pictures(d, {"good0.png": "a good picture", "good1.png": "another good picture"}, seed=1)
+    # A PNG whose header claims 20000 x 20000 pixels (400 M, over PIL's 2 x MAX_IMAGE_PIXELS): its own CRC is valid.
+    png = bytearray((d / "good0.png").read_bytes())
+    png[16:24] = (20000).to_bytes(4, "big") * 2
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")
+    (d / "abomb.png").write_bytes(bytes(png))
+    (d / "abomb.txt").write_text("a bomb")
+    noise_pictures(d, {"ztrunc.jpg": "a truncated photo"}, seed=2)
+    data = (d / "ztrunc.jpg").read_bytes()
+    (d / "ztrunc.jpg").write_bytes(data[: len(data) // 2])
+
+    stopped, record = recorded_run(tmp_path, d, "--on_bad_data", "error")
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "abomb.png is refused as a possible decompression bomb" in stopped.stderr, stopped.stderr
+    assert not (record / "base_loaded").exists(), "the model was loaded before the data was checked"
+    (d / "abomb.png").unlink()
+    stopped, record = recorded_run(tmp_path, d, "--on_bad_data", "error")
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "ztrunc.jpg cannot be read as an image" in stopped.stderr, stopped.stderr
+    assert not (record / "base_loaded").exists()
+    (d / "abomb.png").write_bytes(bytes(png))
+    skipped, record = recorded_run(tmp_path, d)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "skipped 2 unreadable image; using 2 image-caption pairs" in skipped.stdout, skipped.stdout[-3000:]
+    assert "skipped: abomb.png is refused" in skipped.stdout and "skipped: ztrunc.jpg cannot" in skipped.stdout
+    assert len(recorded_pixels(record)) == 2
+
+
+def test_round4_captions_are_utf8_or_refused_naming_the_byte(tmp_path):
+    """Captions are UTF-8, a byte-order mark allowed (and not part of the text); a latin-1 caption (before: read as
+    mojibake) is refused naming the file and the byte offset, in a folder's .txt and in a .jsonl line, before the
+    model loads."""
+    d = tmp_path / "captions"
+    d.mkdir()
+    noise_pictures(d, {"img0.png": "", "img1.png": "", "img2.png": "a plain caption"}, seed=3)
+    (d / "img0.txt").write_bytes("\ufeffa café by the sea".encode("utf-8"))  # UTF-8 with a BOM
+    (d / "img1.txt").write_bytes("a café in the rain".encode("latin-1"))
+    proc, record = recorded_run(tmp_path, d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped: img1.txt is not UTF-8: byte 0xe9 at offset 5" in proc.stdout, proc.stdout[-3000:]
+    captions = {json.loads(line) for line in (record / "captions.jsonl").read_text(encoding="utf-8").splitlines()}
+    assert captions == {"a café by the sea", "a plain caption"}, captions
+    stopped, record = recorded_run(tmp_path, d, "--on_bad_data", "error")
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "img1.txt is not UTF-8: byte 0xe9 at offset 5" in stopped.stderr, stopped.stderr
+    assert not (record / "base_loaded").exists()
+    jsonl = tmp_path / "d.jsonl"
+    first = b'{"image": "captions/img2.png", "caption": "a plain caption"}\n'
+    jsonl.write_bytes(first + '{"image": "captions/img1.png", "caption": "a café"}\n'.encode("latin-1"))
+    stopped, record = recorded_run(tmp_path, jsonl, "--on_bad_data", "error")
+    offset = len(first) + len('{"image": "captions/img1.png", "caption": "a caf')
+    assert f"d.jsonl line 2 is not UTF-8: byte 0xe9 at offset {offset}" in stopped.stderr, stopped.stderr
+
+
+# ---- issue 32.6: temporary files of a run killed while writing are removed when the run starts again ----------
+
+
+def test_round4_stale_temp_files_of_the_runs_outputs_are_removed_at_start(tmp_path):
+    """A kill during an export leaves the atomic writer's 0-byte ``.<name>.<hex>.tmp`` (made here by that writer's own
+    function); the resumed run removes it, and the LoRA's and the state pointer's, saying so, and nothing else:
+    not another name's, not a name off the pattern, not a file outside the output folder."""
+    from contextdiff.atomic_file import create_temp_file
+
+    out = tmp_path / "run"
+    run(*TINY_JOINT, "--steps", "1", "--output_dir", str(out), "--name", "digits")
+    stale = [
+        create_temp_file(out, ".digits.safetensors.", ".tmp"),
+        create_temp_file(out, ".digits-lora.safetensors.", ".tmp"),
+        create_temp_file(out / "state", ".latest.", ".tmp"),
+    ]
+    kept = [
+        out / ".other.safetensors.0123456789ab.tmp",  # another run's name in the same folder
+        out / ".digits.safetensors.my-notes.tmp",  # not the writer's random part
+        out / ".digits.safetensors.0123456789ab.tmp.bak",
+        tmp_path / ".digits.safetensors.0123456789ab.tmp",  # outside the output folder
+    ]
+    for path in kept:
+        path.write_text("not a temporary file of this run")
+    proc = run(*TINY_JOINT, "--steps", "2", "--output_dir", str(out), "--name", "digits", "--resume", "true")
+    assert "resumed from step 1" in proc.stdout, proc.stdout[-2000:]
+    for path in stale:
+        assert not path.exists(), path
+        assert f"[trainer] removed {path}" in proc.stdout, proc.stdout[-2000:]
+    assert all(path.read_text() == "not a temporary file of this run" for path in kept)
+    assert (out / "digits.safetensors").stat().st_size > 0
