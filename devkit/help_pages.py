@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from devkit.comfy_host import ROOT, node_inputs
+from devkit.comfy_host import ROOT, node_inputs, pack_folder
 
 PAGES = ROOT / "web" / "docs"
 BEGIN = "<!-- inputs and outputs: written from the node's schema by `python -m scripts.make_help_pages` -->"
@@ -20,13 +20,9 @@ END = "<!-- end of the generated inputs and outputs -->"
 
 
 def help_url(name: str, info: dict) -> str:
-    """The URL the frontend (1.32 to 1.35 at least: ``nodeHelpService.ts``) fetches a custom node's help page from:
-    ``/extensions/<pack folder>/docs/<NodeId>.md``, the pack folder being the second part of the node's
-    ``python_module`` without a registry ``@version`` suffix."""
-    module = info["python_module"].split(".")
-    if len(module) < 2 or module[0] != "custom_nodes":
-        raise ValueError(f"{name} is not a custom node: python_module {info['python_module']!r}")
-    return f"/extensions/{module[1].split('@')[0]}/docs/{name}.md"
+    """The URL the frontend (1.32 to 1.35 at least: ``nodeHelpService.ts``) fetches a custom node's help page from,
+    ``/extensions/<pack folder>/docs/<NodeId>.md`` (:func:`devkit.comfy_host.pack_folder`)."""
+    return f"/extensions/{pack_folder(info['python_module'])}/docs/{name}.md"
 
 
 def _cell(text) -> str:

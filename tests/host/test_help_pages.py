@@ -56,7 +56,7 @@ def test_help_url_follows_the_frontend():
     node = "ContextDiffKSampler"
     registry_install = {"python_module": "custom_nodes.contextdiff@0_1_0"}
     assert help_url(node, registry_install) == f"/extensions/contextdiff/docs/{node}.md"
-    with pytest.raises(ValueError, match="not a custom node"):
+    with pytest.raises(ValueError, match="not a custom node's"):
         help_url("KSampler", {"python_module": "nodes"})
 
 
