@@ -155,6 +155,19 @@ class ComfyServer:
         self._log.close()
 
 
+def fresh_object_info() -> dict:
+    """``/object_info`` of a host started for the purpose (the pack loaded, nothing else), then stopped: what the
+    frontend builds its node definitions from."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ComfyServer(Path(tmp))
+        try:
+            return server.get("/object_info")
+        finally:
+            server.stop()
+
+
 class PromptError(RuntimeError):
     pass
 

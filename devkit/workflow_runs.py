@@ -39,24 +39,14 @@ def write_assets(server: ComfyServer) -> None:
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.adapter_io import save_adapter
-    from contextdiff.joint_model import ClassEmbedding
     from devkit import tiny_models
     from devkit.shapes_inputs import write_inputs as write_shapes_inputs
-    from hostside.joint_checkpoints import save_joint
-    from hostside.pixel_unet import build_joint_model, joint_unet_config
     from media.video import read_video, write_video
 
     Image.fromarray(data.chelsea()).resize((64, 48)).save(server.input_dir / "example.png")
     frames, fps = read_video(example_video(), max_frames=4, size=64)
     write_video(server.input_dir / "example.mp4", frames, fps)
-    cfg = joint_unet_config(model_channels=32, context_dim=32)
-    save_joint(
-        server.adapters_dir / "digits-contextdiff.safetensors",
-        build_joint_model(cfg, 0),
-        ContextAdapter(AdapterConfig(latent_channels=1, context_dim=32, dim=32, depth=1, heads=4)),
-        ClassEmbedding(10, 32),
-        cfg,
-    )
+    tiny_models().save_tiny_digits_checkpoint(server.adapters_dir / "digits-contextdiff.safetensors")
     for name, width, family in (
         ("my-adapter", 768, "sd15"),
         ("my-video-adapter", 768, "sd15"),

@@ -7,20 +7,12 @@ without a page is an error that says so. Run after changing a node's inputs, out
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from devkit.comfy_host import PACK_NAME, ComfyServer
+from devkit.comfy_host import PACK_NAME, fresh_object_info
 from devkit.help_pages import PAGES, with_block
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        server = ComfyServer(Path(tmp))
-        try:
-            info = server.get("/object_info")
-        finally:
-            server.stop()
+    info = fresh_object_info()
     ours = {name: spec for name, spec in info.items() if spec.get("python_module", "").endswith(PACK_NAME)}
     missing = sorted(name for name in ours if not (PAGES / f"{name}.md").exists())
     if missing:
