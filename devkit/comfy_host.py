@@ -155,6 +155,19 @@ class ComfyServer:
         self._log.close()
 
 
+def fresh_object_info() -> dict:
+    """``/object_info`` of a host started for the purpose (the pack loaded, nothing else), then stopped: what the
+    frontend builds its node definitions from."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ComfyServer(Path(tmp))
+        try:
+            return server.get("/object_info")
+        finally:
+            server.stop()
+
+
 class PromptError(RuntimeError):
     pass
 
@@ -168,6 +181,15 @@ def error_message(entry: dict) -> str:
     return json.dumps(entry["status"])
 
 
+def pack_folder(python_module: str) -> str:
+    """The pack folder the frontend names a custom node's files by (help pages, workflow templates): the part of
+    the node's ``python_module`` after ``custom_nodes.``, without a registry install's ``@version``."""
+    parts = python_module.split(".")
+    if len(parts) < 2 or parts[0] != "custom_nodes":
+        raise ValueError(f"python_module {python_module!r} is not a custom node's")
+    return parts[1].split("@")[0]
+
+
 def is_widget(spec) -> bool:
     kind = spec[0]
     return isinstance(kind, list) or kind in WIDGET_TYPES
@@ -179,12 +201,28 @@ def node_inputs(info: dict):
         yield from info["input"].get(section, {}).items()
 
 
+def widget_values(node: dict, info: dict) -> list[tuple[str, list, object, object]]:
+    """``(name, spec, value, control)`` of each widget of a UI-format node, matched the way the frontend lays out
+    ``widgets_values``: in input order, a widget with ``control_after_generate`` (a seed) followed by its control
+    value ("fixed", "randomize", ...). ``value`` and ``control`` are None where the list runs short."""
+    values = list(node.get("widgets_values") or [])
+    out, w = [], 0
+    for name, spec in node_inputs(info):
+        if not is_widget(spec):
+            continue
+        control = bool(spec[1].get("control_after_generate")) if len(spec) > 1 else False
+        value = values[w] if w < len(values) else None
+        after = values[w + 1] if control and w + 1 < len(values) else None
+        out.append((name, spec, value, after))
+        w += 1 + int(control)
+    return out
+
+
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """Convert a UI-format workflow to the API prompt, as the frontend does on 'Queue'.
 
-    Widget values are matched to widget inputs in order (a seed with ``control_after_generate``
-    carries one extra value); links become ``[node_id, output_slot]``; notes, reroutes and muted
-    or bypassed nodes are left out.
+    Widget values are matched to widget inputs as :func:`widget_values` does; links become
+    ``[node_id, output_slot]``; notes, reroutes and muted or bypassed nodes are left out.
     """
     links = {link[0]: link for link in workflow.get("links", [])}
     prompt = {}
@@ -194,18 +232,13 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         if node["type"] not in object_info:
             raise KeyError(f"node type {node['type']} (node {node['id']}) is not installed in this ComfyUI")
         linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
-        values = list(node.get("widgets_values") or [])
-        inputs, w = {}, 0
-        for name, spec in node_inputs(object_info[node["type"]]):
-            value = None
-            if is_widget(spec):
-                if w < len(values):
-                    value = values[w]
-                w += 1 + int(bool(spec[1].get("control_after_generate")) if len(spec) > 1 else 0)
+        values = {name: value for name, _, value, _ in widget_values(node, object_info[node["type"]])}
+        inputs = {}
+        for name, _ in node_inputs(object_info[node["type"]]):
             if name in linked:
                 origin = links[linked[name]]
                 inputs[name] = [str(origin[1]), origin[2]]
-            elif value is not None:
-                inputs[name] = value
+            elif values.get(name) is not None:
+                inputs[name] = values[name]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt

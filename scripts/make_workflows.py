@@ -9,10 +9,8 @@ what the frontend itself would save. Run after changing a node's inputs:
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
-from devkit.comfy_host import ROOT, ComfyServer, is_widget, node_inputs
+from devkit.comfy_host import ROOT, fresh_object_info, is_widget, node_inputs
 
 OUT = ROOT / "workflows"
 
@@ -583,12 +581,7 @@ def build(graph: list, info: dict) -> dict:
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        server = ComfyServer(Path(tmp))
-        try:
-            info = server.get("/object_info")
-        finally:
-            server.stop()
+    info = fresh_object_info()
     OUT.mkdir(exist_ok=True)
     for name, graph in WORKFLOWS.items():
         (OUT / f"{name}.json").write_text(json.dumps(build(graph, info), indent=2) + "\n")

@@ -386,6 +386,19 @@ def save_sd15_checkpoint(path, seed: int = 0, dtype: torch.dtype = torch.float16
     return path
 
 
+def save_tiny_digits_checkpoint(path):
+    """A small randomly initialised class-conditional joint model (1-channel pixels, 10 classes), written as the
+    digits recipe's trainer writes its checkpoint."""
+    from contextdiff.adapter import AdapterConfig, ContextAdapter
+    from contextdiff.joint_model import ClassEmbedding
+    from hostside.joint_checkpoints import save_joint
+    from hostside.pixel_unet import build_joint_model, joint_unet_config
+
+    cfg = joint_unet_config(model_channels=32, context_dim=32)
+    adapter = ContextAdapter(AdapterConfig(latent_channels=1, context_dim=32, dim=32, depth=1, heads=4))
+    return save_joint(path, build_joint_model(cfg, 0), adapter, ClassEmbedding(10, 32), cfg)
+
+
 def save_tiny_shapes_checkpoint(path, seed: int = 0, recipe: str = "shapes"):
     """A small randomly initialised text-conditioned joint model (3-channel pixels, CLIP text encoder, a live
     adapter), written as the shapes trainer writes its checkpoint; ``recipe`` names the world it claims."""

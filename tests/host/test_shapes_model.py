@@ -263,21 +263,9 @@ def test_prompt_outside_the_vocabulary_encodes_and_samples(server, tiny_shapes, 
 
 
 def test_shapes_loader_refuses_other_recipes(server, tiny_shapes, comfy_inprocess):
-    from comfy_models import save_tiny_shapes_checkpoint
+    from comfy_models import save_tiny_digits_checkpoint, save_tiny_shapes_checkpoint
 
-    from contextdiff.adapter import AdapterConfig, ContextAdapter
-    from contextdiff.joint_model import ClassEmbedding
-    from hostside.joint_checkpoints import save_joint
-    from hostside.pixel_unet import build_joint_model, joint_unet_config
-
-    cfg = joint_unet_config(model_channels=32, context_dim=32)
-    save_joint(
-        server.adapters_dir / "digits-for-shapes.safetensors",
-        build_joint_model(cfg, 0),
-        ContextAdapter(AdapterConfig(latent_channels=1, context_dim=32, dim=32, depth=1, heads=4)),
-        ClassEmbedding(10, 32),
-        cfg,
-    )
+    save_tiny_digits_checkpoint(server.adapters_dir / "digits-for-shapes.safetensors")
     save_tiny_shapes_checkpoint(server.adapters_dir / "stripes-world.safetensors", recipe="stripes")
     cases = {
         "digits-for-shapes.safetensors": "is a ContextDiff class-conditional joint checkpoint (recipe digits), "

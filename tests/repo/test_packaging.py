@@ -5,7 +5,10 @@ scripts/sync_requirements.py for ComfyUI-Manager and ``pip install -r``.
 """
 
 import ast
+import importlib.util
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
@@ -104,6 +107,36 @@ def test_pyproject_is_registry_ready():
     assert comfy["PublisherId"] and comfy["DisplayName"]
     version = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", comfy["requires-comfyui"])
     assert version and tuple(map(int, version.groups())) >= (0, 3, 75)
+
+
+def comfy_node_validate(folder: Path, home: Path) -> str:
+    """The output of ``comfy node validate`` (comfy-cli, a development dependency) run in ``folder``, offline and
+    without telemetry; it exits 0 even when it warns, so the caller reads the output."""
+    if importlib.util.find_spec("comfy_cli") is None:
+        pytest.fail("comfy-cli is a development dependency: pip install -r requirements-dev.txt")
+    command = [sys.executable, "-m", "comfy_cli", "--skip-prompt", "--no-enable-telemetry", "node", "validate"]
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"))
+    run = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout + run.stderr
+
+
+def test_the_registry_validation_passes(tmp_path):
+    """The Comfy Registry's check before publishing: pyproject.toml's fields parse without a warning, and ruff's
+    security rules (exec, eval, several statements on one line) find nothing in the repository."""
+    out = comfy_node_validate(ROOT, tmp_path)
+    assert "All validation checks passed" in out and "Warning" not in out and "Security warnings" not in out, out
+
+
+def test_the_registry_validation_sees_bad_metadata_and_eval(tmp_path):
+    """What the check above relies on: comfy-cli reports a malformed version range and an eval, exiting 0."""
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    text = (ROOT / "pyproject.toml").read_text()
+    (pack / "pyproject.toml").write_text(re.sub(r'requires-comfyui = ".*"', 'requires-comfyui = ">=0.3"', text))
+    (pack / "bad.py").write_text('x = eval("1")\n')
+    out = comfy_node_validate(pack, tmp_path)
+    assert "Warning: Invalid requires-comfyui" in out and "Security warnings" in out and "S307" in out, out
 
 
 def test_version_is_single_sourced():
