@@ -184,7 +184,13 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
         raise VideoError(f"{name} must be an integer >= {minimum}, not {value!r}")
 
 
-def _planned(info: VideoInfo, path: Path, max_frames, stride: int, start_frame: int, size) -> tuple[int, int, int]:
+def _decoded_frame_bytes(width: int, height: int) -> int:
+    return estimate_frame_bytes(height, width) + estimate_frame_bytes(height, width, dtype=torch.uint8)
+
+
+def _planned(
+    info: VideoInfo, path: Path, max_frames, stride: int, start_frame: int, size, memory_limit_bytes
+) -> tuple[int, int, int]:
     out_w, out_h = target_size(info.width, info.height, size)
     if not info.frames_estimated and info.frames and start_frame >= info.frames:
         raise VideoError(
@@ -194,22 +200,32 @@ def _planned(info: VideoInfo, path: Path, max_frames, stride: int, start_frame: 
     expected = math.ceil(max(0, info.frames - start_frame) / stride)
     if max_frames is not None:
         expected = min(expected, max_frames) if expected else max_frames
+    per_frame = _decoded_frame_bytes(out_w, out_h)
+    if memory_limit_bytes is not None and expected * per_frame > memory_limit_bytes:
+        raise VideoError(_memory_message(expected, out_w, out_h, per_frame, memory_limit_bytes))
     return expected, out_w, out_h
 
 
 def planned_frames(
-    path, max_frames: int | None = None, stride: int = 1, start_frame: int = 0, size: int | Sequence[int] | None = None
+    path,
+    max_frames: int | None = None,
+    stride: int = 1,
+    start_frame: int = 0,
+    size: int | Sequence[int] | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> tuple[int, int, int]:
     """``(frames, width, height)`` that :func:`read_video` with these arguments will decode, from the container's
     header alone (nothing decoded): what a memory estimate needs before decoding starts. The frame count is the
-    container's (an estimate from its duration where it stores none; ``max_frames`` when it says nothing)."""
+    container's (an estimate from its duration where it stores none; ``max_frames`` when it says nothing).
+    Refuses, as :func:`read_video` would, frames that would not fit in ``memory_limit_bytes``."""
     _check_int("max_frames", max_frames, 1, allow_none=True)
     _check_int("stride", stride, 1)
     _check_int("start_frame", start_frame, 0)
+    _check_int("memory_limit_bytes", memory_limit_bytes, 1, allow_none=True)
     path = _existing_file(path)
     container = _open(path)
     try:
-        return _planned(_info(container, path), path, max_frames, stride, start_frame, size)
+        return _planned(_info(container, path), path, max_frames, stride, start_frame, size, memory_limit_bytes)
     finally:
         container.close()
 
@@ -238,10 +254,8 @@ def read_video(
     container = _open(path)
     try:
         info = _info(container, path)
-        expected, out_w, out_h = _planned(info, path, max_frames, stride, start_frame, size)
-        per_frame = estimate_frame_bytes(out_h, out_w) + estimate_frame_bytes(out_h, out_w, dtype=torch.uint8)
-        if memory_limit_bytes is not None and expected * per_frame > memory_limit_bytes:
-            raise VideoError(_memory_message(expected, out_w, out_h, per_frame, memory_limit_bytes))
+        expected, out_w, out_h = _planned(info, path, max_frames, stride, start_frame, size, memory_limit_bytes)
+        per_frame = _decoded_frame_bytes(out_w, out_h)
 
         stream = container.streams.video[0]
         # Slice threads only: frame threading hides decode errors, so a truncated file would

@@ -203,9 +203,18 @@ def frames_to_read(images: torch.Tensor | None, video: str, settings: VideoSetti
         raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
     path = safe_input_path(folder_paths.get_input_directory(), video)
     count, width, height = planned_frames(
-        path, max_frames=settings.max_frames, stride=settings.frame_stride, size=settings.size
+        path,
+        max_frames=settings.max_frames,
+        stride=settings.frame_stride,
+        size=settings.size,
+        memory_limit_bytes=_decode_limit(),
     )
     return video_runs.FrameShape(count or settings.max_frames, height, width)
+
+
+def _decode_limit() -> int:
+    # Decoding is refused before it starts when the frames alone would not fit in the free memory.
+    return int(comfy.model_management.get_free_memory(torch.device("cpu")))
 
 
 def read_frames(
@@ -226,14 +235,12 @@ def read_frames(
             interrupt.check()  # each frame is decoded and resized at full resolution: Cancel between frames
             bar.update_absolute(done, total)
 
-        # Decoding is refused before it starts when the frames alone would not fit in the free memory.
-        free = int(comfy.model_management.get_free_memory(torch.device("cpu")))
         frames, fps = read_video(
             path,
             max_frames=settings.max_frames,
             stride=settings.frame_stride,
             size=settings.size,
-            memory_limit_bytes=free,
+            memory_limit_bytes=_decode_limit(),
             progress=progress,
         )
     if frames.shape[0] == 0:
