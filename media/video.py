@@ -184,6 +184,13 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
         raise VideoError(f"{name} must be an integer >= {minimum}, not {value!r}")
 
 
+def _check_read_args(max_frames, stride, start_frame, memory_limit_bytes) -> None:
+    _check_int("max_frames", max_frames, 1, allow_none=True)
+    _check_int("stride", stride, 1)
+    _check_int("start_frame", start_frame, 0)
+    _check_int("memory_limit_bytes", memory_limit_bytes, 1, allow_none=True)
+
+
 def _decoded_frame_bytes(width: int, height: int) -> int:
     return estimate_frame_bytes(height, width) + estimate_frame_bytes(height, width, dtype=torch.uint8)
 
@@ -218,10 +225,7 @@ def planned_frames(
     header alone (nothing decoded): what a memory estimate needs before decoding starts. The frame count is the
     container's (an estimate from its duration where it stores none; ``max_frames`` when it says nothing).
     Refuses, as :func:`read_video` would, frames that would not fit in ``memory_limit_bytes``."""
-    _check_int("max_frames", max_frames, 1, allow_none=True)
-    _check_int("stride", stride, 1)
-    _check_int("start_frame", start_frame, 0)
-    _check_int("memory_limit_bytes", memory_limit_bytes, 1, allow_none=True)
+    _check_read_args(max_frames, stride, start_frame, memory_limit_bytes)
     path = _existing_file(path)
     container = _open(path)
     try:
@@ -246,10 +250,7 @@ def read_video(
     (width, height). Peak memory is the float32 output plus a uint8 staging copy; it is checked
     against ``memory_limit_bytes`` before decoding starts.
     """
-    _check_int("max_frames", max_frames, 1, allow_none=True)
-    _check_int("stride", stride, 1)
-    _check_int("start_frame", start_frame, 0)
-    _check_int("memory_limit_bytes", memory_limit_bytes, 1, allow_none=True)
+    _check_read_args(max_frames, stride, start_frame, memory_limit_bytes)
     path = _existing_file(path)
     container = _open(path)
     try:
