@@ -95,9 +95,10 @@ def memory_check(
 ) -> MemoryPlan:
     """Every stage of the video edit checked before the first frame is decoded: the frames held (decoded, then
     edited), the attention store of a chunk (within ``budget_bytes``), and one frame through the VAE, whose
-    working memory (ComfyUI's estimate) must fit beside the frames, within memory_limit_gb when it is set, else
-    in the free memory of the VAE's device. Refuses naming the stage and what fits; returns the frames per VAE
-    call that fit (at most :data:`VAE_BATCH`)."""
+    working memory (ComfyUI's estimate) must fit beside the frames within memory_limit_gb when it is set, else in
+    the free memory where the VAE runs on the CPU (there nothing stops a VAE call that does not fit: it swaps for
+    minutes; on a GPU ComfyUI falls back to tiles). Refuses naming the stage and what fits; returns the frames per
+    VAE call that fit (at most :data:`VAE_BATCH`)."""
     ratio = int(vae.spacial_compression_encode())
     _store_check(model, frames, ratio, settings, budget_bytes)
     held_here = settings.memory_limit_gb > 0 or vae.device.type == "cpu"  # the frames share the VAE's memory
@@ -111,15 +112,15 @@ def memory_check(
         return (f.count * f.frame_bytes * 2 if held_here else 0.0), vae_working_bytes(vae, f.height, f.width)
 
     held, working = need(frames)
-    if held + working > limit:
+    if held_here and held + working > limit:
         side = _largest_fitting_side(frames, lambda f: sum(need(f)) <= limit)
         lower = "lower size to" if from_file else "resize the frames upstream to a shorter side of"
         fits = f"{lower} at most {side}" if side else "no frame size fits: lower max_frames"
-        held_text = f" beside {held / 1e9:.2f} GB of frames" if held else ""
+        more = "raise memory_limit_gb" if settings.memory_limit_gb > 0 else "free memory"
         raise MemoryError(
             f"the VAE (encoding the frames, decoding the edit) needs about {working / 1e9:.2f} GB for one "
-            f"{frames.width}x{frames.height} frame (ComfyUI's estimate for this VAE){held_text}, over {limit_name}: "
-            f"{fits}, or raise memory_limit_gb"
+            f"{frames.width}x{frames.height} frame (ComfyUI's estimate for this VAE) beside {held / 1e9:.2f} GB of "
+            f"frames, over {limit_name}: {fits}, or {more}"
         )
     return MemoryPlan(vae_batch=max(1, min(VAE_BATCH, int((limit - held) // max(working, 1.0)))))
 
