@@ -58,11 +58,16 @@ def sparse_causal(x: torch.Tensor, frames: int) -> torch.Tensor:
 def batch_rows(flags: Sequence[int], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(conditional rows, other rows)`` of a batch made of ``len(flags)`` equal chunks, ComfyUI's
     ``cond_or_uncond`` order (0 = the positive prompt), as CPU index tensors."""
-    chunk = batch // len(flags)
-    rows = [[i * chunk + j for j in range(chunk)] for i in range(len(flags))]
-    cond = [r for i, f in enumerate(flags) if f == 0 for r in rows[i]]
-    other = [r for i, f in enumerate(flags) if f != 0 for r in rows[i]]
-    return torch.tensor(cond, dtype=torch.long), torch.tensor(other, dtype=torch.long)
+    return chunk_rows([f == 0 for f in flags], batch)
+
+
+def chunk_rows(selected: Sequence[bool], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows of the selected chunks, the other rows)`` of a batch made of ``len(selected)`` equal chunks."""
+    chunk = batch // len(selected)
+    rows = [[i * chunk + j for j in range(chunk)] for i in range(len(selected))]
+    chosen = [r for i, s in enumerate(selected) if s for r in rows[i]]
+    other = [r for i, s in enumerate(selected) if not s for r in rows[i]]
+    return torch.tensor(chosen, dtype=torch.long), torch.tensor(other, dtype=torch.long)
 
 
 class DeviceIndex:
@@ -90,6 +95,14 @@ class AttentionEditor:
     ``(target, source)`` positions whose cross-attention keeps the source's maps; ``blend`` collects
     the edited words' maps. ``fused`` and ``missing`` count the layer calls that were fused and
     those that found no recording to fuse (the caller reports the latter).
+
+    A positive of several entries (ComfyUI's ConditioningCombine: the model runs each entry and averages the
+    predictions) is told entry by entry (:meth:`positive_entries`, from the uuids ComfyUI gives each entry's
+    chunk of the batch): the inversion records its first entry; the edit fuses the source's self-attention into
+    every entry, and the shared words' cross-attention and the blend maps into ``target_entry`` alone (the entry
+    whose tokens the shared words were aligned in; ``None``: the only entry, else none). ``entry_calls`` counts the
+    entry chunks fused by self-attention, ``cross_skipped`` the cross-attention calls of fused steps that had no
+    entry to fuse the words into.
     """
 
     def __init__(
@@ -100,6 +113,7 @@ class AttentionEditor:
         frames: int | None = None,
         shared_tokens: Sequence[tuple[int, int]] = (),
         blend: BlendMask | None = None,
+        target_entry: int | None = None,
     ):
         if mode not in ("record", "fuse", "plain"):
             raise ValueError(f"unknown attention mode {mode!r}; use record, fuse or plain")
@@ -110,13 +124,23 @@ class AttentionEditor:
         self.blend = blend
         self.fused = 0
         self.missing = 0
+        self.target_entry = target_entry
+        self.entries: dict = {}  # uuid of a positive entry -> its index (none told: every conditional chunk is one)
+        self.self_fused = 0  # self-attention calls fused (of ``fused``)
+        self.entry_calls = 0
+        self.cross_skipped = 0
         self.level: float | None = None  # the current model call's sigma, told by the sampler (at_level)
         self.index = DeviceIndex()
+        self._last_layout: dict = {}  # kind -> (the model call's cond_or_uncond list, (batch, device), rows)
 
     def at_level(self, sigma: float) -> None:
         """The sampler's ``on_level`` hook: the next model call runs at ``sigma`` (a host float), so that the
         hooks look their step up without reading the device's sigma at every attention call."""
         self.level = sigma
+
+    def positive_entries(self, uuids: Sequence) -> None:
+        """The sampler's hook: the uuids of the positive's entries, in order (ComfyUI tags each chunk with one)."""
+        self.entries = {u: i for i, u in enumerate(uuids)}
 
     @property
     def replaces_self_attention(self) -> bool:
@@ -137,21 +161,56 @@ class AttentionEditor:
             return None
         return self.step_of(float(sigmas.reshape(-1)[0]))
 
-    def _rows(self, extra: dict, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(conditional rows, other rows)`` of a CFG batch on ``device``, made once per batch layout."""
-        flags = tuple(extra.get("cond_or_uncond") or [0])
-        cond = self.index.get(("cond", flags, batch), device, lambda: batch_rows(flags, batch)[0])
-        other = self.index.get(("other", flags, batch), device, lambda: batch_rows(flags, batch)[1])
-        return cond, other
+    def _selected(self, extra: dict, kind: str) -> tuple[bool, ...]:
+        """Which chunks of the batch this call records or fuses: the conditional ones, and of a positive of several
+        entries, the first when recording and the target entry for the words' cross-attention."""
+        flags = extra.get("cond_or_uncond") or [0]
+        if not self.entries:
+            return tuple(f == 0 for f in flags)
+        uuids = extra.get("uuids") or [None] * len(flags)
+        entry = [self.entries.get(u) if f == 0 else None for f, u in zip(flags, uuids, strict=False)]
+        if kind == "record":
+            return tuple(e == 0 for e in entry)
+        if kind == "cross" and len(self.entries) > 1:
+            return tuple(e is not None and e == self.target_entry for e in entry)
+        return tuple(e is not None for e in entry)
+
+    def _rows(self, extra: dict, batch: int, device: torch.device, kind: str = "self") -> tuple:
+        """``(selected rows, other rows)`` of a CFG batch on ``device`` (:meth:`_selected`), made once per
+        layout. Every attention call of one model call shares ComfyUI's ``cond_or_uncond`` list: the layout is
+        worked out at the first of them only."""
+        flags = extra.get("cond_or_uncond")
+        last = self._last_layout.get(kind)
+        if flags is not None and last is not None and last[0] is flags and last[1] == (batch, device):
+            return last[2]
+        selected = self._selected(extra, kind)
+        chosen = self.index.get(("sel", selected, batch), device, lambda: chunk_rows(selected, batch)[0])
+        other = self.index.get(("other", selected, batch), device, lambda: chunk_rows(selected, batch)[1])
+        self._last_layout[kind] = (flags, (batch, device), (chosen, other))
+        return chosen, other
 
     def _fused_call(self, extra: dict, q: torch.Tensor, kind: str) -> tuple[torch.Tensor, tuple, tuple] | None:
-        """``(conditional rows, row layout, store key)`` when this attention call belongs to a fused step;
+        """``(selected rows, row layout, store key)`` when this attention call belongs to a fused step;
         ``None`` otherwise."""
         step = self._step(extra)
         if self.mode == "plain" or step not in self.store.fused_steps:
             return None
-        layout = self._rows(extra, q.shape[0], q.device)
+        layout = self._rows(extra, q.shape[0], q.device, "record" if self.mode == "record" else kind)
+        if not len(layout[0]):
+            # Nothing of the positive (its first entry, to record) in this call, e.g. the negative run apart; a
+            # cross-attention call with positive entries none of which is the target's goes on (it is counted).
+            if self.mode == "record" or kind == "self" or 0 not in (extra.get("cond_or_uncond") or [0]):
+                return None
         return layout[0], layout, (step, self._layer(extra), kind)
+
+    @staticmethod
+    def _tiled(source: torch.Tensor, rows: int) -> torch.Tensor | None:
+        """The source's rows repeated for each entry chunk of ``rows`` rows (``None``: they do not tile)."""
+        if not len(source) or rows % len(source):
+            return None
+        if rows == len(source):  # one entry: no copy
+            return source
+        return source.repeat(rows // len(source), *([1] * (source.dim() - 1)))
 
     @staticmethod
     def _layer(extra: dict) -> tuple:
@@ -190,20 +249,23 @@ class AttentionEditor:
             self.store.put(key, q[rows], keys, heads)
             return attention(q, kk, vv, extra)
         if self.store.store_maps:
-            probs = self.store.probs(key, heads, q.device)
-            if probs is None or probs.shape[0] != len(rows):
-                self.missing += 1
-                return attention(q, kk, vv, extra)
-            cond_out = attend(q[rows], kk[rows], vv[rows], heads, probs=probs)
+            recorded = self.store.probs(key, heads, q.device)
         else:
-            qk = self.store.queries_keys(key, q.device)
-            if qk is None or qk[0].shape[0] != len(rows):
-                self.missing += 1
-                return attention(q, kk, vv, extra)
-            q_src, k_src = (t.to(v.dtype) for t in qk)
-            k_src = self._self_kv(k_src, k_src)[0]
+            recorded = self.store.queries_keys(key, q.device)
+        source_rows = 0 if recorded is None else len(recorded if self.store.store_maps else recorded[0])
+        if not source_rows or len(rows) % source_rows:
+            self.missing += 1
+            return attention(q, kk, vv, extra)
+        if self.store.store_maps:
+            cond_out = attend(q[rows], kk[rows], vv[rows], heads, probs=self._tiled(recorded, len(rows)))
+        else:
+            q_src, k_src = (t.to(v.dtype) for t in recorded)
+            k_src = self._self_kv(k_src, k_src)[0]  # per recorded clip, then tiled over the entries
+            q_src, k_src = self._tiled(q_src, len(rows)), self._tiled(k_src, len(rows))
             cond_out = attend(q_src, k_src, vv[rows], heads)  # = source maps applied to v, fused kernel
         self.fused += 1
+        self.self_fused += 1
+        self.entry_calls += len(rows) // source_rows
         return self._mixed(q, kk, vv, heads, layout, cond_out)
 
     def cross_attention(
@@ -221,6 +283,9 @@ class AttentionEditor:
         edits_maps = len(self.shared_tgt) > 0
         collects = self.blend is not None and self.blend.active
         if not (edits_maps or collects):
+            return attention(q, k, v, extra)
+        if not len(rows):  # this call's positive entries are not the target's text
+            self.cross_skipped += 1
             return attention(q, k, v, extra)
         src = self.store.probs(key, heads, q.device)
         if src is None or src.shape[0] != len(rows):

@@ -156,7 +156,7 @@ def probe_video(path) -> VideoInfo:
         container.close()
 
 
-def _target_size(width: int, height: int, size) -> tuple[int, int]:
+def target_size(width: int, height: int, size) -> tuple[int, int]:
     """Output (width, height) for ``size``; sides of a resize are rounded down to multiples of 8."""
     if size is None:
         return width, height
@@ -184,6 +184,56 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
         raise VideoError(f"{name} must be an integer >= {minimum}, not {value!r}")
 
 
+def _check_read_args(max_frames, stride, start_frame, memory_limit_bytes) -> None:
+    _check_int("max_frames", max_frames, 1, allow_none=True)
+    _check_int("stride", stride, 1)
+    _check_int("start_frame", start_frame, 0)
+    _check_int("memory_limit_bytes", memory_limit_bytes, 1, allow_none=True)
+
+
+def _decoded_frame_bytes(width: int, height: int) -> int:
+    return estimate_frame_bytes(height, width) + estimate_frame_bytes(height, width, dtype=torch.uint8)
+
+
+def _planned(
+    info: VideoInfo, path: Path, max_frames, stride: int, start_frame: int, size, memory_limit_bytes
+) -> tuple[int, int, int]:
+    out_w, out_h = target_size(info.width, info.height, size)
+    if not info.frames_estimated and info.frames and start_frame >= info.frames:
+        raise VideoError(
+            f"start_frame {start_frame} is past the end of {path.name} "
+            f"({info.frames} frames); use a start_frame below {info.frames}"
+        )
+    expected = math.ceil(max(0, info.frames - start_frame) / stride)
+    if max_frames is not None:
+        expected = min(expected, max_frames) if expected else max_frames
+    per_frame = _decoded_frame_bytes(out_w, out_h)
+    if memory_limit_bytes is not None and expected * per_frame > memory_limit_bytes:
+        raise VideoError(_memory_message(expected, out_w, out_h, per_frame, memory_limit_bytes))
+    return expected, out_w, out_h
+
+
+def planned_frames(
+    path,
+    max_frames: int | None = None,
+    stride: int = 1,
+    start_frame: int = 0,
+    size: int | Sequence[int] | None = None,
+    memory_limit_bytes: int | None = None,
+) -> tuple[int, int, int]:
+    """``(frames, width, height)`` that :func:`read_video` with these arguments will decode, from the container's
+    header alone (nothing decoded): what a memory estimate needs before decoding starts. The frame count is the
+    container's (an estimate from its duration where it stores none; ``max_frames`` when it says nothing).
+    Refuses, as :func:`read_video` would, frames that would not fit in ``memory_limit_bytes``."""
+    _check_read_args(max_frames, stride, start_frame, memory_limit_bytes)
+    path = _existing_file(path)
+    container = _open(path)
+    try:
+        return _planned(_info(container, path), path, max_frames, stride, start_frame, size, memory_limit_bytes)
+    finally:
+        container.close()
+
+
 def read_video(
     path,
     max_frames: int | None = None,
@@ -200,26 +250,13 @@ def read_video(
     (width, height). Peak memory is the float32 output plus a uint8 staging copy; it is checked
     against ``memory_limit_bytes`` before decoding starts.
     """
-    _check_int("max_frames", max_frames, 1, allow_none=True)
-    _check_int("stride", stride, 1)
-    _check_int("start_frame", start_frame, 0)
-    _check_int("memory_limit_bytes", memory_limit_bytes, 1, allow_none=True)
+    _check_read_args(max_frames, stride, start_frame, memory_limit_bytes)
     path = _existing_file(path)
     container = _open(path)
     try:
         info = _info(container, path)
-        out_w, out_h = _target_size(info.width, info.height, size)
-        if not info.frames_estimated and info.frames and start_frame >= info.frames:
-            raise VideoError(
-                f"start_frame {start_frame} is past the end of {path.name} "
-                f"({info.frames} frames); use a start_frame below {info.frames}"
-            )
-        expected = math.ceil(max(0, info.frames - start_frame) / stride)
-        if max_frames is not None:
-            expected = min(expected, max_frames) if expected else max_frames
-        per_frame = estimate_frame_bytes(out_h, out_w) + estimate_frame_bytes(out_h, out_w, dtype=torch.uint8)
-        if memory_limit_bytes is not None and expected * per_frame > memory_limit_bytes:
-            raise VideoError(_memory_message(expected, out_w, out_h, per_frame, memory_limit_bytes))
+        expected, out_w, out_h = _planned(info, path, max_frames, stride, start_frame, size, memory_limit_bytes)
+        per_frame = _decoded_frame_bytes(out_w, out_h)
 
         stream = container.streams.video[0]
         # Slice threads only: frame threading hides decode errors, so a truncated file would
@@ -310,11 +347,19 @@ def _to_uint8(frames) -> np.ndarray:
     return (frames.float().clamp(0, 1) * 255).round_().to(torch.uint8).numpy()
 
 
-def write_video(path, frames, fps: float, codec: str = "libx264", crf: int = 18) -> Path:
+def write_video(
+    path,
+    frames,
+    fps: float,
+    codec: str = "libx264",
+    crf: int = 18,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Encode (F, H, W, 3) frames (float in [0, 1] or uint8) to ``path``, atomically.
 
     Odd sizes are padded to even (yuv420p halves the chroma); libx264 falls back to mpeg4 when the
-    installed PyAV lacks it. Returns the path written.
+    installed PyAV lacks it. ``progress(done, total)`` is called before each frame is encoded (an exception
+    it raises, such as a cancel, stops the encoding and leaves no file). Returns the path written.
     """
     path = Path(path)
     if not (isinstance(fps, (int, float, Fraction)) and fps > 0 and math.isfinite(fps)):
@@ -351,6 +396,8 @@ def write_video(path, frames, fps: float, codec: str = "libx264", crf: int = 18)
                 # mpeg4 has no CRF; a generous bit rate keeps it near-lossless at these sizes.
                 stream.bit_rate = int(data.shape[1] * data.shape[2] * float(fps) * 4)
             for i in range(n):
+                if progress is not None:
+                    progress(i, n)
                 frame = av.VideoFrame.from_ndarray(data[i], format="rgb24")
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))

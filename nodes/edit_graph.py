@@ -2,31 +2,34 @@
 Samplers an inversion feeds, and the text a conditioning was encoded from.
 
 ComfyUI hands a node the whole prompt as the hidden ``PROMPT`` input: ``{node_id: {"class_type", "inputs"}}``,
-an input being a literal value or a link ``[node_id, output_index]``. Links make values unknown until run
-time; every function here answers ``None`` (or skips) where the graph does not say.
+an input being a literal value or a link ``[node_id, output_index]``. A link's value is computed where ComfyUI's
+own string nodes make it (:mod:`graph_values`), else it is unknown until run time; every function here answers
+``None`` (or skips, or says so) where the graph does not say.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
-from ..contextdiff.edit_plan import check_prompt_text, check_settings
+from ..contextdiff.edit_plan import EditInputError, check_prompt_text, check_settings
 from ..contextdiff.editing import EditSettings, EditSourceMismatch, InversionSettings
+from .graph_values import Unknown, is_link, linked_value
 from .prompt_tokens import spoken_words
 
 EDIT_SAMPLER = "ContextDiffEditSampler"
-# Inputs a conditioning passes through unchanged in its first entry's tokens (ControlNet, areas, masks, combine,
-# concat, timestep ranges): followed upstream to the encoder. Nodes with positive/negative pairs map output i to
-# the i-th of them.
+# Inputs a conditioning passes through unchanged in its first entry's tokens (ControlNet, areas, masks, concat,
+# timestep ranges): followed upstream to the encoder. ConditioningCombine (conditioning_1 + conditioning_2) makes
+# several entries: both are followed. Nodes with positive/negative pairs map output i to the i-th of them.
 PASS_THROUGH = ("conditioning", "conditioning_1", "conditioning_to")
+COMBINE = ("conditioning_1", "conditioning_2")
 PAIRS = ("positive", "negative")
 TEXT_INPUTS = ("text", "text_g")  # CLIPTextEncode(SDXL/SDXLRefiner): the first encoder's text, as prompt_tokens reads
 SETTING_INPUTS = ("cfg", "source_prompt", "target_prompt", "blend_words", "blend_threshold", "fuse_attention")
 MAX_HOPS = 32
 
-
-def is_link(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+# The text of one conditioning entry: the literal text, or the node it came out of when the graph cannot say.
+EntryText = str | Unknown
 
 
 def node_inputs(prompt: Mapping | None, node_id: object) -> dict:
@@ -35,13 +38,18 @@ def node_inputs(prompt: Mapping | None, node_id: object) -> dict:
     return node.get("inputs", {}) if isinstance(node, Mapping) else {}
 
 
-def encoded_text(prompt: Mapping | None, link: object) -> str | None:
-    """The literal text the conditioning on ``link`` was encoded from, following pass-through nodes upstream;
-    ``None`` when the graph does not say (a text from another node, an unknown conditioning node)."""
-    for _ in range(MAX_HOPS):
+def encoded_texts(prompt: Mapping | None, link: object, hops: int = 0) -> list[EntryText] | None:
+    """The texts the conditioning on ``link`` was encoded from, one per entry in ComfyUI's order (a
+    ConditioningCombine's first input's entries, then its second's), following pass-through nodes upstream; a text
+    from a link is computed where ComfyUI's own string nodes make it (:mod:`graph_values`), else :class:`Unknown`.
+    ``None`` when the graph does not say (no graph, an unknown conditioning node)."""
+    for hop in range(hops, MAX_HOPS):
         if prompt is None or not is_link(link):
             return None
         inputs = node_inputs(prompt, link[0])
+        if all(k in inputs for k in COMBINE):
+            parts = [encoded_texts(prompt, inputs[k], hop + 1) for k in COMBINE]
+            return None if None in parts else parts[0] + parts[1]
         follow = [k for k in PASS_THROUGH if k in inputs]  # first: an encoder that adds to a conditioning passes it
         if follow:
             link = inputs[follow[0]]
@@ -49,7 +57,9 @@ def encoded_text(prompt: Mapping | None, link: object) -> str | None:
             link = inputs[PAIRS[link[1]]]
         elif "clip" in inputs:
             text = next((inputs[k] for k in TEXT_INPUTS if k in inputs), None)
-            return text if isinstance(text, str) else None
+            if is_link(text):
+                text = linked_value(prompt, text)
+            return [text] if isinstance(text, (str, Unknown)) else None
         else:
             return None
     return None
@@ -64,25 +74,64 @@ def edit_samplers_of(prompt: Mapping | None, inversion_id: object) -> Iterator[t
                 yield str(node_id), node["inputs"]
 
 
-def check_edit_texts(prompt: Mapping | None, edit_inputs: Mapping, settings: EditSettings) -> None:
-    """Refuse an Edit Sampler whose typed prompts are not the texts its conditionings were encoded from: the
-    target's (its positive) and the source's (the positive of the inversion its edit_source comes from)."""
-    check_prompt_text(
-        "target_prompt",
-        settings.target_prompt,
-        encoded_text(prompt, edit_inputs.get("positive")),
-        "connected to the Edit Sampler's positive",
-        spoken_words,
+class TextCheck(NamedTuple):
+    """What the graph says about an Edit Sampler's prompts: the entry of its positive whose text is target_prompt
+    (``None``: not known), how many entries the positive has (``None``: not known), and what the node says."""
+
+    target_entry: int | None
+    entries: int | None
+    notes: list[str]
+
+
+def _unknown_note(name: str, where: str, unknown: Unknown) -> str:
+    return (
+        f"{name} could not be compared with the text of the conditioning {where}: that text comes from node "
+        f"{unknown.node_id} ({unknown.class_type}), whose output the workflow does not say before it runs; make sure "
+        f"{name} is that text, or the blend words and shared words are looked up in the wrong tokens"
     )
+
+
+def _check_target(typed: str, texts: list[EntryText] | None) -> tuple[int | None, list[str]]:
+    where = "connected to the Edit Sampler's positive"
+    if texts is None or not typed.strip():
+        return (0 if texts is not None and len(texts) == 1 else None), []
+    if len(texts) == 1:
+        if isinstance(texts[0], Unknown):
+            return None, [_unknown_note("target_prompt", where, texts[0])]
+        check_prompt_text("target_prompt", typed, texts[0], where, spoken_words)
+        return 0, []
+    known = [t for t in texts if isinstance(t, str)]
+    words = spoken_words(typed)
+    match = next((i for i, t in enumerate(texts) if isinstance(t, str) and spoken_words(t) == words), None)
+    if match is not None:
+        return match, []
+    if len(known) < len(texts):
+        unknown = next(t for t in texts if isinstance(t, Unknown))
+        return None, [_unknown_note("target_prompt", where, unknown)]
+    raise EditInputError(
+        f"target_prompt is {typed!r} but the positive combines {len(texts)} conditionings encoded from "
+        f"{', '.join(repr(t) for t in known)}: type the text of the one whose words the edit should align with the "
+        "source's (its shared words keep the source's cross-attention, its blend words make the mask)"
+    )
+
+
+def check_edit_texts(prompt: Mapping | None, edit_inputs: Mapping, settings: EditSettings) -> TextCheck:
+    """Refuse an Edit Sampler whose typed prompts are not the texts its conditionings were encoded from: the
+    target's (its positive; with several entries, one of them) and the source's (the first entry of the positive
+    of the inversion its edit_source comes from, the one the inversion records). Where a text comes from a node
+    whose output the graph does not say, the returned notes say so."""
+    texts = encoded_texts(prompt, edit_inputs.get("positive"))
+    target_entry, notes = _check_target(settings.target_prompt, texts)
     source = edit_inputs.get("edit_source")
     inversion_positive = node_inputs(prompt, source[0]).get("positive") if is_link(source) else None
-    check_prompt_text(
-        "source_prompt",
-        settings.source_prompt,
-        encoded_text(prompt, inversion_positive),
-        "connected to the inversion's positive",
-        spoken_words,
-    )
+    source_texts = encoded_texts(prompt, inversion_positive)
+    if source_texts and settings.source_prompt.strip():
+        where = "connected to the inversion's positive" + (" (its first entry)" if len(source_texts) > 1 else "")
+        if isinstance(source_texts[0], Unknown):
+            notes.append(_unknown_note("source_prompt", where, source_texts[0]))
+        else:
+            check_prompt_text("source_prompt", settings.source_prompt, source_texts[0], where, spoken_words)
+    return TextCheck(target_entry, None if texts is None else len(texts), notes)
 
 
 def check_before_inverting(prompt: Mapping | None, inversion_id: object, inversion: InversionSettings) -> None:

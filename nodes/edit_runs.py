@@ -26,7 +26,7 @@ from ..contextdiff.edit_plan import EditInputError, EditPlan
 from ..contextdiff.editing import EditSettings, Inversion, InversionSettings, StepIndex, trajectory_recorder
 from .attention_patch import attention_blocks, patched
 from .model_identity import edit_identity
-from .prompt_tokens import prompt_tokens
+from .prompt_tokens import prompt_tokens, token_count
 from .sampler_function import contextdiff_ksampler, inversion_ksampler
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ def invert(guide: Guide, latent: dict, settings: InversionSettings, frames: int 
         refine_steps=settings.refine_steps,
         trajectory=trajectory_recorder(store.latents, step_of),
         on_level=editor.at_level,  # the hooks' step lookup, without reading the device's sigma per call
+        on_positive=editor.positive_entries,  # a combined positive: its first entry is recorded
     )
     out = run_patched(guide, settings.cfg, editor, sampler, torch.zeros_like(samples), samples, sigmas.flip(0))
     x_top = model.model.process_latent_in(out)  # undo the guider's process_latent_out: this is noise, not an image
@@ -177,9 +178,10 @@ def check_source_fits(
     return source.identity.hook_differences(identity)
 
 
-def edit(guide: Guide, source: Inversion, plan: EditPlan) -> EditResult:
+def edit(guide: Guide, source: Inversion, plan: EditPlan, target_entry: int | None = None) -> EditResult:
     """Sample from the inverted noise with the target prompt (``guide``), fusing the source attention as ``plan``
-    says (with its guidance and adapter strength)."""
+    says (with its guidance and adapter strength). ``target_entry``: the entry of a positive of several whose text
+    is the typed target prompt (see :class:`AttentionEditor`); ``None`` with one entry."""
     model, adapter = guide.model, guide.adapter
     warnings = [*plan.warnings, *check_source_fits(model, source, adapter, plan.strength)]
     step_of = StepIndex(source.sigmas)
@@ -191,27 +193,65 @@ def edit(guide: Guide, source: Inversion, plan: EditPlan) -> EditResult:
         frames=source.frames,
         shared_tokens=plan.shared_tokens,
         blend=blend,
+        target_entry=target_entry,
     )
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
-    hooks = dict(post_step=post, start_has_bias=True, on_level=editor.at_level)
+    hooks = dict(post_step=post, start_has_bias=True, on_level=editor.at_level, on_positive=editor.positive_entries)
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, plan.strength, source.frames, **hooks)
     zeros = torch.zeros(source.latent_shape)
     out = run_patched(guide, plan.cfg, editor, sampler, source.noise.clone(), zeros, source.sigmas)
-    if plan.fuse and not (editor.fused or editor.missing):
-        warnings.append(
-            "no attention layer was fused (the sampling steps did not meet the inversion's schedule): "
-            "the result is a plain edit"
-        )
-    if plan.fuse and editor.missing:
-        warnings.append(
-            f"{editor.missing} of {editor.missing + editor.fused} fused attention calls found no "
-            "recording of the source (a positive conditioning with another batch or more entries than "
-            "the inversion's): the edit is fused only in part"
-        )
+    if plan.fuse:
+        warnings += fusion_report(editor, len(guide.positive), target_entry)
     mask = blend.mask(tuple(source.latent_shape[-2:])) if post is not None else None
     if post is not None and mask is None:
         warnings.append("no cross-attention map of the blend words was collected: the edit is not masked")
     return EditResult(out, mask, warnings)
+
+
+def fusion_report(editor: AttentionEditor, entries: int, target_entry: int | None) -> list[str]:
+    """What the edit fused, said exactly where it is not the whole edit: attention calls of the fused steps that
+    found no recording of the source, and how a positive of several entries was fused."""
+    notes = []
+    calls = editor.fused + editor.missing
+    if not calls:
+        notes.append(
+            "no attention layer was fused (the sampling steps did not meet the inversion's schedule): "
+            "the result is a plain edit"
+        )
+    elif editor.missing:
+        partly = "the edit is fused only in part" if editor.fused else "nothing was fused: the result is a plain edit"
+        notes.append(
+            f"{editor.missing} of {calls} fused attention calls found no recording of the source (a positive "
+            f"conditioning with another batch than the inversion's): {partly}"
+        )
+    if entries > 1 and editor.self_fused:
+        if editor.cross_skipped:
+            words = "into none (no entry's text is target_prompt)"
+        elif target_entry is not None and (len(editor.shared_tgt) or editor.blend is not None):
+            words = f"into entry {target_entry + 1} alone, the one whose text is target_prompt"
+        else:
+            words = ""
+        words = f"; the shared words' cross-attention and the blend words {words}" if words else ""
+        notes.append(
+            f"the positive combines {entries} conditionings (ConditioningCombine): the source's self-attention was "
+            f"fused into each ({editor.entry_calls} entry chunks in {editor.self_fused} self-attention calls){words}"
+        )
+    return notes
+
+
+def concatenation_note(clip: CLIP | None, positive: list, target_prompt: str) -> list[str]:
+    """What an edit does with a positive longer than its text makes (ConditioningConcat puts a second
+    conditioning's tokens after the first's): the words are aligned in the first part, the typed text's."""
+    if clip is None or not target_prompt.strip() or not positive:
+        return []
+    tokens, own = int(positive[0][0].shape[1]), token_count(clip, target_prompt)
+    if tokens <= own:
+        return []
+    return [
+        f"the positive has {tokens} tokens, {tokens - own} more than target_prompt makes (a ConditioningConcat): "
+        f"the shared words and the blend words are those of its first {own} tokens, target_prompt's; the "
+        "concatenated tokens keep their own cross-attention"
+    ]
 
 
 def mask_image(mask: torch.Tensor | None, samples: torch.Tensor, ratio: int) -> torch.Tensor:

@@ -106,6 +106,12 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
         warnings = []
         if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")
+        if len(positive) > 1:
+            warnings.append(
+                f"the positive combines {len(positive)} conditionings (ConditioningCombine): the inversion follows "
+                "their average, and the source attention is recorded from the first (type its text as the Edit "
+                "Sampler's source_prompt)"
+            )
         source = edit_runs.invert(edit_runs.Guide(model, positive, negative, adapter), latent, settings)
         return io.NodeOutput({"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings))
 
@@ -156,8 +162,11 @@ class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", categ
     ) -> io.NodeOutput:
         settings = EditSettings.from_inputs(widgets)
         prompt = cls.hidden.prompt
-        edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)
+        texts = edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)
         plan = edit_runs.plan_edit(settings, edit_source.settings, clip)
-        result = edit_runs.edit(edit_runs.Guide(model, positive, negative, adapter), edit_source, plan)
+        # The graph's entries are the conditioning's when it counts as many (else which one is the target's is open).
+        target = texts.target_entry if texts.entries == len(positive) else None
+        result = edit_runs.edit(edit_runs.Guide(model, positive, negative, adapter), edit_source, plan, target)
         mask = edit_runs.mask_image(result.mask, result.samples, edit_runs.pixel_ratio(model, vae))
-        return io.NodeOutput({"samples": result.samples}, mask, ui=report("ContextDiff Edit Sampler", result.warnings))
+        warnings = texts.notes + edit_runs.concatenation_note(clip, positive, settings.target_prompt) + result.warnings
+        return io.NodeOutput({"samples": result.samples}, mask, ui=report("ContextDiff Edit Sampler", warnings))

@@ -23,6 +23,11 @@ def token_ids(clip: CLIP, text: str) -> list[int]:
     return [int(t[0]) for t in _first_encoder(clip.tokenize(text))[0]]
 
 
+def token_count(clip: CLIP, text: str) -> int:
+    """Tokens of ``text``'s conditioning: 77 (start, 75 words' tokens, end) per chunk of the first encoder."""
+    return len(_first_encoder(clip.tokenize(text))) * (CHUNK_TOKENS + 2)
+
+
 def word_positions(clip: CLIP, prompt_ids: list[int], word: str) -> list[int]:
     """Positions of the tokens of ``word`` in a tokenised prompt (every occurrence).
 

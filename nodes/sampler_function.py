@@ -36,10 +36,15 @@ WrappedModel = Any
 METHODS = ("ddim", "ddpm")
 
 
+def positive_entries(guider: comfy.samplers.CFGGuider) -> list[dict]:
+    """The entries of the guider's positive conditioning as it samples them (several after ConditioningCombine)."""
+    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", {})
+    return conds.get("positive") or next(iter(conds.values()), None) or []
+
+
 def positive_tokens(guider: comfy.samplers.CFGGuider) -> torch.Tensor:
     """The cross-attention tokens of the guider's positive conditioning (its first entry)."""
-    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", {})
-    entries = conds.get("positive") or next(iter(conds.values()), None)
+    entries = positive_entries(guider)
     if not entries:
         raise ValueError(
             "ContextDiff needs a positive conditioning to compute the context bias; connect one to the guider."
@@ -121,6 +126,9 @@ def biased_run(
     bias, cause = prepare(model, x, adapter, strength, frames)
     if host_noise:
         options["noise_sampler"] = host_noise_sampler(x, (extra_args or {}).get("seed"))
+    on_positive = options.pop("on_positive", None)
+    if on_positive is not None:  # the editor tells a combined positive's entries apart by these
+        on_positive([entry.get("uuid") for entry in positive_entries(model.inner_model)])
     extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
     with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
         return loop(model, x, sigmas, extra_args, callback, disable, bias=bias, cause=cause, **options)
@@ -151,11 +159,13 @@ def contextdiff_ksampler(
     post_step: PostStep | None = None,
     start_has_bias: bool = False,
     on_level: LevelHook | None = None,
+    on_positive: Callable[[list], None] | None = None,
 ) -> comfy.samplers.KSAMPLER:
     """A SAMPLER object for SamplerCustom / SamplerCustomAdvanced / our KSampler node.
 
     ComfyUI noises the start itself (``sigma_0 * noise``, image + noise): it carries no ``b_t``, so the first
     step takes ``b_t = 0`` (``start_has_bias=False``). Sampling from an inversion passes ``True``.
+    ``on_positive(uuids)`` is told the uuids ComfyUI gave the positive's entries, before the first model call.
     """
     check_options(strength, eta, method)
     # On increasing sigmas (FlipSigmas) DDIM at eta 0 unsamples, like core ``ddim``; ``post_step`` adjusts DDIM steps
@@ -173,6 +183,8 @@ def contextdiff_ksampler(
         on_level=on_level,
         host_noise=method == "ddpm" or eta > 0,
     )
+    if on_positive is not None:
+        options["on_positive"] = on_positive
     # Same inpainting noise as ComfyUI's own ddim, so masked sampling matches it too.
     return comfy.samplers.KSAMPLER(biased_run, extra_options=options, inpaint_options={"random": method == "ddim"})
 
@@ -184,10 +196,12 @@ def inversion_ksampler(
     refine_steps: int = 0,
     trajectory: Callable[[dict], None] | None = None,
     on_level: LevelHook | None = None,
+    on_positive: Callable[[list], None] | None = None,
 ) -> comfy.samplers.KSAMPLER:
     """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped) and the clean latent.
 
-    ``trajectory(info)`` sees the input and every inverted level, before the preview callback.
+    ``trajectory(info)`` sees the input and every inverted level, before the preview callback; ``on_positive``
+    (as for :func:`contextdiff_ksampler`) the uuids of the positive's entries before the first model call.
     """
     check_options(strength)
     if refine_steps < 0:
@@ -202,4 +216,6 @@ def inversion_ksampler(
         on_level=on_level,
         final_eval=True,  # the editing store records the attention at the top level too
     )
+    if on_positive is not None:
+        options["on_positive"] = on_positive
     return comfy.samplers.KSAMPLER(biased_run, extra_options=options)

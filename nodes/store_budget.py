@@ -4,7 +4,7 @@ would not fit in half the free memory (the video edit's default budget) is refus
 The store keeps q and k of every attention block for each fused step (:func:`store_bytes_per_frame`); its size
 grows with the steps, the image size and the batch. A bound taken from the UNet's layers alone (every block at
 the latent's full token count) settles the usual case without a model call; only when that bound is over the
-budget does one probe pass (:func:`attention_footprint`, as the video edit uses, at most 32x32 latent pixels)
+budget does one probe pass (:func:`footprint`, at most 32x32 latent pixels, as the video edit's estimate also does)
 measure the blocks.
 """
 
@@ -34,9 +34,10 @@ def _upper_bound_footprint(model: ModelPatcher, tokens: int) -> list[tuple[int, 
     ]
 
 
-def _footprint(model: ModelPatcher, h: int, w: int) -> list[tuple[int, int]]:
-    # Probed at most PROBE x PROBE latent pixels (a full-size probe of a huge image would itself not fit):
-    # every block's token count is a fixed fraction of the latent's area.
+def footprint(model: ModelPatcher, h: int, w: int) -> list[tuple[int, int]]:
+    """``(tokens, channels)`` of every attention block at an ``h`` x ``w`` latent, probed at most PROBE x PROBE
+    latent pixels (a full-size probe of a huge image would itself be the run the estimate should refuse, with
+    no progress and no Cancel): every block's token count is a fixed fraction of the latent's area."""
     ph, pw = min(h, PROBE), min(w, PROBE)
     return [(round(n * h * w / (ph * pw)), c) for n, c in attention_footprint(model, (ph, pw))]
 
@@ -56,7 +57,7 @@ def check_inversion_fits(
     itemsize = torch.empty((), dtype=settings.store_dtype).element_size()
     if store_bytes_per_frame(_upper_bound_footprint(model, h * w), fused, itemsize) * latents <= budget_bytes:
         return
-    per_step = store_bytes_per_frame(_footprint(model, h, w), 1, itemsize) * latents
+    per_step = store_bytes_per_frame(footprint(model, h, w), 1, itemsize) * latents
     if per_step * fused <= budget_bytes:
         return
     raise MemoryError(

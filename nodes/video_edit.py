@@ -6,13 +6,14 @@ import os
 from typing import TYPE_CHECKING
 
 import comfy.model_management
+import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..contextdiff.editing import VideoSettings
-from ..media.video import VideoError, file_fingerprint, read_video, safe_input_path, write_video
-from . import inputs, video_runs
+from ..media.video import VideoError, file_fingerprint, planned_frames, read_video, safe_input_path, write_video
+from . import inputs, interrupt, video_runs
 from .editing import report
 from .pack_node import PackNode
 
@@ -34,7 +35,10 @@ SIZE_TIP = (
 )
 CHUNK_SIZE_TIP = "Frames inverted and edited together (they attend to each other)."
 OVERLAP_TIP = "Frames shared by neighbouring chunks, cross-faded; smaller than chunk_size."
-MEMORY_LIMIT_GB_TIP = "Attention store budget; 0 = half of the free memory."
+MEMORY_LIMIT_GB_TIP = (
+    "Memory the edit may use: the attention store of a chunk, the frames and the VAE's working memory. "
+    "0: the store gets half of the free memory; a VAE on the CPU, the free memory."
+)
 SAVE_MP4_TIP = "Also write an mp4 to the output folder, at the source frame rate."
 FILENAME_PREFIX_TIP = "Name of the mp4 inside the output folder (a subfolder may be given)."
 IMAGES_TIP = "Frames (e.g. from VideoHelperSuite's loader); or name a video file instead."
@@ -159,56 +163,86 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
         error = input_errors(settings.chunk_size, settings.overlap, settings.save_mp4, settings.filename_prefix, video)
         if error:
             raise ValueError(error)
-        if images is not None and video:
-            raise ValueError(
-                "both images and a video file are given: connect frames to 'images' or name a video "
-                "file in 'video', not both"
-            )
         plan = video_runs.plan_video(model, clip, settings)  # before reading or encoding any frame
-        frames, fps, warnings = read_frames(images, video, settings)
+        shape = frames_to_read(images, video, settings)
         budget = (
             settings.memory_limit_gb * 1e9
             if settings.memory_limit_gb > 0
             else 0.5 * comfy.model_management.get_free_memory(torch.device("cpu"))
         )
+        memory = video_runs.memory_check(model, vae, shape, settings, budget_bytes=budget, from_file=images is None)
+        frames, fps, warnings = read_frames(images, video, settings)
         result, run_warnings = video_runs.edit_video(
-            model, vae, clip, frames, settings, budget_bytes=budget, adapter=adapter, plan=plan
+            model, vae, clip, frames, settings, memory=memory, adapter=adapter, plan=plan
         )
         if settings.save_mp4:
             folder, name, counter, _, _ = folder_paths.get_save_image_path(
                 settings.filename_prefix, folder_paths.get_output_directory()
             )
-            write_video(os.path.join(folder, f"{name}_{counter:05}.mp4"), result, fps)
+            path = os.path.join(folder, f"{name}_{counter:05}.mp4")
+            write_video(path, result, fps, progress=lambda *_: interrupt.check())
         return io.NodeOutput(result, ui=report("ContextDiff Video Edit", warnings + run_warnings))
+
+
+def frames_to_read(images: torch.Tensor | None, video: str, settings: VideoSettings) -> video_runs.FrameShape:
+    """How many frames the edit will read and their size, from the images' shape or the video's header (nothing
+    decoded); refuses what cannot be edited."""
+    if images is not None and video:
+        raise ValueError(
+            "both images and a video file are given: connect frames to 'images' or name a video "
+            "file in 'video', not both"
+        )
+    if images is not None:
+        count = -(-images.shape[0] // settings.frame_stride)
+        if count > settings.max_frames:
+            raise ValueError(
+                f"{count} frames given but max_frames is {settings.max_frames}: raise max_frames or trim the clip"
+            )
+        return video_runs.FrameShape(count, int(images.shape[1]), int(images.shape[2]))
+    if not video:
+        raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
+    path = safe_input_path(folder_paths.get_input_directory(), video)
+    count, width, height = planned_frames(
+        path,
+        max_frames=settings.max_frames,
+        stride=settings.frame_stride,
+        size=settings.size,
+        memory_limit_bytes=_decode_limit(),
+    )
+    return video_runs.FrameShape(count or settings.max_frames, height, width)
+
+
+def _decode_limit() -> int:
+    # Decoding is refused before it starts when the frames alone would not fit in the free memory.
+    return int(comfy.model_management.get_free_memory(torch.device("cpu")))
 
 
 def read_frames(
     images: torch.Tensor | None, video: str, settings: VideoSettings
 ) -> tuple[torch.Tensor, float, list[str]]:
-    """The frames to edit (images or the video file), their rate, and warnings; refuses what cannot be edited."""
+    """The frames to edit (images or the video file; checked by :func:`frames_to_read`), their rate, and
+    warnings. Decoding shows its progress and stops on Cancel, frame by frame."""
     warnings = []
     if images is not None:
         frames, fps = images[:: settings.frame_stride], IMAGES_FPS
-        if frames.shape[0] > settings.max_frames:
-            raise ValueError(
-                f"{frames.shape[0]} frames given but max_frames is {settings.max_frames}: raise max_frames or "
-                "trim the clip"
-            )
         if settings.save_mp4:
             warnings.append(f"frames given as images carry no frame rate: the mp4 is written at {IMAGES_FPS:g} fps")
-    elif video:
+    else:
         path = safe_input_path(folder_paths.get_input_directory(), video)
-        # Decoding is refused before it starts when the frames alone would not fit in the free memory.
-        free = int(comfy.model_management.get_free_memory(torch.device("cpu")))
+        bar = comfy.utils.ProgressBar(settings.max_frames)
+
+        def progress(done: int, total: int) -> None:
+            interrupt.check()  # each frame is decoded and resized at full resolution: Cancel between frames
+            bar.update_absolute(done, total)
+
         frames, fps = read_video(
             path,
             max_frames=settings.max_frames,
             stride=settings.frame_stride,
             size=settings.size,
-            memory_limit_bytes=free,
+            memory_limit_bytes=_decode_limit(),
+            progress=progress,
         )
-    else:
-        raise ValueError("connect frames to 'images' or name a video file from the input folder in 'video'")
     if frames.shape[0] == 0:
         raise VideoError("the video has no frames: pick another clip")
     return frames, fps, warnings

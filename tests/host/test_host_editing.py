@@ -618,3 +618,121 @@ def test_edit_source_adapter_mismatch_is_refused_before_inverting_where_the_grap
     p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "never_adapted"}}
     error = failure(server, p)
     assert error["node_type"] == node and named in error["exception_message"], error
+
+
+# ---- issue 32.2: prompt texts that arrive through links ---------------------------------------------------------
+
+
+def _linked_texts(p: dict) -> dict:
+    """The target's CLIP Text Encode reads TGT out of ComfyUI's own string nodes: a multiline primitive and a
+    primitive joined by Concatenate; the source's reads SRC out of a primitive."""
+    head, tail = TGT.split(" on ")
+    p["head"] = {"class_type": "PrimitiveStringMultiline", "inputs": {"value": head}}
+    p["tail"] = {"class_type": "PrimitiveString", "inputs": {"value": "on " + tail}}
+    p["joined"] = {
+        "class_type": "StringConcatenate",
+        "inputs": {"string_a": ["head", 0], "string_b": ["tail", 0], "delimiter": " "},
+    }
+    p["tgt"]["inputs"]["text"] = ["joined", 0]
+    p["src_text"] = {"class_type": "PrimitiveString", "inputs": {"value": SRC}}
+    p["src"]["inputs"]["text"] = ["src_text", 0]
+    return p
+
+
+@pytest.mark.parametrize(
+    "field, typed, encoded",
+    [("target_prompt", "a bird sitting on the grass", TGT), ("source_prompt", "a cat sitting on the sofa", SRC)],
+)
+def test_round4_linked_text_from_string_nodes_is_checked(server, picture, field, typed, encoded):
+    """A typed prompt that is not the text the string nodes made is refused, naming that text (it used to pass
+    silently: the graph holds only a link); the right text runs."""
+    p = _linked_texts(edit_nodes(picture, target=TGT))
+    p["edit"]["inputs"][field] = typed
+    p["inv"]["inputs"]["steps"] = 5  # an inversion no other test ran
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "never_linked"}}
+    message = failure(server, p)["exception_message"]
+    assert f"{field} is {typed!r}" in message and f"encoded from {encoded!r}" in message, message
+    p = _linked_texts(edit_nodes(picture, target=TGT))
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "linked_ok"}}
+    assert "could not be compared" not in ui_text(server.run(p))
+
+
+def test_round4_linked_text_from_another_node_is_said_in_the_node_text(server, picture):
+    """Where the text comes out of a node the graph cannot evaluate, the Edit Sampler says so, naming the node,
+    instead of passing silently."""
+    p = edit_nodes(picture, target=TGT)
+    p["other"] = {"class_type": "ContextDiffTest_OtherPackText", "inputs": {"text": TGT}}
+    p["tgt"]["inputs"]["text"] = ["other", 0]
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "linked_other"}}
+    text = ui_text(server.run(p))
+    assert "target_prompt could not be compared" in text and "node other (ContextDiffTest_OtherPackText)" in text, text
+
+
+# ---- issue 32.3: combined conditionings --------------------------------------------------------------------------
+
+STYLE = "a high quality photo"
+
+
+def _combined(picture, typed=TGT, fuse=True, blend="cat dog") -> dict:
+    """The edit's positive combines a style prompt (first) with the target prompt (second)."""
+    p = edit_nodes(picture, target=typed, blend=blend, fuse=fuse, cfg=2.0)
+    p["style"] = {"class_type": "CLIPTextEncode", "inputs": {"text": STYLE, "clip": ["clip", 0]}}
+    p["both"] = {
+        "class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": ["style", 0], "conditioning_2": ["tgt", 0]},
+    }
+    p["edit"]["inputs"]["positive"] = ["both", 0]
+    return p
+
+
+def _latent_of(server, p, prefix):
+    from safetensors.torch import load_file
+
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": prefix}}
+    entry = server.run(p)
+    path = sorted(server.output_dir.glob(f"{prefix}_*.latent"))[-1]
+    return load_file(str(path))["latent_tensor"], ui_text(entry)
+
+
+def test_round4_combined_positive_fuses_every_entry_and_says_how(server, picture):
+    """ConditioningCombine on the edit's positive: the typed target prompt is the second entry's text (it used to
+    be refused, naming the first's); the source's self-attention is fused into both entries, the shared words and
+    blend words into the second, and the node says so with its counts (it used to fuse nothing and say 'fused only
+    in part')."""
+    import re
+
+    fused, text = _latent_of(server, _combined(picture), "combined_fused")
+    assert "found no recording" not in text and "only in part" not in text, text
+    counts = re.search(r"fused into each \((\d+) entry chunks in (\d+) self-attention calls\)", text)
+    assert counts, text
+    assert int(counts.group(1)) == 2 * int(counts.group(2)) > 0, text  # both entries in every fused call
+    assert "blend words into entry 2 alone" in text, text
+    plain, _ = _latent_of(server, _combined(picture, fuse=False, blend=""), "combined_plain")
+    assert rel_err(fused, plain) > 1e-3, "fusing changed nothing"
+
+
+def test_round4_combined_positive_refuses_a_text_of_neither_entry(server, picture):
+    p = _combined(picture, typed="a bird sitting on the grass")
+    p["tgt"]["inputs"]["text"] = TGT
+    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["edit", 0], "filename_prefix": "never_combined"}}
+    message = failure(server, p)["exception_message"]
+    assert "combines 2 conditionings encoded from" in message and repr(STYLE) in message and repr(TGT) in message
+
+
+def test_round4_combined_concatenation_aligns_the_first_part_and_says_so(server, picture):
+    """ConditioningConcat (one entry, the second conditioning's tokens after the first's): the typed target prompt
+    is the first part's text (another is refused naming it); its words are aligned, and the node says so."""
+    p = edit_nodes(picture, target=TGT, blend="cat dog", cfg=2.0)
+    p["style"] = {"class_type": "CLIPTextEncode", "inputs": {"text": STYLE, "clip": ["clip", 0]}}
+    p["cat"] = {
+        "class_type": "ConditioningConcat",
+        "inputs": {"conditioning_to": ["tgt", 0], "conditioning_from": ["style", 0]},
+    }
+    p["edit"]["inputs"]["positive"] = ["cat", 0]
+    _, text = _latent_of(server, p, "concat_fused")
+    assert "the positive has 154 tokens, 77 more than target_prompt makes" in text, text
+    assert "found no recording" not in text, text
+    p["edit"]["inputs"]["target_prompt"] = STYLE
+    p["save"]["inputs"]["filename_prefix"] = "never_concat"
+    message = failure(server, p)["exception_message"]
+    assert f"target_prompt is {STYLE!r}" in message and f"encoded from {TGT!r}" in message, message

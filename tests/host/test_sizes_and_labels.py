@@ -305,7 +305,7 @@ def test_inversion_store_estimate_matches_the_recording(inversion_env, shape):
     latent = {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(0))}
     recorded = runs.invert(runs.Guide(model, positive), latent, settings).store.nbytes()
     fused = len(settings.fused_steps)
-    estimate = budget.store_bytes_per_frame(budget._footprint(model, *shape[-2:]), fused, 2) * shape[0]
+    estimate = budget.store_bytes_per_frame(budget.footprint(model, *shape[-2:]), fused, 2) * shape[0]
     assert abs(estimate - recorded) <= 0.1 * recorded, (estimate, recorded)
     budget.check_inversion_fits(model, shape, settings, budget_bytes=1.01 * estimate)
     with pytest.raises(MemoryError) as err:

@@ -101,7 +101,23 @@ class InterruptTripwire:
         return (m,)
 
 
+class OtherPackText:
+    """A text out of another pack's node (a prompt generator, a file reader): its value is known only once it ran."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "", "multiline": True})}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "give"
+    CATEGORY = "testing"
+
+    def give(self, text):
+        return (text,)
+
+
 EDITING_NODES = {
+    "ContextDiffTest_OtherPackText": OtherPackText,
     "ContextDiffTest_TemperatureAttention": TemperatureAttention,
     "ContextDiffTest_InterruptTripwire": InterruptTripwire,
 }

@@ -14,7 +14,7 @@ class _Counter:
 
     def __init__(self, report, delay, slow="any"):
         self.report, self.delay, self.slow = report, delay, slow
-        self.counts = {"inversion": 0, "sampling": 0, "any": 0}
+        self.counts = {"inversion": 0, "sampling": 0, "decoding": 0, "any": 0}
 
     def tick(self, phase):
         self.counts[phase] += 1
@@ -91,7 +91,51 @@ class SlowAdapter:
         return (dataclasses.replace(adapter, module=module, _device_copies={}),)
 
 
+class SlowVideoFrames:
+    """Passes a video name through, and makes each frame the pack decodes in this prompt count itself and sleep (as
+    a full-resolution frame decoded and resized on a CPU does); the pack's reader is restored at the next prompt.
+    Link its output to the Video Edit's ``video`` so that it runs just before."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "video": ("STRING", {"default": ""}),
+                "delay": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 10.0}),
+                "report": ("STRING", {"default": ""}),
+            }
+        }
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, video, delay, report):
+        import sys
+
+        import server
+
+        import nodes
+
+        pack = nodes.NODE_CLASS_MAPPINGS["ContextDiffVideoEdit"].__module__.rsplit(".nodes.", 1)[0]
+        reader = sys.modules[pack + ".media.video"]
+        original = getattr(reader._resize_uint8, "original", reader._resize_uint8)
+        counter, prompt_id = _Counter(report, delay), server.PromptServer.instance.last_prompt_id
+
+        def slow_resize(rgb, width, height):
+            if server.PromptServer.instance.last_prompt_id != prompt_id:
+                reader._resize_uint8 = original  # another prompt: this one's reader again
+            else:
+                counter.tick("decoding")
+            return original(rgb, width, height)
+
+        slow_resize.original = original
+        reader._resize_uint8 = slow_resize
+        return (video,)
+
+
 INTERRUPT_NODES = {
+    "ContextDiffTest_SlowVideoFrames": SlowVideoFrames,
     "ContextDiffTest_SlowAttention": SlowAttention,
     "ContextDiffTest_SlowAdapter": SlowAdapter,
 }
