@@ -155,6 +155,12 @@ def render(result: dict) -> str:
         f"{device}: {row['load_before']} before, {row['load_after']} after, {row['cores']} cores"
         for device, row in rows.items()
     )
+    busy = [device for device, row in rows.items() if row["load_before"] > row["cores"]]
+    if busy:  # written elsewhere first (CONTEXTDIFF_BENCH_DOCS), then brought here by hand
+        loads += (
+            f". **Measured at a load above the core count ({', '.join(busy)})**: these figures measure the other "
+            "jobs as much as the trainer; a quiet re-run is pending"
+        )
     return f"""## Shapes trainer throughput (`bench/trainer_throughput.py`, part of `python -m bench train_step`)
 
 The shapes recipe (`{result["recipe"]}`: batch {cpu["batch_size"]}, {cpu["image_size"]}x{cpu["image_size"]} pixels), the

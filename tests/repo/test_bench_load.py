@@ -59,3 +59,31 @@ def test_every_timed_benchmark_refuses_before_measuring(busy, monkeypatch, name)
         module.main()  # the arguments from sys.argv, as from the command line
     assert refused.value.code not in (0, None) and "load average" in str(refused.value.code)
     assert not written and "comfy.model_management" not in set(sys.modules) - before
+
+
+def test_the_throughput_section_states_its_loads_and_flags_a_busy_measurement():
+    from bench import trainer_throughput
+
+    rates = {f"train_steps_per_s_batches_{name}": 2.0 for name in trainer_throughput.PIPELINES}
+    row = {
+        "batch_size": 16,
+        "image_size": 32,
+        "threads": 2,
+        "cores": 2,
+        "steps_per_run": 20,
+        "repeats": 3,
+        "load_before": 1.1,
+        "load_after": 1.9,
+        "data_batches_per_s": 10.0,
+        "data_over_train": 5.0,
+        "ahead_over_in_step": 1.0,
+        "ahead_all_threads_over_in_step": 0.5,
+        "auto_makes_batches_ahead": False,
+        **rates,
+    }
+    result = {"recipe": "trainer/configs/shapes.yaml", "gpu": None, "devices": {"cpu": row}}
+    quiet = trainer_throughput.render(result)
+    assert "cpu: 1.1 before, 1.9 after, 2 cores" in quiet and "above the core count (" not in quiet
+    assert "| ahead with default threads / the loop making each batch | 0.50x | not measured |" in quiet
+    busy = trainer_throughput.render({**result, "devices": {"cpu": {**row, "load_before": 9.5}}})
+    assert "Measured at a load above the core count (cpu)" in busy and "quiet re-run is pending" in busy
