@@ -92,7 +92,7 @@ class Prefetcher:
         except BaseException as e:  # handed to the loop, which raises it at this step
             self._put((None, e))
             return
-        finally:  # torch's count is also what threads started later begin with
+        finally:  # the count threads started later begin with (those started meanwhile: one, a small cost)
             if threads:
                 torch.set_num_threads(before)
         self._put((None, self._END))

@@ -19,6 +19,7 @@ TIMED = {
     "bench.shapes_train": [],
     "bench.bias_variant_cost": [],
     "bench.gpu_protocol": ["--checkpoint", "none.safetensors", "--clip-weights", "none.bin"],
+    "bench.gpu_report": ["edit"],
 }
 
 
