@@ -87,6 +87,14 @@ def ratio_value(result: dict, key: str, device: str = "cpu") -> float | None:
     return 1 + float(result[derived]) / 100 if derived in result else None
 
 
+def busy_mark(record: dict, device: str) -> str:
+    """`` (load X)`` for a record measured at a load average above the core count (its own or its device's), else
+    nothing: such a figure measures the other jobs too (:func:`quiet_machine`)."""
+    row = record.get("devices", {}).get(device, record)
+    load, cores = row.get("load_before"), row.get("cores")
+    return f" (load {load})" if load is not None and cores and load > cores else ""
+
+
 def ratio_table() -> str:
     """Every ratio, CPU beside CUDA, from the results in docs/bench (``<name>.json``, ``<name>_cuda.json``)."""
     rows = ["| ratio | CPU | CUDA | target |", "|---|---|---|---|"]
@@ -94,8 +102,9 @@ def ratio_table() -> str:
         cells = []
         for suffix, dev in (("", "cpu"), ("_cuda", "cuda")):
             path = DOCS / "bench" / (f"{name}.json" if "/" in key else f"{name}{suffix}.json")
-            value = ratio_value(json.loads(path.read_text()), key, dev) if path.exists() else None
-            cells.append("not measured" if value is None else f"{value:.3g}")
+            record = json.loads(path.read_text()) if path.exists() else {}
+            value = ratio_value(record, key, dev) if record else None
+            cells.append("not measured" if value is None else f"{value:.3g}{busy_mark(record, dev)}")
         rows.append(f"| {what} (`{name}`) | {cells[0]} | {cells[1]} | {target} |")
     return (
         "## Every ratio, CPU and CUDA\n\nEach benchmark writes its CPU result as `docs/bench/<name>.json` and its CUDA "

@@ -152,7 +152,7 @@ def render(result: dict) -> str:
     ]
     table = "\n".join(f"| {label} | {cell('cpu', key, fmt)} | {cell('cuda', key, fmt)} |" for label, key, fmt in lines)
     loads = "; ".join(
-        f"{device}: {row['load_before']} before, {row['load_after']} after, {row['cores']} cores"
+        f"{device} {row['load_before']} before, {row['load_after']} after, on {row['cores']} cores"
         for device, row in rows.items()
     )
     busy = [device for device, row in rows.items() if row["load_before"] > row["cores"]]
@@ -165,8 +165,8 @@ def render(result: dict) -> str:
 
 The shapes recipe (`{result["recipe"]}`: batch {cpu["batch_size"]}, {cpu["image_size"]}x{cpu["image_size"]} pixels), the
 trainer's own step (forward, backward, AdamW, EMA), {cpu["steps_per_run"]} steps per run, the three pipelines
-alternated, {cpu["repeats"]} runs each, median. CPU: {cpu["threads"]} threads. CUDA: {gpu_name}. Load average
-({loads}): the benchmark refuses to write here at a load above the core count.
+alternated, {cpu["repeats"]} runs each, median. CPU: {cpu["threads"]} threads. CUDA: {gpu_name}. The benchmark
+refuses to write here at a load average above the core count; load average: {loads}.
 
 | shapes recipe | CPU | CUDA |
 |---|---|---|

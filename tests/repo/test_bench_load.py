@@ -84,7 +84,14 @@ def test_the_throughput_section_states_its_loads_and_flags_a_busy_measurement():
     }
     result = {"recipe": "trainer/configs/shapes.yaml", "gpu": None, "devices": {"cpu": row}}
     quiet = trainer_throughput.render(result)
-    assert "cpu: 1.1 before, 1.9 after, 2 cores" in quiet and "above the core count (" not in quiet
+    assert "load average: cpu 1.1 before, 1.9 after, on 2 cores." in quiet and "above the core count (" not in quiet
     assert "| ahead with default threads / the loop making each batch | 0.50x | not measured |" in quiet
     busy = trainer_throughput.render({**result, "devices": {"cpu": {**row, "load_before": 9.5}}})
     assert "Measured at a load above the core count (cpu)" in busy and "quiet re-run is pending" in busy
+
+
+def test_a_ratio_measured_above_the_core_count_carries_its_load():
+    per_device = {"devices": {"cpu": {"load_before": 5.14, "cores": 2}, "cuda": {"load_before": 0.3, "cores": 16}}}
+    assert report.busy_mark(per_device, "cpu") == " (load 5.14)" and report.busy_mark(per_device, "cuda") == ""
+    assert report.busy_mark({"load_before": 1.5, "cores": 2}, "cpu") == ""
+    assert report.busy_mark({"median_ratio": 1.02}, "cpu") == ""  # records from before the guard: no load known
