@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from bench.report import load_after, quiet_machine
 from devkit import ROOT
 
 LIMIT = 1.5  # issue 20: at most 1.5x the paper's Eq. 6 per step
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "bias_variant_cost.json")
     args = p.parse_args(argv)
+    loads = quiet_machine(args.out)
 
     import torch
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, (_, _, _, times) in runs.items()
     ]
-    result = {"repeats": args.repeats, "threads": 1, "limit": LIMIT, "load_average": os.getloadavg(), "rows": rows}
+    result = {"repeats": args.repeats, "threads": 1, "limit": LIMIT, **load_after(loads), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| variant | CPU s / step | vs Eq. 6 |\n|---|---|---|")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.report import write_section
+from bench.report import load_after, quiet_machine, write_section
 from devkit import ROOT, import_pack, tiny_models
 
 CFG = 7.5
@@ -220,6 +220,7 @@ def main():
     if args.child:
         print(json.dumps(child(args.child, args.size, args.steps, args.frames)))
         return
+    loads = quiet_machine()
     timing = peak_and_time(args)  # first, before this process holds a model of its own
     store = store_sizes(args)
     result = {
@@ -231,6 +232,7 @@ def main():
         **timing,
         **store,
         "ratio_512": store["per_frame_512_ours_bytes"] / store["per_frame_512_maps_bytes"],
+        **load_after(loads),
     }
     print({k: v for k, v in result.items() if k != "runs"})
     med, gib, mib = timing["median"], 2**30, 2**20

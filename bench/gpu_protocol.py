@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.report import load_after, quiet_machine
 from devkit import ROOT, import_pack
 
 
@@ -36,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
+    out = ROOT / "docs" / "bench" / "gpu_protocol.json"
+    loads = quiet_machine(out)
 
     pack = import_pack()
     import comfy.cli_args
@@ -120,7 +123,7 @@ def main(argv=None):
                 times[label].append(time.perf_counter() - t)
     results["text_to_image"] = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps(results["text_to_image"]))
-    out = ROOT / "docs" / "bench" / "gpu_protocol.json"
+    results.update(load_after(loads))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 

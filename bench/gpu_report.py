@@ -24,8 +24,10 @@ from bench import report
 def edit(args: argparse.Namespace) -> None:
     from bench import edit_memory
 
+    loads = report.quiet_machine()
     timing = edit_memory.peak_and_time(args)
     result = {k: v for k, v in timing.items() if k != "runs"} | {"size": args.size, "steps": args.steps}
+    result |= report.load_after(loads)
     name = "edit_memory_cuda" if report.device_name(result) == "cuda" else "edit_memory_rehearsal"
     (report.DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (report.DOCS / "bench" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

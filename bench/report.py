@@ -5,10 +5,34 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
+REPO_DOCS = Path(__file__).resolve().parents[1] / "docs"
 # CONTEXTDIFF_BENCH_DOCS sends results elsewhere (a rehearsal of scripts/gpu_check.sh must not overwrite docs/).
-DOCS = Path(os.environ.get("CONTEXTDIFF_BENCH_DOCS") or Path(__file__).resolve().parents[1] / "docs")
+DOCS = Path(os.environ.get("CONTEXTDIFF_BENCH_DOCS") or REPO_DOCS)
+
+
+def quiet_machine(out: Path | None = None) -> dict:
+    """The load average at a timing benchmark's start, ``{"load_before": ..., "cores": ...}``. When its results go
+    into the repository's docs/ (``out``, else :data:`DOCS`) and the load exceeds the core count, it exits non-zero
+    and says why: its times would measure the other jobs, and not even their ratios hold there (a second OpenMP team
+    made the shapes trainer 2x slower on 2 quiet cores and 3.6x faster at load 16.5, issue 33). Run it on a quiet
+    machine, or give CONTEXTDIFF_BENCH_DOCS (or ``--out``) another folder."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    dest = Path(out if out is not None else DOCS).resolve()
+    if load > cores and dest.is_relative_to(REPO_DOCS):
+        sys.exit(
+            f"[bench] not measured: the load average is {load:.2f} on {cores} cores; figures for {dest} must be "
+            "measured on a quiet machine (load at most the core count). Wait for the other jobs, or write elsewhere "
+            "with CONTEXTDIFF_BENCH_DOCS=<folder> (or --out where the benchmark has it)."
+        )
+    return {"load_before": round(load, 2), "cores": cores}
+
+
+def load_after(record: dict) -> dict:
+    """``record`` with the load average at the end of the measurement beside the one at its start."""
+    return {**record, "load_after": round(os.getloadavg()[0], 2)}
 
 
 # Every ratio the benchmarks report, for the side-by-side table: (what, benchmark, key, target).
@@ -63,6 +87,14 @@ def ratio_value(result: dict, key: str, device: str = "cpu") -> float | None:
     return 1 + float(result[derived]) / 100 if derived in result else None
 
 
+def busy_mark(record: dict, device: str) -> str:
+    """`` (load X)`` for a record measured at a load average above the core count (its own or its device's), else
+    nothing: such a figure measures the other jobs too (:func:`quiet_machine`)."""
+    row = record.get("devices", {}).get(device, record)
+    load, cores = row.get("load_before"), row.get("cores")
+    return f" (load {load})" if load is not None and cores and load > cores else ""
+
+
 def ratio_table() -> str:
     """Every ratio, CPU beside CUDA, from the results in docs/bench (``<name>.json``, ``<name>_cuda.json``)."""
     rows = ["| ratio | CPU | CUDA | target |", "|---|---|---|---|"]
@@ -70,8 +102,9 @@ def ratio_table() -> str:
         cells = []
         for suffix, dev in (("", "cpu"), ("_cuda", "cuda")):
             path = DOCS / "bench" / (f"{name}.json" if "/" in key else f"{name}{suffix}.json")
-            value = ratio_value(json.loads(path.read_text()), key, dev) if path.exists() else None
-            cells.append("not measured" if value is None else f"{value:.3g}")
+            record = json.loads(path.read_text()) if path.exists() else {}
+            value = ratio_value(record, key, dev) if record else None
+            cells.append("not measured" if value is None else f"{value:.3g}{busy_mark(record, dev)}")
         rows.append(f"| {what} (`{name}`) | {cells[0]} | {cells[1]} | {target} |")
     return (
         "## Every ratio, CPU and CUDA\n\nEach benchmark writes its CPU result as `docs/bench/<name>.json` and its CUDA "

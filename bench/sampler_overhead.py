@@ -16,7 +16,7 @@ import statistics
 import time
 
 from bench import report
-from bench.report import write_section
+from bench.report import load_after, quiet_machine, write_section
 from devkit import import_pack, tiny_models
 
 
@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cfg", type=float, default=7.5)
     args = ap.parse_args()
+    loads = quiet_machine()
 
     pack = import_pack()
     import importlib
@@ -124,6 +125,7 @@ def main():
         "device": str(comfy.model_management.get_torch_device()),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        **load_after(loads),
     }
     print(json.dumps(result, indent=2))
     write_section(

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.report import load_after, quiet_machine
 from devkit import ROOT, comfyui
 
 # name -> options changed from the recipe
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "shapes_train.json"))
     args = ap.parse_args(argv)
+    loads = quiet_machine(Path(args.out))
     comfyui()
     from trainer.config import load_config
 
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
                 "cpu_count": threads,
                 "recipe_steps": load_config(["--config", str(ROOT / "trainer" / "configs" / "shapes.yaml")]).steps,
                 "rows": rows,
+                **load_after(loads),
             },
             indent=2,
         )

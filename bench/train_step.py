@@ -24,7 +24,7 @@ import argparse
 import statistics
 import time
 
-from bench.report import write_section
+from bench.report import load_after, quiet_machine, write_section
 from devkit import comfyui, tiny_models
 
 CONFIGS = {"sd15": "SD15", "sdxl": "SDXL"}
@@ -147,6 +147,7 @@ def main():
         ap.error(f"--families: choose from {sorted(CONFIGS)}")
     if args.model_channels % 64:
         ap.error("--model_channels must be a multiple of 64 (64-channel attention heads, 32-group norms)")
+    loads = quiet_machine()
     import torch
 
     comfyui(cpu=not torch.cuda.is_available())  # as the trainer configures ComfyUI (--device auto)
@@ -168,6 +169,7 @@ def main():
         "model_channels": args.model_channels,
         "threads": torch.get_num_threads(),
         "families": rows,
+        **load_after(loads),
     }
     if names == ["sd15"]:  # the keys of the SD1.5-only record, as before
         result.update({k: v for k, v in rows["sd15"].items() if k not in ("family",)})

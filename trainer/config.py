@@ -34,6 +34,7 @@ MAY_CHANGE = frozenset(
         "output_dir",
         "name",
         "device",
+        "prefetch",
         "grad_checkpointing",
         "save_every",
         "log_every",
@@ -309,6 +310,13 @@ class TrainConfig:
     # Runtime
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     precision: str = opt("fp32", "autocast precision on CUDA", ["fp32", "bf16", "fp16"])
+    prefetch: str = opt(
+        "auto",
+        "the shapes world's batches: made ahead on a thread (ahead) or by the loop as each step needs them (sync); "
+        "auto: ahead on CUDA, sync on the CPU, where the thread gains nothing (docs/benchmarks.md); the other modes "
+        "make their batches in the step. Same batches, same results either way",
+        ["auto", "ahead", "sync"],
+    )
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     save_every: int = opt(500, "checkpoint (and plots) every n steps; always at the end", minimum=1)
     log_every: int = opt(10, "log line every n steps", minimum=1)

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoint, plots
-from .batches import Prefetcher, step_generator, synchronous
+from .batches import Prefetcher, made_ahead, step_generator, synchronous
 from .runtime import EMA, Dist, autocast
 
 __all__ = ["Run", "lr_lambda", "step_generator", "train"]
@@ -102,13 +102,12 @@ class Run:
         return start
 
     def batches(self, start: int):
-        """``(step, batch)`` for the steps from ``start``: made ahead on a thread where the task's batches are
-        worth it (pinned on CUDA), else as each step needs it. A context manager."""
+        """``(step, batch)`` for the steps from ``start``: made ahead on a thread where ``--prefetch`` says so
+        (pinned on CUDA; :func:`trainer.batches.made_ahead`), else as each step needs it. A context manager."""
         steps = range(start, self.cfg.steps)
-        seed, rank = self.cfg.seed, self.env.rank
-        if self.task.prefetch:
-            pin = self.env.device.type == "cuda"
-            return Prefetcher(self.task.make_batch, seed, rank, steps, pin=pin)
+        seed, rank, device = self.cfg.seed, self.env.rank, self.env.device
+        if made_ahead(self.cfg.prefetch, device, self.task.prefetch):
+            return Prefetcher(self.task.make_batch, seed, rank, steps, pin=device.type == "cuda")
         return contextlib.nullcontext(synchronous(self.task.make_batch, seed, rank, steps))
 
     # --- step --------------------------------------------------------------------------------

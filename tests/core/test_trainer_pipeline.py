@@ -1,5 +1,5 @@
 """The trainer's pieces that need no model: the batch pipeline (prefetched = synchronous, errors and early
-stops) and the task base class's eval swap."""
+stops, ``--prefetch``'s choice, the thread's intra-op threads) and the task base class's eval swap."""
 
 import threading
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.batches import Prefetcher, step_generator, synchronous
+from trainer.batches import Prefetcher, made_ahead, step_generator, synchronous
 from trainer.task import Task
 
 
@@ -55,6 +55,42 @@ def test_prefetch_stops_when_the_loop_stops_early():
             if step == 2:
                 break
     assert threading.active_count() == before
+
+
+def test_prefetch_choice():
+    """auto: ahead on CUDA only (on the CPU the thread shares the step's cores and gains nothing, issue 33); never
+    for a task whose batches are no work of their own; anything else is refused."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert made_ahead("auto", cuda, True) and not made_ahead("auto", cpu, True)
+    assert made_ahead("ahead", cpu, True) and made_ahead("ahead", cuda, True)
+    assert not made_ahead("sync", cuda, True)
+    assert not any(made_ahead(c, d, False) for c in ("auto", "ahead", "sync") for d in (cpu, cuda))
+    with pytest.raises(ValueError, match="auto, ahead or sync"):
+        made_ahead("always", cpu, True)
+
+
+def test_the_batch_thread_opens_no_second_openmp_team():
+    """The batches are made with one intra-op thread (a second OpenMP team made every step's parallel regions wake
+    sleeping threads: 2x slower training on 2 cores, issue 33), torch's default on request; the loop's threads
+    and those of threads started afterwards keep torch's count."""
+    threads = torch.get_num_threads()
+    seen = {}
+
+    def make(gen):
+        seen[threading.current_thread().name] = torch.get_num_threads()
+        return noisy_batch(gen)
+
+    for options, expected in (({}, 1), ({"threads": None}, threads)):
+        seen.clear()
+        with Prefetcher(make, 0, 0, range(3), **options) as pre:
+            list(pre)
+        assert seen == {"trainer-batches": expected}
+    assert torch.get_num_threads() == threads
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [threads]
 
 
 class Toy(Task):

@@ -189,6 +189,30 @@ def test_shapes_batches_made_ahead_are_the_loops_batches(comfy_inprocess):
     assert set(task._ids) >= set(captions)  # each caption tokenised once, then read from the cache
 
 
+def test_shapes_training_is_the_same_with_batches_made_ahead_or_in_the_loop(tmp_path):
+    """``--prefetch ahead`` and ``sync`` train the same run: the same losses, state and exported checkpoint; only the
+    recorded option differs. Same CPU, same operations (the thread makes the same batches): equal exactly."""
+    outs = {}
+    for choice in ("sync", "ahead"):
+        outs[choice] = out = tmp_path / choice
+        args = ("--steps", "3", "--log_every", "1", "--preview_count", "0", "--save_every", "2", "--prefetch", choice)
+        run(*TINY_SHAPES, *args, "--output_dir", str(out), "--name", "shapes")
+    logs = {c: [json.loads(line) for line in (o / "log.jsonl").read_text().splitlines()] for c, o in outs.items()}
+    assert [r["step"] for r in logs["sync"] if "loss" in r] == [1, 2, 3]
+    for a, b in zip(logs["sync"], logs["ahead"], strict=True):
+        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+    for name in (
+        "state/" + (outs["sync"] / "state" / "latest").read_text() + "/weights.safetensors",
+        "shapes.safetensors",
+    ):
+        a, b = (load_file(str(o / name)) for o in outs.values())
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    configs = {c: json.loads((o / "config.json").read_text()) for c, o in outs.items()}
+    assert configs["sync"].pop("prefetch") == "sync" and configs["ahead"].pop("prefetch") == "ahead"
+    configs["sync"].pop("output_dir"), configs["ahead"].pop("output_dir")
+    assert configs["sync"] == configs["ahead"]
+
+
 def test_without_bias_the_adapter_gets_no_gradient(tmp_path):
     """The fair-comparison switch: same model and data, but the bias never enters x_t."""
     weights = {}
@@ -262,7 +286,8 @@ def test_resume_refuses_a_state_of_other_options_and_a_fresh_run_says_it_starts_
     assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-3000:]
     assert "lr 0.002 -> 0.001" in other.stderr and "another --output_dir" in other.stderr, other.stderr
     assert (out / "state" / "latest").read_text() == latest  # the refused run wrote nothing over the state
-    longer = run(*TINY_JOINT, "--steps", "4", "--output_dir", str(out), "--resume", "true")
+    # how the batches are made is not the model's: a resumed run may choose it anew
+    longer = run(*TINY_JOINT, "--steps", "4", "--output_dir", str(out), "--resume", "true", "--prefetch", "ahead")
     assert "resumed from step 2" in longer.stdout, longer.stdout[-2000:]
     again = run(*TINY_JOINT, "--steps", "2", "--output_dir", str(out))
     assert "holds step 4 of an earlier run" in again.stdout and "--resume true" in again.stdout, again.stdout[-2000:]
