@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import inversion_node, rel_err
 from test_host_families import identify, run_latent
 
 from devkit.comfy_host import PromptError
@@ -106,24 +106,11 @@ def test_refusals_name_what_works(server, flow_files):
 
 
 def test_edit_nodes_refuse_a_flow_model_by_name(server, flow_files):
-    """Editing fuses UNet attention; on the SD3 file the inversion node stops before any model call, naming what
+    """Editing fuses UNet attention; on the SD3 file the inversion node stops with one sentence, naming what
     runs on flow models."""
     prompt = dict(graph("sd3"))
-    prompt["inv"] = {
-        "class_type": "ContextDiffDDIMInversion",
-        "inputs": {
-            "model": ["model", 0],
-            "latent": ["latent", 0],
-            "positive": ["pos", 0],
-            "steps": 3,
-            "scheduler": "simple",
-            "cfg": 1.0,
-            "fuse_start": 0.5,
-            "refine_steps": 0,
-            "store_precision": "fp32",
-            "adapter_strength": 1.0,
-        },
-    }
+    prompt["inv"] = inversion_node(steps=3)
+    prompt["inv"]["inputs"].update(latent=["latent", 0], positive=["pos", 0], scheduler="simple")
     prompt["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["inv", 0], "filename_prefix": "flowinv"}}
     with pytest.raises(PromptError) as err:
         server.run(prompt)
