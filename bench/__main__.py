@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["sampler_overhead", "train_step", "edit_memory", "family_store"]
+BENCHMARKS = ["sampler_overhead", "flow_overhead", "train_step", "edit_memory", "family_store"]
 # Run only when named: trains seven small models (docs/quality.md); its options follow the name,
 # e.g. ``python -m bench quality --quick``.
 ON_REQUEST = ["quality"]

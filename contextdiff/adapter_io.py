@@ -2,8 +2,10 @@
 
 Metadata keys besides the common ones (:func:`.checkpoint.metadata`): ``config`` (JSON of
 :class:`AdapterConfig`), ``latent_channels``, ``context_dim`` and ``base_model`` (``sd15``, ``sd2``,
-``sdxl``, ...). The tensors are the adapter's state dict, unprefixed. Joint checkpoints hold an adapter
-too (``adapter_config``, tensors under ``adapter.``): :func:`declared_adapter` reads it for both.
+``sdxl``, ``sd3``, ``flux``, ``wan21``: :data:`contextdiff.families.FAMILIES`' keys; SD3, Flux and Wan share their
+widths, so the loader tells them apart by this key). The tensors are the adapter's state dict, unprefixed. Joint
+checkpoints hold an adapter too (``adapter_config``, tensors under ``adapter.``): :func:`declared_adapter` reads it
+for both.
 """
 
 from __future__ import annotations

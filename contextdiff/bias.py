@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .deferred_checks import DeferredChecks
-from .schedule import RunSchedule, k_from_sigma
+from .schedule import VP, NoiseProcess, RunSchedule
 
 if TYPE_CHECKING:
     from .adapter import ContextAdapter
@@ -38,10 +38,11 @@ def pair_peak(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
 
 
 class ContextBias:
-    """``b_t = strength * k_t * r_phi(x0hat, c, t)`` for the two ends of a step, in VP units.
+    """``b_t = strength * k_t * r_phi(x0hat, c, t)`` for the two ends of a step, in process units.
 
     ``r`` is called once per step with both sigmas (the adapter batches them). ``sigma_max`` is
-    the model's last training sigma, where ``k_T = 0`` keeps the prior ``N(0, I)``.
+    the model's last training sigma, where ``k_T = 0`` keeps the prior ``N(0, I)``; ``process`` (default VP)
+    gives ``k_t = a_t (1 - a_t)`` from a sigma.
     """
 
     def __init__(
@@ -50,9 +51,11 @@ class ContextBias:
         sigma_max: float | torch.Tensor | None,
         strength: float = 1.0,
         guard: OutputGuard | None = None,
+        process: NoiseProcess | None = None,
     ):
         self.r, self.sigma_max, self.strength = r, sigma_max, finite_strength(strength)
         self.guard = guard
+        self.process = VP if process is None else process
 
     def for_run(self, run: RunSchedule, checks: DeferredChecks) -> RunBias:
         """This bias over one run's schedule: ``k`` of every sigma computed once, checks deferred to ``checks``."""
@@ -63,7 +66,7 @@ class ContextBias:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # k in float64 on the CPU: exact near abar = 1 and independent of the device's dtypes.
         sigmas = torch.stack([torch.as_tensor(s).detach().cpu() for s in (sigma_a, sigma_b)]).double()
-        k = k_from_sigma(sigmas, self.sigma_max)
+        k = self.process.k(sigmas, self.sigma_max)
         if self.strength == 0 or not bool((k != 0).any()):
             zero = torch.zeros_like(x0hat)
             return zero, zero
@@ -87,8 +90,10 @@ class RunBias:
     """
 
     def __init__(self, bias: ContextBias, run: RunSchedule, checks: DeferredChecks):
+        if type(bias.process) is not type(run.process):
+            raise ValueError(f"a bias for {bias.process.name} cannot run on a {run.process.name} schedule")
         self.bias, self.run, self.checks = bias, run, checks
-        self.k = (bias.strength * k_from_sigma(run.sigmas64, bias.sigma_max)).tolist()  # host floats, no device
+        self.k = (bias.strength * bias.process.k(run.sigmas64, bias.sigma_max)).tolist()  # host floats, no device
 
     def __call__(self, x0hat: torch.Tensor, i: int, j: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         k_a, k_b = self.k[i], self.k[j]
@@ -118,11 +123,13 @@ def adapter_bias(
     sigma_max: float | torch.Tensor | None,
     strength: float = 1.0,
     frames: int | None = None,
+    process: NoiseProcess | None = None,
 ) -> ContextBias:
     """A :class:`ContextBias` from a :class:`~contextdiff.adapter.ContextAdapter`.
 
-    ``text``: the positive CONDITIONING tokens; ``timestep``: sigma -> training timestep (the
-    model's own ``model_sampling.timestep``); ``frames``: clip length in video mode.
+    ``text``: the positive CONDITIONING tokens; ``timestep``: sigma -> the timestep the adapter is told
+    (:func:`contextdiff.families.adapter_timestep`); ``frames``: clip length in video mode; ``process``: the
+    model's noise process (default VP).
     """
 
     on_device = {text.device: text}  # the tokens moved once per device, not at every step
@@ -133,10 +140,17 @@ def adapter_bias(
         tokens = on_device.get(x0hat.device)
         if tokens is None:
             tokens = on_device[x0hat.device] = text.to(x0hat.device)
+        images, clip = x0hat, frames
+        if x0hat.dim() == 5:  # (batch, channels, frames, h, w), Wan's video latent: each clip's frames in order
+            b, c, n, h, w = x0hat.shape
+            images, clip = x0hat.movedim(2, 1).reshape(b * n, c, h, w), n
+            tokens = tokens.repeat_interleave(n, 0) if tokens.shape[0] == b else tokens
         with torch.no_grad(), autocast_for(x0hat.device):
             # The output bound (NaN, infinity, absurd magnitudes, naming the adapter file) is checked by the
             # caller: per call here (a host read) or deferred to the end of a run (RunBias).
-            r_a, r_b = adapter.pair(x0hat, tokens, t, frames=frames, check=False)
+            r_a, r_b = adapter.pair(images, tokens, t, frames=clip, check=False)
+        if x0hat.dim() == 5:
+            r_a, r_b = (r.reshape(b, n, c, h, w).movedim(1, 2) for r in (r_a, r_b))
         return r_a.to(x0hat.dtype), r_b.to(x0hat.dtype)
 
-    return ContextBias(r, sigma_max, strength, guard=(adapter.max_output, adapter.output_error))
+    return ContextBias(r, sigma_max, strength, guard=(adapter.max_output, adapter.output_error), process=process)

@@ -1,8 +1,11 @@
 """Which base models ContextDiff runs on, decided in one place (the nodes and the trainer ask here).
 
-ContextDiff's equations are written for variance-preserving diffusion (docs/design.md §1): every
-model ComfyUI samples as ``x = x0 + sigma eps`` with a discrete training schedule, whatever it
-predicts (eps, v, with or without zero terminal SNR). Flow-matching models (SD3, Flux) are refused.
+ContextDiff's equations are written for a process pair ``(a_t, s_t)`` (docs/design.md §1.1): variance-preserving
+diffusion (every model ComfyUI samples as ``x = x0 + sigma eps`` with a discrete schedule, eps or v, with or without
+zero terminal SNR; EDM-sampled ones too, untested) and flow matching (ComfyUI's CONST sampling: SD3/SD3.5, Flux,
+Wan). :func:`process_of` picks the pair from a model's ``model_sampling``; other flows (Cosmos') are refused.
+The DDPM posterior has no ComfyUI sampler to hold it to on flow models, so it is refused there by name
+(:func:`require_method`), and editing on DiT attention is a separate feature (:func:`require_editable`).
 
 This module is the family table and the rules; it never imports ComfyUI (``prediction_of`` reads a
 sampling object's class names). What reads a ComfyUI ``BaseModel`` (``identify``) and builds its
@@ -11,8 +14,11 @@ conditioning is host-side, in ``hostside/families.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .schedule import FLOW, VP, NoiseProcess
 
 # ComfyUI's model_sampling objects are mixins (EPS, V_PREDICTION, ModelSamplingDiscrete...) with no common base.
 ModelSampling = Any
@@ -29,24 +35,32 @@ class Family:
     pooled_dim: int  # width of the pooled text embedding the UNet reads (SDXL's ``y``), 0 for none
     configs: tuple[str, ...]  # ComfyUI ``comfy.supported_models`` classes of the family
     latent_channels: int = 4
+    flow: bool = False  # flow matching (ComfyUI's CONST sampling) rather than VP
+    video: bool = False  # 5-D latents (batch, channels, frames, height, width)
 
     @property
     def pooled(self) -> bool:
         return self.pooled_dim > 0
 
+    @property
+    def process(self) -> NoiseProcess:
+        return FLOW if self.flow else VP
+
 
 SD1 = Family("sd15", "SD1.x", 768, 512, 0, ("SD15",))
 SD2 = Family("sd2", "SD2.x", 1024, 768, 0, ("SD20",))
 SDXL = Family("sdxl", "SDXL", 2048, 1024, 1280, ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"))
-FAMILIES = (SD1, SD2, SDXL)
+# Flow matching. Text tokens are 4096 wide in all three: SD3's CLIP-L/G (zero-padded) + T5-XXL, Flux's T5-XXL, Wan's
+# umT5-XXL. Pooled: SD3 CLIP-L + CLIP-G (2048), Flux CLIP-L (768), Wan none.
+SD3 = Family("sd3", "SD3/SD3.5", 4096, 1024, 2048, ("SD3",), 16, flow=True)
+FLUX = Family("flux", "Flux", 4096, 1024, 768, ("Flux", "FluxSchnell"), 16, flow=True)
+WAN = Family("wan21", "Wan 2.x", 4096, 832, 0, ("WAN21_T2V",), 16, flow=True, video=True)
+FAMILIES = (SD1, SD2, SDXL, SD3, FLUX, WAN)
+FLOW_FAMILIES = tuple(f for f in FAMILIES if f.flow)
 
 # Class names in ComfyUI's model_sampling hierarchy that mark a non-VP parameterisation.
 FLOW_SAMPLING = {"CONST", "ModelSamplingFlux", "ModelSamplingDiscreteFlow", "COSMOS_RFLOW"}
-
-FLOW_MESSAGE = (
-    "ContextDiff samplers need a variance-preserving model (SD1.x, SD2.x, SDXL: eps or v-prediction); "
-    "this model uses flow matching, for which the paper's equations do not hold."
-)
+SUPPORTED = "SD1.x, SD2.x, SDXL (eps or v-prediction), SD3/SD3.5, Flux or Wan 2.x (flow matching)"
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,10 @@ class ModelInfo:
     def variance_preserving(self) -> bool:
         return self.prediction != "flow"
 
+    @property
+    def flow(self) -> bool:
+        return self.prediction == "flow"
+
     def describe(self) -> str:
         """E.g. ``SDXL (SSD1B, v-prediction, zero terminal SNR)``."""
         parts = [self.config, f"{self.prediction}-prediction"] + (["zero terminal SNR"] if self.zsnr else [])
@@ -73,8 +91,17 @@ def family_of_config(config_name: str) -> Family | None:
     return next((f for f in FAMILIES if config_name in f.configs), None)
 
 
-def family_of_context_dim(context_dim: int) -> Family | None:
-    return next((f for f in FAMILIES if f.context_dim == context_dim), None)
+def family_of_key(key: str) -> Family | None:
+    """The family an adapter file's ``base_model`` metadata names (None for joint models and unknown keys)."""
+    return next((f for f in FAMILIES if f.key == key), None)
+
+
+def families_of_context_dim(context_dim: int) -> str | None:
+    """The names of the families whose text tokens are ``context_dim`` wide, e.g. ``SD3/SD3.5, Flux or Wan 2.x``."""
+    names = [f.name for f in FAMILIES if f.context_dim == context_dim]
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def prediction_of(model_sampling: ModelSampling) -> str:
@@ -88,18 +115,62 @@ def prediction_of(model_sampling: ModelSampling) -> str:
     return names[0]
 
 
-def require_vp(model_sampling: ModelSampling) -> None:
-    """Raise the one-sentence refusal for flow-matching models (samplers accept every VP model)."""
-    if prediction_of(model_sampling) == "flow":
-        raise ValueError(FLOW_MESSAGE)
+def process_of(model_sampling: ModelSampling) -> NoiseProcess:
+    """The process pair of a ComfyUI ``model_sampling``: VP for every eps/v model, flow matching for CONST (SD3,
+    Flux, Wan and any model ComfyUI samples as ``sigma noise + (1 - sigma) x0``); anything else is refused."""
+    names = [c.__name__ for c in type(model_sampling).__mro__]
+    prediction = prediction_of(model_sampling)
+    if prediction == "flow":
+        if "CONST" in names:
+            return FLOW
+        raise ValueError(
+            f"ContextDiff supports {SUPPORTED}; this model's sampling ({names[0]}: "
+            f"{', '.join(n for n in names if n in FLOW_SAMPLING)}) is neither: use one of those families"
+        )
+    return VP
+
+
+def adapter_timestep(model_sampling: ModelSampling) -> Callable[[Any], Any]:
+    """sigma -> the timestep an adapter is told: the model's own training timestep on VP models, ``1000 sigma`` on
+    every flow model (SD3's convention; Flux's own ``timestep`` is ``sigma``), so one scale serves all flow families."""
+    if process_of(model_sampling) is FLOW:
+        return lambda sigma: sigma * 1000.0
+    return model_sampling.timestep
+
+
+def require_method(model_sampling: ModelSampling, method: str, eta: float) -> NoiseProcess:
+    """The model's process, after refusing by name what has no flow counterpart: the DDPM posterior (method
+    ``ddpm``) and DDIM with ``eta > 0``; deterministic DDIM (ComfyUI's ``euler`` at strength 0) runs on flow."""
+    process = process_of(model_sampling)
+    if process is FLOW and (method == "ddpm" or eta > 0):
+        option = "method ddpm" if method == "ddpm" else f"eta {eta}"
+        raise ValueError(
+            f"{option} is the DDPM posterior, which has no counterpart ComfyUI samples flow-matching models "
+            "(SD3, Flux, Wan) with: choose method ddim with eta 0 (on a flow model: ComfyUI's euler with the "
+            "context bias)"
+        )
+    return process
+
+
+def require_editable(model_sampling: ModelSampling) -> None:
+    """The edit nodes fuse UNet attention; on flow models (DiT attention) they refuse, naming what works there."""
+    if process_of(model_sampling) is FLOW:
+        raise ValueError(
+            "attention-fusion editing runs on UNet models (SD1.x, SD2.x, SDXL); on flow-matching models (SD3, Flux, "
+            "Wan) it is not implemented yet: use the ContextDiff KSampler, the ContextDiff Sampler (also on "
+            "FlipSigmas, to unsample) with or without an adapter"
+        )
 
 
 def require_trainable(info: ModelInfo) -> Family:
     """The trainer builds each family's conditioning itself, so it accepts only the tested families."""
-    if not info.variance_preserving:
-        raise ValueError(FLOW_MESSAGE)
+    if info.flow:
+        raise ValueError(
+            "the trainer supports SD1.x, SD2.x and SDXL; training on flow matching (SD3, Flux, Wan) is not "
+            "implemented yet: the ContextDiff samplers run on such a model, with no adapter or strength 0"
+        )
     if info.family is None:
-        names = ", ".join(f"{f.name} ({', '.join(f.configs)})" for f in FAMILIES)
+        names = ", ".join(f"{f.name} ({', '.join(f.configs)})" for f in FAMILIES if not f.flow)
         raise ValueError(
             f"the trainer supports {names}; this checkpoint is ComfyUI's {info.config}, whose "
             "conditioning it does not build: train on one of those families"

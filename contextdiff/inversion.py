@@ -33,7 +33,7 @@ from tqdm.auto import trange
 from . import process
 from .deferred_checks import DeferredChecks
 from .sampling import MODEL_CAUSE, Callback, Denoise, Denoiser, LevelHook, run_bias, transition
-from .schedule import RunSchedule, step_dtype
+from .schedule import NoiseProcess, RunSchedule, step_dtype
 
 if TYPE_CHECKING:
     from .bias import ContextBias
@@ -55,16 +55,16 @@ def first_guess(ctx: InversionRun, x: torch.Tensor, i: int) -> tuple[torch.Tenso
     run = ctx.run
     if run.host[i] > 0:
         x0hat = ctx.denoise(x, i, i)
-        return transition(DDIM, x, x0hat, run.abar[i], run.abar[i + 1], *ctx.bias_at(x0hat, i, i + 1)), x0hat
-    # Clean start: the noise direction is undefined at sigma 0; take the model's estimate at the next level,
-    # and Eq. 1 with the bias of the clean latent itself.
+        return transition(DDIM, x, x0hat, run, i, i + 1, *ctx.bias_at(x0hat, i, i + 1)), x0hat
+    # Clean start: the noise direction is undefined at sigma 0; take the model's estimate at the next level
+    # (the noise of x read as a latent there), and Eq. 1 with the bias of the clean latent itself.
     x0hat = ctx.denoise(x, i + 1, i)
-    eps = (x - x0hat) / run.sigmas[i + 1]
-    b_next, _ = ctx.bias_at(x, i + 1, i)
     dt = step_dtype(x)
-    abar_next = run.abar[i + 1]
-    x_vp = process.forward_sample(x.to(dt), abar_next, eps.to(dt), None if b_next is None else b_next.to(dt))
-    return (x_vp / abar_next.sqrt()).to(x.dtype), x0hat
+    x64, level_next = x.to(dt), run.level(i + 1)
+    eps = (x64 * run.scale[i + 1] - level_next.a * x0hat.to(dt)) / level_next.s
+    b_next, _ = ctx.bias_at(x, i + 1, i)
+    x_t = process.forward_sample(x64 * run.scale[i], level_next, eps, None if b_next is None else b_next.to(dt))
+    return (x_t / run.scale[i + 1]).to(x.dtype), x0hat
 
 
 def anderson(
@@ -124,7 +124,7 @@ def refine(
 
     def residual(y):
         x0hat = ctx.denoise(y, i + 1, i)
-        back = transition(DDIM, y, x0hat, run.abar[i + 1], run.abar[i], *ctx.bias_at(x0hat, i + 1, i))
+        back = transition(DDIM, y, x0hat, run, i + 1, i, *ctx.bias_at(x0hat, i + 1, i))
         return back.to(target.dtype) - target
 
     return anderson(residual, guess, max_iter, rel_tol * float(target.norm()))
@@ -148,7 +148,8 @@ class InversionOptions:
     evaluates the denoiser once more on the result at the top sigma, so that attention hooks see every level
     on the final latents (the editing store records them). ``cause``: what a NaN prediction most likely
     means; ``on_level``: told each model call's sigma as a host float (the editor's step lookup);
-    ``trajectory(info)``: sees the input (``i = -1``) and then every inverted level, before ``callback``.
+    ``trajectory(info)``: sees the input (``i = -1``) and then every inverted level, before ``callback``;
+    ``process``: the model's :class:`~contextdiff.schedule.NoiseProcess` (default VP).
     """
 
     bias: ContextBias | None = None
@@ -158,6 +159,7 @@ class InversionOptions:
     cause: str = MODEL_CAUSE
     on_level: LevelHook | None = None
     trajectory: Callable[[dict], None] | None = None
+    process: NoiseProcess | None = None
 
 
 @torch.no_grad()
@@ -179,7 +181,7 @@ def invert_ddim(
     opts = InversionOptions(**options)
     extra_args = {} if extra_args is None else extra_args
     require_ascending(sigmas)
-    run = RunSchedule(sigmas, x)
+    run = RunSchedule(sigmas, x, opts.process)
     checks = DeferredChecks()
     ctx = InversionRun(
         Denoise(model, run, extra_args, checks, opts.cause, opts.on_level), run_bias(opts.bias, run, checks), run

@@ -1,12 +1,13 @@
 """One sampler loop in k-diffusion form, ``(model, x, sigmas, extra_args, callback, disable)``, with a
-pluggable VP-space step (like ComfyUI's ``generic_step_sampler``).
+pluggable process-space step (like ComfyUI's ``generic_step_sampler``).
 
-``model(x, sigma, **extra_args)`` returns ``x0hat`` for ``x`` in k-diffusion space
-(``x_k = x_vp / sqrt(abar)``), as ComfyUI's samplers receive it. :func:`transition` converts to VP
-space, takes the step, and converts back: the one place where the two spaces meet. A step function
-is :func:`contextdiff.process.ddim_step` or :func:`~contextdiff.process.ddpm_step` (signature
-:data:`StepFn`). A ``bias`` is a :class:`~contextdiff.bias.ContextBias` giving ``(b_t, b_{t-1})`` for
-one ``x0hat``; ``None`` runs plain DDIM/DDPM.
+``model(x, sigma, **extra_args)`` returns ``x0hat`` for ``x`` in ComfyUI's latent space, as ComfyUI's samplers
+receive it. The run's :class:`~contextdiff.schedule.NoiseProcess` (VP, flow matching) says how that space
+relates to the process ``x_t = a_t x0 + s_t eps + b_t``; :func:`transition` converts, takes the step, and
+converts back: the one place where the two spaces meet. A step function is
+:func:`contextdiff.process.ddim_step` or :func:`~contextdiff.process.ddpm_step` (signature :data:`StepFn`).
+A ``bias`` is a :class:`~contextdiff.bias.ContextBias` giving ``(b_t, b_{t-1})`` for one ``x0hat``; ``None``
+runs plain DDIM/DDPM (on flow matching, DDIM at eta 0 is ComfyUI's ``euler``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from tqdm.auto import trange
 
 from . import process
 from .deferred_checks import DeferredChecks, describe_sigma
-from .schedule import RunSchedule, step_dtype
+from .schedule import NoiseProcess, RunSchedule, step_dtype
 
 if TYPE_CHECKING:
     from .bias import ContextBias, RunBias
 
-# (x_t, x0hat, abar_t, abar_prev, b_t, b_prev, noise) -> x_prev, all in VP space.
+# (x_t, x0hat, level_t, level_prev, b_t, b_prev, noise) -> x_prev, all in process space.
 StepFn = Callable[..., torch.Tensor]
 # model(x, sigma, **extra_args) -> x0hat, in k-diffusion space.
 Denoiser = Callable[..., torch.Tensor]
@@ -58,24 +59,27 @@ def transition(
     step: StepFn,
     x: torch.Tensor,
     x0hat: torch.Tensor,
-    abar_t: torch.Tensor,
-    abar_next: torch.Tensor,
+    run: RunSchedule,
+    i: int,
+    j: int,
     b_t: torch.Tensor | None = None,
     b_next: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``step`` from ``x`` (k-space) to the next level, with the VP biases of ``x0hat``; k-space out.
+    """``step`` from ``x`` (ComfyUI's space, level ``i`` of ``run``) to level ``j``, with the process-space biases
+    of ``x0hat``; ComfyUI's space out.
 
-    ``abar_t``, ``abar_next``: the two levels' ``abar`` in the step dtype on ``x``'s device (a
-    :class:`~contextdiff.schedule.RunSchedule` holds them for a run), so that a step reads nothing back.
+    ``x_t = scale_i x`` (VP: ``sqrt(abar) x``; flow: ``x`` itself); ``x0hat`` is the same in both spaces. The
+    run's levels are in the step dtype on ``x``'s device already, so that a step reads nothing back.
     """
     dt = step_dtype(x)
 
-    def vp(t):
+    def to_dt(t):
         return None if t is None else t.to(dt)
 
-    x_next = step(x.to(dt) * abar_t.sqrt(), x0hat.to(dt), abar_t, abar_next, vp(b_t), vp(b_next), vp(noise))
-    return (x_next / abar_next.sqrt()).to(x.dtype)
+    level_t, level_next = run.level(i), run.level(j)
+    x_next = step(x.to(dt) * run.scale[i], x0hat.to(dt), level_t, level_next, to_dt(b_t), to_dt(b_next), to_dt(noise))
+    return (x_next / run.scale[j]).to(x.dtype)
 
 
 def model_error(i: int, sigma: float, cause: str = MODEL_CAUSE) -> str:
@@ -159,9 +163,11 @@ def sample(
     cause: str = MODEL_CAUSE,
     start_has_bias: bool = True,
     on_level: LevelHook | None = None,
+    process: NoiseProcess | None = None,
 ) -> torch.Tensor:
     """The sampler loop: one model call per step, then ``step`` (see :func:`transition`).
 
+    ``process``: the model's :class:`~contextdiff.schedule.NoiseProcess` (default VP).
     ``stochastic`` steps get fresh noise for every step with ``sigma_next > 0``, in the order ComfyUI's
     ``ddpm`` draws it; deterministic ones may run on increasing sigmas (unsampling).
     ``post_step(i, x_next, sigma_next) -> x_next`` may adjust each result (editing's latent blend);
@@ -182,7 +188,7 @@ def sample(
     if stochastic and noise_sampler is None:
         noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
     # Everything a step decides is decided on host values read here, once: no step waits for the device.
-    run = RunSchedule(sigmas, x)
+    run = RunSchedule(sigmas, x, process)
     checks = DeferredChecks()
     denoise = Denoise(model, run, extra_args, checks, cause, on_level)
     bias_at = run_bias(bias, run, checks)
@@ -195,7 +201,7 @@ def sample(
         if i == 0 and not start_has_bias:
             b_t = None
         noise = noise_sampler(sigma, sigma_next) if stochastic and run.host[i + 1] > 0 else None
-        x = transition(step, x, denoised, run.abar[i], run.abar[i + 1], b_t, b_next, noise)
+        x = transition(step, x, denoised, run, i, i + 1, b_t, b_next, noise)
         if post_step is not None:
             x = post_step(i, x, run.host[i + 1])
     checks.raise_first()
@@ -207,7 +213,7 @@ def sample_contextdiff_ddim(*args: Any, eta: float = 0.0, **options: Any) -> tor
 
     Called like a k-diffusion sampler, ``(model, x, sigmas, extra_args, callback, disable)``, with
     :func:`sample`'s keywords (``bias``, ``noise_sampler``, ``post_step``, ``cause``, ``start_has_bias``,
-    ``on_level``).
+    ``on_level``, ``process``).
     """
     step = functools.partial(process.ddim_step, eta=eta)
     return sample(*args, step=step, stochastic=eta > 0, **options)

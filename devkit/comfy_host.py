@@ -62,6 +62,7 @@ class ComfyServer:
             f"  custom_nodes: {nodes_dir}\n"
             "  contextdiff: contextdiff\n"
             "  checkpoints: checkpoints\n"
+            "  diffusion_models: diffusion_models\n"
             "  loras: loras\n"
         )
         # More folders, e.g. {"checkpoints": "/data/sd"} for a user's own checkpoint.

@@ -23,9 +23,15 @@ def identify(base_model: BaseModel, model_sampling: ModelSampling | None = None)
     """Family and parameterisation of a ComfyUI ``BaseModel``; ``model_sampling`` overrides the model's own."""
     config_name = type(base_model.model_config).__name__
     sampling = model_sampling if model_sampling is not None else base_model.model_sampling
-    context_dim = base_model.model_config.unet_config.get("context_dim")
+    family = families.family_of_config(config_name)
+    config = base_model.model_config.unet_config
+    # The text width: the UNet's context_dim, Flux's context_in_dim, SD3's context embedder; Wan's is fixed (4096).
+    embedder = (config.get("context_embedder_config") or {}).get("params", {})
+    context_dim = config.get("context_dim") or config.get("context_in_dim") or embedder.get("in_features")
+    if context_dim is None and family is not None:
+        context_dim = family.context_dim
     return families.ModelInfo(
-        families.family_of_config(config_name),
+        family,
         config_name,
         families.prediction_of(sampling),
         bool(getattr(sampling, "zsnr", False)),

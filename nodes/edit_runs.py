@@ -18,7 +18,7 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..contextdiff import edit_plan
+from ..contextdiff import edit_plan, families
 from ..contextdiff.attention_fusion import AttentionEditor
 from ..contextdiff.attention_store import AttentionStore
 from ..contextdiff.blend_mask import BlendMask, latent_blend
@@ -40,6 +40,11 @@ class EditResult(NamedTuple):
     samples: torch.Tensor
     mask: torch.Tensor | None  # latent size, 1 = edited; None without blend words
     warnings: list[str]
+
+
+def require_editable(model: ModelPatcher) -> None:
+    """Editing fuses UNet attention: refused by name on flow-matching models, before anything runs."""
+    families.require_editable(model.get_model_object("model_sampling"))
 
 
 def schedule(model: ModelPatcher, scheduler: str, steps: int) -> torch.Tensor:

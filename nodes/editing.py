@@ -100,6 +100,7 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
         negative: list | None = None,
         **widgets: object,
     ) -> io.NodeOutput:
+        edit_runs.require_editable(model)
         settings = InversionSettings.from_inputs(widgets)
         edit_graph.check_before_inverting(cls.hidden.prompt, cls.hidden.unique_id, settings)
         store_budget.check_inversion_fits(model, tuple(latent["samples"].shape), settings)
@@ -160,6 +161,7 @@ class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", categ
         vae: VAE | None = None,
         **widgets: object,
     ) -> io.NodeOutput:
+        edit_runs.require_editable(model)
         settings = EditSettings.from_inputs(widgets)
         prompt = cls.hidden.prompt
         texts = edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)

@@ -25,7 +25,10 @@ BLEND_WORDS_TIP = (
 BLEND_THRESHOLD_TIP = (
     "Cut-off of the normalised attention of the blend words: above it a pixel may change. Lower edits a larger region."
 )
-EDIT_MODEL_TIP = "The diffusion model (SD1.x, SD2.x or SDXL). Use the same model for the inversion and the edit."
+EDIT_MODEL_TIP = (
+    "The diffusion model (SD1.x, SD2.x or SDXL; editing on flow models is not implemented yet). Use the same model "
+    "for the inversion and the edit."
+)
 EDIT_CFG_TIP = "Classifier-free guidance scale of the edit (target prompt against the negative)."
 
 

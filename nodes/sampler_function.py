@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import comfy.k_diffusion.sampling
 import comfy.samplers
@@ -20,8 +20,9 @@ import torch
 
 from ..contextdiff import families, inversion, sampling
 from ..contextdiff.bias import ContextBias, adapter_bias, finite_strength
-from ..contextdiff.families import ModelSampling
 from ..contextdiff.sampling import Callback, LevelHook, PostStep
+from ..contextdiff.schedule import FLOW, NoiseProcess
+from ..hostside.families import identify
 from . import interrupt
 
 if TYPE_CHECKING:
@@ -56,15 +57,9 @@ def positive_tokens(guider: comfy.samplers.CFGGuider) -> torch.Tensor:
     if tokens is None:
         raise ValueError(
             "the positive conditioning carries no text tokens (cross_attn); ContextDiff adapters need "
-            "a text-conditioned model such as SD1.x, SD2.x or SDXL."
+            "a text-conditioned model such as SD1.x, SD2.x, SDXL, SD3, Flux or Wan."
         )
     return tokens
-
-
-def require_vp(model_sampling: ModelSampling) -> None:
-    """ContextDiff's equations are written for variance-preserving models; :mod:`contextdiff.families`
-    decides (every eps/v model, zero terminal SNR included; flow matching refused)."""
-    families.require_vp(model_sampling)
 
 
 def nan_cause(base_model: BaseModel) -> str:
@@ -79,30 +74,51 @@ def nan_cause(base_model: BaseModel) -> str:
     )
 
 
+class Prepared(NamedTuple):
+    """What :func:`prepare` found: the bias (None without an adapter), the NaN cause, the model's process."""
+
+    bias: ContextBias | None
+    cause: str
+    process: NoiseProcess
+
+
 def prepare(
-    model: WrappedModel, x: torch.Tensor, adapter: LoadedAdapter | None, strength: float, frames: int | None
-) -> tuple[ContextBias | None, str]:
-    """Checks shared by sampling and inversion, then ``(bias or None, NaN cause)``; before any model call."""
+    model: WrappedModel,
+    x: torch.Tensor,
+    adapter: LoadedAdapter | None,
+    strength: float,
+    frames: int | None,
+    method: str = "ddim",
+    eta: float = 0.0,
+) -> Prepared:
+    """Checks shared by sampling and inversion, then the bias and the model's process; before any model call.
+
+    :mod:`contextdiff.families` decides the process (VP for eps/v models, flow matching for CONST) and refuses what
+    has no counterpart on it (the DDPM posterior on flow models)."""
     guider = model.inner_model
     base_model = guider.inner_model
-    require_vp(base_model.model_sampling)
+    ms = base_model.model_sampling
+    process = families.require_method(ms, method, eta)
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(
             "the input latent contains NaN or infinity; a VAE overflowing in fp16 is the usual "
             "cause (black images): encode with ComfyUI's --fp32-vae, or check the latent's source"
         )
     if adapter is None or strength == 0:
-        return None, nan_cause(base_model)
+        return Prepared(None, nan_cause(base_model), process)
     tokens = positive_tokens(guider)
     if not bool(torch.isfinite(tokens).all()):
         raise FloatingPointError(
             "the positive conditioning contains NaN or infinity; re-encode the prompt "
             "(a text encoder overflowing in fp16 is the usual cause: try --fp32-text-enc)"
         )
-    adapter.check_compatible(tokens.shape[-1], x.shape[1])
-    ms = base_model.model_sampling
-    bias = adapter_bias(adapter.on(x.device), tokens, ms.timestep, float(ms.sigma_max), strength, frames=frames)
-    return bias, nan_cause(base_model)
+    family = identify(base_model).family
+    adapter.check_compatible(tokens.shape[-1], x.shape[1], family)
+    timestep = families.adapter_timestep(ms)
+    bias = adapter_bias(
+        adapter.on(x.device), tokens, timestep, float(ms.sigma_max), strength, frames=frames, process=process
+    )
+    return Prepared(bias, nan_cause(base_model), process)
 
 
 def biased_run(
@@ -117,21 +133,40 @@ def biased_run(
     adapter: LoadedAdapter | None = None,
     strength: float = 1.0,
     frames: int | None = None,
-    host_noise: bool = False,
+    method: str = "ddim",
+    eta: float = 0.0,
     **options: Any,
 ) -> torch.Tensor:
     """KSAMPLER function: the checks and the adapter's bias that sampling and inversion share, then ``loop`` (a
-    sampler of :mod:`contextdiff.sampling` or :func:`contextdiff.inversion.invert_ddim`) with ``bias``, ``cause``
-    and ``options``. ``host_noise``: a stochastic loop draws its noise from the host's own noise sampler."""
-    bias, cause = prepare(model, x, adapter, strength, frames)
-    if host_noise:
+    sampler of :mod:`contextdiff.sampling` or :func:`contextdiff.inversion.invert_ddim`) with ``bias``, ``cause``,
+    the model's ``process`` and ``options``; ``method`` and ``eta`` are checked against the model, and a stochastic
+    one draws its noise from the host's own noise sampler."""
+    ready = prepare(model, x, adapter, strength, frames, method, eta)
+    if ready.process is FLOW and len(sigmas) > 1 and float(sigmas[-1]) >= 1.0 > float(sigmas[0]):
+        # KSAMPLER then applies CONST.inverse_noise_scaling: the result over 1 - sigma = 0.
+        raise ValueError(
+            "these sigmas rise to 1 on a flow-matching model, where ComfyUI's sampler divides the result by "
+            "1 - sigma = 0: end the flipped sigmas below 1 (SplitSigmas at the last step)"
+        )
+    if method == "ddpm" or eta > 0:  # a stochastic loop draws the host's own noise
         options["noise_sampler"] = host_noise_sampler(x, (extra_args or {}).get("seed"))
     on_positive = options.pop("on_positive", None)
     if on_positive is not None:  # the editor tells a combined positive's entries apart by these
         on_positive([entry.get("uuid") for entry in positive_entries(model.inner_model)])
     extra_args = interrupt.checked_extra_args(extra_args)  # Cancel stops the run within one attention call
-    with interrupt.checked_adapter(adapter.on(x.device) if bias is not None else None):
-        return loop(model, x, sigmas, extra_args, callback, disable, bias=bias, cause=cause, **options)
+    with interrupt.checked_adapter(adapter.on(x.device) if ready.bias is not None else None):
+        return loop(
+            model,
+            x,
+            sigmas,
+            extra_args,
+            callback,
+            disable,
+            bias=ready.bias,
+            cause=ready.cause,
+            process=ready.process,
+            **options,
+        )
 
 
 def host_noise_sampler(x: torch.Tensor, seed: int | None) -> sampling.NoiseSampler:
@@ -181,7 +216,8 @@ def contextdiff_ksampler(
         frames=frames,
         start_has_bias=start_has_bias,
         on_level=on_level,
-        host_noise=method == "ddpm" or eta > 0,
+        method=method,
+        eta=eta,
     )
     if on_positive is not None:
         options["on_positive"] = on_positive

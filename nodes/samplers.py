@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 METHOD_TIP = (
     "ddim: deterministic contextualized DDIM (paper Eq. 11; Eq. 18 with eta > 0); on increasing sigmas "
-    "(FlipSigmas) it unsamples, like core ddim. ddpm: ancestral sampling with the contextualized "
-    "posterior (Eq. 7)."
+    "(FlipSigmas) it unsamples, like core ddim. On a flow-matching model (SD3, Flux, Wan) it is ComfyUI's euler "
+    "plus the bias, eta 0 only. ddpm: ancestral sampling with the contextualized posterior (Eq. 7; VP models only)."
 )
 
 
@@ -53,7 +53,11 @@ class ContextDiffKSampler(PackNode, display="ContextDiff KSampler", category="sa
     def define_schema(cls) -> io.Schema:
         return cls.schema(
             inputs=[
-                io.Model.Input("model", tooltip="A variance-preserving model: SD1.x, SD2.x or SDXL."),
+                io.Model.Input(
+                    "model",
+                    tooltip="SD1.x, SD2.x, SDXL (eps or v) or a flow-matching model: SD3/SD3.5, Flux, Wan 2.x "
+                    "(ddim, eta 0).",
+                ),
                 io.Conditioning.Input("positive", tooltip="What to generate; also the text the adapter reads."),
                 io.Conditioning.Input("negative", tooltip="What to avoid (classifier-free guidance)."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for text-to-image)."),

@@ -14,8 +14,8 @@ Adapter = io.Custom("CONTEXTDIFF_ADAPTER")
 EditSource = io.Custom("CONTEXTDIFF_EDIT_SOURCE")
 Classes = io.Custom("CONTEXTDIFF_CLASSES")
 
-# Context width -> family name, from the one family table (contextdiff/families.py).
-FAMILY_OF_CONTEXT_DIM = {f.context_dim: f.name for f in families.FAMILIES}
+# Context width -> family names, from the one family table (contextdiff/families.py).
+FAMILY_OF_CONTEXT_DIM = {f.context_dim: families.families_of_context_dim(f.context_dim) for f in families.FAMILIES}
 
 
 @dataclass
@@ -35,8 +35,13 @@ class LoadedAdapter:
     def latent_channels(self) -> int:
         return self.module.cfg.latent_channels
 
-    def check_compatible(self, context_dim: int, latent_channels: int) -> None:
-        """Raise a one-sentence error when the model or latent does not fit this adapter."""
+    @property
+    def family(self) -> families.Family | None:
+        """The family the file says it was trained for (None for joint models and files without one)."""
+        return families.family_of_key(self.meta.get("base_model", ""))
+
+    def check_compatible(self, context_dim: int, latent_channels: int, family: families.Family | None = None) -> None:
+        """Raise a one-sentence error when the model (its ``family``, if known) or latent does not fit this adapter."""
         if context_dim != self.context_dim:
             want = FAMILY_OF_CONTEXT_DIM.get(self.context_dim, "another model")
             have = FAMILY_OF_CONTEXT_DIM.get(context_dim, "this model")
@@ -49,6 +54,14 @@ class LoadedAdapter:
             raise ValueError(
                 f"ContextDiff adapter '{self.name}' works on {self.latent_channels}-channel latents, "
                 f"this latent has {latent_channels} channels: use an adapter trained for this model family."
+            )
+        # Families of the same widths (SD3, Flux, Wan) are told apart by the family the file records (a model of
+        # other widths than its family's, a test model, is judged by its widths alone).
+        mine = self.family
+        if family is not None and mine is not None and family is not mine and family.context_dim == context_dim:
+            raise ValueError(
+                f"ContextDiff adapter '{self.name}' was trained for {mine.name}, but this model is {family.name}: "
+                f"load an adapter trained for {family.name} or switch the model."
             )
 
     def on(self, device: torch.device) -> ContextAdapter:

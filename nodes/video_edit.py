@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from ..contextdiff.editing import VideoSettings
 from ..media.video import VideoError, file_fingerprint, planned_frames, read_video, safe_input_path, write_video
-from . import inputs, interrupt, video_runs
+from . import edit_runs, inputs, interrupt, video_runs
 from .editing import report
 from .pack_node import PackNode
 
@@ -159,6 +159,7 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
         adapter: LoadedAdapter | None = None,
         **widgets: object,
     ) -> io.NodeOutput:
+        edit_runs.require_editable(model)
         settings = VideoSettings.from_inputs(widgets)
         error = input_errors(settings.chunk_size, settings.overlap, settings.save_mp4, settings.filename_prefix, video)
         if error:

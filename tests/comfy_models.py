@@ -414,3 +414,145 @@ def save_tiny_shapes_checkpoint(path, seed: int = 0, recipe: str = "shapes"):
     return save_text_joint(
         path, build_joint_model(unet, seed), adapter, build_text_clip(text, seed + 1), unet, text, recipe
     )
+
+
+# --- Flow-matching families (SD3/SD3.5, Flux, Wan 2.x): tiny DiTs in the real key layouts ---
+
+# ComfyUI class -> the unet config its detection (comfy/model_detection.py) derives from the smallest state dict it
+# still names as that family. SD3 (MMDiT): 64 channels per block of depth, head dim 64, depth 2. Flux: detection
+# fixes 24 heads of 128 (axes 16+56+56) and an MLP ratio of 4, so the width is the real 3072; one double block, no
+# single blocks (about 400M parameters: the Flux tests are marked slow). Wan 2.1 t2v: head dim 128, one head, one
+# block. Text widths are the real ones (4096: T5-XXL / umT5-XXL; SD3's CLIP-L/G padded to 4096).
+FLOW_MODELS = {
+    "sd3": (
+        "SD3",
+        {
+            "in_channels": 16,
+            "out_channels": 16,
+            "patch_size": 2,
+            "depth": 2,
+            "input_size": None,
+            "adm_in_channels": 2048,
+            "context_embedder_config": {
+                "target": "torch.nn.Linear",
+                "params": {"in_features": 4096, "out_features": 128},
+            },
+            "num_patches": 1024,
+            "pos_embed_max_size": 32,
+            "pos_embed_scaling_factor": None,
+            "x_block_self_attn_layers": [],
+        },
+    ),
+    "wan": (
+        "WAN21_T2V",
+        {
+            "image_model": "wan2.1",
+            "model_type": "t2v",
+            "dim": 128,
+            "out_dim": 16,
+            "num_heads": 1,
+            "ffn_dim": 256,
+            "num_layers": 1,
+            "patch_size": (1, 2, 2),
+            "freq_dim": 256,
+            "window_size": (-1, -1),
+            "qk_norm": True,
+            "cross_attn_norm": True,
+            "eps": 1e-6,
+            "in_dim": 16,
+        },
+    ),
+}
+_FLUX = {
+    "image_model": "flux",
+    "axes_dim": [16, 56, 56],
+    "num_heads": 24,
+    "mlp_ratio": 4.0,
+    "theta": 10000,
+    "out_channels": 16,
+    "qkv_bias": True,
+    "in_channels": 16,
+    "hidden_size": 3072,
+    "context_in_dim": 4096,
+    "patch_size": 2,
+    "vec_in_dim": 768,
+    "depth": 1,
+    "depth_single_blocks": 0,
+}
+FLOW_MODELS["flux"] = ("Flux", dict(_FLUX, guidance_embed=True))
+FLOW_MODELS["flux_schnell"] = ("FluxSchnell", dict(_FLUX, guidance_embed=False))
+
+
+def random_weights(module: torch.nn.Module, seed: int) -> None:
+    """Fill every parameter and saved buffer (ComfyUI's layers skip initialisation: left alone they hold whatever
+    memory held): fan-in scaled normals for matrices, small ones for biases, modulations and buffers, 1 + small
+    noise for norm scales (so attention and modulation carry signal)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = {id(p) for p in module.parameters()}
+    with torch.no_grad():
+        for name, p in module.state_dict(keep_vars=True).items():
+            if id(p) not in params:  # a saved buffer (SD3's pos_embed): allocated empty, so filled here too
+                if p.is_floating_point():
+                    p.normal_(0.0, 0.02, generator=gen)
+            elif p.dim() > 1 and "modulation" not in name:
+                p.normal_(0.0, 1.0 / max(1, p[0].numel()) ** 0.5, generator=gen)
+            elif "norm" in name or name.endswith("scale"):
+                p.normal_(1.0, 0.02, generator=gen)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+
+
+def flow_state_dict(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random-weight diffusion-model state dict of ``kind`` (a :data:`FLOW_MODELS` key) in the key layout of the
+    real files (ComfyUI's modules carry the original checkpoints' names), float32."""
+    import comfy.supported_models
+
+    config_name, unet_config = FLOW_MODELS[kind]
+    model_config = getattr(comfy.supported_models, config_name)(dict(unet_config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    random_weights(model.diffusion_model, seed)
+    return {k: v.contiguous() for k, v in model.diffusion_model.state_dict().items()}
+
+
+def build_flow(kind: str, seed: int = 0, state_dict: dict | None = None):
+    """A ``ModelPatcher`` of a tiny flow model loaded the way UNETLoader loads a file: ComfyUI's detection
+    (``comfy.sd.load_diffusion_model_state_dict``) decides the family from the keys and shapes alone."""
+    import comfy.sd
+
+    sd = flow_state_dict(kind, seed) if state_dict is None else state_dict
+    patcher = comfy.sd.load_diffusion_model_state_dict(dict(sd), model_options={"dtype": torch.float32})
+    if patcher is None:
+        raise AssertionError(f"ComfyUI's detection did not recognise the tiny {kind} state dict")
+    return patcher
+
+
+def save_flow_model(path, kind: str, seed: int = 0) -> None:
+    """Write :func:`flow_state_dict` as a ``.safetensors`` file for UNETLoader (models/diffusion_models)."""
+    from safetensors.torch import save_file
+
+    save_file(flow_state_dict(kind, seed), str(path))
+
+
+def flow_conditioning(kind: str, seed: int = 0, tokens: int = 8, batch: int = 1):
+    """CONDITIONING as the family's text encoders give it, at the real widths (no T5-XXL can be built at test
+    size): SD3 4096-wide tokens (CLIP-L/G padded + T5) and a 2048 pooled CLIP-L+G; Flux T5 tokens, a 768 pooled
+    CLIP-L and (dev) FluxGuidance's 3.5; Wan umT5 tokens only."""
+    from contextdiff import families
+
+    family = next(f for f in families.FLOW_FAMILIES if FLOW_MODELS[kind][0] in f.configs)
+    gen = torch.Generator().manual_seed(seed)
+    extra = {}
+    cond = torch.randn(batch, tokens, family.context_dim, generator=gen)
+    if family.pooled:
+        extra["pooled_output"] = torch.randn(batch, family.pooled_dim, generator=gen)
+    if kind == "flux":
+        extra["guidance"] = 3.5
+    return [[cond, extra]]
+
+
+def flow_latent(kind: str, size: int = 8, frames: int = 3, batch: int = 1) -> torch.Tensor:
+    """An empty latent of the family's shape: 16 channels; Wan's has a frame axis (EmptyHunyuanLatentVideo)."""
+    if kind == "wan":
+        return torch.zeros(batch, 16, frames, size, size)
+    return torch.zeros(batch, 16, size, size)

@@ -1,5 +1,6 @@
 """Model families in the real host: SD1.x, SD2.x (v-prediction), SDXL and its variants (SSD-1B, Vega,
-KOALA), v-prediction with zero terminal SNR, and flow-matching models refused.
+KOALA), v-prediction with zero terminal SNR, and a UNet that ComfyUI's ModelSamplingSD3 patch makes a flow model
+(the flow families themselves: tests/host/test_flow_families.py).
 
 Single-file checkpoints keep what ComfyUI's detection reads (tests/comfy_models.py explains the
 reduced layout) and load through the core CheckpointLoaderSimple; prompts go through CLIPTextEncode
@@ -328,8 +329,9 @@ def test_sd2_vpred_live_adapter_reads_1024_wide_tokens(server, family_adapters):
     assert torch.isfinite(live).all() and rel_err(live, core) > 1e-3
 
 
-def test_flow_matching_model_is_refused(server, adapters):
-    """SD3/Flux-style sampling (ComfyUI's ModelSamplingSD3 patch: discrete flow) stops with the clear message."""
+def test_flow_sampling_patch_samples_as_flow_matching(server, adapters):
+    """ComfyUI's ModelSamplingSD3 patch (discrete flow, shift 3) on a UNet: ComfyUI samples it as flow matching and
+    so does ContextDiff: at strength 0 it is the core euler; method ddpm (the DDPM posterior) is refused by name."""
     flow = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["tiny", 0], "shift": 3.0}}
     graph = dict(
         base_graph(flow, "SD15"),
@@ -339,6 +341,9 @@ def test_flow_matching_model_is_refused(server, adapters):
         },
     )
     assert identify(server, flow, {"tiny": graph["tiny"]})["prediction"] == "flow"
+    core = run_latent(server, graph, sampler_node("core", "euler"))
+    ours = run_latent(server, graph, sampler_node("ours", strength=0.0), adapter="live.safetensors")
+    assert core.abs().max() > 0 and rel_err(ours, core) <= tolerance("same_unet_other_arithmetic")
     with pytest.raises(PromptError) as err:
-        run_latent(server, graph, sampler_node("ours"), adapter="live.safetensors")
-    assert "this model uses flow matching, for which the paper's equations do not hold" in str(err.value)
+        run_latent(server, graph, sampler_node("ours", "ddpm"), adapter="live.safetensors")
+    assert "method ddpm is the DDPM posterior" in str(err.value)
