@@ -483,6 +483,20 @@ FLOW_MODELS["flux"] = ("Flux", dict(_FLUX, guidance_embed=True))
 FLOW_MODELS["flux_schnell"] = ("FluxSchnell", dict(_FLUX, guidance_embed=False))
 
 
+def host_flux_fields(unet_config: dict) -> dict:
+    """Fields this host's Flux model requires that older hosts lack, with the values its detection gives a Flux
+    dev/schnell file: ComfyUI 0.8 added ``txt_ids_dims`` (``[]`` for Flux). Asked of the host's ``FluxParams``, not
+    of its version."""
+    if unet_config.get("image_model") != "flux":
+        return {}
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    return {"txt_ids_dims": []} if "txt_ids_dims" in fields and "txt_ids_dims" not in unet_config else {}
+
+
 def random_weights(module: torch.nn.Module, seed: int) -> None:
     """Fill every parameter and saved buffer (ComfyUI's layers skip initialisation: left alone they hold whatever
     memory held): fan-in scaled normals for matrices, small ones for biases, modulations and buffers, 1 + small
@@ -508,6 +522,7 @@ def flow_state_dict(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
     import comfy.supported_models
 
     config_name, unet_config = FLOW_MODELS[kind]
+    unet_config = dict(unet_config, **host_flux_fields(unet_config))
     model_config = getattr(comfy.supported_models, config_name)(dict(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
