@@ -124,7 +124,7 @@ def probe(path: str, n: int = 32, decoder_steps: int = 100) -> dict:
     from hostside.joint_checkpoints import load_text_joint
     from hostside.text_encoder import encode_batch
     from shapesworld import judge, world
-    from trainer.diffusion import prior_noise, relational, spaced_sigmas, training_schedule, vp_x0_predictor
+    from trainer.diffusion import prior_noise, relational, spaced_sigmas, training_schedule, x0_predictor
     from trainer.shapes_mode import to_pixels
 
     m = load_text_joint(path, recipe="shapes")  # the nodes' loader: every variant's file must load
@@ -152,7 +152,7 @@ def probe(path: str, n: int = 32, decoder_steps: int = 100) -> dict:
         # Losses at uniform random t (one fixed draw, the same for every model).
         t = torch.randint(len(sigmas), (n,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
-        denoise = vp_x0_predictor(model, sigmas[t], cond)
+        denoise = x0_predictor(model, sigmas[t], cond)
         r0 = r(x0, t)
         pred_plain = denoise(fs(abar[t], eps), t)
         out["loss_bias_x0"] = float(mse(denoise(fs(abar[t], eps, kk(t) * r0), t), x0).mean())
@@ -163,7 +163,7 @@ def probe(path: str, n: int = 32, decoder_steps: int = 100) -> dict:
         for step in T_GRID:
             t = torch.full((n,), step)
             eps = torch.randn(x0.shape, generator=gen)
-            denoise = vp_x0_predictor(model, sigmas[t], cond)
+            denoise = x0_predictor(model, sigmas[t], cond)
             noise = (1 - abar[t]).sqrt().float().reshape(-1, 1, 1, 1) * eps
             r0 = r(x0, t)
             b = kk(t) * r0

@@ -64,7 +64,7 @@ def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
     from contextdiff.likelihood import variational_bound
     from contextdiff.schedule import k_coefficient
     from hostside.joint_checkpoints import load_joint
-    from trainer.diffusion import training_schedule, vp_x0_predictor
+    from trainer.diffusion import training_schedule, x0_predictor
     from trainer.joint import load_digits_tensor, split_digits
 
     model, adapter, classes, _ = load_joint(ckpt)
@@ -74,7 +74,7 @@ def bound(ckpt: Path, use_bias: bool, t_samples: int) -> float:
         ctx = classes(labels)
 
     def denoise(x_t, idx):
-        return vp_x0_predictor(model, sigmas[idx], ctx)(x_t, idx)
+        return x0_predictor(model, sigmas[idx], ctx)(x_t, idx)
 
     def bias(x, idx):
         k = k_coefficient(abar[idx], abar[-1]).to(x.dtype).reshape(-1, 1, 1, 1)

@@ -1,4 +1,5 @@
-"""Editing memory and time on the SD1.5-shaped UNet (random weights), side by side in one run.
+"""Editing memory and time on the SD1.5-shaped UNet (random weights), side by side in one run; with ``--family``
+sd3, flux or wan, on that flow family's tiny file (tests/comfy_models.py) with its DiT attention fused.
 
 1. Peak memory and time of inversion + edit against one plain sampling run of the same size (ComfyUI's
    own ``ddim`` sampler, same steps, cfg and latent), each in a fresh subprocess: the peak is the
@@ -10,7 +11,13 @@
    the edits compared; per frame at 512x512 (64x64 latents), 20 steps, fuse_start 0.5, from the UNet's
    attention sizes (one probe pass), the same count the measured store matches.
 
-    .venv/bin/python -m bench.edit_memory [--size 256] [--steps 6] [--frames 2]
+On a flow family only part 1 runs (plain sampling: ComfyUI's ``euler`` on the ``simple`` schedule at the family's
+cfg; the edit: inversion, then the edit fusing the joint attention of SD3's and Flux's blocks, or Wan's self- and
+cross-attention as the Video Edit does), its section ``edit_memory_<family>``; the store at native sizes is
+``bench/dit_store.py`` and ``bench/wan_store.py``. The tiny files are far smaller than the real models, so the ratios
+say how the editing's own work compares with a small model's calls, not the real-size ones (not measured).
+
+    .venv/bin/python -m bench.edit_memory [--size 256] [--steps 6] [--frames 2] [--family sd15|sd3|flux|wan]
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from bench.report import load_after, quiet_machine, write_section
 from devkit import ROOT, import_pack, tiny_models
 
 CFG = 7.5
+# A flow family's cfg (Flux dev is guidance-distilled: cfg 1, one model batch a step) and its text tokens.
+FLOW_CFG = {"sd3": 4.5, "flux": 1.0, "wan": 5.0}
+FLOW_TOKENS = 16
+NAMES = {"sd3": "SD3", "flux": "Flux", "wan": "Wan"}
 
 
 def full_map_bytes(footprint, fused, heads=8, text_tokens=77, video=True):
@@ -49,10 +60,12 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _setup(size: int, frames: int):
+def _setup(size: int, frames: int, family: str = "sd15"):
     import torch
 
     models = tiny_models()
+    if family != "sd15":
+        return _setup_flow(family, size, frames)
     build_sd15, random_conditioning = models.build_sd15, models.random_conditioning
 
     pack = import_pack()
@@ -66,25 +79,43 @@ def _setup(size: int, frames: int):
     return runs, model, latent, random_conditioning(1), random_conditioning(3), random_conditioning(2)
 
 
-def edit_plan(runs, steps: int):
-    """Self-attention fusion, the cross-attention of 76 shared tokens and a blend word: the full edit."""
+def _setup_flow(kind: str, size: int, frames: int):
+    """The family's tiny file loaded, a latent of ``size`` pixels (Wan: ``frames`` latent frames), three prompts."""
+    import torch
+
+    models = tiny_models()
+    runs = importlib.import_module(import_pack().__name__ + ".nodes.edit_runs")
+    model = models.build_flow(kind)
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    shape = models.flow_latent(kind, size=size // 8, frames=frames).shape
+    latent = {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(0))}
+    conds = (models.flow_conditioning(kind, seed, tokens=FLOW_TOKENS) for seed in (1, 3, 2))
+    return (runs, model, latent, *conds)
+
+
+def edit_plan(runs, steps: int, family: str = "sd15"):
+    """Self-attention fusion, the cross-attention of the shared tokens (all but one) and a blend word: the full
+    edit."""
     from contextdiff.edit_plan import EditPlan
 
     plan = runs.plan_edit(runs.EditSettings(), runs.InversionSettings(steps=steps, fuse_start=0.5))
+    tokens = 77 if family == "sd15" else FLOW_TOKENS
     return EditPlan(
         fuse=True,
-        shared_tokens=[(i, i) for i in range(77) if i != 5],
+        shared_tokens=[(i, i) for i in range(tokens) if i != 5],
         blend_target=[5],
         blend_source=[5],
         blend_threshold=0.3,
         warnings=plan.warnings,
-        cfg=CFG,
+        cfg=FLOW_CFG.get(family, CFG),
     )
 
 
-def child(kind: str, size: int, steps: int, frames: int) -> dict:
+def child(kind: str, size: int, steps: int, frames: int, family: str = "sd15") -> dict:
     """One measurement in this (fresh) process: ``plain`` sampling or ``edit`` (inversion + edit)."""
-    runs, model, latent, src, tgt, neg = _setup(size, frames)  # puts ComfyUI on the path
+    runs, model, latent, src, tgt, neg = _setup(size, frames, family)  # puts ComfyUI on the path
     import comfy.model_management
     import comfy.sample
     import comfy.samplers
@@ -98,16 +129,18 @@ def child(kind: str, size: int, steps: int, frames: int) -> dict:
     else:
         baseline = _status_kib("VmRSS") * 1024
         _reset_peak()
+    flow = family != "sd15"
+    scheduler, cfg = ("simple", FLOW_CFG[family]) if flow else ("ddim_uniform", CFG)
     t = time.perf_counter()
     with torch.no_grad():
         if kind == "plain":
-            sigmas = runs.schedule(model, "ddim_uniform", steps)
+            sigmas = runs.schedule(model, scheduler, steps)
             noise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(1))
             comfy.sample.sample_custom(
                 model,
                 noise,
-                CFG,
-                comfy.samplers.sampler_object("ddim"),
+                cfg,
+                comfy.samplers.sampler_object("euler" if flow else "ddim"),
                 sigmas,
                 tgt,
                 neg,
@@ -115,6 +148,10 @@ def child(kind: str, size: int, steps: int, frames: int) -> dict:
                 disable_pbar=True,
                 seed=1,
             )
+        elif flow:  # Wan's attention recorded as the Video Edit records it (a native video latent, no frames)
+            settings = runs.InversionSettings(steps=steps, scheduler=scheduler)
+            source = runs.invert(runs.Guide(model, src), latent, settings, None, record=True)
+            runs.edit(runs.Guide(model, tgt, neg), source, edit_plan(runs, steps, family))
         else:
             settings = runs.InversionSettings(steps=steps)
             source = runs.invert(runs.Guide(model, src), latent, settings, frames if frames > 1 else None)
@@ -147,6 +184,8 @@ def run_child(kind: str, args) -> dict:
             str(args.steps),
             "--frames",
             str(args.frames),
+            "--family",
+            args.family,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -215,12 +254,16 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--family", choices=["sd15", *FLOW_CFG], default="sd15", help="sd15: the SD1.5-shaped UNet")
     ap.add_argument("--child", choices=["plain", "edit"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.size, args.steps, args.frames)))
+        print(json.dumps(child(args.child, args.size, args.steps, args.frames, args.family)))
         return
     loads = quiet_machine()
+    if args.family != "sd15":
+        flow_section(args, loads)
+        return
     timing = peak_and_time(args)  # first, before this process holds a model of its own
     store = store_sizes(args)
     result = {
@@ -286,6 +329,70 @@ frame** for ours against **{maps / gib:.1f} GiB** for full maps (1/{maps / ours:
 {rows}
 """,
     )
+
+
+def floor(cfg: float, steps: int) -> str:
+    """What the time ratio cannot go below, in model batches: plain sampling runs ``steps`` calls (two batches each
+    with CFG), the inversion ``steps + 1`` at cfg 1 (one more at the top of the schedule), the edit as plain."""
+    batches = 1 if cfg == 1 else 2
+    ratio = (steps + 1 + batches * steps) / (batches * steps)
+    why = "Flux dev is guidance-distilled: cfg 1, one batch a call" if cfg == 1 else "CFG: two batches a call"
+    return (
+        f"Model batches alone make the floor {ratio:.2f}x here ({why}; the inversion, at cfg 1, makes one call more "
+        f"than its {steps} steps); the rest is the editing's own work (the store, the fused kernels, the blend)."
+    )
+
+
+def flow_section(args, loads: dict) -> None:
+    """Part 1 on a flow family's tiny file: the section ``edit_memory_<family>``."""
+    timing = peak_and_time(args)
+    result = {
+        "family": args.family,
+        "size": args.size,
+        "steps": args.steps,
+        "frames": args.frames,
+        "cfg": FLOW_CFG[args.family],
+        "text_tokens": FLOW_TOKENS,
+        **timing,
+        **load_after(loads),
+    }
+    print({k: v for k, v in result.items() if k != "runs"})
+    write_section(f"edit_memory_{args.family}", result, flow_markdown(result))
+
+
+def flow_markdown(result: dict) -> str:
+    """The section of a flow family's record (``flow_section``'s ``result``)."""
+    from contextdiff.editing import fused_steps
+
+    args = argparse.Namespace(**{k: result[k] for k in ("family", "size", "steps", "frames")})
+    med, mib = result["median"], 2**20
+    plain, edit = med["plain"], med["edit"]
+    h = args.size // 16  # tokens per side: 8x latents, patches of 2
+    what = {
+        "sd3": "SD3's joint blocks (tiny file: depth 2)",
+        "flux": "Flux's double and single blocks (tiny file: 0.4B parameters)",
+        "wan": f"Wan's self- and cross-attention over {args.frames} latent frames, as the Video Edit fuses them",
+    }[args.family]
+    load = f"load average {result['load_before']} before, {result['load_after']} after, on {result['cores']} cores"
+    if max(result["load_before"], result["load_after"]) > 2:
+        load += " (**above 2: a shared machine, these figures are indicative only**)"
+    return f"""## Editing on the tiny {NAMES[args.family]} file (`bench/edit_memory.py --family {args.family}`)
+
+{what}; {h}x{h} image tokens, {FLOW_TOKENS} text tokens, {args.steps} steps (`simple`), cfg {FLOW_CFG[args.family]},
+fp32 on the CPU; plain sampling is ComfyUI's `euler`, the edit a classic inversion (cfg 1) then the edit fusing
+{len(fused_steps(args.steps, 0.5))} steps with a blend word. Each run in a fresh process, order plain, edit, edit,
+plain, medians; {load}.
+
+| | plain sampling (`euler`) | inversion + edit | ratio | target |
+|---|---|---|---|---|
+| peak resident memory | {plain["peak_bytes"] / mib:.0f} MiB | {edit["peak_bytes"] / mib:.0f} MiB | \
+**{result["peak_ratio"]:.2f}x** | <= 1.1x |
+| above the loaded model | {plain["working_bytes"] / mib:.0f} MiB | {edit["working_bytes"] / mib:.0f} MiB | \
+{result["working_ratio"]:.2f}x | |
+| time | {plain["seconds"]:.2f} s | {edit["seconds"]:.2f} s | **{result["time_ratio"]:.2f}x** | <= 2x |
+
+{floor(FLOW_CFG[args.family], args.steps)} Real-size speed and memory are not measured.
+"""
 
 
 if __name__ == "__main__":

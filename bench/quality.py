@@ -19,6 +19,9 @@ own node code (the joint loader, ContextDiffKSampler, the inversion/edit runs, t
 
 Writes docs/quality.md, docs/quality.json and docs/quality_*.png, stamped with machine and date.
 Results are cached per (model file, experiment) under ``--runs`` so an interrupted run resumes.
+
+``--controls`` measures issue 31's controls instead, on the same models and cache (bench/quality_controls.py):
+plain against exact inversion for each model, and adapters trained on the frozen no-bias model.
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ CANDIDATE_NAMES = {
     "eq5": "Eq. 5 (--objective eq5)",
     "text_bias": "text-only bias (--bias_input none)",
 }
-ALL_VARIANTS = {**VARIANTS, **CANDIDATES}
+# Issue 31's adapters on the frozen no-bias model (``--base_checkpoint``; bench/quality_controls.py): Eq. 6 and the
+# self-consistent bias.
+FROZEN = {"frozen_eq6": [], "frozen_self_bias": ["--self_bias", "1.0"]}
+ALL_VARIANTS = {**VARIANTS, **CANDIDATES, **FROZEN}
 FUSE_STARTS = (0.3, 0.5, 0.7, 0.9)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
@@ -225,28 +231,46 @@ def generate(pack, b: Bundle, captions: list[str], s: Settings, seed: int, batch
     return np.concatenate(out)
 
 
-def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: Settings) -> np.ndarray:
-    """Invert ``source`` with its caption, then edit it to the target caption: the edit nodes' runs."""
+def invert_image(pack, b: Bundle, source: np.ndarray, caption: str, s: Settings, refine_steps: int = 0):
+    """The inversion node's run on ``source`` with its caption (guidance 1); ``refine_steps`` > 0 solves each step
+    exactly (until converged, else the best iterate: ``contextdiff.inversion.refine``)."""
     import torch
 
     runs = pack.nodes.edit_runs
-    pos_src, pos_tgt, neg = (encode(b.clip, [t]) for t in (task.source_caption, task.target_caption, ""))
     inversion = runs.InversionSettings(
-        steps=s.steps, cfg=1.0, fuse_start=s.fuse_start, strength=s.strength, store_dtype=torch.float16
+        steps=s.steps,
+        cfg=1.0,
+        fuse_start=s.fuse_start,
+        strength=s.strength,
+        store_dtype=torch.float16,
+        refine_steps=refine_steps,
     )
-    inv = runs.invert(runs.Guide(b.model, pos_src, adapter=b.adapter), {"samples": to_latent(source[None])}, inversion)
+    guide = runs.Guide(b.model, encode(b.clip, [caption]), adapter=b.adapter)
+    return runs.invert(guide, {"samples": to_latent(source[None])}, inversion)
+
+
+def edit_inverted(pack, b: Bundle, inv, source_caption: str, target_caption: str, words: str, s: Settings):
+    """The edit sampler's run from the inversion ``inv`` to ``target_caption``; ``words`` the blend words."""
+    runs = pack.nodes.edit_runs
+    pos_tgt, neg = (encode(b.clip, [t]) for t in (target_caption, ""))
     edit = runs.EditSettings(
         cfg=s.cfg,
-        source_prompt=task.source_caption,
-        target_prompt=task.target_caption,
-        blend_words=task.blend_words if (s.blend and s.fuse) else "",
+        source_prompt=source_caption,
+        target_prompt=target_caption,
+        blend_words=words if (s.blend and s.fuse) else "",
         blend_threshold=s.blend_threshold,
         fuse=s.fuse,
         strength=s.strength,
     )
-    plan = runs.plan_edit(edit, inversion, b.clip)
+    plan = runs.plan_edit(edit, inv.settings, b.clip)
     res = runs.edit(runs.Guide(b.model, pos_tgt, neg, b.adapter), inv, plan)
     return to_images(res.samples)[0]
+
+
+def edit_image(pack, b: Bundle, source: np.ndarray, task: scoring.EditTask, s: Settings) -> np.ndarray:
+    """Invert ``source`` with its caption, then edit it to the target caption: the edit nodes' runs."""
+    inv = invert_image(pack, b, source, task.source_caption, s)
+    return edit_inverted(pack, b, inv, task.source_caption, task.target_caption, task.blend_words, s)
 
 
 def edit_clip(pack, b: Bundle, task: scoring.ClipEditTask, s: Settings) -> np.ndarray:
@@ -376,14 +400,6 @@ def choose_defaults(
     chosen = sweep_generation([base.but(steps=20, strength=v) for v in STRENGTHS])
     chosen = sweep_generation([chosen.but(steps=v) for v in STEP_CHOICES])
 
-    def edit_best(sweep_part: dict, default: float) -> float:
-        """An edit counts when it succeeds and keeps the rest (agreement within 8/255); ties: the node default."""
-        return float(
-            max(
-                sweep_part.items(), key=lambda kv: (kv[1]["success"] * kv[1]["agree_tol"], -abs(float(kv[0]) - default))
-            )[0]
-        )
-
     for fs in FUSE_STARTS:
         s = chosen.but(fuse_start=fs)
         sweep["edit_fuse_start"][str(fs)] = cache.get(
@@ -403,6 +419,14 @@ def choose_defaults(
         "criterion": "generation: whole-caption accuracy; editing: mean of success x agreement-within-8 outside "
         "the edited object; ties go to the node's defaults (strength 1, 20 steps, fuse_start 0.5, threshold 0.3)",
     }
+
+
+def edit_best(sweep_part: dict, default: float) -> float:
+    """The swept value whose edits count most: an edit counts when it succeeds and keeps the rest (agreement within
+    8/255); ties: the value closest to the node default."""
+    return float(
+        max(sweep_part.items(), key=lambda kv: (kv[1]["success"] * kv[1]["agree_tol"], -abs(float(kv[0]) - default)))[0]
+    )
 
 
 def best_name(variant: str) -> str:
@@ -640,6 +664,29 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="models trained side by side before the evaluation")
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance of sampling and editing")
     ap.add_argument("--train_steps", type=int, default=0, help="override the recipe's training steps (0 = recipe)")
+    ap.add_argument(
+        "--controls",
+        action="store_true",
+        help="issue 31's controls instead of the main tables (bench/quality_controls.py): plain vs exact inversion "
+        "per model, adapters on the frozen no-bias model; writes quality_controls.md/json/png into --docs",
+    )
+    ap.add_argument("--control_edits", type=int, default=64, help="--controls: test edits per configuration")
+    ap.add_argument("--control_val_edits", type=int, default=16, help="--controls: validation edits per setting")
+    ap.add_argument(
+        "--control_budget_steps",
+        type=int,
+        default=1000,
+        help="--controls: the frozen-model adapters train for what this many no-bias model steps cost",
+    )
+    ap.add_argument(
+        "--control_timing_repeats", type=int, default=5, help="--controls: steps timed to measure that cost"
+    )
+    ap.add_argument(
+        "--refine_steps",
+        type=int,
+        default=50,
+        help="--controls: exact inversion's most iterations per step (it stops when converged; else the best iterate)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: --n 12 --edits 4 --clips 2, 60 training steps")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "quality"), help="models and result cache")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="where quality.md/json/png go")
@@ -663,9 +710,17 @@ def main(argv=None) -> int:
         args.n, args.edits, args.clips = min(args.n, 12), min(args.edits, 4), min(args.clips, 2)
         args.train_steps = args.train_steps or 60
         args.runs = str(Path(args.runs).with_name(Path(args.runs).name + "-quick"))
+        args.control_edits, args.control_val_edits = min(args.control_edits, 2), min(args.control_val_edits, 2)
+        args.control_budget_steps = min(args.control_budget_steps, 20)
+        args.refine_steps, args.control_timing_repeats = min(args.refine_steps, 5), min(args.control_timing_repeats, 2)
     args.docs.mkdir(parents=True, exist_ok=True)
     args.started = time.perf_counter()
-    run(args)
+    if args.controls:
+        from bench.quality_controls import run_controls
+
+        run_controls(args)
+    else:
+        run(args)
     return 0
 
 

@@ -24,6 +24,7 @@ PERCENT = {
     "kept",
     "agree_exact",
     "agree_tol",
+    "agree_tol_recon",
     "background",
     "frame_success",
     "flicker",

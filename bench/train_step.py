@@ -59,7 +59,7 @@ def measure(family: str, args, device) -> dict:
     from contextdiff.adapter import AdapterConfig, ContextAdapter
     from contextdiff.objective import contextual_x0_loss
     from hostside import families
-    from trainer.diffusion import training_schedule, vp_x0_predictor
+    from trainer.diffusion import training_schedule, x0_predictor
 
     model = build(family, args.model_channels, device)
     fam = families.identify(model).family
@@ -76,7 +76,7 @@ def measure(family: str, args, device) -> dict:
     def step(with_adapter: bool):
         params = list(model.diffusion_model.parameters()) + (list(adapter.parameters()) if with_adapter else [])
         opt = torch.optim.AdamW(params, lr=1e-6)
-        denoise = vp_x0_predictor(model, sigmas[t], cond)
+        denoise = x0_predictor(model, sigmas[t], cond)
         saved = [0]
 
         def pack(tensor):

@@ -106,6 +106,21 @@ def match_text_batch(text: torch.Tensor, batch: int) -> torch.Tensor:
     return text.repeat(-(-batch // p), *([1] * (text.dim() - 1)))[:batch]
 
 
+def frames_as_batch(x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A video latent ``(B, C, F, H, W)`` (Wan's) as the adapter reads it: ``(B F, C, H, W)``, each clip's frames in
+    order, with per-clip conditioning ``(B, L, D)`` repeated for each frame (other batches are tiled as ComfyUI tiles
+    them, :func:`match_text_batch`); returns ``(frames, text, F)``. :func:`frames_as_clips` undoes it."""
+    b, c, n, h, w = x.shape
+    text = text.repeat_interleave(n, 0) if text.shape[0] == b else text
+    return x.movedim(2, 1).reshape(b * n, c, h, w), text, n
+
+
+def frames_as_clips(r: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(B F, C, H, W)`` back to the video latent layout ``(B, C, F, H, W)``."""
+    bn, c, h, w = r.shape
+    return r.reshape(bn // frames, frames, c, h, w).movedim(1, 2)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of a continuous training timestep ``t`` (0 .. 1000)."""
     half = dim // 2

@@ -16,6 +16,7 @@ fused (ComfyUI's own kernel, or another pack's patch that was there first).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
@@ -68,6 +69,61 @@ def chunk_rows(selected: Sequence[bool], batch: int) -> tuple[torch.Tensor, torc
     chosen = [r for i, s in enumerate(selected) if s for r in rows[i]]
     other = [r for i, s in enumerate(selected) if not s for r in rows[i]]
     return torch.tensor(chosen, dtype=torch.long), torch.tensor(other, dtype=torch.long)
+
+
+def one_hot_columns(values: torch.Tensor, positions: Sequence[int], rows: int | None = None) -> torch.Tensor:
+    """``values`` ``(B, heads, L, d)`` with one column per position appended, 1 at that position's row: attention
+    over these values returns, in the appended columns, the attention weights of those positions (the rows of a
+    map, normalised over every key, without building the map). ``rows``: of the new columns' 1s, ``L`` if none."""
+    extra = torch.zeros(*values.shape[:-1], len(positions), dtype=values.dtype, device=values.device)
+    for column, position in enumerate(positions):
+        if position < (values.shape[-2] if rows is None else rows):
+            extra[..., position, column] = 1
+    return torch.cat([values, extra], dim=-1)
+
+
+def joint_fused_attention(
+    q_src: torch.Tensor,
+    k_src: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    shared: Sequence[tuple[int, int]],
+    blend_target: Sequence[int] = (),
+    blend_source: Sequence[int] = (),
+    image_keys: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The image tokens' fused joint attention (docs/design.md 1.2), all ``(B, heads, L, d)``.
+
+    ``q_src`` ``(.., N, d)``: the source's image queries; ``k_src`` ``(.., T_s + N, d)``: its keys, text first;
+    ``q`` ``(.., N, d)``: the target's image queries; ``k``, ``v`` ``(.., T + N, d)``: the target's keys and values.
+    ``shared``: ``(target, source)`` text positions of the words both prompts share. The fused map weighs every
+    image token and shared word by the source's attention, the other words by the target's (the UNet's rule on one
+    softmax): ``SDPA(q_src, k_src, V_a) + SDPA(q, k, V_b)``, ``V_a`` the target's values at the source's image
+    tokens and shared words, ``V_b`` those of the target's other words. Returns the output ``(.., N, d)`` and the
+    blend words' maps, target's ``(.., N, len(blend_target))`` and source's ``(.., N, len(blend_source))``.
+    ``image_keys=False``: the keys are the text's alone (a separate cross-attention, Wan's: docs/design.md 1.3);
+    the same two kernels then give the UNet's cross-attention rule, shared words' columns from the source's map.
+    """
+    n = q.shape[-2]
+    m = n if image_keys else 0  # image tokens among the keys
+    t, t_src = k.shape[-2] - m, k_src.shape[-2] - m
+    if n != q_src.shape[-2] or t < 0 or t_src < 0:
+        raise ValueError(f"the source's {q_src.shape[-2]} image tokens do not match the target's {n}")
+    d = v.shape[-1]
+    pairs = [(a, b) for a, b in shared if a < t and b < t_src]
+    v_a = v.new_zeros(*v.shape[:-2], t_src + m, d)
+    v_a[..., t_src:, :] = v[..., t:, :]
+    if pairs:
+        v_a[..., [b for _, b in pairs], :] = v[..., [a for a, _ in pairs], :]
+    out_a = F.scaled_dot_product_attention(q_src, k_src, one_hot_columns(v_a, blend_source, t_src))
+    own = sorted(set(range(t)) - {a for a, _ in pairs})
+    if not own and not blend_target:  # every word shared, none to map: the target's map adds nothing
+        return out_a[..., :d], out_a[..., d:d], out_a[..., d:]
+    v_b = v.new_zeros(v.shape)
+    v_b[..., own, :] = v[..., own, :]
+    out_b = F.scaled_dot_product_attention(q, k, one_hot_columns(v_b, blend_target, t))
+    return out_a[..., :d] + out_b[..., :d], out_b[..., d:], out_a[..., d:]
 
 
 class DeviceIndex:
@@ -267,6 +323,73 @@ class AttentionEditor:
         self.self_fused += 1
         self.entry_calls += len(rows) // source_rows
         return self._mixed(q, kk, vv, heads, layout, cond_out)
+
+    def joint_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        extra: dict,
+        text_tokens: int,
+        attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        grid: Sequence[int] | None = None,
+        kind: str = "joint",
+        image_keys: bool = True,
+    ) -> torch.Tensor:
+        """A DiT's joint attention over ``[text, image]`` tokens (Flux, SD3), ``q, k, v`` ``(B, heads, T + N, d)``:
+        record the image queries and all keys, or fuse the image queries' attention (:func:`joint_fused_attention`);
+        the text queries and the other rows keep ``attention`` (the host's, or what another pack put there).
+        ``grid``: the image tokens' ``(h, w)`` or a video's ``(frames, h, w)``, for the blend maps (a map of another
+        length is left out). Wan (docs/design.md 1.3) calls it twice per block, as ``kind`` ``self`` (the video
+        tokens alone: ``text_tokens`` 0) and ``cross`` (video queries, text keys: ``image_keys=False``)."""
+        call = self._fused_call(extra, q, "self")
+        if call is None:
+            return attention(q, k, v)
+        rows, (_, other), key = call
+        heads, t = q.shape[1], text_tokens
+        key = key[:2] + (kind,)
+        if self.mode == "record":
+            self.store.put(key, merge_heads(q[rows][:, :, t:]), merge_heads(k[rows]), heads)
+            return attention(q, k, v)
+        recorded = None if self.store.store_maps else self.store.queries_keys(key, q.device)
+        n = q.shape[2] - t
+        source_rows = 0 if recorded is None else len(recorded[0])
+        if not source_rows or len(rows) % source_rows or recorded[0].shape[1] != n:
+            self.missing += 1  # not recorded (a skipped block, maps stored instead), another batch or image size
+            return attention(q, k, v)
+        q_src, k_src = (split_heads(self._tiled(x.to(v.dtype), len(rows)), heads) for x in recorded)
+        one_entry = len(self.entries) <= 1  # the words were aligned in the only entry's text
+        words = image_keys is False or t > 0  # keys with text tokens: maps of words to fuse and blend
+        blend = self.blend if words and one_entry and self.blend is not None and self.blend.active else None
+        fused, tgt_maps, src_maps = joint_fused_attention(
+            q_src,
+            k_src,
+            q[rows][:, :, t:],
+            k[rows],
+            v[rows],
+            list(zip(self.shared_tgt.tolist(), self.shared_src.tolist(), strict=True)) if one_entry else [],
+            blend.target_tokens if blend else (),
+            blend.source_tokens if blend else (),
+            image_keys,
+        )
+        if blend is not None and grid is not None and math.prod(grid) <= n:
+            cells = math.prod(grid)  # image tokens past the grid (reference latents) are not the picture's
+            maps = [m[:, :, :cells] if m.shape[-1] else None for m in (tgt_maps, src_maps)]
+            blend.add_maps(*maps, grid)
+        if not one_entry:
+            self.cross_skipped += 1
+        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)  # cross: v is the text's
+        if len(other):
+            out[other] = attention(q[other], k[other], v[other])
+        cond = torch.empty(*q[rows].shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+        if t:
+            cond[:, :, :t] = attention(q[rows][:, :, :t], k[rows], v[rows])
+        cond[:, :, t:] = fused
+        out[rows] = cond
+        self.fused += 1
+        self.self_fused += 1
+        self.entry_calls += len(rows) // source_rows
+        return out
 
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict, attention: Attention = default_attention

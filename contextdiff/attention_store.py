@@ -108,3 +108,22 @@ def store_bytes_per_frame(
     """
     per_step = sum(2 * n * c + n * c + text_tokens * c for n, c in footprint)
     return fused * per_step * bytes_per_value
+
+
+def joint_store_bytes(footprint: list[tuple[int, int, int]], fused: int, bytes_per_value: int) -> int:
+    """Bytes the store needs for a DiT's joint attention (docs/design.md 1.2): per fused step and layer, the image
+    tokens' queries and every token's keys, ``(N + T + N) C`` numbers.
+
+    ``footprint``: ``(text tokens T, image tokens N, channels C)`` of every joint-attention layer.
+    """
+    return fused * sum((2 * n + t) * c for t, n, c in footprint) * bytes_per_value
+
+
+def wan_store_bytes(footprint: list[tuple[int, int, int]], fused: int, bytes_per_value: int) -> int:
+    """Bytes the store needs for Wan's attention (docs/design.md 1.3): per fused step and block, the self-attention's
+    queries and keys over all video tokens (``2 N C``) and the cross-attention's video queries and text keys
+    (``N C + T C``).
+
+    ``footprint``: ``(text tokens T, video tokens N, channels C)`` of every block.
+    """
+    return fused * sum((3 * n + t) * c for t, n, c in footprint) * bytes_per_value

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .adapter import frames_as_batch, frames_as_clips
 from .deferred_checks import DeferredChecks
 from .schedule import VP, NoiseProcess, RunSchedule
 
@@ -142,15 +143,13 @@ def adapter_bias(
             tokens = on_device[x0hat.device] = text.to(x0hat.device)
         images, clip = x0hat, frames
         if x0hat.dim() == 5:  # (batch, channels, frames, h, w), Wan's video latent: each clip's frames in order
-            b, c, n, h, w = x0hat.shape
-            images, clip = x0hat.movedim(2, 1).reshape(b * n, c, h, w), n
-            tokens = tokens.repeat_interleave(n, 0) if tokens.shape[0] == b else tokens
+            images, tokens, clip = frames_as_batch(x0hat, tokens)
         with torch.no_grad(), autocast_for(x0hat.device):
             # The output bound (NaN, infinity, absurd magnitudes, naming the adapter file) is checked by the
             # caller: per call here (a host read) or deferred to the end of a run (RunBias).
             r_a, r_b = adapter.pair(images, tokens, t, frames=clip, check=False)
         if x0hat.dim() == 5:
-            r_a, r_b = (r.reshape(b, n, c, h, w).movedim(1, 2) for r in (r_a, r_b))
+            r_a, r_b = frames_as_clips(r_a, clip), frames_as_clips(r_b, clip)
         return r_a.to(x0hat.dtype), r_b.to(x0hat.dtype)
 
     return ContextBias(r, sigma_max, strength, guard=(adapter.max_output, adapter.output_error), process=process)

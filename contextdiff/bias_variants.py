@@ -1,6 +1,7 @@
 """Training-time variants of the context bias, each derived from the paper's own objective (§3.2, App. A.2).
 
-Eq. 6 trains ``f_theta`` on ``x_t = sqrt(abar_t) x0 + k_t r_phi(x0, c, t) + sqrt(1 - abar_t) eps``: ``r_phi``
+Eq. 6 trains ``f_theta`` on ``x_t = a_t x0 + k_t r_phi(x0, c, t) + s_t eps`` (VP: ``a_t = sqrt(abar_t)``,
+``s_t = sqrt(1 - abar_t)``; flow matching: ``(1 - sigma, sigma)``, docs/design.md §1.1): ``r_phi``
 sees ``x0`` itself, so the bias can carry the image into ``x_t`` and the UNet learns to read it there.
 At sampling (Eq. 7) the bias is ``k_t r_phi(x0hat, c, t)``: the information is not there. Each variant
 below closes that gap in a way the paper's derivation names; :class:`BiasVariant` holds their settings
@@ -13,9 +14,9 @@ and its defaults are Eq. 6 itself (:func:`contextdiff.objective.contextual_x0_lo
 - ``lipschitz_weight``: Lemma 4 holds only if ``r_phi`` is Lipschitz in ``x0`` with constants ``C_t``,
   and nothing in Eq. 6 bounds them. A hinge penalty on the difference quotient of ``r_phi`` between
   ``x0`` and the model's own ``x0hat`` (the pair Lemma 4 applies the condition to) keeps ``C_t`` below
-  ``lipschitz_bound``. With ``C_t <= C`` the bias can add at most a factor ``1 + C (1 - sqrt(abar_t))``
+  ``lipschitz_bound``. With ``C_t <= C`` the bias can add at most a factor ``1 + C (1 - a_t)``
   to the distance between the means of ``x_t`` for two images (the signal term alone gives
-  ``sqrt(abar_t) ||x0 - x0'||``): the leak is bounded. (Spectral normalisation of the adapter's weights
+  ``a_t ||x0 - x0'||``): the leak is bounded. (Spectral normalisation of the adapter's weights
   would not bound ``C_t``: LayerNorm and dot-product attention are not Lipschitz with bounded constants.)
 - ``self_bias``: the share of samples whose bias is computed from the model's own stop-gradient
   ``x0hat`` (one extra forward pass without gradient, as in self-conditioning) instead of ``x0``:
@@ -25,7 +26,9 @@ and its defaults are Eq. 6 itself (:func:`contextdiff.objective.contextual_x0_lo
   bottleneck lets through (data processing), and a low-passed input is what ``x0hat`` resembles at
   high noise, so ``r_phi(x0hat)`` and ``r_phi(x0)`` differ less (Lemma 4's ``C_t ||x0hat - x0||``).
 
-All functions are pure; randomness comes in as tensors (:class:`Aux`).
+Every variant is written for the pair: Eq. 5's Gaussian posterior exists for any pair (``beta >= 0`` when
+``s/a`` rises with the noise level, as in VP and flow matching), the others only draw ``x_t`` and call
+``r_phi``. All functions are pure; randomness comes in as tensors (:class:`Aux`).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 
 from . import process
-from .objective import contextual_x0_loss, loss_weight
-from .schedule import k_coefficient
+from .objective import TrainingLevels, as_levels, contextual_x0_loss, loss_weight
+from .process import LevelLike, as_level
 
 OBJECTIVES = ("eq6", "eq5")
 
@@ -103,32 +106,30 @@ def draw_aux(variant: BiasVariant, x0: torch.Tensor, gen: torch.Generator | None
     return Aux(noise, uniform)
 
 
-def previous_abar(abar_table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``abar_{t-1}`` for integer training timesteps ``t``; 1 (clean data) before the first one."""
-    prev = abar_table[(t - 1).clamp(min=0)]
-    return torch.where(t > 0, prev, torch.ones_like(prev))
-
-
 def posterior_mean_gap(
     x_t: torch.Tensor,
     x0: torch.Tensor,
     x0hat: torch.Tensor,
-    abar_t: torch.Tensor,
-    abar_prev: torch.Tensor,
+    level_t: LevelLike,
+    level_prev: LevelLike,
     bias: tuple[torch.Tensor, torch.Tensor],
     bias_hat: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    """Eq. 5 per sample: ``||mu_theta - mu~_t||^2 / (c0^2 n)``, ``c0 = sqrt(abar_{t-1}) beta_t / (1 - abar_t)``.
+    """Eq. 5 per sample: ``||mu_theta - mu~_t||^2 / (c0^2 n)``, ``c0 = a_{t-1} beta / s_t^2`` (VP:
+    ``sqrt(abar_{t-1}) beta_t / (1 - abar_t)``).
 
     ``mu~_t`` is Eq. 3's mean at ``x0`` with ``bias = (b_t(x0), b_{t-1}(x0))``, ``mu_theta`` the model's
-    (Eq. 7, Eq. 24) at ``x0hat`` with ``bias_hat = (b_t(x0hat), b_{t-1}(x0hat))``; ``abar_t``, ``abar_prev``
-    broadcast against ``x0``. Dividing by ``c0^2`` makes it Eq. 6's per-sample x0 error when the bias is
-    zero; the bias terms add ``(b_{t-1}(x0hat) - b_{t-1}(x0) - c_xt (b_t(x0hat) - b_t(x0))) / c0``, what
-    Lemma 4 bounds by ``C_t`` and Eq. 6 drops.
+    (Eq. 7, Eq. 24) at ``x0hat`` with ``bias_hat = (b_t(x0hat), b_{t-1}(x0hat))``; the levels (a
+    :class:`~contextdiff.schedule.Level` or VP's ``abar``) broadcast against ``x0``. Dividing by ``c0^2`` makes it
+    Eq. 6's per-sample x0 error when the bias is zero; the bias terms add
+    ``(b_{t-1}(x0hat) - b_{t-1}(x0) - c_xt (b_t(x0hat) - b_t(x0))) / c0``, what Lemma 4 bounds by ``C_t`` and
+    Eq. 6 drops.
     """
-    mean_hat, _ = process.posterior(x_t, x0hat, abar_t, abar_prev, *bias_hat)
-    mean, _ = process.posterior(x_t, x0, abar_t, abar_prev, *bias)
-    c0 = abar_prev.sqrt() * (1.0 - abar_t / abar_prev) / (1.0 - abar_t)
+    lt, lp = as_level(level_t, x0), as_level(level_prev, x0)
+    mean_hat, _ = process.posterior(x_t, x0hat, lt, lp, *bias_hat)
+    mean, _ = process.posterior(x_t, x0, lt, lp, *bias)
+    _, beta = process.kernel_scale(lt, lp)
+    c0 = lp.a * beta / (lt.s * lt.s)
     return ((mean_hat - mean) / c0).pow(2).flatten(1).mean(1)
 
 
@@ -200,7 +201,7 @@ def variant_loss(
     x0: torch.Tensor,
     t: torch.Tensor,
     eps: torch.Tensor,
-    abar_table: torch.Tensor,
+    levels: TrainingLevels | torch.Tensor,
     denoise: Denoise,
     relational: Relational | None,
     variant: BiasVariant = BiasVariant(),
@@ -217,23 +218,20 @@ def variant_loss(
     the stop-gradient ``x0hat`` of the unbiased ``x_t``, through the bottleneck; ``x_t`` is Eq. 1 with
     that bias; the per-sample loss is Eq. 6's x0 error or Eq. 5's :func:`posterior_mean_gap` (one batched
     adapter call for ``b_{t-1}(x0)``, ``b_t(x0hat)``, ``b_{t-1}(x0hat)``), weighted by ``lambda_t``; then
-    the Lipschitz hinge and ``bias_l2`` are added. Arguments as for ``contextual_x0_loss``; ``aux``
-    from :func:`draw_aux`.
+    the Lipschitz hinge and ``bias_l2`` are added. Arguments as for ``contextual_x0_loss`` (``levels``: the
+    model's :class:`~contextdiff.objective.TrainingLevels` or VP's ``abar`` table); ``aux`` from :func:`draw_aux`.
     """
     if variant.is_paper or not use_bias or relational is None:
-        return contextual_x0_loss(x0, t, eps, abar_table, denoise, relational, weighting, gamma, use_bias, bias_l2)
+        return contextual_x0_loss(x0, t, eps, levels, denoise, relational, weighting, gamma, use_bias, bias_l2)
+    levels = as_levels(levels)
     shape = (-1,) + (1,) * (x0.dim() - 1)
-    table = abar_table.to(x0.device).double()
-    abar = table[t]
-    abar_T = table[-1]
-    k = k_coefficient(abar, abar_T).to(x0.dtype).reshape(shape)
-    abar_x = abar.reshape(shape).to(x0.dtype)
+    drawn = levels.at(t, x0)
 
     source = x0
     if variant.self_bias > 0:
         # The first pass sees x_t without a bias; its prediction only feeds r_phi (no gradient).
         with torch.no_grad():
-            guess = denoise(process.forward_sample(x0, abar_x, eps), t).to(x0.dtype)
+            guess = denoise(process.forward_sample(x0, drawn.level, eps), t).to(x0.dtype)
         if variant.self_bias == 1.0:
             source = guess
         elif aux.uniform is None:
@@ -242,8 +240,8 @@ def variant_loss(
             source = torch.where((aux.uniform < variant.self_bias).reshape(shape), guess, x0)
     source = bottleneck(source, variant.input_blur, variant.input_noise, aux.noise)
     r_source = relational(source, t)
-    bias = k * r_source
-    x_t = process.forward_sample(x0, abar_x, eps, bias)
+    bias = drawn.k * r_source
+    x_t = process.forward_sample(x0, drawn.level, eps, bias)
     x0hat = denoise(x_t, t)
 
     # Extra adapter inputs, evaluated in one call: Eq. 5's three biases, the hinge's r(sg x0hat, t).
@@ -259,20 +257,19 @@ def variant_loss(
 
     if variant.objective == "eq5":
         r_prev, r_hat, r_hat_prev = extra[:3]
-        abar_prev = previous_abar(table, t)
-        k_prev = k_coefficient(abar_prev, abar_T).to(x0.dtype).reshape(shape)
+        before = levels.previous(t, x0)
         per_sample = posterior_mean_gap(
             x_t,
             x0,
             x0hat.to(x0.dtype),
-            abar.reshape(shape),
-            abar_prev.reshape(shape),
-            (bias, k_prev * r_prev),
-            (k * r_hat, k_prev * r_hat_prev),
+            drawn.exact,
+            before.exact,
+            (bias, before.k * r_prev),
+            (drawn.k * r_hat, before.k * r_hat_prev),
         )
     else:
         per_sample = (x0hat.float() - x0.float()).pow(2).flatten(1).mean(1)
-    loss = (loss_weight(abar.float(), weighting, gamma) * per_sample).mean()
+    loss = (loss_weight(drawn.snr, weighting, gamma) * per_sample).mean()
     if variant.lipschitz_weight > 0:
         quotient = lipschitz_quotient(extra[-1], r_source, x0hat.detach(), source)
         loss = loss + variant.lipschitz_weight * lipschitz_hinge(quotient, variant.lipschitz_bound)

@@ -70,16 +70,26 @@ class BlendMask:
         """One layer's maps ``(B, heads, N, tokens)``; ``hw`` is that layer's spatial size (``h*w = N``)."""
         if not self.active:
             return
-        maps = []
-        if self.target_tokens:
-            maps.append(target_probs.index_select(-1, self._tokens("target", target_probs.device)).mean(dim=(1, 3)))
-        if self.source_tokens:
-            maps.append(source_probs.index_select(-1, self._tokens("source", source_probs.device)).mean(dim=(1, 3)))
-        m = torch.stack(maps).amax(0)  # (B, N)
-        h, w = int(hw[0]), int(hw[1])
-        if h * w != m.shape[1]:
+        target = (
+            target_probs.index_select(-1, self._tokens("target", target_probs.device)) if self.target_tokens else None
+        )
+        source = (
+            source_probs.index_select(-1, self._tokens("source", source_probs.device)) if self.source_tokens else None
+        )
+        self.add_maps(target, source, hw)
+
+    def add_maps(self, target_maps: torch.Tensor | None, source_maps: torch.Tensor | None, hw: Sequence[int]) -> None:
+        """One layer's maps of the blend words alone, ``(B, heads, N, words' tokens)`` (``None``: that prompt has
+        none): what :meth:`add` selects from full maps, and what a joint attention gives directly. ``hw``: ``(h, w)``,
+        or a video's ``(frames, h, w)`` (Wan's tokens, frame by frame: each frame a map of its own)."""
+        maps = [m.mean(dim=(1, 3)) for m in (target_maps, source_maps) if m is not None]
+        if not maps:
             return
-        m = m.reshape(-1, 1, h, w).float()
+        m = torch.stack(maps).amax(0)  # (B, N)
+        h, w = int(hw[-2]), int(hw[-1])
+        if math.prod(int(x) for x in hw) != m.shape[1]:
+            return
+        m = m.reshape(-1, 1, h, w).float()  # (B * frames, 1, h, w)
         total = self.sums.get((h, w))
         self.sums[(h, w)] = m if total is None else total + m
         self.count += 1
@@ -118,11 +128,16 @@ def latent_blend(
         mask = blend.mask(tuple(x.shape[-2:]))
         if src is None or mask is None or src.shape != x.shape:
             return x
+        if x.dim() == 5:  # a video latent (B, C, frames, h, w): the mask's rows are (B * frames), frame by frame
+            frames = x.shape[2]
+            if mask.shape[0] % frames:
+                return x
+            mask = mask.reshape(-1, frames, *mask.shape[1:]).transpose(1, 2)
         # Both were made on the sampler's device (the recorded trajectory, the maps): a cast, no copy.
         src = src.to(x.dtype)
         mask = mask.to(x.dtype)
         if mask.shape[0] != x.shape[0]:
-            mask = mask[:1].expand(x.shape[0], -1, -1, -1) if mask.shape[0] == 1 else mask.amax(0, keepdim=True)
+            mask = mask[:1].expand(x.shape[0], *mask.shape[1:]) if mask.shape[0] == 1 else mask.amax(0, keepdim=True)
         return mask * x + (1 - mask) * src
 
     return post_step

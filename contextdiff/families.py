@@ -5,7 +5,9 @@ diffusion (every model ComfyUI samples as ``x = x0 + sigma eps`` with a discrete
 zero terminal SNR; EDM-sampled ones too, untested) and flow matching (ComfyUI's CONST sampling: SD3/SD3.5, Flux,
 Wan). :func:`process_of` picks the pair from a model's ``model_sampling``; other flows (Cosmos') are refused.
 The DDPM posterior has no ComfyUI sampler to hold it to on flow models, so it is refused there by name
-(:func:`require_method`), and editing on DiT attention is a separate feature (:func:`require_editable`).
+(:func:`require_method`); inversion and sampling from its noise run on flow models, attention fusion on DiT
+attention is a separate feature (:func:`require_editable`). The trainer's adapter mode accepts every family here
+(:func:`require_trainable`).
 
 This module is the family table and the rules; it never imports ComfyUI (``prediction_of`` reads a
 sampling object's class names). What reads a ComfyUI ``BaseModel`` (``identify``) and builds its
@@ -152,32 +154,56 @@ def require_method(model_sampling: ModelSampling, method: str, eta: float) -> No
     return process
 
 
-def require_editable(model_sampling: ModelSampling) -> None:
-    """The edit nodes fuse UNet attention; on flow models (DiT attention) they refuse, naming what works there."""
-    if process_of(model_sampling) is FLOW:
+def fuses_attention(model_sampling: ModelSampling) -> bool:
+    """Whether the edit nodes fuse this model's attention by its process alone: UNet attention (VP families) yes. A
+    flow model's attention is fused where the editor reaches its DiT blocks, which only the model object tells (SD3
+    and Flux yes; Wan in the Video Edit; the nodes decide: ``nodes.edit_runs.fuses_attention``)."""
+    return process_of(model_sampling) is VP
+
+
+def require_fusion(fuses: bool, what: str, instead: str) -> None:
+    """Refuse ``what`` (a feature that fuses attention) by name where the model's attention is not fused (``fuses``
+    false), saying ``instead`` what to do."""
+    if not fuses:
         raise ValueError(
-            "attention-fusion editing runs on UNet models (SD1.x, SD2.x, SDXL); on flow-matching models (SD3, Flux, "
-            "Wan) it is not implemented yet: use the ContextDiff KSampler, the ContextDiff Sampler (also on "
-            "FlipSigmas, to unsample) with or without an adapter"
+            f"{what} attention fusion, which runs on UNet models (SD1.x, SD2.x, SDXL), on SD3's and Flux's joint "
+            f"attention, and on Wan 2.x t2v in the Video Edit; on this model it is not implemented yet: {instead}"
         )
+
+
+def require_editable(
+    model_sampling: ModelSampling, fuse: bool = False, blend_words: str = "", fuses: bool | None = None
+) -> NoiseProcess:
+    """The model's process, after refusing by name what the edit nodes cannot do on it. Every model inverts
+    (bias-aware, exact with refinement) and samples from its inverted noise; attention fusion (``fuse``) and the
+    blend mask (``blend_words``, made from fused cross-attention) run where the model's attention is fused
+    (``fuses``, decided on the model object by the nodes; ``None``: :func:`fuses_attention`)."""
+    wants = [name for name, on in (("fuse_attention", fuse), ("blend_words", bool(blend_words.strip()))) if on]
+    if wants:
+        require_fusion(
+            fuses_attention(model_sampling) if fuses is None else fuses,
+            f"{' and '.join(wants)} need{'s' if len(wants) == 1 else ''}",
+            "turn fuse_attention off and clear blend_words (the Edit Sampler then samples the inverted noise with its "
+            "prompt: the source prompt reconstructs the image, another prompt re-generates it from that noise; a Wan "
+            "video is edited with fusion by the ContextDiff Video Edit)",
+        )
+    return process_of(model_sampling)
 
 
 def require_trainable(info: ModelInfo) -> Family:
-    """The trainer builds each family's conditioning itself, so it accepts only the tested families."""
-    if info.flow:
-        raise ValueError(
-            "the trainer supports SD1.x, SD2.x and SDXL; training on flow matching (SD3, Flux, Wan) is not "
-            "implemented yet: the ContextDiff samplers run on such a model, with no adapter or strength 0"
-        )
+    """The trainer builds each family's conditioning itself, so it accepts only the tested families: SD1.x, SD2.x
+    and SDXL (eps or v), SD3/SD3.5, Flux and Wan 2.x (flow matching, ComfyUI's CONST)."""
     if info.family is None:
-        names = ", ".join(f"{f.name} ({', '.join(f.configs)})" for f in FAMILIES if not f.flow)
+        names = ", ".join(f"{f.name} ({', '.join(f.configs)})" for f in FAMILIES)
         raise ValueError(
             f"the trainer supports {names}; this checkpoint is ComfyUI's {info.config}, whose "
             "conditioning it does not build: train on one of those families"
         )
-    if info.prediction not in ("eps", "v"):
+    wanted = ("flow",) if info.family.flow else ("eps", "v")
+    if info.prediction not in wanted:
+        kinds = "flow-matching" if info.family.flow else "eps- and v-prediction"
         raise ValueError(
-            f"the trainer supports eps- and v-prediction models; this {info.family.name} model uses "
-            f"{info.prediction}: train on an eps or v checkpoint"
+            f"the trainer supports {kinds} {info.family.name} models; this one uses {info.prediction}: "
+            f"train on a {' or '.join(wanted)} checkpoint"
         )
     return info.family

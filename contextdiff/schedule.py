@@ -92,6 +92,10 @@ class NoiseProcess:
     def host_scale(self, sigma: Tensorish) -> torch.Tensor:
         raise NotImplementedError
 
+    def to_host(self, sigma: Tensorish) -> torch.Tensor:
+        """The factor with ``x_host = to_host * x_t``: ``1 / host_scale``."""
+        return 1.0 / self.host_scale(sigma)
+
     def k(self, sigma: Tensorish, sigma_max: Tensorish | None = None) -> torch.Tensor:
         """``k_t = a_t (1 - a_t)`` at ComfyUI ``sigma``, 0 at and above ``sigma_max`` (the prior)."""
         a_T = None if sigma_max is None else self.level(sigma_max).a
@@ -114,6 +118,10 @@ class VarPreserving(NoiseProcess):
 
     def host_scale(self, sigma: Tensorish) -> torch.Tensor:
         return self.level(sigma).a
+
+    def to_host(self, sigma: Tensorish) -> torch.Tensor:
+        """``1 / sqrt(abar)`` in one operation (k-diffusion's ``x_k = x_vp / sqrt(abar)``)."""
+        return abar_from_sigma(sigma).rsqrt()
 
 
 class FlowMatching(NoiseProcess):

@@ -63,6 +63,7 @@ class ComfyServer:
             "  contextdiff: contextdiff\n"
             "  checkpoints: checkpoints\n"
             "  diffusion_models: diffusion_models\n"
+            "  vae: vae\n"
             "  loras: loras\n"
         )
         # More folders, e.g. {"checkpoints": "/data/sd"} for a user's own checkpoint.
@@ -223,9 +224,26 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """Convert a UI-format workflow to the API prompt, as the frontend does on 'Queue'.
 
     Widget values are matched to widget inputs as :func:`widget_values` does; links become
-    ``[node_id, output_slot]``; notes, reroutes and muted or bypassed nodes are left out.
+    ``[node_id, output_slot]``; notes, reroutes and muted or bypassed nodes are left out. An input linked to a
+    bypassed node takes, as the frontend's bypass does, that node's input of the same type (its own slot first),
+    and is left out where there is none (an optional input, e.g. a bypassed adapter loader's adapter) or where the
+    node is muted.
     """
     links = {link[0]: link for link in workflow.get("links", [])}
+    by_id = {node["id"]: node for node in workflow["nodes"]}
+
+    def source(link_id):
+        """``[node_id, slot]`` that a link carries once bypassed nodes pass their inputs through, else None."""
+        _, src, slot, _, _, kind = links[link_id]
+        node = by_id[src]
+        if node.get("mode", 0) == 2:
+            return None
+        if node.get("mode", 0) != 4:
+            return [str(src), slot]
+        inputs = node.get("inputs", [])
+        same = [i for i in inputs[slot : slot + 1] + inputs if i.get("type") == kind and i.get("link") is not None]
+        return source(same[0]["link"]) if same else None
+
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (2, 4):
@@ -237,8 +255,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         inputs = {}
         for name, _ in node_inputs(object_info[node["type"]]):
             if name in linked:
-                origin = links[linked[name]]
-                inputs[name] = [str(origin[1]), origin[2]]
+                origin = source(linked[name])
+                if origin is not None:
+                    inputs[name] = origin
             elif values.get(name) is not None:
                 inputs[name] = values[name]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}

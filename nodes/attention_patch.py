@@ -18,6 +18,8 @@ import torch
 
 from ..contextdiff.attention_fusion import AttentionEditor
 from ..hostside import families
+from .dit_attention import dit_blocks, dit_layers, patched_dit
+from .wan_attention import is_wan, patched_wan, wan_layers
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -103,8 +105,21 @@ class _Hook:
         return self.editor_fn(q, k, v, extra, attention=self.inner)
 
 
-def patched(model: ModelPatcher, editor: AttentionEditor) -> ModelPatcher:
-    """A clone of ``model`` with the editor on every attention block, composed with existing patches."""
+def editor_layers(model: ModelPatcher) -> set[LayerKey]:
+    """The layer keys the editor records this model under: the UNet's blocks, or a DiT's (Flux, SD3, Wan)."""
+    diffusion_model = model.model.diffusion_model
+    layers = dit_layers(diffusion_model) or wan_layers(diffusion_model)
+    return layers or {key for key, _ in attention_blocks(diffusion_model)}
+
+
+def patched(model: ModelPatcher, editor: AttentionEditor, latent_hw: tuple[int, int] | None = None) -> ModelPatcher:
+    """A clone of ``model`` with the editor on every attention block, composed with existing patches.
+    ``latent_hw``: the latent's size past batch and channels (``(h, w)``; Wan's ``(frames, h, w)``), which a DiT's
+    blend maps need (its tokens do not carry it)."""
+    if is_wan(model.model.diffusion_model):
+        return patched_wan(model, editor, latent_hw)
+    if dit_blocks(model.model.diffusion_model):
+        return patched_dit(model, editor, latent_hw[-2:] if latent_hw else None)
     refuse_conflicts(
         model, replaces_self=editor.replaces_self_attention, replaces_cross=editor.replaces_cross_attention
     )

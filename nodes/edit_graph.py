@@ -10,12 +10,16 @@ own string nodes make it (:mod:`graph_values`), else it is unknown until run tim
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..contextdiff.edit_plan import EditInputError, check_prompt_text, check_settings
 from ..contextdiff.editing import EditSettings, EditSourceMismatch, InversionSettings
+from . import edit_runs
 from .graph_values import Unknown, is_link, linked_value
 from .prompt_tokens import spoken_words
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 EDIT_SAMPLER = "ContextDiffEditSampler"
 # Inputs a conditioning passes through unchanged in its first entry's tokens (ControlNet, areas, masks, concat,
@@ -134,10 +138,19 @@ def check_edit_texts(prompt: Mapping | None, edit_inputs: Mapping, settings: Edi
     return TextCheck(target_entry, None if texts is None else len(texts), notes)
 
 
-def check_before_inverting(prompt: Mapping | None, inversion_id: object, inversion: InversionSettings) -> None:
+def check_before_inverting(
+    prompt: Mapping | None, inversion_id: object, inversion: InversionSettings, model: ModelPatcher | None = None
+) -> None:
     """Run every check of the Edit Samplers this inversion feeds that their literal inputs allow, before the
-    inversion's first model call (a check whose inputs come from links waits for the Edit Sampler)."""
+    inversion's first model call (a check whose inputs come from links waits for the Edit Sampler); with ``model``,
+    what they ask of it too (attention fusion and blend words where its attention is not fused: refused by name)."""
     for _, inputs in edit_samplers_of(prompt, inversion_id):
+        fuse, words = inputs.get("fuse_attention", True), inputs.get("blend_words", "")
+        if model is not None:
+            # A link is known at run time only.
+            edit_runs.require_editable(
+                model, EditSettings(fuse=fuse is True, blend_words=words if isinstance(words, str) else "")
+            )
         values = {k: inputs.get(k) for k in SETTING_INPUTS}
         if any(v is None or is_link(v) for v in values.values()):
             continue

@@ -8,6 +8,7 @@ how it is fused: :mod:`contextdiff.attention_fusion`; the blend mask: :mod:`cont
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -24,10 +25,12 @@ from ..contextdiff.attention_store import AttentionStore
 from ..contextdiff.blend_mask import BlendMask, latent_blend
 from ..contextdiff.edit_plan import EditInputError, EditPlan
 from ..contextdiff.editing import EditSettings, Inversion, InversionSettings, StepIndex, trajectory_recorder
-from .attention_patch import attention_blocks, patched
+from .attention_patch import attention_blocks, editor_layers, patched  # noqa: F401 (attention_blocks: used through this module)
+from .dit_attention import dit_family
 from .model_identity import edit_identity
-from .prompt_tokens import prompt_tokens, token_count
+from .prompt_tokens import joint_prompt_tokens, prompt_tokens, token_count
 from .sampler_function import contextdiff_ksampler, inversion_ksampler
+from .wan_attention import is_wan
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -42,9 +45,31 @@ class EditResult(NamedTuple):
     warnings: list[str]
 
 
-def require_editable(model: ModelPatcher) -> None:
-    """Editing fuses UNet attention: refused by name on flow-matching models, before anything runs."""
-    families.require_editable(model.get_model_object("model_sampling"))
+def require_editable(model: ModelPatcher, settings: EditSettings | None = None) -> None:
+    """What the edit nodes cannot do on ``model`` refused by name, before anything runs: every model inverts and
+    samples its inverted noise; attention fusion and blend words (``settings``) where :func:`fuses_attention`."""
+    fuse, words = (settings.fuse, settings.blend_words) if settings is not None else (False, "")
+    families.require_editable(model.get_model_object("model_sampling"), fuse, words, fuses_attention(model))
+
+
+def require_video_edit(model: ModelPatcher) -> None:
+    """The Video Edit always fuses attention: refused by name where it does not fuse the model's: it runs on UNet
+    models (sparse-causal frames) and on Wan 2.x t2v, a native video model (docs/design.md 1.3), not on the image
+    DiTs (SD3, Flux), whose frames it would have to rewire."""
+    families.require_fusion(
+        families.fuses_attention(model.get_model_object("model_sampling")) or is_wan(model.model.diffusion_model),
+        "the Video Edit (it fuses attention in every chunk) needs",
+        "invert the video latent with ContextDiff DDIM Inversion and sample its noise with the ContextDiff Edit "
+        "Sampler (fuse_attention off), or generate with the ContextDiff KSampler",
+    )
+
+
+def fuses_attention(model: ModelPatcher) -> bool:
+    """Whether the Edit Sampler fuses ``model``'s attention, so that an inversion on it records it: UNet models, and
+    the DiT families whose joint attention the editor covers (SD3, Flux: :func:`nodes.dit_attention.dit_family`).
+    Wan's attention is fused by the Video Edit, which asks for its recording itself (``invert(record=True)``)."""
+    diffusion_model = model.model.diffusion_model
+    return families.fuses_attention(model.get_model_object("model_sampling")) or dit_family(diffusion_model) is not None
 
 
 def schedule(model: ModelPatcher, scheduler: str, steps: int) -> torch.Tensor:
@@ -91,7 +116,7 @@ def run_patched(
     on a clone of ``model``, a latent preview and the progress bar: what the inversion and the edit share."""
     model, positive = guide.model, guide.positive
     return comfy.sample.sample_custom(
-        patched(model, editor),
+        patched(model, editor, tuple(latent.shape[2:])),
         noise,
         cfg,
         sampler,
@@ -106,23 +131,30 @@ def run_patched(
 
 
 def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:
-    """The factor ComfyUI's KSAMPLER puts on unit noise at ``sigma`` (see ``KSAMPLER.max_denoise``),
-    so that the edit sampler starts from exactly the inverted latent."""
-    sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+    """The factor ComfyUI's KSAMPLER puts on unit noise at ``sigma`` over an empty latent (its model_sampling's own
+    ``noise_scaling``, with ``KSAMPLER.max_denoise``'s rule), so that the edit sampler starts from exactly the
+    inverted latent: VP ``sqrt(1 + sigma^2)`` at sigma_max, else ``sigma``; flow matching ``sigma`` (1 at the top)."""
+    ms = model.get_model_object("model_sampling")
+    sigma_max = float(ms.sigma_max)
     at_max = math.isclose(sigma_max, float(sigma), rel_tol=1e-05) or float(sigma) > sigma_max
-    return (1.0 + sigma**2).sqrt() if at_max else sigma
+    unit = torch.ones(1, dtype=torch.float64)
+    return ms.noise_scaling(sigma.reshape(1).double(), unit, torch.zeros_like(unit), at_max).reshape(())
 
 
-def invert(guide: Guide, latent: dict, settings: InversionSettings, frames: int | None = None) -> Inversion:
-    """Bias-aware DDIM inversion of ``latent`` (``guide``: the source prompt) with the source attention recorded;
-    ``frames`` > 1 attend to each other (sparse-causal, a video chunk)."""
+def invert(
+    guide: Guide, latent: dict, settings: InversionSettings, frames: int | None = None, record: bool | None = None
+) -> Inversion:
+    """Bias-aware DDIM inversion of ``latent`` (``guide``: the source prompt) to the top of the schedule, with the
+    source attention recorded where the model's attention is fused (``record``; ``None``: :func:`fuses_attention`,
+    on a flow model the store stays empty; the Video Edit records Wan's); ``frames`` > 1 attend to each other
+    (sparse-causal, a UNet's video chunk)."""
     model, adapter = guide.model, guide.adapter
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     identity = edit_identity(model, adapter, settings.strength)
     sigmas = schedule(model, settings.scheduler, settings.steps)
     step_of = StepIndex(sigmas)
     store = AttentionStore(
-        settings.fused_steps,
+        settings.fused_steps if (fuses_attention(model) if record is None else record) else frozenset(),
         store_maps=settings.store_maps,
         dtype=settings.store_dtype,
         device=comfy.model_management.intermediate_device(),
@@ -137,6 +169,7 @@ def invert(guide: Guide, latent: dict, settings: InversionSettings, frames: int 
         on_level=editor.at_level,  # the hooks' step lookup, without reading the device's sigma per call
         on_positive=editor.positive_entries,  # a combined positive: its first entry is recorded
     )
+    # InversionKSampler returns x at the top level as the loop leaves it (no division by 1 - sigma on flow models).
     out = run_patched(guide, settings.cfg, editor, sampler, torch.zeros_like(samples), samples, sigmas.flip(0))
     x_top = model.model.process_latent_in(out)  # undo the guider's process_latent_out: this is noise, not an image
     return Inversion(
@@ -150,13 +183,20 @@ def invert(guide: Guide, latent: dict, settings: InversionSettings, frames: int 
     )
 
 
-def plan_edit(settings: EditSettings, inversion: InversionSettings, clip: CLIP | None = None) -> EditPlan:
-    """What the edit will fuse, checked before any computation (see :func:`contextdiff.edit_plan.plan_edit`)."""
+def plan_edit(
+    settings: EditSettings, inversion: InversionSettings, clip: CLIP | None = None, model: ModelPatcher | None = None
+) -> EditPlan:
+    """What the edit will fuse, checked before any computation (see :func:`contextdiff.edit_plan.plan_edit`). The
+    words are aligned in the tokens the model's attention sees: a UNet's first CLIP chunk, or a DiT's joint text
+    tokens (``model``: Flux's T5 tokens, SD3's CLIP-L/G then T5 tokens)."""
+    diffusion_model = model.model.diffusion_model if model is not None else None
+    family = None if model is None else dit_family(diffusion_model) or ("wan" if is_wan(diffusion_model) else None)
+    tokens = prompt_tokens if family is None else functools.partial(joint_prompt_tokens, family=family)
     return edit_plan.plan_edit(
         settings,
         inversion,
-        source=prompt_tokens(clip, settings.source_prompt, settings.blend_words),
-        target=prompt_tokens(clip, settings.target_prompt, settings.blend_words),
+        source=tokens(clip, settings.source_prompt, settings.blend_words),
+        target=tokens(clip, settings.target_prompt, settings.blend_words),
         has_clip=clip is not None,
     )
 
@@ -173,7 +213,7 @@ def check_source_fits(
             f"model uses {channels}: connect the same model to the inversion and the edit sampler"
         )
     recorded = source.store.layers()
-    if recorded and not recorded <= {key for key, _ in attention_blocks(model.model.diffusion_model)}:
+    if recorded and not recorded <= editor_layers(model):
         raise EditInputError(
             "the edit_source was recorded on another model (its attention layers do not match this "
             "model's): connect the same model to the inversion and the edit sampler"
@@ -261,7 +301,7 @@ def concatenation_note(clip: CLIP | None, positive: list, target_prompt: str) ->
 
 def mask_image(mask: torch.Tensor | None, samples: torch.Tensor, ratio: int) -> torch.Tensor:
     """A latent-size mask as a ComfyUI MASK at image size (``ratio`` x); all ones when nothing was masked."""
-    b, _, h, w = samples.shape
+    b, (h, w) = samples.shape[0], samples.shape[-2:]  # a video latent (Wan's) has frames before height and width
     if mask is None:
         return torch.ones(b, h * ratio, w * ratio)
     up = torch.nn.functional.interpolate(mask.float().cpu(), scale_factor=ratio, mode="nearest")[:, 0]

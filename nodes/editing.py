@@ -40,7 +40,9 @@ SOURCE_PROMPT_TIP = (
 )
 TARGET_PROMPT_TIP = "The target prompt's text, as typed in its CLIP encoder."
 FUSE_ATTENTION_TIP = (
-    "Off: plain contextualized DDIM from the inverted noise (a reconstruction check when the prompts are equal)."
+    "Off: plain contextualized DDIM from the inverted noise (a reconstruction check when the prompts are equal). "
+    "Fuses UNet attention and SD3's and Flux's joint attention; on Wan turn it off here (the ContextDiff Video Edit "
+    "fuses Wan's attention)."
 )
 CLIP_TIP = (
     "Tokenises the two prompts to align their shared words "
@@ -52,17 +54,29 @@ VAE_TIP = (
 )
 
 
-def report(node: str, warnings: list[str]) -> ui.PreviewText | None:
-    """Warnings as the node's UI text (and the log); ``None`` when there are none."""
+def flow_note(top: float) -> str:
+    """What an inversion on a flow model whose attention the Edit Sampler does not fuse (Wan) hands over (its top
+    sigma: 1 on every scheduler but ddim_uniform)."""
+    return (
+        f"flow-matching model without fusion in the Edit Sampler (Wan): inverted to sigma {top:.4g}, no attention "
+        "recorded; sample the noise with the ContextDiff Edit Sampler, fuse_attention off and no blend_words, or "
+        "edit the video with fusion in the ContextDiff Video Edit"
+    )
+
+
+def report(node: str, warnings: list[str], notes: list[str] = ()) -> ui.PreviewText | None:
+    """Notes and warnings as the node's UI text (and the log); ``None`` when there are none."""
     for w in warnings:
         logging.warning("%s: %s", node, w)
-    return ui.PreviewText("\n".join(f"warning: {w}" for w in warnings)) if warnings else None
+    lines = [f"note: {n}" for n in notes] + [f"warning: {w}" for w in warnings]
+    return ui.PreviewText("\n".join(lines)) if lines else None
 
 
 class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", category="sampling/contextdiff/editing"):
     """Bias-aware DDIM inversion: runs the contextualized DDIM step (Eq. 11) backwards so that sampling with the same
     adapter returns the input, and records the source attention for editing (queries and keys of the fused steps,
-    not full maps)."""
+    not full maps). On flow-matching models (SD3, Flux, Wan) it inverts to sigma 1, the pure-noise end; it records
+    SD3's and Flux's joint attention, and none on Wan (whose attention the Video Edit fuses)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -102,8 +116,12 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
     ) -> io.NodeOutput:
         edit_runs.require_editable(model)
         settings = InversionSettings.from_inputs(widgets)
-        edit_graph.check_before_inverting(cls.hidden.prompt, cls.hidden.unique_id, settings)
-        store_budget.check_inversion_fits(model, tuple(latent["samples"].shape), settings)
+        edit_graph.check_before_inverting(cls.hidden.prompt, cls.hidden.unique_id, settings, model)
+        records = edit_runs.fuses_attention(model)
+        if records:
+            store_budget.check_inversion_fits(
+                model, tuple(latent["samples"].shape), settings, text_tokens=int(positive[0][0].shape[1])
+            )
         warnings = []
         if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")
@@ -114,7 +132,10 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
                 "Sampler's source_prompt)"
             )
         source = edit_runs.invert(edit_runs.Guide(model, positive, negative, adapter), latent, settings)
-        return io.NodeOutput({"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings))
+        notes = [] if records else [flow_note(float(source.sigmas[0]))]
+        return io.NodeOutput(
+            {"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings, notes)
+        )
 
 
 class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", category="sampling/contextdiff/editing"):
@@ -161,11 +182,11 @@ class ContextDiffEditSampler(PackNode, display="ContextDiff Edit Sampler", categ
         vae: VAE | None = None,
         **widgets: object,
     ) -> io.NodeOutput:
-        edit_runs.require_editable(model)
         settings = EditSettings.from_inputs(widgets)
+        edit_runs.require_editable(model, settings)
         prompt = cls.hidden.prompt
         texts = edit_graph.check_edit_texts(prompt, edit_graph.node_inputs(prompt, cls.hidden.unique_id), settings)
-        plan = edit_runs.plan_edit(settings, edit_source.settings, clip)
+        plan = edit_runs.plan_edit(settings, edit_source.settings, clip, model=model)
         # The graph's entries are the conditioning's when it counts as many (else which one is the target's is open).
         target = texts.target_entry if texts.entries == len(positive) else None
         result = edit_runs.edit(edit_runs.Guide(model, positive, negative, adapter), edit_source, plan, target)

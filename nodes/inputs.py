@@ -26,8 +26,13 @@ BLEND_THRESHOLD_TIP = (
     "Cut-off of the normalised attention of the blend words: above it a pixel may change. Lower edits a larger region."
 )
 EDIT_MODEL_TIP = (
-    "The diffusion model (SD1.x, SD2.x or SDXL; editing on flow models is not implemented yet). Use the same model "
-    "for the inversion and the edit."
+    "The diffusion model (SD1.x, SD2.x, SDXL, SD3, Flux: inversion, attention fusion and blend words; Wan: inversion "
+    "and sampling from its noise without fusion here, the Video Edit fuses it). Use the same model for the inversion "
+    "and the edit."
+)
+VIDEO_MODEL_TIP = (
+    "The diffusion model: SD1.x, SD2.x, SDXL (sparse-causal attention between frames) or Wan 2.x t2v (a native video "
+    "model: chunks of 1 + 4k frames through the Wan VAE); SD3 and Flux are image models."
 )
 EDIT_CFG_TIP = "Classifier-free guidance scale of the edit (target prompt against the negative)."
 
@@ -58,8 +63,8 @@ def edit_cfg() -> io.Float.Input:
     return io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=EDIT_CFG_TIP)
 
 
-def edit_model() -> io.Model.Input:
-    return io.Model.Input("model", tooltip=EDIT_MODEL_TIP)
+def edit_model(tooltip: str = EDIT_MODEL_TIP) -> io.Model.Input:
+    return io.Model.Input("model", tooltip=tooltip)
 
 
 def edit_steps(maximum: int, tooltip: str) -> io.Int.Input:

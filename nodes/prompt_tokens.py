@@ -34,7 +34,11 @@ def word_positions(clip: CLIP, prompt_ids: list[int], word: str) -> list[int]:
     The word's own start, end and padding tokens are left out: those of the empty prompt, as each encoder
     has its own (SDXL's CLIP-G pads with 0, CLIP-L with its end token)."""
     special = set(token_ids(clip, ""))
-    ids = [i for i in token_ids(clip, word) if i not in special][:4]
+    return occurrences(prompt_ids, [i for i in token_ids(clip, word) if i not in special][:4])
+
+
+def occurrences(prompt_ids: list[int], ids: list[int]) -> list[int]:
+    """Positions of every occurrence of the token sequence ``ids`` in ``prompt_ids``."""
     found = []
     for pos in range(len(prompt_ids)):
         if ids and prompt_ids[pos : pos + len(ids)] == ids:
@@ -73,3 +77,31 @@ def encode_prompt(clip: CLIP, text: str) -> list:
     tokens = clip.tokenize(text)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     return [[cond, {"pooled_output": pooled}]]
+
+
+# The text part of a DiT's joint sequence, encoder by encoder (docs/design.md 1.2): Flux's context is T5's tokens
+# alone (CLIP-L gives only the pooled vector); SD3's is CLIP-L/G's tokens (the two share positions, concatenated along
+# the width: CLIP-L's ids stand for both) followed by T5's.
+JOINT_TEXT = {"flux": ("t5xxl",), "sd3": ("l", "t5xxl"), "wan": ("umt5xxl",)}
+_NAMESPACE = 1 << 20  # added per encoder to its ids, above any vocabulary: two encoders' tokens never align
+
+
+def joint_prompt_tokens(clip: CLIP | None, text: str, blend_words: str, family: str) -> PromptTokens | None:
+    """The prompt as a DiT's joint attention sees its text tokens: every encoder's tokens of ``JOINT_TEXT[family]``
+    in order, all chunks (the joint sequence holds them all), each encoder's ids in their own range so that the
+    alignment of two prompts matches CLIP tokens with CLIP tokens and T5 tokens with T5 tokens; the blend words'
+    positions in every encoder's part (``None`` without CLIP or text)."""
+    if clip is None or not text.strip():
+        return None
+    tokens, empty = clip.tokenize(text), clip.tokenize("")
+    ids: list[int] = []
+    positions: dict[str, list[int]] = {w: [] for w in split_words(blend_words)}
+    for n, encoder in enumerate(JOINT_TEXT[family]):
+        own = [int(t[0]) for chunk in tokens[encoder] for t in chunk]
+        special = {int(t[0]) for chunk in empty[encoder] for t in chunk}
+        for word in positions:
+            word_ids = [int(t[0]) for chunk in clip.tokenize(word)[encoder] for t in chunk]
+            found = occurrences(own, [i for i in word_ids if i not in special][:4])
+            positions[word] += [len(ids) + p for p in found]
+        ids += [n * _NAMESPACE + i for i in own]
+    return PromptTokens(ids=ids, word_positions=positions)

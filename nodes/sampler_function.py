@@ -135,18 +135,23 @@ def biased_run(
     frames: int | None = None,
     method: str = "ddim",
     eta: float = 0.0,
+    host_divides: bool = True,
     **options: Any,
 ) -> torch.Tensor:
     """KSAMPLER function: the checks and the adapter's bias that sampling and inversion share, then ``loop`` (a
     sampler of :mod:`contextdiff.sampling` or :func:`contextdiff.inversion.invert_ddim`) with ``bias``, ``cause``,
     the model's ``process`` and ``options``; ``method`` and ``eta`` are checked against the model, and a stochastic
-    one draws its noise from the host's own noise sampler."""
+    one draws its noise from the host's own noise sampler. ``host_divides``: the SAMPLER ends as ComfyUI's KSAMPLER
+    does (``inverse_noise_scaling``, on a flow model a division by ``1 - sigma``), so a run rising to sigma 1 is
+    refused; :class:`InversionKSampler` hands the result over as it is (``False``)."""
     ready = prepare(model, x, adapter, strength, frames, method, eta)
-    if ready.process is FLOW and len(sigmas) > 1 and float(sigmas[-1]) >= 1.0 > float(sigmas[0]):
+    if host_divides and ready.process is FLOW and len(sigmas) > 1 and float(sigmas[-1]) >= 1.0 > float(sigmas[0]):
         # KSAMPLER then applies CONST.inverse_noise_scaling: the result over 1 - sigma = 0.
         raise ValueError(
             "these sigmas rise to 1 on a flow-matching model, where ComfyUI's sampler divides the result by "
-            "1 - sigma = 0: end the flipped sigmas below 1 (SplitSigmas at the last step)"
+            "1 - sigma = 0: end the flipped sigmas below 1 (SplitSigmas at the last step; a sampler with add_noise "
+            "off continues from that latent), or invert to sigma 1 with ContextDiff DDIM Inversion and sample its "
+            "noise with the ContextDiff Edit Sampler (fuse_attention off)"
         )
     if method == "ddpm" or eta > 0:  # a stochastic loop draws the host's own noise
         options["noise_sampler"] = host_noise_sampler(x, (extra_args or {}).get("seed"))
@@ -225,6 +230,48 @@ def contextdiff_ksampler(
     return comfy.samplers.KSAMPLER(biased_run, extra_options=options, inpaint_options={"random": method == "ddim"})
 
 
+class InversionKSampler(comfy.samplers.KSAMPLER):
+    """ComfyUI's KSAMPLER for an inversion: it starts from the clean latent as KSAMPLER does, and returns the inverted
+    latent as the loop leaves it. KSAMPLER's last step, ``inverse_noise_scaling``, turns a partly noised result back
+    into a latent that a later sampler re-noises; on a flow model (CONST) that is a division by ``1 - sigma``, 0 at
+    the top of every flow schedule, and the inverted ``x_T`` is no such latent: it enters the edit as the sampler's
+    noise (``noise_scaling`` at sigma 1 is the noise itself). On VP models ``inverse_noise_scaling`` is the identity,
+    so nothing changes there."""
+
+    def sample(
+        self,
+        model_wrap: comfy.samplers.CFGGuider,
+        sigmas: torch.Tensor,
+        extra_args: dict,
+        callback: Callable | None,
+        noise: torch.Tensor,
+        latent_image: torch.Tensor | None = None,
+        denoise_mask: torch.Tensor | None = None,
+        disable_pbar: bool = False,
+    ) -> torch.Tensor:
+        if denoise_mask is not None:
+            raise ValueError(
+                "inversion inverts the whole latent: remove its noise mask (SetLatentNoiseMask) before the inversion"
+            )
+        extra_args["denoise_mask"] = None
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image, model_k.noise = latent_image, noise
+        start = model_wrap.inner_model.model_sampling.noise_scaling(
+            sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas)
+        )
+        steps = len(sigmas) - 1
+        k_callback = None if callback is None else lambda x: callback(x["i"], x["denoised"], x["x"], steps)
+        return self.sampler_function(
+            model_k,
+            start,
+            sigmas,
+            extra_args=extra_args,
+            callback=k_callback,
+            disable=disable_pbar,
+            **self.extra_options,
+        )
+
+
 def inversion_ksampler(
     adapter: LoadedAdapter | None = None,
     strength: float = 1.0,
@@ -234,7 +281,8 @@ def inversion_ksampler(
     on_level: LevelHook | None = None,
     on_positive: Callable[[list], None] | None = None,
 ) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped) and the clean latent.
+    """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped, to sigma 1 on a flow model too) and the
+    clean latent; it returns the inverted latent in the sampler's space (:class:`InversionKSampler`).
 
     ``trajectory(info)`` sees the input and every inverted level, before the preview callback; ``on_positive``
     (as for :func:`contextdiff_ksampler`) the uuids of the positive's entries before the first model call.
@@ -251,7 +299,8 @@ def inversion_ksampler(
         trajectory=trajectory,
         on_level=on_level,
         final_eval=True,  # the editing store records the attention at the top level too
+        host_divides=False,
     )
     if on_positive is not None:
         options["on_positive"] = on_positive
-    return comfy.samplers.KSAMPLER(biased_run, extra_options=options)
+    return InversionKSampler(biased_run, extra_options=options)

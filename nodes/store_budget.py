@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import comfy.model_management
 import torch
 
-from ..contextdiff.attention_store import store_bytes_per_frame
+from ..contextdiff.attention_store import joint_store_bytes, store_bytes_per_frame
 from .attention_patch import attention_blocks, attention_footprint
+from .dit_attention import dit_blocks, joint_footprint
 
 PROBE = 32  # latent pixels per side of the probe pass: ~80 MB on a CPU for an 8-head UNet (64: ~1 GB)
 
@@ -43,10 +44,15 @@ def footprint(model: ModelPatcher, h: int, w: int) -> list[tuple[int, int]]:
 
 
 def check_inversion_fits(
-    model: ModelPatcher, latent_shape: tuple[int, ...], settings: InversionSettings, budget_bytes: float | None = None
+    model: ModelPatcher,
+    latent_shape: tuple[int, ...],
+    settings: InversionSettings,
+    budget_bytes: float | None = None,
+    text_tokens: int = 0,
 ) -> None:
     """Raise ``MemoryError`` naming the fused steps that fit when the store of this inversion would not fit
-    ``budget_bytes`` (default: half the free memory where the store is kept)."""
+    ``budget_bytes`` (default: half the free memory where the store is kept). ``text_tokens``: the positive's
+    tokens, which a DiT's joint attention records keys of (Flux, SD3; counted from its blocks, no probe pass)."""
     fused = len(settings.fused_steps)
     if not fused or len(latent_shape) != 4:  # image latents (batch, channels, height, width)
         return
@@ -55,9 +61,13 @@ def check_inversion_fits(
         budget_bytes = 0.5 * comfy.model_management.get_free_memory(device)
     latents, h, w = int(latent_shape[0]), int(latent_shape[2]), int(latent_shape[3])
     itemsize = torch.empty((), dtype=settings.store_dtype).element_size()
-    if store_bytes_per_frame(_upper_bound_footprint(model, h * w), fused, itemsize) * latents <= budget_bytes:
+    if dit_blocks(model.model.diffusion_model):
+        per_step = joint_store_bytes(joint_footprint(model.model.diffusion_model, (h, w), text_tokens), 1, itemsize)
+        per_step *= latents
+    elif store_bytes_per_frame(_upper_bound_footprint(model, h * w), fused, itemsize) * latents <= budget_bytes:
         return
-    per_step = store_bytes_per_frame(footprint(model, h, w), 1, itemsize) * latents
+    else:
+        per_step = store_bytes_per_frame(footprint(model, h, w), 1, itemsize) * latents
     if per_step * fused <= budget_bytes:
         return
     raise MemoryError(

@@ -94,7 +94,7 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
     def define_schema(cls) -> io.Schema:
         return cls.schema(
             inputs=[
-                inputs.edit_model(),
+                inputs.edit_model(inputs.VIDEO_MODEL_TIP),
                 inputs.vae("Encodes the frames to latents and decodes the edit."),
                 inputs.clip("Encodes both prompts and aligns their shared words."),
                 io.String.Input("source_prompt", multiline=True, default="", tooltip="What the video shows."),
@@ -159,7 +159,7 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
         adapter: LoadedAdapter | None = None,
         **widgets: object,
     ) -> io.NodeOutput:
-        edit_runs.require_editable(model)
+        edit_runs.require_video_edit(model)
         settings = VideoSettings.from_inputs(widgets)
         error = input_errors(settings.chunk_size, settings.overlap, settings.save_mp4, settings.filename_prefix, video)
         if error:
@@ -171,7 +171,10 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
             if settings.memory_limit_gb > 0
             else 0.5 * comfy.model_management.get_free_memory(torch.device("cpu"))
         )
-        memory = video_runs.memory_check(model, vae, shape, settings, budget_bytes=budget, from_file=images is None)
+        text = video_runs.wan_text_tokens(clip, settings.edit.source_prompt)
+        memory = video_runs.memory_check(
+            model, vae, shape, settings, budget_bytes=budget, from_file=images is None, text_tokens=text
+        )
         frames, fps, warnings = read_frames(images, video, settings)
         result, run_warnings = video_runs.edit_video(
             model, vae, clip, frames, settings, memory=memory, adapter=adapter, plan=plan

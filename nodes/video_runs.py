@@ -1,23 +1,27 @@
-"""A whole video through inversion and editing: plan and memory check first, then chunk by chunk with
-sparse-causal attention, cross-faded where chunks overlap."""
+"""A whole video through inversion and editing: plan and memory check first, then chunk by chunk, cross-faded where
+chunks overlap: on a UNet with sparse-causal attention; on Wan 2.x as the native video model it is (every chunk one
+video latent from the Wan VAE, its attention over all the chunk's tokens: docs/design.md 1.3)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import comfy.model_management
 import torch
 
-from ..contextdiff.attention_store import store_bytes_per_frame
+from ..contextdiff.attention_store import store_bytes_per_frame, wan_store_bytes
 from ..contextdiff.chunking import chunk_starts, crossfade
 from ..contextdiff.edit_plan import EditPlan
 from ..contextdiff.editing import VideoSettings
 from ..media.video import target_size
 from . import edit_runs
 from .attention_patch import refuse_conflicts
+from .dit_attention import refuse_dit_conflicts
 from .prompt_tokens import encode_prompt
 from .store_budget import footprint
+from .wan_attention import is_wan, wan_footprint
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -46,12 +50,16 @@ class MemoryPlan(NamedTuple):
     vae_batch: int
 
 
-def vae_working_bytes(vae: VAE, height: int, width: int) -> float:
+def vae_working_bytes(vae: VAE, height: int, width: int, frames: int = 1) -> float:
     """ComfyUI's own estimate of one ``height`` x ``width`` frame through ``vae``: the larger of encoding it and
-    decoding its latent (the estimate ComfyUI sizes its VAE batches by)."""
+    decoding its latent (the estimate ComfyUI sizes its VAE batches by). A video VAE (Wan's, ``latent_dim`` 3)
+    takes a whole chunk of ``frames`` at once, ``1 + (frames - 1) / 4`` latent frames."""
     ratio = int(vae.spacial_compression_encode())
-    encode = vae.memory_used_encode((1, 3, height, width), vae.vae_dtype)
-    decode = vae.memory_used_decode((1, vae.latent_channels, height // ratio, width // ratio), vae.vae_dtype)
+    pixels, latent = (1, 3, height, width), (1, vae.latent_channels, height // ratio, width // ratio)
+    if getattr(vae, "latent_dim", 2) == 3:
+        pixels, latent = (*pixels[:2], frames, *pixels[2:]), (*latent[:2], 1 + (frames - 1) // WAN_FRAMES, *latent[2:])
+    encode = vae.memory_used_encode(pixels, vae.vae_dtype)
+    decode = vae.memory_used_decode(latent, vae.vae_dtype)
     return float(max(encode, decode))
 
 
@@ -74,6 +82,67 @@ def _store_check(model: ModelPatcher, frames: FrameShape, ratio: int, settings: 
         )
 
 
+WAN_FRAMES = 4  # the Wan VAE keeps the first frame and folds every 4 after it into one latent frame
+
+
+def wan_chunks(count: int, settings: VideoSettings) -> list[int]:
+    """The frames of every chunk a Wan edit runs, refused unless each is ``4 k + 1`` (what the Wan VAE encodes to
+    ``k + 1`` latent frames and decodes back to as many)."""
+    lengths = [min(settings.chunk_size, count - s) for s in chunk_starts(count, settings.chunk_size, settings.overlap)]
+    bad = sorted({n for n in lengths if n % WAN_FRAMES != 1})
+    if bad:
+        raise ValueError(
+            f"the Wan VAE encodes 1 + 4 k frames (1, 5, 9, ... 81) but these chunks would hold {bad} frames: set "
+            "chunk_size to such a number and choose max_frames, frame_stride and overlap so that every chunk is full "
+            f"(the clip has {count} frames)"
+        )
+    return lengths
+
+
+def wan_text_tokens(clip: CLIP, text: str) -> int:
+    """The T5 tokens Wan's cross-attention keys hold for ``text`` (umT5 pads to 512 at least)."""
+    return sum(len(chunk) for chunk in clip.tokenize(text).get("umt5xxl", [])) or 512
+
+
+class WanNeed(NamedTuple):
+    """What a Wan edit holds for its largest chunk, counted on the model's own blocks and widths (no model call):
+    the attention store per fused step (:func:`attention_store.wan_store_bytes`) and the source trajectory."""
+
+    per_step: int
+    fused: int
+    trajectory: int
+
+    @property
+    def total(self) -> int:
+        return self.per_step * self.fused + self.trajectory
+
+
+def wan_need(model: ModelPatcher, frames: FrameShape, ratio: int, settings: VideoSettings, text: int) -> WanNeed:
+    """:class:`WanNeed` of an edit of ``frames`` (``ratio``: the VAE's pixels per latent pixel; ``text``: the T5
+    tokens of the source prompt)."""
+    length = max(wan_chunks(frames.count, settings))
+    size = (1 + (length - 1) // WAN_FRAMES, -(-frames.height // ratio), -(-frames.width // ratio))
+    footprint = wan_footprint(model.model.diffusion_model, size, text)
+    per_step = wan_store_bytes(footprint, 1, settings.inversion.store_dtype.itemsize)
+    trajectory = (settings.inversion.steps + 2) * 16 * math.prod(size) * 4
+    return WanNeed(per_step, len(settings.inversion.fused_steps), trajectory)
+
+
+def _wan_store_check(
+    model: ModelPatcher, frames: FrameShape, ratio: int, settings: VideoSettings, budget: float, text: int
+) -> None:
+    """Refuse, saying how many fused steps fit, a Wan edit whose store (one chunk) and frames exceed the budget."""
+    need = wan_need(model, frames, ratio, settings, text)
+    held = frames.frame_bytes * 2 * frames.count
+    if need.total + held > budget:
+        fit = max(0, int((budget - held - need.trajectory) // max(need.per_step, 1)))
+        raise MemoryError(
+            f"editing on Wan needs about {(need.total + held) / 1e9:.2f} GB (the attention store of a chunk: "
+            f"{need.per_step / 1e9:.2f} GB per fused step, {need.fused} fused steps), over the {budget / 1e9:.2f} GB "
+            f"budget; {fit} fused steps fit: raise fuse_start, lower chunk_size or size, or raise memory_limit_gb"
+        )
+
+
 def _largest_fitting_side(frames: FrameShape, fits: Callable[[FrameShape], bool]) -> int | None:
     """The largest shorter side (a multiple of 8) at which ``fits`` holds for frames of the same aspect."""
     short = min(frames.height, frames.width)
@@ -92,15 +161,22 @@ def memory_check(
     *,
     budget_bytes: float,
     from_file: bool,
+    text_tokens: int = 512,
 ) -> MemoryPlan:
     """Every stage of the video edit checked before the first frame is decoded: the frames held (decoded, then
     edited), the attention store of a chunk (within ``budget_bytes``), and one frame through the VAE, whose
     working memory (ComfyUI's estimate) must fit beside the frames within memory_limit_gb when it is set, else in
     the free memory where the VAE runs on the CPU (there nothing stops a VAE call that does not fit: it swaps for
     minutes; on a GPU ComfyUI falls back to tiles). Refuses naming the stage and what fits; returns the frames per
-    VAE call that fit (at most :data:`VAE_BATCH`)."""
+    VAE call that fit (at most :data:`VAE_BATCH`). On Wan (``text_tokens``: the source prompt's T5 tokens) the store
+    is counted on its blocks and the VAE encodes a whole chunk at once."""
     ratio = int(vae.spacial_compression_encode())
-    _store_check(model, frames, ratio, settings, budget_bytes)
+    chunk = 1  # frames per VAE call: one image at a time, or Wan's whole chunk
+    if is_wan(model.model.diffusion_model):
+        _wan_store_check(model, frames, ratio, settings, budget_bytes, text_tokens)
+        chunk = max(wan_chunks(frames.count, settings))
+    else:
+        _store_check(model, frames, ratio, settings, budget_bytes)
     held_here = settings.memory_limit_gb > 0 or vae.device.type == "cpu"  # the frames share the VAE's memory
     if settings.memory_limit_gb > 0:
         limit, limit_name = settings.memory_limit_gb * 1e9, f"the {settings.memory_limit_gb:g} GB of memory_limit_gb"
@@ -109,7 +185,7 @@ def memory_check(
         limit_name = f"the {limit / 1e9:.2f} GB free on the {vae.device.type}"
 
     def need(f: FrameShape) -> tuple[float, float]:
-        return (f.count * f.frame_bytes * 2 if held_here else 0.0), vae_working_bytes(vae, f.height, f.width)
+        return (f.count * f.frame_bytes * 2 if held_here else 0.0), vae_working_bytes(vae, f.height, f.width, chunk)
 
     held, working = need(frames)
     if held_here and held + working > limit:
@@ -117,10 +193,11 @@ def memory_check(
         lower = "lower size to" if from_file else "resize the frames upstream to a shorter side of"
         fits = f"{lower} at most {side}" if side else "no frame size fits: lower max_frames"
         more = "raise memory_limit_gb" if settings.memory_limit_gb > 0 else "free memory"
+        count, plural = ("one", "") if chunk == 1 else (chunk, "s")
         raise MemoryError(
-            f"the VAE (encoding the frames, decoding the edit) needs about {working / 1e9:.2f} GB for one "
-            f"{frames.width}x{frames.height} frame (ComfyUI's estimate for this VAE) beside {held / 1e9:.2f} GB of "
-            f"frames, over {limit_name}: {fits}, or {more}"
+            f"the VAE (encoding the frames, decoding the edit) needs about {working / 1e9:.2f} GB for {count} "
+            f"{frames.width}x{frames.height} frame{plural} (ComfyUI's estimate for this VAE) beside "
+            f"{held / 1e9:.2f} GB of frames, over {limit_name}: {fits}, or {more}"
         )
     return MemoryPlan(vae_batch=max(1, min(VAE_BATCH, int((limit - held) // max(working, 1.0)))))
 
@@ -135,8 +212,11 @@ def _vae_batches(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 def plan_video(model: ModelPatcher, clip: CLIP, settings: VideoSettings) -> EditPlan:
     """The edit plan of a video, checked before any frame is read (the video edit always fuses)."""
-    plan = edit_runs.plan_edit(settings.edit, settings.inversion, clip)
-    refuse_conflicts(model, replaces_self=True, replaces_cross=bool(plan.shared_tokens))
+    plan = edit_runs.plan_edit(settings.edit, settings.inversion, clip, model=model)
+    if is_wan(model.model.diffusion_model):
+        refuse_dit_conflicts(model, replaces=True)
+    else:
+        refuse_conflicts(model, replaces_self=True, replaces_cross=bool(plan.shared_tokens))
     return plan
 
 
@@ -157,7 +237,10 @@ def edit_video(
     plan = plan_video(model, clip, settings) if plan is None else plan
     starts = chunk_starts(n, chunk_size, settings.overlap)
     warnings = list(plan.warnings)
-    if n > 1 and min(chunk_size, n) == 1:
+    wan = is_wan(model.model.diffusion_model)
+    if wan:
+        wan_chunks(n, settings)
+    elif n > 1 and min(chunk_size, n) == 1:
         warnings.append(
             "chunk_size 1: every frame is edited alone, without sparse-causal attention between frames; "
             "raise chunk_size for a temporally consistent edit"
@@ -167,13 +250,18 @@ def edit_video(
     negative = encode_prompt(clip, "")
     source_guide = edit_runs.Guide(model, encode_prompt(clip, edit.source_prompt), negative, adapter)
     target_guide = source_guide._replace(positive=encode_prompt(clip, edit.target_prompt))
-    latents = _vae_batches(lambda x: vae.encode(x[..., :3]), frames, memory.vae_batch)
+    # Wan's VAE encodes a chunk's frames as one video latent (causal in time): chunk by chunk, below.
+    latents = None if wan else _vae_batches(lambda x: vae.encode(x[..., :3]), frames, memory.vae_batch)
     outputs = []
     for start in starts:
         comfy.model_management.throw_exception_if_processing_interrupted()
         end = min(n, start + chunk_size)
-        chunk = {"samples": latents[start:end]}
-        source = edit_runs.invert(source_guide, chunk, settings.inversion, end - start if end - start > 1 else None)
+        if wan:  # a native video model: all the chunk's tokens attend to each other, no sparse-causal rewiring
+            chunk = {"samples": vae.encode(frames[start:end, ..., :3])}
+            source = edit_runs.invert(source_guide, chunk, settings.inversion, None, record=True)
+        else:
+            chunk = {"samples": latents[start:end]}
+            source = edit_runs.invert(source_guide, chunk, settings.inversion, end - start if end - start > 1 else None)
         result = edit_runs.edit(target_guide, source, plan)
         warnings += [w for w in result.warnings if w not in warnings]
         decoded = _vae_batches(vae.decode, result.samples, memory.vae_batch)

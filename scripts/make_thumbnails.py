@@ -14,7 +14,15 @@ from pathlib import Path
 
 from devkit import comfyui
 from devkit.comfy_host import ComfyServer
-from devkit.workflow_runs import TEST_NODES, WORKFLOWS, headless_prompt, save_thumbnail, thumbnail, write_assets
+from devkit.workflow_runs import (
+    TEST_NODES,
+    WORKFLOWS,
+    headless_prompt,
+    save_thumbnail,
+    thumbnail,
+    write_assets,
+    write_workflow_models,
+)
 
 
 def main():
@@ -32,6 +40,7 @@ def main():
             write_assets(server)
             info = server.get("/object_info")
             for path in chosen:
+                write_workflow_models(server, path)
                 entry = server.run(headless_prompt(path, info), timeout=600)
                 picture = thumbnail(server, entry, path.stem)
                 save_thumbnail(picture, path.with_suffix(".jpg"))

@@ -15,8 +15,17 @@ from devkit.comfy_host import ROOT, fresh_object_info, is_widget, node_inputs
 OUT = ROOT / "workflows"
 
 
-def N(id, type, pos, widgets=None, links=None, title=None):
-    return {"id": id, "type": type, "pos": pos, "widgets": widgets or {}, "links": links or {}, "title": title}
+def N(id, type, pos, widgets=None, links=None, title=None, mode=0):
+    """A node; ``mode`` 4 is bypassed (Ctrl+B in the frontend: purple, its outputs pass its inputs through)."""
+    return {
+        "id": id,
+        "type": type,
+        "pos": pos,
+        "widgets": widgets or {},
+        "links": links or {},
+        "title": title,
+        "mode": mode,
+    }
 
 
 def note(id, pos, text, size=(420, 260)):
@@ -502,6 +511,371 @@ WORKFLOWS = {
 }
 
 
+def flow_adapter_loader(id, pos, family: str, adapter: str):
+    """The adapter loader of a flow workflow, bypassed: without an adapter the ContextDiff KSampler is exactly
+    ComfyUI's euler (strength 0 or no adapter is the base sampler)."""
+    return N(
+        id,
+        "ContextDiffAdapterLoader",
+        pos,
+        {"adapter_name": adapter},
+        title=f"adapter for {family} (bypassed: Ctrl+B to use one)",
+        mode=4,
+    )
+
+
+FLOW_ADAPTER_NOTE = (
+    "The adapter loader is bypassed (purple): with no adapter the ContextDiff KSampler (method ddim, eta 0) is "
+    "exactly ComfyUI's euler sampler, so the workflow runs as it is. With an adapter trained for {family} in "
+    "models/contextdiff/ (python -m trainer.train --mode adapter trains one on your model: README, the trainer), "
+    "pick it in the loader and press Ctrl+B on it: adapter_strength scales the context bias. "
+    "An adapter of another family stops with a message naming both. ddpm and eta > 0 are refused on flow models "
+    "(the DDPM posterior has no flow counterpart)."
+)
+
+WORKFLOWS["sd3_text_to_image"] = [
+    note(
+        1,
+        [0, 0],
+        "ContextDiff text-to-image on SD3.5 (and SD3), a flow-matching model.\n\nFiles:\n"
+        "- models/checkpoints/sd3.5_large.safetensors (or sd3.5_medium, sd3_medium): the MMDiT and its VAE\n"
+        "- models/text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors "
+        "(or t5xxl_fp8_e4m3fn.safetensors), read by the Triple CLIP Loader\n\n"
+        "ModelSamplingSD3 sets SD3's shift 3 (the checkpoint's own). SD3.5's usual settings: 28 steps, "
+        "cfg 4.5, sgm_uniform.\n\n" + FLOW_ADAPTER_NOTE.format(family="SD3/SD3.5"),
+        size=(440, 380),
+    ),
+    N(2, "CheckpointLoaderSimple", [480, 0], {"ckpt_name": "sd3.5_large.safetensors"}),
+    N(
+        3,
+        "TripleCLIPLoader",
+        [480, 200],
+        {
+            "clip_name1": "clip_l.safetensors",
+            "clip_name2": "clip_g.safetensors",
+            "clip_name3": "t5xxl_fp16.safetensors",
+        },
+    ),
+    N(4, "ModelSamplingSD3", [830, -150], {"shift": 3.0}, {"model": (2, 0)}),
+    N(
+        5,
+        "CLIPTextEncode",
+        [830, 0],
+        {"text": "a photograph of an astronaut riding a horse"},
+        {"clip": (3, 0)},
+        title="positive",
+    ),
+    N(6, "CLIPTextEncode", [830, 250], {"text": "blurry, low quality"}, {"clip": (3, 0)}, title="negative"),
+    N(7, "EmptySD3LatentImage", [830, 500], {"width": 1024, "height": 1024, "batch_size": 1}),
+    flow_adapter_loader(8, [830, 700], "SD3/SD3.5", "my-sd3-adapter.safetensors"),
+    N(
+        9,
+        "ContextDiffKSampler",
+        [1180, 0],
+        {"seed": 0, "steps": 28, "cfg": 4.5, "scheduler": "sgm_uniform", "method": "ddim", "adapter_strength": 1.0},
+        {"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0), "adapter": (8, 0)},
+    ),
+    N(10, "VAEDecode", [1530, 0], {}, {"samples": (9, 0), "vae": (2, 2)}),
+    N(11, "SaveImage", [1780, 0], {"filename_prefix": "contextdiff/sd3_t2i"}, {"images": (10, 0)}),
+]
+
+WORKFLOWS["flux_text_to_image"] = [
+    note(
+        1,
+        [0, 0],
+        "ContextDiff text-to-image on Flux dev (or schnell), a flow-matching model.\n\nFiles:\n"
+        "- models/diffusion_models/flux1-dev.safetensors (or flux1-schnell.safetensors), read by Load Diffusion "
+        "Model\n- models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn), read "
+        "by the Dual CLIP Loader (type flux)\n- models/vae/ae.safetensors\n\n"
+        "Flux dev is guidance-distilled: FluxGuidance sets its guidance (3.5) and cfg stays 1.0 (the negative is "
+        "then not used). ModelSamplingFlux shifts the schedule for the image size (keep its width and height "
+        "equal to the latent's). Schnell: 4 steps, FluxGuidance has no effect.\n\n"
+        + FLOW_ADAPTER_NOTE.format(family="Flux"),
+        size=(440, 420),
+    ),
+    N(2, "UNETLoader", [480, 0], {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}),
+    N(
+        3,
+        "DualCLIPLoader",
+        [480, 200],
+        {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"},
+    ),
+    N(4, "VAELoader", [480, 450], {"vae_name": "ae.safetensors"}),
+    N(
+        5,
+        "ModelSamplingFlux",
+        [830, -250],
+        {"max_shift": 1.15, "base_shift": 0.5, "width": 1024, "height": 1024},
+        {"model": (2, 0)},
+    ),
+    N(
+        6,
+        "CLIPTextEncode",
+        [830, 0],
+        {"text": "a photograph of an astronaut riding a horse"},
+        {"clip": (3, 0)},
+        title="positive",
+    ),
+    N(7, "FluxGuidance", [1180, -150], {"guidance": 3.5}, {"conditioning": (6, 0)}),
+    N(8, "CLIPTextEncode", [830, 250], {"text": ""}, {"clip": (3, 0)}, title="negative (unused at cfg 1)"),
+    N(9, "EmptySD3LatentImage", [830, 500], {"width": 1024, "height": 1024, "batch_size": 1}),
+    flow_adapter_loader(10, [830, 700], "Flux", "my-flux-adapter.safetensors"),
+    N(
+        11,
+        "ContextDiffKSampler",
+        [1180, 0],
+        {"seed": 0, "steps": 20, "cfg": 1.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 1.0},
+        {"model": (5, 0), "positive": (7, 0), "negative": (8, 0), "latent_image": (9, 0), "adapter": (10, 0)},
+    ),
+    N(12, "VAEDecode", [1530, 0], {}, {"samples": (11, 0), "vae": (4, 0)}),
+    N(13, "SaveImage", [1780, 0], {"filename_prefix": "contextdiff/flux_t2i"}, {"images": (12, 0)}),
+]
+
+WORKFLOWS["wan_text_to_video"] = [
+    note(
+        1,
+        [0, 0],
+        "ContextDiff text-to-video on Wan 2.1 / 2.2 (t2v), a flow-matching video model.\n\nFiles:\n"
+        "- models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors (or the 14B t2v; Wan 2.2's 14B t2v files "
+        "load the same way), read by Load Diffusion Model\n"
+        "- models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors (or umt5_xxl_fp16), "
+        "read by Load CLIP (type wan)\n"
+        "- models/vae/wan_2.1_vae.safetensors\n\n"
+        "ModelSamplingSD3 shift 8 is Wan's schedule. EmptyHunyuanLatentVideo makes the 16-channel video latent: "
+        "length 33 frames at 832x480 (4 frames per latent frame, plus the first). The adapter reads each clip's "
+        "frames in order. The frames are saved as an animated WEBP at 16 fps.\n\n"
+        + FLOW_ADAPTER_NOTE.format(family="Wan 2.x"),
+        size=(440, 420),
+    ),
+    N(2, "UNETLoader", [480, 0], {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "weight_dtype": "default"}),
+    N(3, "CLIPLoader", [480, 200], {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan"}),
+    N(4, "VAELoader", [480, 450], {"vae_name": "wan_2.1_vae.safetensors"}),
+    N(5, "ModelSamplingSD3", [830, -150], {"shift": 8.0}, {"model": (2, 0)}),
+    N(
+        6,
+        "CLIPTextEncode",
+        [830, 0],
+        {"text": "a red fox running through fresh snow, the camera following it, golden hour light"},
+        {"clip": (3, 0)},
+        title="positive",
+    ),
+    N(
+        7,
+        "CLIPTextEncode",
+        [830, 250],
+        {"text": "blurry, low quality, static, distorted, watermark, text"},
+        {"clip": (3, 0)},
+        title="negative",
+    ),
+    N(8, "EmptyHunyuanLatentVideo", [830, 500], {"width": 832, "height": 480, "length": 33, "batch_size": 1}),
+    flow_adapter_loader(9, [830, 750], "Wan 2.x", "my-wan-adapter.safetensors"),
+    N(
+        10,
+        "ContextDiffKSampler",
+        [1180, 0],
+        {"seed": 0, "steps": 30, "cfg": 6.0, "scheduler": "simple", "method": "ddim", "adapter_strength": 1.0},
+        {"model": (5, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0), "adapter": (9, 0)},
+    ),
+    N(11, "VAEDecode", [1530, 0], {}, {"samples": (10, 0), "vae": (4, 0)}),
+    N(
+        12,
+        "SaveAnimatedWEBP",
+        [1780, 0],
+        {"filename_prefix": "contextdiff/wan_t2v", "fps": 16.0, "lossless": False, "quality": 90},
+        {"images": (11, 0)},
+    ),
+]
+
+
+FLOW_EDIT_NOTE = (
+    "Inversion runs to sigma 1 (the noise end of a flow schedule) and refine_steps solves each step exactly, so "
+    "equal prompts with fuse_attention off give the image back. The Edit Sampler then fuses the source's joint "
+    "attention ({blocks}): the image tokens' attention and, for the words both prompts share, their text attention; "
+    "blend_words (the replaced words, found in the T5{clip} tokens) mask the edit, the rest stays on the source.\n\n"
+    "Memory: the inversion counts the attention store from the model's blocks before its first step and refuses a "
+    "job that would not fit, naming how many fused steps fit (10 fused steps at 1024x1024, fp16: {native}); raise "
+    "fuse_start or lower the size to fit."
+)
+
+
+def flow_edit_nodes(first: int, x: int, model: tuple, clip: tuple, vae: tuple, conds: dict, settings: dict) -> list:
+    """The inversion, the Edit Sampler and their outputs of the SD3 and Flux image-edit workflows (ids from
+    ``first``, placed from ``x``): ``conds`` the source, target and negative conditionings' links."""
+    inv, edit = first, first + 1
+    return [
+        N(
+            inv,
+            "ContextDiffDDIMInversion",
+            [x, 0],
+            {"steps": settings["steps"], "scheduler": settings["scheduler"], "cfg": 1.0, "refine_steps": 10},
+            {"model": model, "latent": conds["latent"], "positive": conds["source"]},
+        ),
+        N(
+            edit,
+            "ContextDiffEditSampler",
+            [x + 350, 0],
+            {
+                "cfg": settings["cfg"],
+                "source_prompt": "a cat sitting on the grass",
+                "target_prompt": "a dog sitting on the grass",
+                "blend_words": "cat, dog",
+                "blend_threshold": 0.3,
+            },
+            {
+                "model": model,
+                "edit_source": (inv, 1),
+                "positive": conds["target"],
+                "negative": conds["negative"],
+                "clip": clip,
+                "vae": vae,
+            },
+        ),
+        N(edit + 1, "VAEDecode", [x + 700, 0], {}, {"samples": (edit, 0), "vae": vae}),
+        N(edit + 2, "SaveImage", [x + 950, 0], {"filename_prefix": settings["prefix"]}, {"images": (edit + 1, 0)}),
+        N(edit + 3, "MaskToImage", [x + 700, 300], {}, {"mask": (edit, 1)}),
+        N(edit + 4, "PreviewImage", [x + 950, 300], {}, {"images": (edit + 3, 0)}),
+    ]
+
+
+WORKFLOWS["sd3_image_edit"] = [
+    note(
+        1,
+        [0, 0],
+        "Invert an image, then edit it with a new prompt, on SD3.5 (and SD3): FateZero-style fusion on the MMDiT's "
+        "joint attention.\n\nFiles:\n"
+        "- models/checkpoints/sd3.5_large.safetensors (or sd3.5_medium, sd3_medium): the MMDiT and its VAE\n"
+        "- models/text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors, read by the "
+        "Triple CLIP Loader\n- input/example.png: the image\n\n"
+        "Type the source and target prompts in the CLIP encoders and in the Edit Sampler's fields (they align the "
+        "shared words). "
+        + FLOW_EDIT_NOTE.format(
+            blocks="SD3's joint blocks", clip=" and CLIP-L/G", native="SD3.5-large 14.4 GiB, SD3-medium 5.7 GiB"
+        )
+        + " SD3.5-medium's second, image-only attention in its first blocks runs unfused.",
+        size=(460, 520),
+    ),
+    N(2, "CheckpointLoaderSimple", [500, 0], {"ckpt_name": "sd3.5_large.safetensors"}),
+    N(
+        3,
+        "TripleCLIPLoader",
+        [500, 200],
+        {
+            "clip_name1": "clip_l.safetensors",
+            "clip_name2": "clip_g.safetensors",
+            "clip_name3": "t5xxl_fp16.safetensors",
+        },
+    ),
+    N(4, "ModelSamplingSD3", [850, -150], {"shift": 3.0}, {"model": (2, 0)}),
+    N(5, "LoadImage", [500, 450], {"image": "example.png"}),
+    N(6, "VAEEncode", [850, 700], {}, {"pixels": (5, 0), "vae": (2, 2)}),
+    N(7, "CLIPTextEncode", [850, 0], {"text": "a cat sitting on the grass"}, {"clip": (3, 0)}, title="source"),
+    N(8, "CLIPTextEncode", [850, 250], {"text": "a dog sitting on the grass"}, {"clip": (3, 0)}, title="target"),
+    N(9, "CLIPTextEncode", [850, 500], {"text": ""}, {"clip": (3, 0)}, title="negative"),
+    *flow_edit_nodes(
+        10,
+        1200,
+        (4, 0),
+        (3, 0),
+        (2, 2),
+        {"latent": (6, 0), "source": (7, 0), "target": (8, 0), "negative": (9, 0)},
+        {"steps": 28, "scheduler": "simple", "cfg": 4.5, "prefix": "contextdiff/sd3_edit"},
+    ),
+]
+
+WORKFLOWS["flux_image_edit"] = [
+    note(
+        1,
+        [0, 0],
+        "Invert an image, then edit it with a new prompt, on Flux dev: FateZero-style fusion on Flux's joint "
+        "attention.\n\nFiles:\n"
+        "- models/diffusion_models/flux1-dev.safetensors, read by Load Diffusion Model\n"
+        "- models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors, read by the Dual CLIP Loader (type "
+        "flux)\n- models/vae/ae.safetensors\n- input/example.png: the image\n\n"
+        "Flux dev is guidance-distilled: FluxGuidance sets its guidance on both prompts and cfg stays 1.0 (the "
+        "negative is then not used). Keep ModelSamplingFlux's width and height at the image's size. Type the "
+        "source and target prompts in the CLIP encoders and in the Edit Sampler's fields. "
+        + FLOW_EDIT_NOTE.format(blocks="Flux's double and single blocks", clip="", native="Flux.1-dev 27.6 GiB"),
+        size=(460, 540),
+    ),
+    N(2, "UNETLoader", [500, 0], {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}),
+    N(
+        3,
+        "DualCLIPLoader",
+        [500, 200],
+        {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"},
+    ),
+    N(4, "VAELoader", [500, 450], {"vae_name": "ae.safetensors"}),
+    N(5, "LoadImage", [500, 600], {"image": "example.png"}),
+    N(6, "VAEEncode", [850, 750], {}, {"pixels": (5, 0), "vae": (4, 0)}),
+    N(
+        7,
+        "ModelSamplingFlux",
+        [850, -300],
+        {"max_shift": 1.15, "base_shift": 0.5, "width": 1024, "height": 1024},
+        {"model": (2, 0)},
+    ),
+    N(8, "CLIPTextEncode", [850, -50], {"text": "a cat sitting on the grass"}, {"clip": (3, 0)}, title="source"),
+    N(9, "CLIPTextEncode", [850, 200], {"text": "a dog sitting on the grass"}, {"clip": (3, 0)}, title="target"),
+    N(10, "CLIPTextEncode", [850, 450], {"text": ""}, {"clip": (3, 0)}, title="negative (unused at cfg 1)"),
+    N(11, "FluxGuidance", [1200, -300], {"guidance": 3.5}, {"conditioning": (8, 0)}, title="source guidance"),
+    N(12, "FluxGuidance", [1200, -150], {"guidance": 3.5}, {"conditioning": (9, 0)}, title="target guidance"),
+    *flow_edit_nodes(
+        13,
+        1200,
+        (7, 0),
+        (3, 0),
+        (4, 0),
+        {"latent": (6, 0), "source": (11, 0), "target": (12, 0), "negative": (10, 0)},
+        {"steps": 20, "scheduler": "simple", "cfg": 1.0, "prefix": "contextdiff/flux_edit"},
+    ),
+]
+
+WORKFLOWS["wan_video_edit"] = [
+    note(
+        1,
+        [0, 0],
+        "Text-guided video editing on Wan 2.1 / 2.2 t2v, a native video model: each chunk of frames is one video "
+        "latent from the Wan VAE, its self-attention over all video tokens and its cross-attention to umT5 "
+        "recorded at inversion and fused in the edit (no sparse-causal rewiring).\n\nFiles:\n"
+        "- models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors (or a 14B t2v), read by Load Diffusion Model\n"
+        "- models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors, read by Load CLIP (type wan)\n"
+        "- models/vae/wan_2.1_vae.safetensors\n- input/example.mp4: the video (or connect frames to 'images')\n\n"
+        "chunk_size must be 1 + 4k frames (5, 9, 17, ... 81), and every chunk full: choose max_frames and overlap "
+        "so. Memory: the node counts the attention store from Wan's blocks before any model call and refuses a job "
+        "that would not fit, naming the fused steps that fit. The store grows with the tokens: 14B at 832x480, 81 "
+        "frames is 37.7 GiB per fused step, refused at native size until source-branch recomputation lands; this "
+        "workflow's 17 frames at 320x576 and 4 fused steps (fp16): 1.3B 3.9 GiB, 14B 17.3 GiB.",
+        size=(460, 520),
+    ),
+    N(2, "UNETLoader", [500, 0], {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "weight_dtype": "default"}),
+    N(3, "CLIPLoader", [500, 200], {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan"}),
+    N(4, "VAELoader", [500, 450], {"vae_name": "wan_2.1_vae.safetensors"}),
+    N(5, "ModelSamplingSD3", [850, -150], {"shift": 8.0}, {"model": (2, 0)}),
+    N(
+        6,
+        "ContextDiffVideoEdit",
+        [850, 0],
+        {
+            "source_prompt": "a man riding a bike",
+            "target_prompt": "a robot riding a bike",
+            "blend_words": "man, robot",
+            "steps": 20,
+            "cfg": 5.0,
+            "fuse_start": 0.8,
+            "video": "example.mp4",
+            "max_frames": 17,
+            "size": 320,
+            "chunk_size": 17,
+            "overlap": 0,
+            "save_mp4": True,
+            "filename_prefix": "contextdiff/wan_edit",
+        },
+        {"model": (5, 0), "vae": (4, 0), "clip": (3, 0)},
+    ),
+    N(7, "PreviewImage", [1250, 0], {}, {"images": (6, 0)}),
+]
+
+
 def build(graph: list, info: dict) -> dict:
     nodes, links = [], []
     by_id = {n["id"]: n for n in graph}
@@ -555,7 +929,7 @@ def build(graph: list, info: dict) -> dict:
             "size": [320, 120 + 26 * len(widgets)],
             "flags": {},
             "order": order,
-            "mode": 0,
+            "mode": n["mode"],
             "inputs": inputs,
             "outputs": outputs,
             "properties": {"Node name for S&R": n["type"]},

@@ -126,13 +126,14 @@ def build_tiny_vae(seed: int = 0):
     return comfy.sd.VAE(sd=tiny_taesd_state_dict(seed))
 
 
-def tiny_taesd_state_dict(seed: int = 0) -> dict:
-    """The weights of :func:`build_tiny_vae`'s TAESD (ComfyUI's VAE loader recognises the keys)."""
+def tiny_taesd_state_dict(seed: int = 0, latent_channels: int = 4) -> dict:
+    """The weights of :func:`build_tiny_vae`'s TAESD (ComfyUI's VAE loader recognises the keys and reads the latent
+    channels from them: 16 for SD3's and Flux's latents)."""
     import comfy.taesd.taesd
 
     from contextdiff.joint_model import reset_parameters
 
-    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
     reset_parameters(taesd, seed)
     # Random TAESD layers shrink the signal; rescale the last convolutions so that latents have
     # SD's scale (std ~5, i.e. 1 / 0.18215) and decoded images vary with them (std ~0.25).
@@ -481,6 +482,8 @@ _FLUX = {
 }
 FLOW_MODELS["flux"] = ("Flux", dict(_FLUX, guidance_embed=True))
 FLOW_MODELS["flux_schnell"] = ("FluxSchnell", dict(_FLUX, guidance_embed=False))
+# Flux dev with one single-stream block as well (about 510M parameters): the DiT editing tests reach both kinds.
+FLOW_MODELS["flux_single"] = ("Flux", dict(_FLUX, guidance_embed=True, depth_single_blocks=1))
 
 
 def host_flux_fields(unet_config: dict) -> dict:
@@ -561,7 +564,7 @@ def flow_conditioning(kind: str, seed: int = 0, tokens: int = 8, batch: int = 1)
     cond = torch.randn(batch, tokens, family.context_dim, generator=gen)
     if family.pooled:
         extra["pooled_output"] = torch.randn(batch, family.pooled_dim, generator=gen)
-    if kind == "flux":
+    if kind in ("flux", "flux_single"):
         extra["guidance"] = 3.5
     return [[cond, extra]]
 
@@ -571,3 +574,82 @@ def flow_latent(kind: str, size: int = 8, frames: int = 3, batch: int = 1) -> to
     if kind == "wan":
         return torch.zeros(batch, 16, frames, size, size)
     return torch.zeros(batch, 16, size, size)
+
+
+# --- The flow families' text encoders and VAEs, tiny, for the shipped workflows' loaders ---
+#
+# ComfyUI builds T5-XXL and umT5-XXL at fixed sizes (4.7B parameters; umT5's 256k-row vocabulary alone is 1B at
+# width 4096), so no CLIP loader can read a test-size file. The workflows' tests put :func:`build_tiny_flow_clip`
+# in place of TripleCLIPLoader / DualCLIPLoader / CLIPLoader: the family's own ComfyUI text-encoder classes and
+# tokenizers with few, narrow layers at the real output widths, the T5 ids folded into FLOW_TEXT_ROWS rows.
+
+FLOW_TEXT_ROWS = 1024
+FLOW_CLIP = {  # kind -> ComfyUI text-encoder module, tokenizer, model, the T5 stream's name in the tokens
+    "sd3": ("sd3_clip", "SD3Tokenizer", "SD3ClipModel", "t5xxl"),
+    "flux": ("flux", "FluxTokenizer", "FluxClipModel", "t5xxl"),
+    "flux_schnell": ("flux", "FluxTokenizer", "FluxClipModel", "t5xxl"),
+    "wan": ("wan", "WanT5Tokenizer", "WanT5Model", "umt5xxl"),
+}
+
+
+def build_tiny_flow_clip(kind: str, seed: int = 0):
+    """A real ComfyUI CLIP object for a flow family (``sd3``: CLIP-L, CLIP-G and T5-XXL as TripleCLIPLoader gives;
+    ``flux``: CLIP-L and T5-XXL, DualCLIPLoader type flux; ``wan``: umT5-XXL, CLIPLoader type wan), built from the
+    family's own ComfyUI classes: CLIPTextEncode gives the real widths (4096-wide tokens; SD3's 2048 and Flux's 768
+    pooled outputs). Small: 3 CLIP layers of 4 heads, one T5 layer of 4 heads, T5 token ids folded into
+    :data:`FLOW_TEXT_ROWS` embedding rows. Wan's umT5 tokenizer ships inside the real umT5 file (ComfyUI hands its
+    ``spiece_model`` to the tokenizer); none is on this machine, so ComfyUI's T5 (Pile) SentencePiece model stands
+    in for it, handed over the same way."""
+    import importlib
+    import os
+
+    import comfy.sd
+    import comfy.supported_models_base
+
+    module_name, tokenizer_name, model_name, t5_key = FLOW_CLIP[kind]
+    module = importlib.import_module(f"comfy.text_encoders.{module_name}")
+    tokenizer_class = getattr(module, tokenizer_name)
+
+    class FoldedTokenizer(tokenizer_class):
+        """The family's tokenizer; the T5 ids folded into the tiny T5's embedding rows (pad 0 and end 1 kept)."""
+
+        def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+            out = super().tokenize_with_weights(text, return_word_ids, **kwargs)
+            out[t5_key] = [
+                [(t % FLOW_TEXT_ROWS if isinstance(t, int) else t, *rest) for t, *rest in batch]
+                for batch in out[t5_key]
+            ]
+            return out
+
+    small_clip = {"num_hidden_layers": 3, "intermediate_size": 512, "num_attention_heads": 4}
+    small_t5 = {"num_layers": 1, "d_ff": 256, "num_heads": 4, "d_kv": 64, "vocab_size": FLOW_TEXT_ROWS}
+    options = {
+        "clip_l_model_config": small_clip,
+        "clip_g_model_config": small_clip,
+        f"{t5_key}_model_config": small_t5,
+        "dtype": torch.float32,
+    }
+    tokenizer_data = {}
+    if kind == "wan":
+        pile = os.path.join(os.path.dirname(module.__file__), "t5_pile_tokenizer", "tokenizer.model")
+        with open(pile, "rb") as f:
+            tokenizer_data["spiece_model"] = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+    target = comfy.supported_models_base.ClipTarget(FoldedTokenizer, getattr(module, model_name))
+    clip = comfy.sd.CLIP(target=target, tokenizer_data=tokenizer_data, model_options=options)
+    random_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+def tiny_flow_vae_state_dict(kind: str, seed: int = 0) -> dict:
+    """A VAE file's weights for a flow family, in a layout ComfyUI's VAE loader recognises: a TAESD of 16 latent
+    channels for SD3 and Flux (their 8x, 16-channel latents); for Wan 2.1 (and 2.2 14B) its causal 3D VAE with 8
+    base channels (the loader reads the width from ``decoder.head.0.gamma``; the real one has 96)."""
+    if kind != "wan":
+        return tiny_taesd_state_dict(seed, latent_channels=16)
+    import comfy.ldm.wan.vae
+
+    vae = comfy.ldm.wan.vae.WanVAE(
+        dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+    )
+    random_weights(vae, seed)
+    return {k: v.contiguous() for k, v in vae.state_dict().items()}

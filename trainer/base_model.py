@@ -4,9 +4,10 @@ A :class:`BaseBundle` is what the trainer needs from a base model: the ComfyUI `
 a text encoder giving CONDITIONING tokens and the pooled embedding, a VAE encoder (pixels -> model
 latents) and, optionally, a decoder for previews. ``--checkpoint`` builds it from a ComfyUI
 checkpoint file; ``--base_factory module:function`` lets research code or tests supply one. Either
-way the family is checked by :mod:`contextdiff.families` (SD1.x, SD2.x, SDXL and its variants; eps or
-v-prediction, zero terminal SNR included) and the UNet's conditioning is built the way ComfyUI's
-samplers build it (SDXL: ``y`` from the pooled text and the size embeddings).
+way the family is checked by :mod:`contextdiff.families` (SD1.x, SD2.x, SDXL and its variants, eps or
+v-prediction, zero terminal SNR included; SD3/SD3.5, Flux and Wan 2.x, flow matching) and the model's conditioning
+is built the way ComfyUI's samplers build it (SDXL: ``y`` from the pooled text and the size embeddings; SD3 and
+Flux: the pooled text; Flux: the guidance value).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def from_comfy(model_patcher, clip, vae, device, source: str = "the base model")
 
     def encode_text(caption: str):
         tokens, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
-        return tokens.to(device), pooled.to(device)
+        return tokens.to(device), None if pooled is None else pooled.to(device)  # Wan's umT5 has no pooled output
 
     def encode_images(pixels: torch.Tensor) -> torch.Tensor:
         return model.process_latent_in(vae.encode(pixels[..., :3]).to(device))

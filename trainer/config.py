@@ -21,6 +21,7 @@ from typing import ClassVar
 import yaml
 
 MODES = ("joint", "adapter", "video", "shapes")
+SHAPES_UNET_HEADS = 4  # the shapes UNet's attention heads (not an option)
 FROM_SCRATCH = ("joint", "shapes")  # a denoiser trained with the adapter (Eq. 6)
 BASE_MODES = ("adapter", "video")  # a frozen ComfyUI base model
 
@@ -85,6 +86,14 @@ class ModeOptions:
         """``{option: path}`` of the files this mode reads, checked before anything is loaded."""
         return {}
 
+    def check_files(self) -> None:
+        """What the existing input files say against these options (headers only, before anything is loaded)."""
+
+    def input_digests(self) -> dict[str, str]:
+        """``{option: sha256}`` of input files the trained weights depend on bit for bit: a resumed run must read
+        the same (a run records them in its state)."""
+        return {}
+
 
 @dataclass
 class FromScratchOptions(ModeOptions):
@@ -130,6 +139,13 @@ class ShapesOptions(FromScratchOptions):
     )
     text_layers: int = opt(2, "layers of the CLIP text encoder")
     text_heads: int = opt(4, "attention heads of the CLIP text encoder")
+    base_checkpoint: str = opt(
+        "",
+        "a trained shapes checkpoint to train an adapter for, as --mode adapter does for an SD checkpoint: its UNet "
+        "and text encoder are loaded and frozen (written back bit for bit), and only a fresh adapter is trained "
+        "(Eq. 6 or a bias variant); its UNet, text and image_size options must be the file's (give the recipe it "
+        "was trained with). Empty: train all three from scratch",
+    )
 
     def unet_levels(self) -> tuple[int, ...]:
         """``unet_mult`` as integers."""
@@ -162,12 +178,73 @@ class ShapesOptions(FromScratchOptions):
                 f"{self.text_heads}, and text_layers, text_heads, unet_res_blocks must be at least 1"
             )
 
+    def unet_config(self) -> dict:
+        """The UNet these options build (ComfyUI's ``UNetModel`` config, see ``hostside/pixel_unet.py``)."""
+        from hostside.pixel_unet import joint_unet_config
+
+        return joint_unet_config(
+            channels=3,
+            model_channels=self.unet_channels,
+            context_dim=self.context_dim,
+            channel_mult=self.unet_levels(),
+            num_res_blocks=self.unet_res_blocks,
+            heads=SHAPES_UNET_HEADS,
+            attention_from_level=self.attention_from_level,
+            norm_groups=self.norm_groups,
+            pooled_dim=self.context_dim,
+        )
+
+    def input_paths(self) -> dict[str, str]:
+        return {"base_checkpoint": self.base_checkpoint}
+
+    def check_files(self) -> None:
+        """A ``base_checkpoint`` is a shapes checkpoint whose UNet, text encoder and image size are these options'."""
+        if not self.base_checkpoint:
+            return
+        from contextdiff.checkpoint import TEXT_JOINT, CheckpointError, open_checkpoint
+
+        path = self.base_checkpoint
+        try:
+            ckpt = open_checkpoint(path, TEXT_JOINT)
+            unet, text, training = ckpt.json("unet_config"), ckpt.json("text_config"), ckpt.json("training", "{}")
+        except CheckpointError as e:
+            raise ConfigError(f"--base_checkpoint {path}: {e}") from None
+        if ckpt.meta.get("recipe") != "shapes":
+            raise ConfigError(
+                f"--base_checkpoint {path} was trained on recipe {ckpt.meta.get('recipe')!r}: give a checkpoint of "
+                "mode shapes"
+            )
+        ours = self.unet_config()
+        ours_text = {"hidden_size": self.context_dim, "num_hidden_layers": self.text_layers}
+        ours_text["num_attention_heads"] = self.text_heads
+        differ = [k for k in sorted(unet.keys() | ours.keys()) if unet.get(k) != ours.get(k)]
+        differ += [f"text {k}" for k, v in ours_text.items() if text.get(k) != v]
+        if "image_size" in training and training["image_size"] != self.image_size:
+            differ.append(f"image_size ({training['image_size']} in the file, {self.image_size} here)")
+        if differ:
+            raise ConfigError(
+                f"--base_checkpoint {path} holds another model than these options build (differs in: "
+                f"{', '.join(differ)}); give the options it was trained with (e.g. its recipe: --config "
+                "trainer/configs/shapes.yaml)"
+            )
+
+    def input_digests(self) -> dict[str, str]:
+        if not self.base_checkpoint:
+            return {}
+        from contextdiff.checkpoint import content_hash
+
+        return {"base_checkpoint": content_hash(self.base_checkpoint)}
+
 
 @dataclass
 class FrozenBaseOptions(ModeOptions):
     """A frozen ComfyUI base model (adapter and video modes)."""
 
-    checkpoint: str = opt("", "a ComfyUI checkpoint file (SD1.x, SD2.x, SDXL)")
+    checkpoint: str = opt(
+        "",
+        "a ComfyUI checkpoint file with its text encoders and VAE (SD1.x, SD2.x, SDXL; SD3/SD3.5 and Flux all-in-one "
+        "files, adapter mode)",
+    )
     base_factory: str = opt(
         "", "'module:function' returning a base model bundle instead of a checkpoint (research, tests)"
     )
@@ -378,6 +455,11 @@ class TrainConfig:
         if not self.output_dir:
             self.output_dir = str(Path("runs") / self.name)
         self.options.check()
+        if getattr(self.options, "base_checkpoint", "") and not self.use_bias:
+            raise ConfigError(
+                "--base_checkpoint freezes the model and trains only the adapter; with --use_bias false the adapter "
+                "gets no gradient and nothing would be trained: drop one of the two"
+            )
         return self
 
     def check_inputs(self) -> TrainConfig:
@@ -389,6 +471,7 @@ class TrainConfig:
                     f"--{key} {path} does not exist; give the path of an existing "
                     f"{'folder or .jsonl file' if key == 'dataset' else 'file'}"
                 )
+        self.options.check_files()
         if self.resume:
             self.check_resumes()
         return self
@@ -408,6 +491,14 @@ class TrainConfig:
             raise ConfigError(
                 f"--resume: the state in {self.output_dir}/state (step {info['step']}) was trained with other "
                 f"options ({diff}); run with its options to continue it, or give another --output_dir to train anew"
+            )
+        inputs = info.get("inputs", {})
+        changed = [k for k, digest in self.options.input_digests().items() if inputs.get(k, digest) != digest]
+        if changed:
+            raise ConfigError(
+                f"--resume: the state in {self.output_dir}/state (step {info['step']}) was trained on other contents "
+                f"of --{', --'.join(changed)} (the file changed since); restore that file to continue, or give "
+                "another --output_dir to train anew"
             )
 
     @property

@@ -19,7 +19,7 @@ from hostside.pixel_unet import build_joint_model, joint_unet_config
 
 from . import plots
 from .components import build_adapter, trainable_modules
-from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, vp_x0_predictor
+from .diffusion import prior_noise, recipe_loss, relational, spaced_sigmas, training_schedule, x0_predictor
 from .task import Task
 
 
@@ -91,7 +91,7 @@ class JointTask(Task):
         cfg, device = self.cfg, self.sigmas.device
         t = t.to(device)
         ctx = self.classes(labels.to(device))
-        denoise = vp_x0_predictor(self.model, self.sigmas[t], ctx)
+        denoise = x0_predictor(self.model, self.sigmas[t], ctx)
         return recipe_loss(cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting)
 
     # --- artefacts -------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class Run:
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         # the from-scratch modes have a validation loss
         self.val_every = getattr(cfg.options, "val_every", 0)
+        self.inputs = cfg.options.input_digests()  # recorded in each state: a resumed run must read the same files
         self.t0 = time.time()  # the loop restarts it: log lines and the summary count training time
 
     # --- resume ------------------------------------------------------------------------------
@@ -122,7 +123,16 @@ class Run:
                 f"(the last good checkpoint is in {self.out / 'state'})"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        try:
+            self.scaler.scale(loss).backward()
+        except RuntimeError as e:
+            if "no autograd formula" not in str(e):
+                raise
+            raise SystemExit(
+                f"the base model's forward uses an operation without a gradient ({str(e).splitlines()[0]}), and the "
+                "adapter is trained through the frozen model: this model's code (or another pack's patch on it) is "
+                "inference-only there; train with the model as ComfyUI ships it"
+            ) from None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params.values(), cfg.grad_clip)
@@ -173,7 +183,9 @@ class Run:
             if self.ema is not None:
                 extra["ema"] = self.ema.shadow
             weights = {k: p.detach() for k, p in self.params.items()}
-            checkpoint.save_state(self.out, done, weights, extra, {"mode": cfg.mode, "config": cfg.to_dict()})
+            checkpoint.save_state(
+                self.out, done, weights, extra, {"mode": cfg.mode, "config": cfg.to_dict(), "inputs": self.inputs}
+            )
             with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
                 self.exported[:] = self.task.export()
                 plots.loss_curve(self.log_path, self.out / "loss.png", f"{cfg.mode}: Eq. 6 loss")

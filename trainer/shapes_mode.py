@@ -6,6 +6,11 @@ renders a fresh batch of ``shapesworld`` scenes of the training split (the held-
 pairs never occur) from a seed drawn from the step's generator, so resumed runs replay exactly. The batch
 (pixels, token ids, timesteps, noise) depends on that generator only, so it is made ahead of the step on
 a background thread (:mod:`trainer.batches`); each caption is BPE-tokenised once.
+
+With ``--base_checkpoint`` (a checkpoint of this mode) the UNet and the text encoder are that file's, frozen:
+only a fresh adapter is trained, with Eq. 6 or a bias variant, as ``--mode adapter`` trains one for an SD
+checkpoint. The gradient still reaches ``r_phi`` through ``x_t`` and the frozen UNet; the checkpoint written holds
+the base's UNet and text encoder unchanged and the new adapter.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from hostside.joint_checkpoints import save_text_joint
-from hostside.pixel_unet import build_joint_model, joint_unet_config
+from hostside.joint_checkpoints import load_text_joint, save_text_joint
+from hostside.pixel_unet import build_joint_model
 from hostside.text_encoder import (
     build_text_clip,
     encode_batch,
@@ -29,14 +35,13 @@ from hostside.text_encoder import (
 from shapesworld import world
 
 from . import plots
-from .components import build_adapter, trainable_modules
-from .diffusion import recipe_loss, relational, training_schedule, vp_x0_predictor
+from .components import build_adapter, checkpoint_blocks, trainable_modules
+from .diffusion import recipe_loss, relational, training_schedule, x0_predictor
 from .joint import sample_conditioned
 from .task import Task
 
 RECIPE = "shapes"
 VALIDATION_SEED = 2**40 + 17  # a fixed batch, outside the training seeds' practical range
-UNET_HEADS = 4
 
 
 def preview_prompts() -> list[str]:
@@ -83,28 +88,47 @@ class ShapesTask(Task):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
         o = cfg.options
-        self.unet_config = joint_unet_config(
-            channels=3,
-            model_channels=o.unet_channels,
-            context_dim=o.context_dim,
-            channel_mult=o.unet_levels(),
-            num_res_blocks=o.unet_res_blocks,
-            heads=UNET_HEADS,
-            attention_from_level=o.attention_from_level,
-            norm_groups=o.norm_groups,
-            pooled_dim=o.context_dim,
-        )
-        self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
-        self.model.diffusion_model.train()
-        self.text_config = text_config(o.context_dim, o.text_layers, o.text_heads)
-        self.clip = build_text_clip(self.text_config, init_seed=cfg.seed + 2)
-        self.text = text_transformer(self.clip).to(device).train().requires_grad_(True)
+        self.frozen = bool(o.base_checkpoint)
+        if self.frozen:  # the SD user's path on the shapes world: a trained model, frozen; only the adapter learns
+            base = load_text_joint(o.base_checkpoint, recipe=RECIPE, device=device)
+            self.model, self.clip, self.base_meta = base.model, base.clip, base.meta
+            self.unet_config, self.text_config = base.meta["unet_config"], base.meta["text_config"]
+            self.model.diffusion_model.requires_grad_(False)
+            self.text = text_transformer(self.clip).requires_grad_(False)
+        else:
+            self.unet_config = o.unet_config()
+            self.model = build_joint_model(self.unet_config, init_seed=cfg.seed).to(device)
+            self.model.diffusion_model.train()
+            self.text_config = text_config(o.context_dim, o.text_layers, o.text_heads)
+            self.clip = build_text_clip(self.text_config, init_seed=cfg.seed + 2)
+            self.text = text_transformer(self.clip).to(device).train().requires_grad_(True)
         torch.manual_seed(cfg.seed + 1)
         self.adapter = build_adapter(cfg, latent_channels=3, context_dim=o.context_dim, device=device)
         sigmas, self.abar = training_schedule(self.model, device)
         self.register_buffer("sigmas", sigmas, persistent=False)
-        self.trainable = trainable_modules(cfg, self.model, self.adapter, text=self.text)
+        if self.frozen:
+            self.trainable = nn.ModuleDict({"adapter": self.adapter})
+            if cfg.grad_checkpointing:  # the UNet's activations are still needed: the gradient reaches r_phi via x_t
+                checkpoint_blocks(self.adapter, self.model.diffusion_model)
+        else:
+            self.trainable = trainable_modules(cfg, self.model, self.adapter, text=self.text)
         self._ids: dict[str, list[int]] = {}  # caption -> its token ids: the world has few distinct captions
+
+    def train(self, mode: bool = True) -> ShapesTask:
+        """Train mode for what is trained; a frozen base model stays in eval mode (``evaluating`` restores this)."""
+        super().train(mode)
+        if getattr(self, "frozen", False):
+            self.model.eval()
+            self.text.eval()
+        return self
+
+    def joint_record(self) -> dict:
+        """Besides the options: for a frozen base, the file it was and whether its denoiser was trained with the
+        bias (``with_bias`` describes the denoiser, which is the base's)."""
+        if not self.frozen:
+            return super().joint_record()
+        training = {**self.cfg.to_dict(), **{f"{k}_sha256": v for k, v in self.cfg.options.input_digests().items()}}
+        return {"training": training, "with_bias": self.base_meta.get("with_bias") == "true"}
 
     def caption_ids(self, captions: list[str]) -> torch.Tensor:
         """``(B, 77)`` token ids of ``captions`` as CLIPTextEncode tokenises them, each caption tokenised once."""
@@ -134,7 +158,7 @@ class ShapesTask(Task):
         non_blocking = device.type == "cuda"
         x0, t, eps = (v.to(device, non_blocking=non_blocking) for v in (x0, t, eps))
         ctx, pooled = encode_token_ids(self.clip, ids)
-        denoise = vp_x0_predictor(self.model, self.sigmas[t], {"c_crossattn": ctx, "y": pooled})
+        denoise = x0_predictor(self.model, self.sigmas[t], {"c_crossattn": ctx, "y": pooled})
         return recipe_loss(self.cfg, x0, t, eps, self.abar, denoise, relational(self.adapter, ctx), weighting, gen)
 
     @torch.no_grad()

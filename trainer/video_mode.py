@@ -38,7 +38,7 @@ class VideoTask(FrozenBaseTask):
     def sample_grid(self, out_path: Path) -> Path:
         """The first ``preview_count`` frames of the clip above a clip sampled from the source prompt."""
         count = min(self.cfg.preview_count, self.clip)
-        shape = self.preview_latent_shape(self.latents.shape, count)
+        shape = self.preview_latent_shape(self.latents.shape[1:], count)
         o = self.cfg.options
         scale = (o.preview_size or o.image_size) / o.image_size
         reference = self.frames[:count]

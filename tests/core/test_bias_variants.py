@@ -19,10 +19,9 @@ from contextdiff.bias_variants import (
     local_lipschitz,
     low_pass,
     posterior_mean_gap,
-    previous_abar,
     variant_loss,
 )
-from contextdiff.objective import contextual_x0_loss
+from contextdiff.objective import contextual_x0_loss, previous_abar
 
 B, C, H, W = 5, 2, 6, 6
 

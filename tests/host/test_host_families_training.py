@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import captioned_pictures
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +51,7 @@ def sdxl_file(tmp_path_factory, comfy_inprocess):
 @pytest.fixture()
 def caption_folder(tmp_path):
     """Three random pictures with captions."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "captions"
-    folder.mkdir()
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"a photo of thing {i}")
-    return folder
+    return captioned_pictures(tmp_path / "captions")
 
 
 def train(*args, timeout=900):
@@ -197,18 +191,23 @@ def test_sdxl_video_tuning(tmp_path, sdxl_file):
     assert (out / "samples.png").exists()
 
 
-def test_trainer_refuses_flow_and_unknown_families():
-    """One sentence, before training: flow models, families whose conditioning the trainer does not build."""
+def test_trainer_accepts_the_flow_families_and_refuses_unknown_ones():
+    """One sentence, before training: families whose conditioning the trainer does not build (a flow model outside
+    the table too), a parameterisation other than the family's. SD3, Flux and Wan train (issue 27)."""
     from contextdiff import families
 
-    flow = families.ModelInfo(None, "SD3", "flow", False, 4096)
+    aura = families.ModelInfo(None, "AuraFlow", "flow", False, 2048)
     refiner = families.ModelInfo(None, "SDXLRefiner", "eps", False, 1280)
     edm = families.ModelInfo(families.SDXL, "SDXL", "edm", False, 2048)
+    sd3_eps = families.ModelInfo(families.SD3, "SD3", "eps", False, 4096)
     for info, words in (
-        (flow, "flow matching"),
+        (aura, "this checkpoint is ComfyUI's AuraFlow, whose conditioning it does not build"),
         (refiner, "this checkpoint is ComfyUI's SDXLRefiner"),
-        (edm, "uses edm"),
+        (edm, "supports eps- and v-prediction SDXL models; this one uses edm"),
+        (sd3_eps, "supports flow-matching SD3/SD3.5 models; this one uses eps"),
     ):
         with pytest.raises(ValueError, match=words):
             families.require_trainable(info)
     assert families.require_trainable(families.ModelInfo(families.SD2, "SD20", "v", True, 1024)) is families.SD2
+    for family, config in ((families.SD3, "SD3"), (families.FLUX, "FluxSchnell"), (families.WAN, "WAN21_T2V")):
+        assert families.require_trainable(families.ModelInfo(family, config, "flow", False, 4096)) is family

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import plain_edit_node, rel_err
 from safetensors.torch import load_file
 
 from contextdiff.adapter_io import load_adapter
@@ -439,25 +439,7 @@ def test_inversion_node_is_exact_with_the_gaussian_denoiser(server, adapters, sc
     with a live adapter's bias in both, when the model is the exact Gaussian denoiser (issue 12.7)."""
 
     def round_trip(refine):
-        p, prefix = graph(
-            {
-                "class_type": "ContextDiffEditSampler",
-                "inputs": {
-                    "model": ["gauss", 0],
-                    "edit_source": ["inv", 1],
-                    "positive": ["pos", 0],
-                    "negative": ["neg", 0],
-                    "cfg": 1.0,
-                    "source_prompt": "",
-                    "target_prompt": "",
-                    "blend_words": "",
-                    "blend_threshold": 0.3,
-                    "fuse_attention": False,
-                    "adapter_strength": 1.0,
-                },
-            },
-            adapter="gentle.safetensors",
-        )
+        p, prefix = graph(plain_edit_node(["gauss", 0]), adapter="gentle.safetensors")
         p["gauss"] = {
             "class_type": "ContextDiffTest_GaussianDenoiser",
             "inputs": {"model": ["model", 0], "mu": 0.0, "s": 1.0},

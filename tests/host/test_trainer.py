@@ -157,7 +157,7 @@ def test_shapes_batches_made_ahead_are_the_loops_batches(comfy_inprocess):
     from shapesworld import world
     from trainer.batches import Prefetcher, step_generator, synchronous
     from trainer.config import load_config
-    from trainer.diffusion import recipe_loss, relational, vp_x0_predictor
+    from trainer.diffusion import recipe_loss, relational, x0_predictor
     from trainer.shapes_mode import ShapesTask, to_pixels
 
     cfg = load_config(TINY_SHAPES)
@@ -183,7 +183,7 @@ def test_shapes_batches_made_ahead_are_the_loops_batches(comfy_inprocess):
     eps = torch.randn((6, 3, 16, 16), generator=gen)
     assert torch.equal(sync[0][1].pixels, to_pixels(images)) and torch.equal(sync[0][1].t, t)
     ctx, pooled = encode_batch(task.clip, captions)
-    denoise = vp_x0_predictor(task.model, task.sigmas[t], {"c_crossattn": ctx, "y": pooled})
+    denoise = x0_predictor(task.model, task.sigmas[t], {"c_crossattn": ctx, "y": pooled})
     before = recipe_loss(cfg, to_pixels(images), t, eps, task.abar, denoise, relational(task.adapter, ctx))
     assert torch.equal(task(sync[0][1]), before)
     assert set(task._ids) >= set(captions)  # each caption tokenised once, then read from the cache
@@ -230,6 +230,18 @@ def final_weights(out: Path) -> dict:
     return load_file(str(out / "state" / (out / "state" / "latest").read_text() / "weights.safetensors"))
 
 
+def kill_once_saved(args: list[str], out: Path, step: int) -> int:
+    """Run the trainer with ``args`` and SIGKILL it once ``out``'s saved state reaches ``step``; the step it holds."""
+    pointer = out / "state" / "latest"
+    proc = subprocess.Popen(train_cmd(*args), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (pointer.exists() and pointer.read_text().strip() >= f"step-{step:07d}"):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return int(pointer.read_text().strip().split("-")[1])
+
+
 def test_sigkill_then_resume_reaches_the_same_weights(tmp_path):
     """Killed with SIGKILL twice, once after a checkpoint and once at a random moment (possibly mid-write),
     then resumed: the same final weights as an uninterrupted run."""
@@ -239,20 +251,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(tmp_path):
     straight = tmp_path / "straight"
     run(*TINY_JOINT, *steps, "--output_dir", str(straight))
     killed = tmp_path / "killed"
-    pointer = killed / "state" / "latest"
-    proc = subprocess.Popen(
-        train_cmd(*TINY_JOINT, *steps, "--output_dir", str(killed)),
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (pointer.exists() and pointer.read_text().strip() >= "step-0000008"):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stopped_at = int(pointer.read_text().strip().split("-")[1])
+    stopped_at = kill_once_saved([*TINY_JOINT, *steps, "--output_dir", str(killed)], killed, 8)
     assert 8 <= stopped_at < 16, "the kill should land mid-run"
     # Second kill at a random moment of the resumed run (seeded, so a failure can be replayed).
     proc = subprocess.Popen(

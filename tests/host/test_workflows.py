@@ -11,10 +11,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from devkit.comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, pack_folder, widget_values
-from devkit.workflow_runs import THUMBNAIL_SIZE, WORKFLOWS, headless_prompt, thumbnail, write_assets
+from devkit.comfy_host import PACK_NAME, VIRTUAL_NODES, is_widget, node_inputs, pack_folder, ui_to_api, widget_values
+from devkit.workflow_runs import (
+    THUMBNAIL_SIZE,
+    WORKFLOWS,
+    headless_prompt,
+    thumbnail,
+    write_assets,
+    write_workflow_models,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
@@ -39,6 +47,12 @@ def test_there_are_the_promised_workflows():
         "shapes_video_edit",
         "sdxl_text_to_image",
         "sdxl_image_edit",
+        "sd3_text_to_image",
+        "flux_text_to_image",
+        "wan_text_to_video",
+        "sd3_image_edit",
+        "flux_image_edit",
+        "wan_video_edit",
     } <= names
 
 
@@ -126,15 +140,62 @@ def test_workflow_matches_object_info(server, path):
         assert target["link"] == link_id
 
 
+def test_bypassed_nodes_pass_their_input_through_as_the_frontend_does():
+    """A bypassed node's output is its input of the same type (a bypassed LoRA-like patch passes the model on); an
+    output with no such input (a bypassed adapter loader) leaves the optional input out; a muted node's outputs
+    are left out too. The flow workflows ship their adapter loader bypassed."""
+    info = {
+        "Load": {"input": {"required": {"name": ("STRING", {})}}, "output": ["MODEL"]},
+        "Patch": {"input": {"required": {"model": ("MODEL",), "strength": ("FLOAT", {})}}, "output": ["MODEL"]},
+        "Adapter": {"input": {"required": {"adapter_name": ("STRING", {})}}, "output": ["ADAPTER"]},
+        "Sampler": {
+            "input": {"required": {"model": ("MODEL",)}, "optional": {"adapter": ("ADAPTER",)}},
+            "output": ["LATENT"],
+        },
+    }
+    nodes = [
+        {"id": 1, "type": "Load", "widgets_values": ["m.safetensors"], "inputs": []},
+        {
+            "id": 2,
+            "type": "Patch",
+            "mode": 4,
+            "widgets_values": [0.5],
+            "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
+        },
+        {"id": 3, "type": "Adapter", "mode": 4, "widgets_values": ["a.safetensors"], "inputs": []},
+        {
+            "id": 4,
+            "type": "Sampler",
+            "inputs": [
+                {"name": "model", "type": "MODEL", "link": 2},
+                {"name": "adapter", "type": "ADAPTER", "link": 3},
+            ],
+        },
+    ]
+    links = [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 4, 0, "MODEL"], [3, 3, 0, 4, 1, "ADAPTER"]]
+    prompt = ui_to_api({"nodes": nodes, "links": links}, info)
+    assert sorted(prompt) == ["1", "4"] and prompt["4"]["inputs"] == {"model": ["1", 0]}
+    nodes[1]["mode"] = 2  # muted: nothing comes out of it
+    assert ui_to_api({"nodes": nodes, "links": links}, info)["4"]["inputs"] == {}
+    for name in ("sd3_text_to_image", "flux_text_to_image", "wan_text_to_video"):
+        wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+        assert [n["mode"] for n in wf["nodes"] if n["type"] == "ContextDiffAdapterLoader"] == [4], name
+
+
 @pytest.fixture(scope="module")
 def workflow_assets(server, comfy_inprocess):
     write_assets(server)
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+# Flux's tiny file is still 0.4B parameters (its width is fixed at 3072): about two minutes to write, load and run
+RUNS = [pytest.param(p, marks=pytest.mark.slow) if p.stem.startswith("flux_") else p for p in WORKFLOWS]
+
+
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: p.stem)
 def test_workflow_runs_headless(server, workflow_assets, path):
     """Each workflow runs on the test models, and its thumbnail shows the pictures this run saves: the same node, as
     many pictures of the same size (their pixels may differ across hosts and CPUs; those must not)."""
+    write_workflow_models(server, path)
     entry = server.run(headless_prompt(path, server.get("/object_info")), timeout=600)
     saved = [im for out in entry["outputs"].values() for im in out.get("images", [])]
     assert saved, f"{path.name} produced no image"
@@ -143,6 +204,48 @@ def test_workflow_runs_headless(server, workflow_assets, path):
     assert shipped.info.get("comment", b"").decode() == made.info["comment"], (
         f"{path.stem}.jpg is not this workflow's output any more: run python -m scripts.make_thumbnails"
     )
+
+
+def saved_latent(server, prompt: dict, sampler: str, prefix: str):
+    """The prompt run with a SaveLatent on node ``sampler``'s output; the latent it saved."""
+    from safetensors.torch import load_file
+
+    prompt = dict(
+        prompt, save_latent={"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": prefix}}
+    )
+    server.run(prompt, timeout=600)
+    return load_file(str(sorted(server.output_dir.glob(f"{prefix}_*.latent"))[-1]))["latent_tensor"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["sd3_text_to_image", "wan_text_to_video", pytest.param("flux_text_to_image", marks=pytest.mark.slow)],
+)
+def test_flow_workflow_as_shipped_is_core_euler_and_its_adapter_runs(server, workflow_assets, tmp_path, name):
+    """What the flow workflows' notes promise: as shipped (adapter loader bypassed) the ContextDiff KSampler is the
+    core KSampler's euler on the same graph (float32, 1e-5 relative); with the loader enabled (Ctrl+B) on an
+    adapter of the family, the bias changes the sample."""
+    path = ROOT / "workflows" / f"{name}.json"
+    write_workflow_models(server, path)
+    info = server.get("/object_info")
+    shipped = headless_prompt(path, info)
+    sampler = next(k for k, n in shipped.items() if n["class_type"] == "ContextDiffKSampler")
+    core = json.loads(json.dumps(shipped))
+    inputs = {k: v for k, v in core[sampler]["inputs"].items() if k not in ("method", "eta", "adapter_strength")}
+    core[sampler] = {"class_type": "KSampler", "inputs": dict(inputs, sampler_name="euler")}
+    assert "adapter" not in shipped[sampler]["inputs"]
+    ours, euler = (saved_latent(server, p, sampler, f"{name}_{t}") for p, t in ((shipped, "ours"), (core, "core")))
+    assert euler.abs().max() > 0 and ours.shape == euler.shape
+    assert ((ours - euler).norm() / euler.norm()).item() <= 1e-5
+    enabled = json.loads(path.read_text())
+    for node in enabled["nodes"]:
+        if node["type"] == "ContextDiffAdapterLoader":
+            node["mode"] = 0
+    (tmp_path / path.name).write_text(json.dumps(enabled))
+    with_adapter = headless_prompt(tmp_path / path.name, info)
+    assert with_adapter[sampler]["inputs"]["adapter"][0] in with_adapter
+    live = saved_latent(server, with_adapter, sampler, f"{name}_adapter")
+    assert torch.isfinite(live).all() and ((live - euler).norm() / euler.norm()).item() > 1e-3
 
 
 def test_templates_browser_lists_every_workflow_with_its_thumbnail(server):

@@ -68,3 +68,98 @@ def test_a_killed_training_resumes_only_when_its_state_is_of_the_same_length(tmp
     assert quality.killed_run(out, ["--steps", "3000"], tmp_path)
     assert not quality.killed_run(out, ["--steps", "2000"], tmp_path)
     assert not quality.killed_run(out, [], tmp_path)  # the recipe's 1,000 steps
+
+
+# ---- issue 31's controls (bench/quality_controls.py) -----------------------------------------------------------
+
+
+def control_args(**kw) -> argparse.Namespace:
+    base = dict(n=8, control_edits=64, control_val_edits=8, control_budget_steps=1000, control_timing_repeats=2)
+    return argparse.Namespace(**{**base, "refine_steps": 50, "quick": False, **kw})
+
+
+def test_the_controls_test_and_validation_sets_are_disjoint():
+    from bench import quality_controls as qc
+
+    sets = qc.test_sets(control_args())
+    assert len(sets["edits"]) == 64 and len(sets["val_edits"]) == 8
+    assert not {t.source_caption for t in sets["val_edits"]} & {t.source_caption for t in sets["edits"]}
+    assert not {quality.world.caption(x) for x in sets["val_prompts"]} & {
+        quality.world.caption(x) for x in sets["seen"]
+    }
+    rows = qc.configurations()
+    assert len(rows) == 10 and {m for m, _ in rows.values()} == {"no_bias", *qc.ADAPTERS}
+    assert all(sorted(e for m2, e in rows.values() if m2 == m) == [False, True] for m, _ in rows.values())
+
+
+def test_the_adapters_budget_is_the_no_bias_models_cost(tmp_path, monkeypatch):
+    """Steps = budget x (no-bias step cost / adapter step cost), measured once: a second call reads the cache."""
+    import bench.shapes_train
+    from bench import quality_controls as qc
+
+    (tmp_path / quality.RECIPE_COPY).write_text(quality.RECIPE.read_text())
+    timed = []
+
+    def step_times(cfg, repeats, threads):
+        timed.append(cfg.options.base_checkpoint)
+        return (0.2 if cfg.options.base_checkpoint else 0.3), 9.9
+
+    monkeypatch.setattr(bench.shapes_train, "step_times", step_times)
+    cache = quality.Cache(tmp_path / "cache.json")
+    got = qc.adapter_steps(cache, tmp_path, tmp_path / "base.safetensors", "frozen_self_bias", control_args())
+    assert got["steps"] == 1500 and got["no_bias_step_cpu_s"] == 0.3 and got["adapter_step_cpu_s"] == 0.2
+    assert timed == ["", str(tmp_path / "base.safetensors")]
+    assert qc.adapter_steps(cache, tmp_path, tmp_path / "x", "frozen_self_bias", control_args()) == got
+    assert len(timed) == 2
+    assert (
+        qc.adapter_steps(cache, tmp_path, tmp_path / "base.safetensors", "frozen_eq6", control_args())["steps"] == 1500
+    )
+    assert len(timed) == 3, "the no-bias step is measured once for both adapters"
+
+
+def test_the_controls_settings_come_from_validation_only(tmp_path):
+    """choose() reads the validation entries of the cache and nothing else: with every one present it computes nothing
+    (no model is given), and test entries that say otherwise do not move it."""
+    from bench import quality_controls as qc
+
+    a = control_args()
+    sets = qc.test_sets(a)
+    base = quality.Settings()
+    keys = {m: m for m in ("no_bias", *qc.ADAPTERS)}
+    cache = quality.Cache(tmp_path / "cache.json")
+    val_key = qc.captions_digest([quality.world.caption(x) for x in sets["val_prompts"]])
+    edits_key = qc.captions_digest([t.source_caption + "->" + t.target_caption for t in sets["val_edits"]])
+    best_strength = {"contextdiff": 1.5, "self_bias": 0.5, "frozen_eq6": 1.0, "frozen_self_bias": 1.5}
+    for model in qc.ADAPTERS:
+        for strength in qc.ADAPTER_STRENGTHS:
+            s = base.but(strength=strength)
+            cache.data[f"controls/{model}/val-gen/{s}/{val_key}"] = scores(
+                0.5 if strength == best_strength[model] else 0.1, 0.3
+            )
+    test_key = qc.captions_digest([t.source_caption + "->" + t.target_caption for t in sets["edits"]])
+    for model, exact in qc.configurations().values():
+        s = base.but(strength=best_strength.get(model, 0.0))
+        refine = 50 if exact else 0
+        for fs in quality.FUSE_STARTS:
+            t = s.but(fuse_start=fs)
+            good = fs == 0.7
+            cache.data[f"controls/{model}/val-edit/{t}/refine{refine}/{edits_key}"] = {
+                "success": 0.5 if good else 0.2,
+                "agree_tol": 0.8,
+            }
+            cache.data[f"controls/{model}/edit/{t}/refine{refine}/{test_key}"] = {
+                "success": float(fs == 0.3),
+                "agree_tol": 1.0,
+            }
+        for th in quality.THRESHOLDS:
+            t = s.but(fuse_start=0.7, blend_threshold=th)
+            good = th == 0.5
+            cache.data[f"controls/{model}/val-edit/{t}/refine{refine}/{edits_key}"] = {
+                "success": 0.5 if good else 0.2,
+                "agree_tol": 0.9,
+            }
+    chosen = qc.choose(None, cache, {}, keys, sets, base, a)
+    assert chosen["strength"] == {"no_bias": 0.0, **best_strength}
+    for name, (model, _) in qc.configurations().items():
+        assert chosen["edit"][name]["fuse_start"] == 0.7 and chosen["edit"][name]["blend_threshold"] == 0.5, name
+        assert chosen["edit"][name]["strength"] == best_strength.get(model, 0.0)

@@ -154,16 +154,20 @@ class Poison:
 class RandomLatent:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"channels": ("INT", {"default": 4}), "size": ("INT", {"default": 8})}}
+        return {
+            "required": {"channels": ("INT", {"default": 4}), "size": ("INT", {"default": 8})},
+            "optional": {"frames": ("INT", {"default": 0, "min": 0})},  # > 0: a video latent (Wan's 5-D layout)
+        }
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, channels, size):
+    def build(self, channels, size, frames=0):
         import torch
 
-        return ({"samples": torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))},)
+        shape = (1, channels, *((frames,) if frames else ()), size, size)
+        return ({"samples": torch.randn(shape, generator=torch.Generator().manual_seed(0))},)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -114,3 +114,25 @@ class TinySDXLCheckpoint:
 
 
 FAMILY_NODES["ContextDiffTest_TinySDXLCheckpoint"] = TinySDXLCheckpoint
+
+
+class TinyFlowClip:
+    """Stands in for TripleCLIPLoader (SD3), DualCLIPLoader type flux and CLIPLoader type wan when the tests run the
+    shipped flow workflows: the family's own ComfyUI text encoders, few and narrow layers, the real output widths
+    (no T5-XXL can be built at test size; ``comfy_models.build_tiny_flow_clip``)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["sd3", "flux", "wan"],), "seed": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, kind, seed):
+        from comfy_models import build_tiny_flow_clip
+
+        return (build_tiny_flow_clip(kind, seed),)
+
+
+FAMILY_NODES["ContextDiffTest_TinyFlowClip"] = TinyFlowClip

@@ -1,0 +1,97 @@
+"""The Edit Sampler's route on SD3's joint attention, in-process on the tiny SD3 file with SD3's own text encoders at
+test size (``comfy_models.build_tiny_flow_clip``): ``edit_runs.invert`` (refined inversion to sigma 1, recording the
+joint attention) then ``edit_runs.edit`` with the plan the node makes (``plan_edit(model=)``: the words aligned in
+SD3's CLIP-L/G then T5 tokens). The random-weight model runs itself here (no Gaussian stand-in), so the recording
+and the fusion see the host's own q, k, v.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+STEPS = 6
+SIZE = 8  # latent side: 4x4 image tokens
+SOURCE = "a cat sitting on a red mat"
+TARGET = "a dog sitting on a red mat"
+
+
+@pytest.fixture(scope="module")
+def runs(comfy_inprocess):
+    from devkit import import_pack
+
+    return importlib.import_module(f"{import_pack().__name__}.nodes.edit_runs")
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    from comfy_models import build_flow, build_tiny_flow_clip
+
+    return build_flow("sd3", seed=0), build_tiny_flow_clip("sd3", seed=0)
+
+
+def encode(clip, text: str) -> list:
+    """CLIPTextEncode's output for ``text``."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def invert(runs, model, clip, latent):
+    from contextdiff.editing import InversionSettings
+
+    settings = InversionSettings(steps=STEPS, scheduler="simple", refine_steps=10, fuse_start=0.5)
+    return runs.invert(runs.Guide(model, encode(clip, SOURCE)), {"samples": latent.clone()}, settings)
+
+
+def edit(runs, model, clip, source, target: str, fuse: bool, blend_words: str = ""):
+    from contextdiff.editing import EditSettings
+
+    settings = EditSettings(
+        cfg=1.0, source_prompt=SOURCE, target_prompt=target, blend_words=blend_words, fuse=fuse, blend_threshold=0.3
+    )
+    runs.require_editable(model, settings)  # what the node checks first: SD3's joint attention is fused
+    plan = runs.plan_edit(settings, source.settings, clip, model=model)
+    return runs.edit(runs.Guide(model, encode(clip, target)), source, plan), plan
+
+
+@pytest.fixture(scope="module")
+def inverted(runs, sd3):
+    model, clip = sd3
+    latent = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    return latent, invert(runs, model, clip, latent)
+
+
+def test_equal_prompts_fused_equal_the_unfused_edit_and_reconstruct(runs, sd3, inverted):
+    """Refined inversion records SD3's joint attention in the fused steps; with equal prompts the fused edit is the
+    unfused one (the fused maps are the source's own) to 1e-5 relative, and both return the input."""
+    model, clip = sd3
+    latent, source = inverted
+    layers = len(model.model.diffusion_model.joint_blocks)
+    assert len(source.store.entries) == len(source.settings.fused_steps) * layers > 0
+    (fused, plan), (plain, _) = (edit(runs, model, clip, source, SOURCE, fuse) for fuse in (True, False))
+    assert plan.fuse and plan.shared_tokens
+    errs = {"fused vs unfused": rel(fused.samples, plain.samples), "reconstruction": rel(fused.samples, latent)}
+    print("SD3 equal prompts:", errs)
+    assert errs["fused vs unfused"] < 1e-5, errs
+    assert errs["reconstruction"] < 1e-4, errs  # refined inversion on the random-weight model
+
+
+def test_fusion_changes_the_edit_and_the_blend_words_are_found_in_clip_and_t5(runs, sd3, inverted):
+    """With another target prompt fusion changes the result (the source's attention replaces the target's), and the
+    blend words are found in both parts of SD3's joint text (CLIP-L/G columns 0-76, T5 from 77): the blend mask is
+    made from their maps and keeps part of the image on the source."""
+    model, clip = sd3
+    latent, source = inverted
+    (fused, _), (plain, _) = (edit(runs, model, clip, source, TARGET, fuse) for fuse in (True, False))
+    assert rel(fused.samples, plain.samples) > 1e-3
+    blended, plan = edit(runs, model, clip, source, TARGET, True, blend_words="cat, dog")
+    for positions in (plan.blend_source, plan.blend_target):
+        assert any(p < 77 for p in positions) and any(p >= 77 for p in positions), positions
+    assert blended.mask is not None and blended.mask.shape[-2:] == (SIZE, SIZE)
+    assert 0 < float(blended.mask.float().mean()) < 1
+    assert rel(blended.samples, fused.samples) > 1e-4  # the blend mask acts on the edit
