@@ -26,6 +26,10 @@ from einops import rearrange
 from .attention_store import AttentionStore, attention_probs, merge_heads, split_heads
 from .blend_mask import BlendMask
 
+# The ``cond_or_uncond`` flag of the rows an edit adds to recompute the source's branch beside the target's
+# (docs/design.md 1.3): neither the positive (0) nor the negative (1), so nothing fuses into them.
+SOURCE_ROW = "contextdiff_source"
+
 # (q, k, v, extra) -> output, the signature of ComfyUI's attention replace patches.
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
@@ -245,6 +249,11 @@ class AttentionEditor:
         self._last_layout[kind] = (flags, (batch, device), (chosen, other))
         return chosen, other
 
+    def _source_rows(self, extra: dict, batch: int, device: torch.device) -> torch.Tensor:
+        """The rows of the source's branch that the edit put beside the target's (flagged :data:`SOURCE_ROW`)."""
+        selected = tuple(f == SOURCE_ROW for f in extra.get("cond_or_uncond") or [0])
+        return self.index.get(("source", selected, batch), device, lambda: chunk_rows(selected, batch)[0])
+
     def _fused_call(self, extra: dict, q: torch.Tensor, kind: str) -> tuple[torch.Tensor, tuple, tuple] | None:
         """``(selected rows, row layout, store key)`` when this attention call belongs to a fused step;
         ``None`` otherwise."""
@@ -351,13 +360,18 @@ class AttentionEditor:
         if self.mode == "record":
             self.store.put(key, merge_heads(q[rows][:, :, t:]), merge_heads(k[rows]), heads)
             return attention(q, k, v)
-        recorded = None if self.store.store_maps else self.store.queries_keys(key, q.device)
         n = q.shape[2] - t
+        if self.store.recompute:  # the source's rows ride in this batch (docs/design.md 1.3): its q, k as they are
+            src = self._source_rows(extra, q.shape[0], q.device)
+            recorded = (q[src][:, :, t:], k[src]) if len(src) else None
+        else:
+            recorded = None if self.store.store_maps else self.store.queries_keys(key, q.device)
+            recorded = None if recorded is None else tuple(split_heads(x.to(v.dtype), heads) for x in recorded)
         source_rows = 0 if recorded is None else len(recorded[0])
-        if not source_rows or len(rows) % source_rows or recorded[0].shape[1] != n:
+        if not source_rows or len(rows) % source_rows or recorded[0].shape[-2] != n:
             self.missing += 1  # not recorded (a skipped block, maps stored instead), another batch or image size
             return attention(q, k, v)
-        q_src, k_src = (split_heads(self._tiled(x.to(v.dtype), len(rows)), heads) for x in recorded)
+        q_src, k_src = (self._tiled(x, len(rows)) for x in recorded)
         one_entry = len(self.entries) <= 1  # the words were aligned in the only entry's text
         words = image_keys is False or t > 0  # keys with text tokens: maps of words to fuse and blend
         blend = self.blend if words and one_entry and self.blend is not None and self.blend.active else None

@@ -4,7 +4,9 @@ as ContextDiff uses it, paper §4.2), and what that costs in memory.
 The store keeps what reproduces the source attention exactly, the queries and keys (``2 N C`` numbers
 per layer) instead of the ``heads x N x M`` maps, only for the fused steps, optionally in fp16 on the
 CPU. ``store_maps=True`` keeps the full maps instead (for tests and benchmarks). The source latent of
-every step (the trajectory the blend mask falls back to) is kept beside them.
+every step (the trajectory the blend mask falls back to) is kept beside them. Where no store fits (Wan at
+its native size), the store keeps only the trajectory and the source prompt, and the edit recomputes the
+source branch in its own batch (:attr:`AttentionStore.recompute`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class AttentionStore:
     device: str | torch.device = "cpu"
     entries: dict = field(default_factory=dict)
     latents: dict = field(default_factory=dict)  # step -> source latent after that step (k-space)
+    # Set instead of recording: the source prompt's conditioning, with which the edit recomputes the source's
+    # attention in its own batch at every fused step (docs/design.md 1.3); ``entries`` then stays empty.
+    source: list | None = None
+
+    @property
+    def recompute(self) -> bool:
+        """Whether the source's attention is recomputed beside the target (no recording) rather than stored."""
+        return self.source is not None
 
     def put(self, key: Hashable, q: torch.Tensor, k: torch.Tensor, heads: int) -> None:
         """Record one layer's source attention: its queries and keys (or its maps, with ``store_maps``)."""

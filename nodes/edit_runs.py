@@ -30,6 +30,7 @@ from .dit_attention import dit_family
 from .model_identity import edit_identity
 from .prompt_tokens import joint_prompt_tokens, prompt_tokens, token_count
 from .sampler_function import contextdiff_ksampler, inversion_ksampler
+from .source_branch import with_source_branch
 from .wan_attention import is_wan
 
 if TYPE_CHECKING:
@@ -142,12 +143,18 @@ def noise_scale(model: ModelPatcher, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def invert(
-    guide: Guide, latent: dict, settings: InversionSettings, frames: int | None = None, record: bool | None = None
+    guide: Guide,
+    latent: dict,
+    settings: InversionSettings,
+    frames: int | None = None,
+    record: bool | None = None,
+    recompute: bool = False,
 ) -> Inversion:
     """Bias-aware DDIM inversion of ``latent`` (``guide``: the source prompt) to the top of the schedule, with the
     source attention recorded where the model's attention is fused (``record``; ``None``: :func:`fuses_attention`,
     on a flow model the store stays empty; the Video Edit records Wan's); ``frames`` > 1 attend to each other
-    (sparse-causal, a UNet's video chunk)."""
+    (sparse-causal, a UNet's video chunk). ``recompute``: record nothing but the trajectory and the source prompt,
+    from which the edit recomputes the source's attention in its own batch (:mod:`nodes.source_branch`)."""
     model, adapter = guide.model, guide.adapter
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     identity = edit_identity(model, adapter, settings.strength)
@@ -158,8 +165,9 @@ def invert(
         store_maps=settings.store_maps,
         dtype=settings.store_dtype,
         device=comfy.model_management.intermediate_device(),
+        source=guide.positive if recompute else None,
     )
-    editor = AttentionEditor(store, "record", step_of, frames=frames)
+    editor = AttentionEditor(store, "plain" if recompute else "record", step_of, frames=frames)
     sampler = inversion_ksampler(
         adapter,
         settings.strength,
@@ -243,8 +251,17 @@ def edit(guide: Guide, source: Inversion, plan: EditPlan, target_entry: int | No
     post = latent_blend(blend, source.store.latents, step_of) if blend is not None and blend.active else None
     hooks = dict(post_step=post, start_has_bias=True, on_level=editor.at_level, on_positive=editor.positive_entries)
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, plan.strength, source.frames, **hooks)
+    branch = None
+    if plan.fuse and source.store.recompute:  # no store: the source's rows run beside the target's
+        model, branch = with_source_branch(model, editor)
+        guide = guide._replace(model=model)
     zeros = torch.zeros(source.latent_shape)
     out = run_patched(guide, plan.cfg, editor, sampler, source.noise.clone(), zeros, source.sigmas)
+    if branch is not None and branch.rows:
+        warnings.append(
+            f"no attention store fits: the source's branch was recomputed beside the target's in each fused step "
+            f"({branch.rows} source rows in all, about one more batch row per fused model call)"
+        )
     if plan.fuse:
         warnings += fusion_report(editor, len(guide.positive), target_entry)
     mask = blend.mask(tuple(source.latent_shape[-2:])) if post is not None else None

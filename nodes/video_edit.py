@@ -171,7 +171,9 @@ class ContextDiffVideoEdit(PackNode, display="ContextDiff Video Edit", category=
             if settings.memory_limit_gb > 0
             else 0.5 * comfy.model_management.get_free_memory(torch.device("cpu"))
         )
-        text = video_runs.wan_text_tokens(clip, settings.edit.source_prompt)
+        text = tuple(
+            video_runs.wan_text_tokens(clip, p) for p in (settings.edit.source_prompt, settings.edit.target_prompt)
+        )
         memory = video_runs.memory_check(
             model, vae, shape, settings, budget_bytes=budget, from_file=images is None, text_tokens=text
         )

@@ -45,9 +45,11 @@ class FrameShape(NamedTuple):
 
 
 class MemoryPlan(NamedTuple):
-    """What :func:`memory_check` allows: frames per VAE call."""
+    """What :func:`memory_check` allows: frames per VAE call, and on Wan whether the source's attention is
+    recomputed beside the target (no store fits) rather than stored."""
 
     vae_batch: int
+    recompute: bool = False
 
 
 def vae_working_bytes(vae: VAE, height: int, width: int, frames: int = 1) -> float:
@@ -129,18 +131,29 @@ def wan_need(model: ModelPatcher, frames: FrameShape, ratio: int, settings: Vide
 
 
 def _wan_store_check(
-    model: ModelPatcher, frames: FrameShape, ratio: int, settings: VideoSettings, budget: float, text: int
-) -> None:
-    """Refuse, saying how many fused steps fit, a Wan edit whose store (one chunk) and frames exceed the budget."""
-    need = wan_need(model, frames, ratio, settings, text)
+    model: ModelPatcher, frames: FrameShape, ratio: int, settings: VideoSettings, budget: float, text: tuple[int, int]
+) -> bool:
+    """Whether a Wan edit must recompute the source's branch (docs/design.md 1.3): no, where its store (one chunk)
+    fits the budget beside the frames; yes, where only the trajectory does (and the two prompts' T5 tokens,
+    ``text``, are as many: the branch shares the target's batch); refused, saying what fits, where neither does."""
+    need = wan_need(model, frames, ratio, settings, text[0])
     held = frames.frame_bytes * 2 * frames.count
-    if need.total + held > budget:
-        fit = max(0, int((budget - held - need.trajectory) // max(need.per_step, 1)))
+    if need.total + held <= budget or not need.fused:
+        return False
+    if need.trajectory + held > budget:
         raise MemoryError(
-            f"editing on Wan needs about {(need.total + held) / 1e9:.2f} GB (the attention store of a chunk: "
-            f"{need.per_step / 1e9:.2f} GB per fused step, {need.fused} fused steps), over the {budget / 1e9:.2f} GB "
-            f"budget; {fit} fused steps fit: raise fuse_start, lower chunk_size or size, or raise memory_limit_gb"
+            f"editing on Wan needs about {(need.trajectory + held) / 1e9:.2f} GB even without an attention store "
+            f"(the source trajectory of a chunk and the frames), over the {budget / 1e9:.2f} GB budget: lower "
+            "chunk_size, size, max_frames or steps, or raise memory_limit_gb"
         )
+    if text[0] != text[1]:
+        raise ValueError(
+            f"the attention store ({need.per_step / 1e9:.2f} GB per fused step) does not fit the "
+            f"{budget / 1e9:.2f} GB budget, so the source's branch must run in the target's batch, but the source "
+            f"prompt encodes to {text[0]} T5 tokens and the target prompt to {text[1]}: make the longer prompt "
+            "shorter (512 tokens hold both), or raise fuse_start or memory_limit_gb so that the store fits"
+        )
+    return True
 
 
 def _largest_fitting_side(frames: FrameShape, fits: Callable[[FrameShape], bool]) -> int | None:
@@ -161,19 +174,22 @@ def memory_check(
     *,
     budget_bytes: float,
     from_file: bool,
-    text_tokens: int = 512,
+    text_tokens: int | tuple[int, int] = 512,
 ) -> MemoryPlan:
     """Every stage of the video edit checked before the first frame is decoded: the frames held (decoded, then
     edited), the attention store of a chunk (within ``budget_bytes``), and one frame through the VAE, whose
     working memory (ComfyUI's estimate) must fit beside the frames within memory_limit_gb when it is set, else in
     the free memory where the VAE runs on the CPU (there nothing stops a VAE call that does not fit: it swaps for
     minutes; on a GPU ComfyUI falls back to tiles). Refuses naming the stage and what fits; returns the frames per
-    VAE call that fit (at most :data:`VAE_BATCH`). On Wan (``text_tokens``: the source prompt's T5 tokens) the store
-    is counted on its blocks and the VAE encodes a whole chunk at once."""
+    VAE call that fit (at most :data:`VAE_BATCH`). On Wan (``text_tokens``: the source and target prompts' T5
+    tokens, or one count for both) the store is counted on its blocks, the source's branch recomputed where it does
+    not fit (:attr:`MemoryPlan.recompute`), and the VAE encodes a whole chunk at once."""
     ratio = int(vae.spacial_compression_encode())
     chunk = 1  # frames per VAE call: one image at a time, or Wan's whole chunk
+    recompute = False
     if is_wan(model.model.diffusion_model):
-        _wan_store_check(model, frames, ratio, settings, budget_bytes, text_tokens)
+        text = (text_tokens, text_tokens) if isinstance(text_tokens, int) else tuple(text_tokens)
+        recompute = _wan_store_check(model, frames, ratio, settings, budget_bytes, text)
         chunk = max(wan_chunks(frames.count, settings))
     else:
         _store_check(model, frames, ratio, settings, budget_bytes)
@@ -199,7 +215,7 @@ def memory_check(
             f"{frames.width}x{frames.height} frame{plural} (ComfyUI's estimate for this VAE) beside "
             f"{held / 1e9:.2f} GB of frames, over {limit_name}: {fits}, or {more}"
         )
-    return MemoryPlan(vae_batch=max(1, min(VAE_BATCH, int((limit - held) // max(working, 1.0)))))
+    return MemoryPlan(vae_batch=max(1, min(VAE_BATCH, int((limit - held) // max(working, 1.0)))), recompute=recompute)
 
 
 def _vae_batches(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -258,7 +274,9 @@ def edit_video(
         end = min(n, start + chunk_size)
         if wan:  # a native video model: all the chunk's tokens attend to each other, no sparse-causal rewiring
             chunk = {"samples": vae.encode(frames[start:end, ..., :3])}
-            source = edit_runs.invert(source_guide, chunk, settings.inversion, None, record=True)
+            source = edit_runs.invert(
+                source_guide, chunk, settings.inversion, None, record=True, recompute=memory.recompute
+            )
         else:
             chunk = {"samples": latents[start:end]}
             source = edit_runs.invert(source_guide, chunk, settings.inversion, end - start if end - start > 1 else None)

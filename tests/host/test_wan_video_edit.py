@@ -4,6 +4,7 @@ its tokens; the checks made before any model call (frames per chunk, the store's
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import pytest
@@ -58,9 +59,7 @@ def test_the_estimate_is_the_recorded_store_and_refuses_before_any_model_call(pa
     shape = runs.FrameShape(FRAMES, SIDE, SIDE)
     held = shape.frame_bytes * 2 * FRAMES
     fits = dict(budget_bytes=need.total + held + 1, from_file=False, text_tokens=text)
-    runs.memory_check(model, vae, shape, settings, **fits)
-    with pytest.raises(MemoryError, match=f"{STEPS - 1} fused steps fit"):
-        runs.memory_check(model, vae, shape, settings, **dict(fits, budget_bytes=need.total + held - 1))
+    assert not runs.memory_check(model, vae, shape, settings, **fits).recompute
     with pytest.raises(ValueError, match=r"1 \+ 4 k frames .* \[4\] frames"):
         runs.memory_check(model, vae, runs.FrameShape(4, SIDE, SIDE), settings_of(pack, chunk=4), **fits)
 
@@ -77,3 +76,63 @@ def test_the_video_edit_runs_on_wan_and_equal_prompts_fuse_into_every_block(pack
     out, warnings = runs.edit_video(model, vae, clip, frames(), settings, memory=memory, plan=plan)
     assert out.shape == (FRAMES, SIDE, SIDE, 3) and torch.isfinite(out).all()
     assert not [w for w in warnings if "no recording" in w or "not masked" in w], warnings
+
+
+def _edit_latents(pack, parts, settings, recompute: bool, fuse: bool = True):
+    """The edited latent of one Wan chunk, its store and warnings: the source's attention stored, or recomputed."""
+    model, vae, clip = parts
+    runs, edit_runs = pack["video_runs"], pack["edit_runs"]
+    guide = edit_runs.Guide(model, runs.encode_prompt(clip, settings.edit.source_prompt))
+    target = guide._replace(positive=runs.encode_prompt(clip, settings.edit.target_prompt))
+    latent = {"samples": vae.encode(frames())}
+    source = edit_runs.invert(guide, latent, settings.inversion, None, record=True, recompute=recompute)
+    plan = runs.plan_video(model, clip, settings)
+    if not fuse:
+        plan = dataclasses.replace(plan, fuse=False)
+    result = edit_runs.edit(target, source, plan)
+    return result.samples, source.store, result.warnings
+
+
+def test_without_room_for_the_store_the_source_branch_is_recomputed_and_the_edit_is_the_same(pack, parts):
+    """docs/design.md 1.3: where the store does not fit, each fused step runs the source's latent and prompt in the
+    target's batch and fuses their q, k on the spot: the same edit as from a float32 store (kernels on another batch
+    size differ in the last bits), and no attention kept."""
+    settings = settings_of(pack, words="red")
+    settings = dataclasses.replace(
+        settings, inversion=dataclasses.replace(settings.inversion, store_dtype=torch.float32)
+    )
+    stored, store, warnings = _edit_latents(pack, parts, settings, recompute=False)
+    live, live_store, live_warnings = _edit_latents(pack, parts, settings, recompute=True)
+    plain, _, _ = _edit_latents(pack, parts, settings, recompute=True, fuse=False)
+    assert store.nbytes() > 0 and live_store.nbytes() == 0 and live_store.latents.keys() == store.latents.keys()
+    assert not [w for w in live_warnings if "no recording" in w or "not masked" in w], live_warnings
+    assert [w for w in live_warnings if "recomputed beside the target" in w]
+    scale = float(stored.abs().max())
+    assert float((live - stored).abs().max()) <= 1e-5 * scale
+    assert float((plain - stored).abs().max()) > 1e-2 * scale  # the fusion moves the edit: the match is not idle
+
+
+def test_the_memory_check_chooses_the_store_then_recomputing_then_refuses(pack, parts):
+    model, vae, clip = parts
+    runs = pack["video_runs"]
+    settings = settings_of(pack)
+    shape = runs.FrameShape(FRAMES, SIDE, SIDE)
+    text = runs.wan_text_tokens(clip, settings.edit.source_prompt)
+    need = runs.wan_need(model, shape, 8, settings, text)
+    held = shape.frame_bytes * 2 * FRAMES
+    check = dict(from_file=False, text_tokens=(text, text))
+    assert not runs.memory_check(model, vae, shape, settings, budget_bytes=need.total + held, **check).recompute
+    assert runs.memory_check(model, vae, shape, settings, budget_bytes=need.total + held - 1, **check).recompute
+    assert runs.memory_check(model, vae, shape, settings, budget_bytes=need.trajectory + held, **check).recompute
+    with pytest.raises(MemoryError, match="even without an attention store"):
+        runs.memory_check(model, vae, shape, settings, budget_bytes=need.trajectory + held - 1, **check)
+    with pytest.raises(ValueError, match=f"{text} T5 tokens and the target prompt to {text + 1}"):
+        runs.memory_check(
+            model,
+            vae,
+            shape,
+            settings,
+            budget_bytes=need.total + held - 1,
+            from_file=False,
+            text_tokens=(text, text + 1),
+        )
