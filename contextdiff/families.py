@@ -157,7 +157,7 @@ def require_method(model_sampling: ModelSampling, method: str, eta: float) -> No
 def fuses_attention(model_sampling: ModelSampling) -> bool:
     """Whether the edit nodes fuse this model's attention by its process alone: UNet attention (VP families) yes. A
     flow model's attention is fused where the editor reaches its DiT blocks, which only the model object tells (SD3
-    and Flux yes; Wan in the Video Edit; the nodes decide: ``nodes.edit_runs.fuses_attention``)."""
+    and Flux, Wan 2.x t2v yes; the nodes decide: ``nodes.edit_runs.fuses_attention``)."""
     return process_of(model_sampling) is VP
 
 
@@ -167,7 +167,7 @@ def require_fusion(fuses: bool, what: str, instead: str) -> None:
     if not fuses:
         raise ValueError(
             f"{what} attention fusion, which runs on UNet models (SD1.x, SD2.x, SDXL), on SD3's and Flux's joint "
-            f"attention, and on Wan 2.x t2v in the Video Edit; on this model it is not implemented yet: {instead}"
+            f"attention, and on Wan 2.x t2v; on this model it is not implemented yet: {instead}"
         )
 
 

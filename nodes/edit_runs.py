@@ -66,11 +66,15 @@ def require_video_edit(model: ModelPatcher) -> None:
 
 
 def fuses_attention(model: ModelPatcher) -> bool:
-    """Whether the Edit Sampler fuses ``model``'s attention, so that an inversion on it records it: UNet models, and
-    the DiT families whose joint attention the editor covers (SD3, Flux: :func:`nodes.dit_attention.dit_family`).
-    Wan's attention is fused by the Video Edit, which asks for its recording itself (``invert(record=True)``)."""
+    """Whether the Edit Sampler fuses ``model``'s attention, so that an inversion on it records it: UNet models, the
+    DiT families whose joint attention the editor covers (SD3, Flux: :func:`nodes.dit_attention.dit_family`) and Wan
+    2.x t2v's self- and cross-attention over a video latent (docs/design.md 1.3)."""
     diffusion_model = model.model.diffusion_model
-    return families.fuses_attention(model.get_model_object("model_sampling")) or dit_family(diffusion_model) is not None
+    return (
+        families.fuses_attention(model.get_model_object("model_sampling"))
+        or dit_family(diffusion_model) is not None
+        or is_wan(diffusion_model)
+    )
 
 
 def schedule(model: ModelPatcher, scheduler: str, steps: int) -> torch.Tensor:
@@ -231,6 +235,18 @@ def check_source_fits(
     return source.identity.hook_differences(identity)
 
 
+def check_branch_fits(source: Inversion, positive: list) -> None:
+    """Refuse, before any model call, a target prompt whose text tokens the source's branch cannot run beside: the
+    branch shares the target's batch (docs/design.md 1.3), so the two conditionings must be as long."""
+    theirs, ours = source.store.source[0][0].shape, positive[0][0].shape
+    if theirs[1:] != ours[1:]:
+        raise EditInputError(
+            f"the edit_source recomputes the source's attention beside the target's (no store fitted), which needs "
+            f"the two prompts' conditionings as long, but the source's is {tuple(theirs[1:])} and the target's "
+            f"{tuple(ours[1:])}: shorten the longer prompt, or invert with more memory free so that the store fits"
+        )
+
+
 def edit(guide: Guide, source: Inversion, plan: EditPlan, target_entry: int | None = None) -> EditResult:
     """Sample from the inverted noise with the target prompt (``guide``), fusing the source attention as ``plan``
     says (with its guidance and adapter strength). ``target_entry``: the entry of a positive of several whose text
@@ -253,6 +269,7 @@ def edit(guide: Guide, source: Inversion, plan: EditPlan, target_entry: int | No
     sampler = contextdiff_ksampler(adapter, "ddim", 0.0, plan.strength, source.frames, **hooks)
     branch = None
     if plan.fuse and source.store.recompute:  # no store: the source's rows run beside the target's
+        check_branch_fits(source, guide.positive)
         model, branch = with_source_branch(model, editor)
         guide = guide._replace(model=model)
     zeros = torch.zeros(source.latent_shape)

@@ -41,8 +41,7 @@ SOURCE_PROMPT_TIP = (
 TARGET_PROMPT_TIP = "The target prompt's text, as typed in its CLIP encoder."
 FUSE_ATTENTION_TIP = (
     "Off: plain contextualized DDIM from the inverted noise (a reconstruction check when the prompts are equal). "
-    "Fuses UNet attention and SD3's and Flux's joint attention; on Wan turn it off here (the ContextDiff Video Edit "
-    "fuses Wan's attention)."
+    "Fuses UNet attention, SD3's and Flux's joint attention, and Wan's self- and cross-attention over a video latent."
 )
 CLIP_TIP = (
     "Tokenises the two prompts to align their shared words "
@@ -55,12 +54,11 @@ VAE_TIP = (
 
 
 def flow_note(top: float) -> str:
-    """What an inversion on a flow model whose attention the Edit Sampler does not fuse (Wan) hands over (its top
-    sigma: 1 on every scheduler but ddim_uniform)."""
+    """What an inversion on a model whose attention the Edit Sampler does not fuse (a flow model other than SD3, Flux
+    and Wan 2.x t2v) hands over (its top sigma: 1 on every scheduler but ddim_uniform)."""
     return (
-        f"flow-matching model without fusion in the Edit Sampler (Wan): inverted to sigma {top:.4g}, no attention "
-        "recorded; sample the noise with the ContextDiff Edit Sampler, fuse_attention off and no blend_words, or "
-        "edit the video with fusion in the ContextDiff Video Edit"
+        f"a model whose attention the Edit Sampler does not fuse: inverted to sigma {top:.4g}, no attention "
+        "recorded; sample the noise with the ContextDiff Edit Sampler, fuse_attention off and no blend_words"
     )
 
 
@@ -76,7 +74,8 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
     """Bias-aware DDIM inversion: runs the contextualized DDIM step (Eq. 11) backwards so that sampling with the same
     adapter returns the input, and records the source attention for editing (queries and keys of the fused steps,
     not full maps). On flow-matching models (SD3, Flux, Wan) it inverts to sigma 1, the pure-noise end; it records
-    SD3's and Flux's joint attention, and none on Wan (whose attention the Video Edit fuses)."""
+    SD3's and Flux's joint attention and Wan's video attention (where Wan's store would not fit, only the trajectory:
+    the Edit Sampler then recomputes the source's branch)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -118,11 +117,22 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
         settings = InversionSettings.from_inputs(widgets)
         edit_graph.check_before_inverting(cls.hidden.prompt, cls.hidden.unique_id, settings, model)
         records = edit_runs.fuses_attention(model)
-        if records:
-            store_budget.check_inversion_fits(
-                model, tuple(latent["samples"].shape), settings, text_tokens=int(positive[0][0].shape[1])
-            )
+        recompute = records and store_budget.check_inversion_fits(
+            model, tuple(latent["samples"].shape), settings, text_tokens=int(positive[0][0].shape[1])
+        )
         warnings = []
+        if recompute and len(positive) > 1:
+            raise ValueError(
+                f"the attention store of this video would not fit in half the free memory, so the Edit Sampler will "
+                f"recompute the source's branch from the source prompt, but the positive combines {len(positive)} "
+                "conditionings: invert with one (or free memory so that the store fits)"
+            )
+        if recompute:
+            warnings.append(
+                "the attention store of this video would not fit in half the free memory: nothing is recorded but the "
+                "trajectory, and the Edit Sampler recomputes the source's branch beside the target's in each fused "
+                "step (about one more batch row per fused model call)"
+            )
         if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")
         if len(positive) > 1:
@@ -131,7 +141,8 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
                 "their average, and the source attention is recorded from the first (type its text as the Edit "
                 "Sampler's source_prompt)"
             )
-        source = edit_runs.invert(edit_runs.Guide(model, positive, negative, adapter), latent, settings)
+        guide = edit_runs.Guide(model, positive, negative, adapter)
+        source = edit_runs.invert(guide, latent, settings, recompute=recompute)
         notes = [] if records else [flow_note(float(source.sigmas[0]))]
         return io.NodeOutput(
             {"samples": source.noise}, source, ui=report("ContextDiff DDIM Inversion", warnings, notes)

@@ -26,9 +26,8 @@ BLEND_THRESHOLD_TIP = (
     "Cut-off of the normalised attention of the blend words: above it a pixel may change. Lower edits a larger region."
 )
 EDIT_MODEL_TIP = (
-    "The diffusion model (SD1.x, SD2.x, SDXL, SD3, Flux: inversion, attention fusion and blend words; Wan: inversion "
-    "and sampling from its noise without fusion here, the Video Edit fuses it). Use the same model for the inversion "
-    "and the edit."
+    "The diffusion model (SD1.x, SD2.x, SDXL, SD3, Flux, Wan 2.x t2v: inversion, attention fusion and blend words). "
+    "Use the same model for the inversion and the edit."
 )
 VIDEO_MODEL_TIP = (
     "The diffusion model: SD1.x, SD2.x, SDXL (sparse-causal attention between frames) or Wan 2.x t2v (a native video "

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import comfy.model_management
 import torch
 
-from ..contextdiff.attention_store import joint_store_bytes, store_bytes_per_frame
+from ..contextdiff.attention_store import joint_store_bytes, store_bytes_per_frame, wan_store_bytes
 from .attention_patch import attention_blocks, attention_footprint
 from .dit_attention import dit_blocks, joint_footprint
+from .wan_attention import is_wan, wan_footprint
 
 PROBE = 32  # latent pixels per side of the probe pass: ~80 MB on a CPU for an 8-head UNet (64: ~1 GB)
 
@@ -49,27 +50,36 @@ def check_inversion_fits(
     settings: InversionSettings,
     budget_bytes: float | None = None,
     text_tokens: int = 0,
-) -> None:
+) -> bool:
     """Raise ``MemoryError`` naming the fused steps that fit when the store of this inversion would not fit
     ``budget_bytes`` (default: half the free memory where the store is kept). ``text_tokens``: the positive's
-    tokens, which a DiT's joint attention records keys of (Flux, SD3; counted from its blocks, no probe pass)."""
+    tokens, which a DiT's joint attention records keys of (Flux, SD3; counted from its blocks, no probe pass).
+    On Wan (a video latent) a store that does not fit is not refused: the result is True, and the edit recomputes
+    the source's branch instead (docs/design.md 1.3); else False."""
     fused = len(settings.fused_steps)
+    diffusion_model = model.model.diffusion_model
+    if fused and is_wan(diffusion_model) and len(latent_shape) == 5:
+        if budget_bytes is None:
+            budget_bytes = 0.5 * comfy.model_management.get_free_memory(comfy.model_management.intermediate_device())
+        itemsize = torch.empty((), dtype=settings.store_dtype).element_size()
+        footprint = wan_footprint(diffusion_model, tuple(int(n) for n in latent_shape[2:]), text_tokens)
+        return wan_store_bytes(footprint, fused, itemsize) * int(latent_shape[0]) > budget_bytes
     if not fused or len(latent_shape) != 4:  # image latents (batch, channels, height, width)
-        return
+        return False
     if budget_bytes is None:
         device = comfy.model_management.intermediate_device()
         budget_bytes = 0.5 * comfy.model_management.get_free_memory(device)
     latents, h, w = int(latent_shape[0]), int(latent_shape[2]), int(latent_shape[3])
     itemsize = torch.empty((), dtype=settings.store_dtype).element_size()
-    if dit_blocks(model.model.diffusion_model):
+    if dit_blocks(diffusion_model):
         per_step = joint_store_bytes(joint_footprint(model.model.diffusion_model, (h, w), text_tokens), 1, itemsize)
         per_step *= latents
     elif store_bytes_per_frame(_upper_bound_footprint(model, h * w), fused, itemsize) * latents <= budget_bytes:
-        return
+        return False
     else:
         per_step = store_bytes_per_frame(footprint(model, h, w), 1, itemsize) * latents
     if per_step * fused <= budget_bytes:
-        return
+        return False
     raise MemoryError(
         f"this inversion would record about {per_step * fused / 1e9:.1f} GB of attention ({fused} fused steps of "
         f"{latents} latent{'s' if latents > 1 else ''} of {w}x{h}), over the {budget_bytes / 1e9:.1f} GB budget "

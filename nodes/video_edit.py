@@ -37,7 +37,8 @@ CHUNK_SIZE_TIP = "Frames inverted and edited together (they attend to each other
 OVERLAP_TIP = "Frames shared by neighbouring chunks, cross-faded; smaller than chunk_size."
 MEMORY_LIMIT_GB_TIP = (
     "Memory the edit may use: the attention store of a chunk, the frames and the VAE's working memory. "
-    "0: the store gets half of the free memory; a VAE on the CPU, the free memory."
+    "0: the store gets half of the free memory; a VAE on the CPU, the free memory. On Wan a store over it is not "
+    "kept: the source's branch is recomputed in each fused step instead."
 )
 SAVE_MP4_TIP = "Also write an mp4 to the output folder, at the source frame rate."
 FILENAME_PREFIX_TIP = "Name of the mp4 inside the output folder (a subfolder may be given)."

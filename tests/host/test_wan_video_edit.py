@@ -136,3 +136,53 @@ def test_the_memory_check_chooses_the_store_then_recomputing_then_refuses(pack, 
             from_file=False,
             text_tokens=(text, text + 1),
         )
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["store", "recompute"])
+def test_the_edit_sampler_route_fuses_wan_and_equal_prompts_reconstruct(pack, parts, recompute):
+    """The DDIM Inversion node and the Edit Sampler on a Wan video latent (what their ``execute`` runs): the inversion
+    records the attention (or, where the budget check says the store does not fit, only the trajectory and the
+    prompt), refined to convergence; with equal prompts the fused edit is the unfused one to 1e-5 relative and returns
+    the input to 1e-4 on the random-weight model."""
+    model, vae, clip = parts
+    edit_runs, editing = pack["edit_runs"], pack["editing"]
+    store_budget = importlib.import_module(edit_runs.__name__.replace("edit_runs", "store_budget"))
+    source_prompt = "a red car on a road"
+    settings = editing.EditSettings(cfg=1.0, source_prompt=source_prompt, target_prompt=source_prompt)
+    edit_runs.require_editable(model, settings)  # fusion on Wan is not refused
+    # A float32 store: fp16's rounding of q and k alone moves this edit by 2e-5. Wan's shift-8 schedule ends with a
+    # step from sigma 0.8 to 0, which the refinement needs ~50 iterations to solve on this model (10 leave 19%).
+    inversion = editing.InversionSettings(
+        steps=STEPS, scheduler="simple", refine_steps=50, fuse_start=0.0, store_dtype=torch.float32
+    )
+    latent = vae.encode(frames()).detach()
+    positive = pack["video_runs"].encode_prompt(clip, source_prompt)
+    tokens = int(positive[0][0].shape[1])
+    shape = tuple(latent.shape)
+    assert store_budget.check_inversion_fits(model, shape, inversion, budget_bytes=1.0, text_tokens=tokens)
+    assert not store_budget.check_inversion_fits(model, shape, inversion, budget_bytes=1e12, text_tokens=tokens)
+    guide = edit_runs.Guide(model, positive)
+    source = edit_runs.invert(guide, {"samples": latent.clone()}, inversion, recompute=recompute)
+    assert (source.store.nbytes() == 0) == recompute and source.store.recompute == recompute
+    plan = edit_runs.plan_edit(settings, inversion, clip, model=model)
+    fused = edit_runs.edit(guide, source, plan)
+    plain = edit_runs.edit(guide, source, dataclasses.replace(plan, fuse=False))
+    scale = float(latent.norm())
+    assert not [w for w in fused.warnings if "no recording" in w or "no attention layer" in w], fused.warnings
+    assert float((fused.samples - plain.samples).norm()) <= 1e-5 * scale
+    assert float((fused.samples - latent).norm()) <= 1e-4 * scale
+
+
+def test_a_recomputed_source_refuses_a_target_of_another_length_before_sampling(pack, parts):
+    model, vae, clip = parts
+    edit_runs, editing = pack["edit_runs"], pack["editing"]
+    inversion = editing.InversionSettings(steps=STEPS, fuse_start=0.0)
+    positive = pack["video_runs"].encode_prompt(clip, "a red car")
+    source = edit_runs.invert(
+        edit_runs.Guide(model, positive), {"samples": vae.encode(frames())}, inversion, recompute=True
+    )
+    longer = [[torch.cat([positive[0][0], positive[0][0]], dim=1), positive[0][1]]]
+    settings = editing.EditSettings(cfg=1.0, source_prompt="a red car", target_prompt="a red car")
+    plan = edit_runs.plan_edit(settings, inversion, clip, model=model)
+    with pytest.raises(edit_runs.EditInputError, match="as long"):
+        edit_runs.edit(edit_runs.Guide(model, longer), source, plan)
