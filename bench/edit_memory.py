@@ -159,21 +159,19 @@ def child(kind: str, size: int, steps: int, frames: int, family: str = "sd15") -
             source = runs.invert(runs.Guide(model, src), latent, settings, frames if frames > 1 else None)
             runs.edit(runs.Guide(model, tgt, neg), source, edit_plan(runs, steps))
 
-    t = time.perf_counter()
-    with torch.no_grad():
-        job()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t
+    def timed() -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            job()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    seconds = timed()
     peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
     # The same job again in the same process: its first run pays one-time costs (kernels for shapes not met yet,
     # lazy set-up), the second what a user's next run pays.
-    t = time.perf_counter()
-    with torch.no_grad():
-        job()
-    if cuda:
-        torch.cuda.synchronize()
-    warm = time.perf_counter() - t
+    warm = timed()
     return {
         "device": str(comfy.model_management.get_torch_device()),
         "kind": kind,
