@@ -38,6 +38,22 @@ REAL = {
         154,
         "sd3",
     ),
+    "SD3.5-medium": (  # MMDiT-X: blocks 0-12 also run an image-only self-attention, counted as layers of their own
+        "sd3",
+        {
+            "depth": 24,
+            "context_embedder_config": {
+                "target": "torch.nn.Linear",
+                "params": {"in_features": 4096, "out_features": 64 * 24},
+            },
+            "num_patches": 147456,
+            "pos_embed_max_size": 384,
+            "qk_norm": "rms",
+            "x_block_self_attn_layers": list(range(13)),
+        },
+        154,
+        "sd3",
+    ),
     "SD3-medium": (
         "sd3",
         {

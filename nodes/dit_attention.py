@@ -69,9 +69,19 @@ def joint_footprint(
     diffusion_model: torch.nn.Module, latent_hw: tuple[int, int], text_tokens: int
 ) -> list[tuple[int, int, int]]:
     """``(text tokens, image tokens, channels)`` of every joint-attention layer for a latent of ``latent_hw``, from
-    the module tree alone (a model on the meta device will do): what the store's size is counted on."""
+    the module tree alone (a model on the meta device will do): what the store's size is counted on. SD3.5-medium's
+    image-only second attention (MMDiT-X) counts as a layer of no text tokens."""
     h, w = image_grid(diffusion_model, latent_hw)
-    return [(text_tokens, h * w, int(diffusion_model.hidden_size)) for _ in dit_blocks(diffusion_model)]
+    c = int(diffusion_model.hidden_size)
+    return [(text_tokens, h * w, c) for _ in dit_blocks(diffusion_model)] + [
+        (0, h * w, c) for _ in range(image_only_blocks(diffusion_model))
+    ]
+
+
+def image_only_blocks(diffusion_model: torch.nn.Module) -> int:
+    """How many of SD3.5-medium's joint blocks also run an image-only self-attention (MMDiT-X's ``x_block.attn2``)."""
+    blocks = getattr(diffusion_model, "joint_blocks", None) or []
+    return sum(bool(getattr(block.x_block, "x_block_self_attn", False)) for block in blocks)
 
 
 def foreign_override(model: ModelPatcher) -> Callable | None:
@@ -154,12 +164,16 @@ class EditorHook:
 
 
 class _JointHook(EditorHook):
-    """Flux and SD3: the first attention call of a tagged block is its joint attention over [text, image]."""
+    """Flux and SD3: the first attention call of a tagged block is its joint attention over [text, image]; a second
+    one (SD3.5-medium's MMDiT-X blocks) is an image-only self-attention, fused as the source's self-attention."""
 
     def route(self, options: dict, call: int, kwargs: dict) -> dict | None:
         text = options.get(_TEXT)
-        # Not its first call (SD3.5's image-only second attention), or no text length.
-        return {"text": text} if call == 1 and text is not None else None
+        if text is None:
+            return None
+        if call == 1:
+            return {"text": text}
+        return {"text": 0, "kind": "image"} if call == 2 else None
 
 
 def patched_blocks(

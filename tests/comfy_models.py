@@ -480,6 +480,8 @@ _FLUX = {
     "depth": 1,
     "depth_single_blocks": 0,
 }
+# SD3.5-medium's layout: its first blocks also run an image-only self-attention (MMDiT-X, ``x_block.attn2``).
+FLOW_MODELS["sd35m"] = ("SD3", dict(FLOW_MODELS["sd3"][1], x_block_self_attn_layers=[0]))
 FLOW_MODELS["flux"] = ("Flux", dict(_FLUX, guidance_embed=True))
 FLOW_MODELS["flux_schnell"] = ("FluxSchnell", dict(_FLUX, guidance_embed=False))
 # Flux dev with one single-stream block as well (about 510M parameters): the DiT editing tests reach both kinds.

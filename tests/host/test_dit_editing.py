@@ -95,3 +95,30 @@ def test_fusion_changes_the_edit_and_the_blend_words_are_found_in_clip_and_t5(ru
     assert blended.mask is not None and blended.mask.shape[-2:] == (SIZE, SIZE)
     assert 0 < float(blended.mask.float().mean()) < 1
     assert rel(blended.samples, fused.samples) > 1e-4  # the blend mask acts on the edit
+
+
+def test_sd35_medium_image_only_attention_is_recorded_counted_and_fused(runs, sd3):
+    """SD3.5-medium's MMDiT-X blocks run a second, image-only self-attention after the joint one: it is recorded as a
+    layer of its own (the store's estimate counts it: equal to the recorded bytes), and with equal prompts the fused
+    edit is still the unfused one to 1e-5 relative, while another target changes it."""
+    from comfy_models import build_flow
+
+    from contextdiff.attention_store import joint_store_bytes
+
+    dit = importlib.import_module(runs.__name__.replace("edit_runs", "dit_attention"))
+    model, clip = build_flow("sd35m", seed=0), sd3[1]
+    diffusion_model = model.model.diffusion_model
+    assert dit.image_only_blocks(diffusion_model) == 1  # ComfyUI's detection found the MMDiT-X block
+    latent = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    source = invert(runs, model, clip, latent)
+    fused_steps = len(source.settings.fused_steps)
+    kinds = {key[2] for key in source.store.entries}
+    assert kinds == {"joint", "image"}, kinds
+    assert len(source.store.entries) == fused_steps * (len(diffusion_model.joint_blocks) + 1)
+    tokens = int(encode(clip, SOURCE)[0][0].shape[1])
+    footprint = dit.joint_footprint(diffusion_model, (SIZE, SIZE), tokens)
+    assert joint_store_bytes(footprint, fused_steps, 2) == source.store.nbytes()
+    (fused, _), (plain, _) = (edit(runs, model, clip, source, SOURCE, fuse) for fuse in (True, False))
+    assert rel(fused.samples, plain.samples) < 1e-5
+    (other, _), (other_plain, _) = (edit(runs, model, clip, source, TARGET, fuse) for fuse in (True, False))
+    assert rel(other.samples, other_plain.samples) > 1e-3
