@@ -180,6 +180,7 @@ def invert(
         trajectory=trajectory_recorder(store.latents, step_of),
         on_level=editor.at_level,  # the hooks' step lookup, without reading the device's sigma per call
         on_positive=editor.positive_entries,  # a combined positive: its first entry is recorded
+        final_eval=not recompute,  # the top level's source attention is recomputed in the edit's first step
     )
     # InversionKSampler returns x at the top level as the loop leaves it (no division by 1 - sigma on flow models).
     out = run_patched(guide, settings.cfg, editor, sampler, torch.zeros_like(samples), samples, sigmas.flip(0))

@@ -280,9 +280,11 @@ def inversion_ksampler(
     trajectory: Callable[[dict], None] | None = None,
     on_level: LevelHook | None = None,
     on_positive: Callable[[list], None] | None = None,
+    final_eval: bool = True,
 ) -> comfy.samplers.KSAMPLER:
     """A SAMPLER that inverts: give it ascending sigmas (a schedule flipped, to sigma 1 on a flow model too) and the
-    clean latent; it returns the inverted latent in the sampler's space (:class:`InversionKSampler`).
+    clean latent; it returns the inverted latent in the sampler's space (:class:`InversionKSampler`). ``final_eval``:
+    one more model call at the top, so that attention hooks see every level (off where nothing is recorded).
 
     ``trajectory(info)`` sees the input and every inverted level, before the preview callback; ``on_positive``
     (as for :func:`contextdiff_ksampler`) the uuids of the positive's entries before the first model call.
@@ -298,7 +300,7 @@ def inversion_ksampler(
         refine_steps=refine_steps,
         trajectory=trajectory,
         on_level=on_level,
-        final_eval=True,  # the editing store records the attention at the top level too
+        final_eval=final_eval,  # the editing store records the attention at the top level too
         host_divides=False,
     )
     if on_positive is not None:
