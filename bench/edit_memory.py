@@ -117,19 +117,17 @@ def child(kind: str, size: int, steps: int, frames: int, family: str = "sd15") -
     """One measurement in this (fresh) process: ``plain`` sampling or ``edit`` (inversion + edit)."""
     runs, model, latent, src, tgt, neg = _setup(size, frames, family)  # puts ComfyUI on the path
     import comfy.model_management
-    import comfy.patcher_extension
     import comfy.sample
     import comfy.samplers
     import torch
 
     calls = {"calls": 0, "rows": 0}  # the diffusion model's forward passes and their batch rows, per job
 
-    def count(executor, x, *args, **kwargs):
+    def count(module, args, kwargs):  # a torch hook on the network itself: every family, whatever wraps it
         calls["calls"] += 1
-        calls["rows"] += int(x.shape[0])
-        return executor(x, *args, **kwargs)
+        calls["rows"] += int((args[0] if args else kwargs["x"]).shape[0])
 
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_count", count)
+    model.model.diffusion_model.register_forward_pre_hook(count, with_kwargs=True)
 
     cuda = comfy.model_management.get_torch_device().type == "cuda"
     if cuda:  # on a GPU the memory that matters is the device's: its allocator's peak
