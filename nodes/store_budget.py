@@ -62,8 +62,8 @@ def check_inversion_fits(
         if budget_bytes is None:
             budget_bytes = 0.5 * comfy.model_management.get_free_memory(comfy.model_management.intermediate_device())
         itemsize = torch.empty((), dtype=settings.store_dtype).element_size()
-        footprint = wan_footprint(diffusion_model, tuple(int(n) for n in latent_shape[2:]), text_tokens)
-        return wan_store_bytes(footprint, fused, itemsize) * int(latent_shape[0]) > budget_bytes
+        blocks = wan_footprint(diffusion_model, tuple(int(n) for n in latent_shape[2:]), text_tokens)
+        return wan_store_bytes(blocks, fused, itemsize) * int(latent_shape[0]) > budget_bytes
     if not fused or len(latent_shape) != 4:  # image latents (batch, channels, height, width)
         return False
     if budget_bytes is None:
