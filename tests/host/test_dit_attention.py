@@ -9,11 +9,11 @@ token of two equal prompts is shared and the alignment is given as positions.
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import torch
+from helpers import pack_modules
 from test_flow_families import _free_models, model_of  # noqa: F401 (the tiny models, freed per module)
 
 STEPS = 3
@@ -24,12 +24,15 @@ LATENT = 8  # latent side: 4x4 image tokens
 
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess):
-    from devkit import import_pack
-
-    pack = import_pack()
-    names = ("nodes.attention_patch", "nodes.dit_attention", "contextdiff.attention_fusion")
-    names += ("contextdiff.attention_store", "contextdiff.editing", "contextdiff.blend_mask")
-    return {n.split(".")[1]: importlib.import_module(f"{pack.__name__}.{n}") for n in names}
+    return pack_modules(
+        "nodes.attention_patch",
+        "nodes.dit_attention",
+        "contextdiff.attention_fusion",
+        "contextdiff.attention_store",
+        "contextdiff.editing",
+        "contextdiff.blend_mask",
+        "nodes.store_budget",
+    )
 
 
 def sigmas_of(model):
@@ -218,7 +221,7 @@ def test_store_budget_counts_the_joint_store_and_refuses_naming_what_fits(pack):
     budget just over it passes, just under it is refused, naming the fused steps that fit."""
     from contextdiff.editing import InversionSettings
 
-    budget = importlib.import_module(pack["attention_patch"].__name__.rsplit(".", 1)[0] + ".store_budget")
+    budget = pack["store_budget"]
     model = model_of("sd3")
     recorder = editor_for(pack, model, "record")
     sample(pack["attention_patch"].patched(model, recorder, (LATENT, LATENT)), "sd3", cond("sd3", 1))

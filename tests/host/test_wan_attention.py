@@ -8,12 +8,12 @@ umT5's width (``comfy_models.flow_conditioning``), so the alignment is given as 
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import test_dit_attention as dit
 import torch
+from helpers import pack_modules
 from test_dit_attention import LATENT, STEPS, TOKENS, _Capture, editor_for, rel, sigmas_of  # noqa: F401 (the same runs)
 
 FRAMES = 3  # latent frames
@@ -22,12 +22,14 @@ KIND = "wan"
 
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess):
-    from devkit import import_pack
-
-    pack = import_pack()
-    names = ("nodes.attention_patch", "nodes.wan_attention", "contextdiff.attention_fusion")
-    names += ("contextdiff.attention_store", "contextdiff.editing", "contextdiff.blend_mask")
-    return {n.split(".")[1]: importlib.import_module(f"{pack.__name__}.{n}") for n in names}
+    return pack_modules(
+        "nodes.attention_patch",
+        "nodes.wan_attention",
+        "contextdiff.attention_fusion",
+        "contextdiff.attention_store",
+        "contextdiff.editing",
+        "contextdiff.blend_mask",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ its tokens; the checks made before any model call (frames per chunk, the store's
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import pytest
 import torch
+from helpers import pack_modules
 
 STEPS = 3
 FRAMES = 5  # 1 + 4: two latent frames
@@ -17,11 +17,9 @@ SIDE = 32  # pixels: 4x4 latent, 2x2 tokens per frame
 
 @pytest.fixture(scope="module")
 def pack(comfy_inprocess):
-    from devkit import import_pack
-
-    pack = import_pack()
-    names = ("nodes.video_runs", "nodes.edit_runs", "nodes.wan_attention", "contextdiff.editing")
-    return {n.split(".")[1]: importlib.import_module(f"{pack.__name__}.{n}") for n in names}
+    return pack_modules(
+        "nodes.video_runs", "nodes.edit_runs", "nodes.wan_attention", "nodes.store_budget", "contextdiff.editing"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +144,7 @@ def test_the_edit_sampler_route_fuses_wan_and_equal_prompts_reconstruct(pack, pa
     the input to 1e-4 on the random-weight model."""
     model, vae, clip = parts
     edit_runs, editing = pack["edit_runs"], pack["editing"]
-    store_budget = importlib.import_module(edit_runs.__name__.replace("edit_runs", "store_budget"))
+    store_budget = pack["store_budget"]
     source_prompt = "a red car on a road"
     settings = editing.EditSettings(cfg=1.0, source_prompt=source_prompt, target_prompt=source_prompt)
     edit_runs.require_editable(model, settings)  # fusion on Wan is not refused
