@@ -221,6 +221,15 @@ def run_child(kind: str, args) -> dict:
     return result
 
 
+def add_run_arguments(ap: argparse.ArgumentParser, size: int = 256, steps: int = 6, frames: int = 2) -> None:
+    """What :func:`peak_and_time` reads, for this script and ``bench.gpu_report edit`` alike (one list, so the two
+    cannot drift apart)."""
+    ap.add_argument("--size", type=int, default=size)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--frames", type=int, default=frames)
+    ap.add_argument("--family", choices=["sd15", *FLOW_CFG], default="sd15", help="sd15: the SD1.5-shaped UNet")
+
+
 def peak_and_time(args) -> dict:
     # On Wan also the edit without a store, the source's branch recomputed (docs/design.md 1.3).
     order = ("plain", "edit", "recompute", "recompute", "edit", "plain") if args.family == "wan" else None
@@ -285,10 +294,7 @@ def store_sizes(args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--frames", type=int, default=2)
-    ap.add_argument("--family", choices=["sd15", *FLOW_CFG], default="sd15", help="sd15: the SD1.5-shaped UNet")
+    add_run_arguments(ap)
     ap.add_argument("--child", choices=["plain", "edit", "recompute"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

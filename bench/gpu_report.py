@@ -94,12 +94,12 @@ def write(logdir: Path, device: str) -> Path:
 
 
 def main() -> None:
+    from bench import edit_memory
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
     e = sub.add_parser("edit", help="inversion + edit against plain sampling, alternated, fresh processes")
-    e.add_argument("--size", type=int, default=512)
-    e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--frames", type=int, default=1)
+    edit_memory.add_run_arguments(e, size=512, steps=20, frames=1)
     w = sub.add_parser("write", help="write docs/gpu.md from a run's logs")
     w.add_argument("logdir", type=Path)
     w.add_argument("--device", default="cuda")

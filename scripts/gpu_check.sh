@@ -25,8 +25,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check: --device is cuda or cpu, not $DEVICE" >&2; exit 2 ;; esac
+# $PYTHON first (the suite's rehearsal passes its own), then on the CPU the project's venv.
 PY="${PYTHON:-python3}"
-[ -x "$ROOT/.venv/bin/python" ] && [ "$DEVICE" = cpu ] && PY="$ROOT/.venv/bin/python"
+[ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ] && [ "$DEVICE" = cpu ] && PY="$ROOT/.venv/bin/python"
 OUT="${OUT:-$(mktemp -d)}"; LOGS="$OUT/gpu-logs"; mkdir -p "$LOGS"
 T0=$(date +%s); say() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOGS/steps.log"; }
 cd "$ROOT"
