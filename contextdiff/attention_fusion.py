@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,27 @@ def one_hot_columns(values: torch.Tensor, positions: Sequence[int], rows: int | 
     return torch.cat([values, extra], dim=-1)
 
 
+class JointColumns(NamedTuple):
+    """The index tensors of :func:`joint_fused_attention` for one pair of text lengths: the target's and the
+    source's positions of the shared words (those within both texts), and the target's other words."""
+
+    target: torch.Tensor
+    source: torch.Tensor
+    own: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> JointColumns:
+        return JointColumns(*(x.to(device, non_blocking=non_blocking) for x in self))
+
+
+def joint_columns(shared: Sequence[tuple[int, int]], t: int, t_src: int) -> JointColumns:
+    """:class:`JointColumns` (on the CPU) of the ``(target, source)`` pairs ``shared`` for texts of ``t`` and
+    ``t_src`` tokens."""
+    pairs = [(a, b) for a, b in shared if a < t and b < t_src]
+    own = sorted(set(range(t)) - {a for a, _ in pairs})
+    target, source = [a for a, _ in pairs], [b for _, b in pairs]
+    return JointColumns(*(torch.tensor(x, dtype=torch.long) for x in (target, source, own)))
+
+
 def joint_fused_attention(
     q_src: torch.Tensor,
     k_src: torch.Tensor,
@@ -96,6 +118,7 @@ def joint_fused_attention(
     blend_target: Sequence[int] = (),
     blend_source: Sequence[int] = (),
     image_keys: bool = True,
+    columns: Callable[[int, int], JointColumns] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The image tokens' fused joint attention (docs/design.md 1.2), all ``(B, heads, L, d)``.
 
@@ -108,6 +131,8 @@ def joint_fused_attention(
     blend words' maps, target's ``(.., N, len(blend_target))`` and source's ``(.., N, len(blend_source))``.
     ``image_keys=False``: the keys are the text's alone (a separate cross-attention, Wan's: docs/design.md 1.3);
     the same two kernels then give the UNet's cross-attention rule, shared words' columns from the source's map.
+    ``columns(t, t_src)``: ``shared`` as index tensors on the device for texts of those lengths (the editor makes
+    them once per run); by default they are made here, a copy to the device at every call.
     """
     n = q.shape[-2]
     m = n if image_keys else 0  # image tokens among the keys
@@ -115,29 +140,32 @@ def joint_fused_attention(
     if n != q_src.shape[-2] or t < 0 or t_src < 0:
         raise ValueError(f"the source's {q_src.shape[-2]} image tokens do not match the target's {n}")
     d = v.shape[-1]
-    pairs = [(a, b) for a, b in shared if a < t and b < t_src]
+    cols = columns(t, t_src) if columns is not None else joint_columns(shared, t, t_src).to(v.device)
     v_a = v.new_zeros(*v.shape[:-2], t_src + m, d)
     v_a[..., t_src:, :] = v[..., t:, :]
-    if pairs:
-        v_a[..., [b for _, b in pairs], :] = v[..., [a for a, _ in pairs], :]
+    if len(cols.target):
+        v_a[..., cols.source, :] = v[..., cols.target, :]
     out_a = F.scaled_dot_product_attention(q_src, k_src, one_hot_columns(v_a, blend_source, t_src))
-    own = sorted(set(range(t)) - {a for a, _ in pairs})
-    if not own and not blend_target:  # every word shared, none to map: the target's map adds nothing
+    if not len(cols.own) and not blend_target:  # every word shared, none to map: the target's map adds nothing
         return out_a[..., :d], out_a[..., d:d], out_a[..., d:]
     v_b = v.new_zeros(v.shape)
-    v_b[..., own, :] = v[..., own, :]
+    v_b[..., cols.own, :] = v[..., cols.own, :]
     out_b = F.scaled_dot_product_attention(q, k, one_hot_columns(v_b, blend_target, t))
     return out_a[..., :d] + out_b[..., :d], out_b[..., d:], out_a[..., d:]
 
 
+Movable = TypeVar("Movable", torch.Tensor, JointColumns)
+
+
 class DeviceIndex:
-    """Index tensors made once per (key, device) and kept there: a CPU index moved to the GPU with a plain
-    ``.to(device)`` at every attention call is a blocking copy (the host waits for the device's queue)."""
+    """Index tensors (or :class:`JointColumns`) made once per (key, device) and kept there: a CPU index moved to the
+    GPU with a plain ``.to(device)`` at every attention call is a blocking copy (the host waits for the device's
+    queue)."""
 
     def __init__(self) -> None:
         self._cache: dict = {}
 
-    def get(self, key: Hashable, device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: Hashable, device: torch.device, make: Callable[[], Movable]) -> Movable:
         found = self._cache.get((key, device))
         if found is None:
             # From pageable memory CUDA stages the copy and returns: no wait for the queued kernels.
@@ -178,7 +206,7 @@ class AttentionEditor:
         if mode not in ("record", "fuse", "plain"):
             raise ValueError(f"unknown attention mode {mode!r}; use record, fuse or plain")
         self.store, self.mode, self.step_of, self.frames = store, mode, step_of, frames
-        shared = list(shared_tokens)
+        shared = self.shared_pairs = list(shared_tokens)
         self.shared_tgt = torch.tensor([t for t, _ in shared], dtype=torch.long)
         self.shared_src = torch.tensor([s for _, s in shared], dtype=torch.long)
         self.blend = blend
@@ -375,16 +403,23 @@ class AttentionEditor:
         one_entry = len(self.entries) <= 1  # the words were aligned in the only entry's text
         words = image_keys is False or t > 0  # keys with text tokens: maps of words to fuse and blend
         blend = self.blend if words and one_entry and self.blend is not None and self.blend.active else None
+        pairs = self.shared_pairs if one_entry else []
+
+        def columns(t_tgt: int, t_src: int) -> JointColumns:  # kept on the device: no copy per attention call
+            key = ("joint", one_entry, t_tgt, t_src)
+            return self.index.get(key, q.device, lambda: joint_columns(pairs, t_tgt, t_src))
+
         fused, tgt_maps, src_maps = joint_fused_attention(
             q_src,
             k_src,
             q[rows][:, :, t:],
             k[rows],
             v[rows],
-            list(zip(self.shared_tgt.tolist(), self.shared_src.tolist(), strict=True)) if one_entry else [],
+            pairs,
             blend.target_tokens if blend else (),
             blend.source_tokens if blend else (),
             image_keys,
+            columns,
         )
         if blend is not None and grid is not None and math.prod(grid) <= n:
             cells = math.prod(grid)  # image tokens past the grid (reference latents) are not the picture's

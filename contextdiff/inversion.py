@@ -102,8 +102,10 @@ def anderson(
         f = torch.stack([(g - v).flatten() for g, v in zip(gs, ys, strict=True)], 1)  # -residuals, one column each
         d_f = f[:, 1:] - f[:, :-1]
         d_g = torch.stack([(a - b).flatten() for a, b in zip(gs[1:], gs[:-1], strict=True)], 1)
-        # min ||f_k - d_f gamma||: the normal equations are memory x memory, solved on the CPU.
-        gamma = torch.linalg.lstsq((d_f.T @ d_f).cpu(), (d_f.T @ f[:, -1:]).cpu()).solution.to(f.device)
+        # min ||f_k - d_f gamma||: the normal equations are memory x memory, solved on the CPU (a rank-deficient
+        # system has a least-squares solution there); one copy each way, the one back not waiting for the device.
+        normal = torch.cat([d_f.T @ d_f, d_f.T @ f[:, -1:]], dim=1).cpu()
+        gamma = torch.linalg.lstsq(normal[:, :-1], normal[:, -1:]).solution.to(f.device, non_blocking=True)
         y = (gs[-1].flatten() - (d_g @ gamma).squeeze(1)).reshape(y.shape).to(y.dtype)
     return best_y
 
@@ -114,8 +116,9 @@ def refine(
     """The ``x_t`` (k-space, at level ``i + 1``) that the contextualized DDIM step takes back to ``x`` (level ``i``).
 
     Starts at ``guess``; ``rel_tol`` bounds ``||S(x_t) - x|| / ||x||`` (default: 16 float eps of ``x``). Stopping
-    on the residual reads its norm once per iteration: the exact solve's one host read, by design
-    (``refine_steps = 0``, the default, reads none).
+    on the residual reads the host by design (``refine_steps = 0``, the default, reads none): ``||x||`` once per
+    step, then per iteration the residual's norm and, from the second iteration on, the memory x memory normal
+    equations of the Anderson mixing (tests/host/test_host_reads.py counts them).
     """
     if rel_tol is None:
         rel_tol = 16 * torch.finfo(x.dtype).eps

@@ -42,6 +42,16 @@ class SourceBranch:
     def __init__(self, editor: AttentionEditor, latents: dict, context: torch.Tensor):
         self.editor, self.latents, self.context = editor, latents, context
         self.rows = 0  # source rows added over the run (a test and a report read it)
+        self._contexts: dict = {}  # (device, dtype) -> the source prompt's tokens there
+
+    def _context_like(self, like: torch.Tensor) -> torch.Tensor:
+        """The source prompt's tokens on ``like``'s device and dtype, moved once per run: ComfyUI keeps
+        conditioning on the CPU, and a plain copy at every step would make the host wait for the device."""
+        key = (like.device, like.dtype)
+        if key not in self._contexts:
+            # From pageable memory CUDA stages the copy and returns: no wait for the queued kernels.
+            self._contexts[key] = self.context.to(like.device, like.dtype, non_blocking=True)
+        return self._contexts[key]
 
     def __call__(
         self,
@@ -68,7 +78,7 @@ class SourceBranch:
                 f"the source latent of step {step} has shape {tuple(latent.shape)} but the edit samples "
                 f"{tuple(x.shape[1:])} in chunks of {chunk}: invert and edit the same latent"
             )
-        context = self.context.to(c_crossattn.device, c_crossattn.dtype)
+        context = self._context_like(c_crossattn)
         if context.shape[1:] != c_crossattn.shape[1:]:
             raise ValueError(
                 f"the source prompt encodes to {context.shape[1]} text tokens and the target's to "

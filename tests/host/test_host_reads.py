@@ -9,6 +9,10 @@ such call and who made it: calls made by this pack's own code (``contextdiff/``,
 those inside ComfyUI, torch or a library are not (they are the same for the core samplers). Steps are told
 apart by the model calls (the samplers' ``on_level`` hook): after the first model call, none of the pack's
 code may read the host until the last one; after it, one read is allowed (the end-of-run check).
+
+The same holds on the flow-matching families (issue 30's preparation): the contextualized Euler step on SD3 and Wan,
+and the DiT edit from the store or with the source's branch recomputed. Exact inversion (``refine_steps``) reads by
+design, for its stopping rule only.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class HostReads(TorchFunctionMode):
 
     @staticmethod
     def _caller() -> str | None:
-        """``file:line`` of the pack's code that made the call, or ``None`` if ComfyUI or a library made it."""
+        """``file:line function`` of the pack's code that made the call, or ``None`` if ComfyUI or a library
+        made it."""
         frame = sys._getframe(2)
         while frame is not None and "/torch/" in frame.f_code.co_filename:
             frame = frame.f_back
@@ -75,7 +80,7 @@ class HostReads(TorchFunctionMode):
             return None
         path = frame.f_code.co_filename
         if path.startswith(PACK_DIRS):
-            return f"{Path(path).relative_to(ROOT)}:{frame.f_lineno}"
+            return f"{Path(path).relative_to(ROOT)}:{frame.f_lineno} {frame.f_code.co_name}"
         return None
 
     def inside_loop(self, last_call: int) -> list:
@@ -185,3 +190,128 @@ def test_the_counter_sees_what_it_must(env):
     assert ("__bool__", "contextdiff/sampling.py") in names
     assert ("item", "contextdiff/adapter.py") in names
     assert len(names) == 2, counter.found
+
+
+# -- flow-matching families (SD3, Wan): the contextualized Euler step, refined inversion, the DiT edit -------------
+
+FLOW_FAMILY = {"sd3": "sd3", "wan": "wan21"}
+
+
+@pytest.fixture(scope="module")
+def flow(comfy_inprocess):
+    """Per family: the tiny model file, its text encoders at test size, a live adapter."""
+    from comfy_models import build_flow, build_tiny_flow_clip
+    from helpers import pack_modules
+
+    from contextdiff.adapter import AdapterConfig, ContextAdapter
+
+    modules = pack_modules("nodes.sampler_function", "nodes.edit_runs", "nodes.types", "contextdiff.editing")
+    parts = {}
+    for kind, family in FLOW_FAMILY.items():
+        torch.manual_seed(7)
+        config = AdapterConfig(dim=64, depth=1, context_dim=4096, latent_channels=16, video=kind == "wan")
+        module = ContextAdapter(config).eval().requires_grad_(False)
+        torch.nn.init.normal_(module.patch_out.weight, std=0.3)  # a live bias
+        adapter = modules["types"].LoadedAdapter(module, {"base_model": family}, f"live_{family}")
+        parts[kind] = (build_flow(kind, seed=0), build_tiny_flow_clip(kind, seed=0), adapter)
+    return modules, parts
+
+
+@pytest.mark.parametrize("kind", sorted(FLOW_FAMILY))
+def test_the_flow_sampler_reads_the_host_only_before_its_first_step_and_after_its_last(flow, kind):
+    """The contextualized Euler step (DDIM at eta 0 on a flow model) with a live adapter and CFG."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy_models import flow_conditioning, flow_latent
+
+    modules, parts = flow
+    model, _, adapter = parts[kind]
+    counter = HostReads()
+    sampler = modules["sampler_function"].contextdiff_ksampler(adapter, "ddim", on_level=counter.level)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
+    latent = flow_latent(kind)
+    pos, neg = flow_conditioning(kind, 1), flow_conditioning(kind, 2)
+    with counter:
+        out = comfy.sample.sample_custom(
+            model,
+            comfy.sample.prepare_noise(latent, 3),
+            3.0,
+            sampler,
+            sigmas,
+            pos,
+            neg,
+            latent,
+            disable_pbar=True,
+            seed=3,
+        )
+    assert torch.isfinite(out).all()
+    assert counter.calls == STEPS
+    assert counter.inside_loop(STEPS) == [], counter.inside_loop(STEPS)
+    assert len(counter.after_loop(STEPS)) <= 1, counter.after_loop(STEPS)
+
+
+def _counted_edit(flow, monkeypatch, kind: str, recompute: bool, refine_steps: int = 0):
+    """Inversion then the fused, blended edit (CFG) on a DiT, each under its own counter."""
+    modules, parts = flow
+    runs, editing = modules["edit_runs"], modules["editing"]
+    model, clip, _ = parts[kind]
+    counters = []
+    told = runs.AttentionEditor.at_level
+
+    def at_level(self, sigma):
+        counters[-1].level(sigma)
+        told(self, sigma)
+
+    monkeypatch.setattr(runs.AttentionEditor, "at_level", at_level)
+    src, tgt = "a cat sitting on a red mat", "a dog sitting on a red mat"
+
+    def encode(text):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    inversion = editing.InversionSettings(steps=STEPS, scheduler="simple", refine_steps=refine_steps, fuse_start=0.5)
+    settings = editing.EditSettings(
+        cfg=2.0, source_prompt=src, target_prompt=tgt, blend_words="cat dog", blend_threshold=0.3
+    )
+    plan = runs.plan_edit(settings, inversion, clip, model=model)
+    from comfy_models import flow_latent
+
+    counters.append(HostReads())
+    with counters[-1]:
+        source = runs.invert(
+            runs.Guide(model, encode(src)), {"samples": flow_latent(kind)}, inversion, recompute=recompute
+        )
+    counters.append(HostReads())
+    with counters[-1]:
+        result = runs.edit(runs.Guide(model, encode(tgt), encode("")), source, plan)
+    assert torch.isfinite(result.samples).all()
+    assert result.mask is not None  # the blend words' maps were collected: the fused path ran
+    return source, counters
+
+
+@pytest.mark.parametrize(("kind", "recompute"), [("sd3", False), ("wan", False), ("wan", True)])
+def test_dit_inversion_and_edit_read_the_host_only_before_and_after_their_loops(flow, monkeypatch, kind, recompute):
+    """SD3's joint attention and Wan's self- and cross-attention, fused with the shared words and a blend word, from
+    the store or (Wan) with the source's branch recomputed beside the target's. Before, every fused attention call
+    copied the shared words' positions to the device and every recomputed step the source prompt."""
+    source, (inverted, edited) = _counted_edit(flow, monkeypatch, kind, recompute)
+    calls = len(source.sigmas) - (1 if recompute else 0)  # with a store, one more call records the top level
+    assert inverted.calls == calls
+    assert inverted.inside_loop(calls) == [], inverted.inside_loop(calls)
+    calls = len(source.sigmas) - 1
+    assert edited.calls == calls
+    assert edited.inside_loop(calls) == [], edited.inside_loop(calls)
+    assert len(edited.after_loop(calls)) <= 1, edited.after_loop(calls)
+
+
+def test_refined_inversion_reads_the_host_only_for_its_stopping_rule(flow, monkeypatch):
+    """The exact solve (``refine_steps``) reads by design: ``||x||`` once per step, per iteration the residual's
+    norm and (from the second on) one copy of the Anderson mixing's small normal equations. Nothing else."""
+    refine = 4
+    source, (inverted, edited) = _counted_edit(flow, monkeypatch, "sd3", recompute=False, refine_steps=refine)
+    calls = inverted.calls
+    steps = len(source.sigmas) - 1
+    assert steps + 1 < calls <= steps * (1 + refine) + 1  # the refinement ran
+    found = inverted.inside_loop(calls)
+    assert {where.split()[-1] for _, _, where in found} <= {"refine", "anderson"}, found
+    assert len(found) <= steps + 2 * (calls - 1 - steps), found  # per step, per refining call
+    assert edited.inside_loop(edited.calls) == []
