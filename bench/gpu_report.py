@@ -44,13 +44,17 @@ def _fmt(value, spec: str = ".3g") -> str:
 
 
 def pytest_summary(log: Path) -> tuple[str, list[str]]:
-    """The final counts line and the FAILED/ERROR lines of a pytest log ("not run" when there is none)."""
+    """The final counts line and the FAILED/ERROR lines of a pytest log ("not run" when there is none). A run
+    stopped at its time limit (SIGINT: pytest still prints its counts) says so."""
     if not log.exists():
         return "not run", []
     text = log.read_text(errors="replace")
     counts = [line for line in text.splitlines() if re.search(r"\b(passed|failed|error)", line) and " in " in line]
     failures = [line[:300] for line in text.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return (counts[-1].strip("= ") if counts else "no summary (timed out?)"), failures
+    summary = counts[-1].strip("= ") if counts else "no summary"
+    if "KeyboardInterrupt" in text:
+        summary += " (stopped at its time limit: the tests after these did not run)"
+    return summary, failures
 
 
 def write(logdir: Path, device: str) -> Path:

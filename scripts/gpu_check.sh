@@ -62,7 +62,8 @@ XDIST=(); "$PY" -c "import xdist" 2>/dev/null && [ "$DEVICE" = cuda ] && XDIST=(
 # 2. The suite's host tests on the device (ComfyUI without --cpu; trainer tests with --device cuda).
 say "tests: $TESTS"
 # shellcheck disable=SC2086
-timeout "$TEST_S" "$PY" -m pytest $TESTS -q -rfE -p no:cacheprovider "${XDIST[@]}" > "$LOGS/pytest.log" 2>&1
+# SIGINT at the limit: pytest then stops and still prints what passed and failed so far.
+timeout -s INT -k 30 "$TEST_S" "$PY" -m pytest $TESTS -q -rfE -p no:cacheprovider "${XDIST[@]}" > "$LOGS/pytest.log" 2>&1
 say "tests rc=$? $(grep -E '(passed|failed|error).* in ' "$LOGS/pytest.log" | tail -1)"
 
 # 3. Benchmarks, each bounded in time.
