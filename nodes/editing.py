@@ -123,15 +123,15 @@ class ContextDiffDDIMInversion(PackNode, display="ContextDiff DDIM Inversion", c
         warnings = []
         if recompute and len(positive) > 1:
             raise ValueError(
-                f"the attention store of this video would not fit in half the free memory, so the Edit Sampler will "
-                f"recompute the source's branch from the source prompt, but the positive combines {len(positive)} "
+                f"the attention store of this inversion would not fit in half the free memory, so the Edit Sampler "
+                f"will recompute the source's branch from the source prompt, but the positive combines {len(positive)} "
                 "conditionings: invert with one (or free memory so that the store fits)"
             )
         if recompute:
             warnings.append(
-                "the attention store of this video would not fit in half the free memory: nothing is recorded but the "
-                "trajectory, and the Edit Sampler recomputes the source's branch beside the target's in each fused "
-                "step (about one more batch row per fused model call)"
+                "the attention store of this inversion would not fit in half the free memory: nothing is recorded but "
+                "the trajectory, and the Edit Sampler recomputes the source's branch beside the target's in each "
+                "fused step (about one more batch row per fused model call)"
             )
         if negative is not None and settings.cfg == 1.0:
             warnings.append("the negative is not used at cfg 1 (inversion follows the positive alone)")

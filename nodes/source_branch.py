@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import comfy.patcher_extension
+import comfy.sampler_helpers
+import comfy.samplers
 import torch
 
 from ..contextdiff.attention_fusion import SOURCE_ROW, AttentionEditor
@@ -25,33 +27,50 @@ if TYPE_CHECKING:
 KEY = "contextdiff_source_branch"
 
 
-def _source_context(source: list) -> torch.Tensor:
-    """The source prompt's cross-attention tokens: the one entry a Video Edit encodes."""
+def _one_entry(source: list) -> list:
     if len(source) != 1:
         raise ValueError(
             f"the source branch is recomputed from one source conditioning, got {len(source)} entries: "
             "use one source prompt"
         )
-    return source[0][0]
+    return source
+
+
+def source_inputs(base_model: Any, source: list, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The source prompt's model inputs for the ``noise.shape[0]`` rows of one chunk, made by the host's own
+    conditioning path (``convert_cond``, ``encode_model_conds`` with the model's ``extra_conds``, each cond's
+    ``process_cond``): the cross-attention tokens, SD3's and Flux's pooled ``y``, Flux's ``guidance``. Inputs that are
+    not one tensor per row (constants, lists of reference latents) are left out: the source rows take the target's."""
+    conds = comfy.samplers.encode_model_conds(
+        base_model.extra_conds, comfy.sampler_helpers.convert_cond(source), noise, noise.device, "positive"
+    )
+    inputs = {}
+    for name, cond in conds[0]["model_conds"].items():
+        value = cond.process_cond(batch_size=noise.shape[0], area=None).cond
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == noise.shape[0]:
+            inputs[name] = value
+    return inputs
 
 
 class SourceBranch:
     """The ``APPLY_MODEL`` wrapper: at a fused step, a call that has the target's positive rows runs the source's
-    rows after them (its latent of the step, its prompt, the target's timestep and other conditioning)."""
+    rows after them: its latent of the step with the source prompt's inputs (:func:`source_inputs`), the target's
+    timestep and whatever else the source has none of."""
 
-    def __init__(self, editor: AttentionEditor, latents: dict, context: torch.Tensor):
-        self.editor, self.latents, self.context = editor, latents, context
+    def __init__(self, editor: AttentionEditor, latents: dict, source: list, base_model: Any):
+        self.editor, self.latents, self.source, self.base_model = editor, latents, _one_entry(source), base_model
         self.rows = 0  # source rows added over the run (a test and a report read it)
-        self._contexts: dict = {}  # (device, dtype) -> the source prompt's tokens there
+        self._inputs: dict = {}  # (device, chunk) -> the source's inputs there
 
-    def _context_like(self, like: torch.Tensor) -> torch.Tensor:
-        """The source prompt's tokens on ``like``'s device and dtype, moved once per run: ComfyUI keeps
-        conditioning on the CPU, and a plain copy at every step would make the host wait for the device."""
-        key = (like.device, like.dtype)
-        if key not in self._contexts:
+    def _inputs_like(self, x: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
+        """:func:`source_inputs` on ``x``'s device, made once per run: ComfyUI keeps conditioning on the CPU, and a
+        plain copy at every step would make the host wait for the device."""
+        key = (x.device, chunk)
+        if key not in self._inputs:
+            made = source_inputs(self.base_model, self.source, x[:chunk])
             # From pageable memory CUDA stages the copy and returns: no wait for the queued kernels.
-            self._contexts[key] = self.context.to(like.device, like.dtype, non_blocking=True)
-        return self._contexts[key]
+            self._inputs[key] = {name: value.to(x.device, non_blocking=True) for name, value in made.items()}
+        return self._inputs[key]
 
     def __call__(
         self,
@@ -78,7 +97,8 @@ class SourceBranch:
                 f"the source latent of step {step} has shape {tuple(latent.shape)} but the edit samples "
                 f"{tuple(x.shape[1:])} in chunks of {chunk}: invert and edit the same latent"
             )
-        context = self._context_like(c_crossattn)
+        inputs = self._inputs_like(x, chunk)
+        context = inputs["c_crossattn"]
         if context.shape[1:] != c_crossattn.shape[1:]:
             raise ValueError(
                 f"the source prompt encodes to {context.shape[1]} text tokens and the target's to "
@@ -87,10 +107,15 @@ class SourceBranch:
             )
         first = flags.index(0) * chunk  # the target's positive rows lend the source rows what the prompts share
 
-        def grown(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == x.shape[0]:
-                return torch.cat([value, value[first : first + chunk]])
-            return value
+        def grown(name: str, value: Any) -> Any:
+            """The call's input with the source rows after it: the source's own where it has one (its prompt,
+            pooled vector, guidance), else the target's positive rows'."""
+            if not (isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == x.shape[0]):
+                return value
+            own = inputs.get(name)
+            if own is None or own.shape[1:] != value.shape[1:]:
+                own = value[first : first + chunk]
+            return torch.cat([value, own.to(dtype=value.dtype)])
 
         options = dict(
             transformer_options,
@@ -100,12 +125,12 @@ class SourceBranch:
         self.rows += chunk
         out = executor(
             torch.cat([x, latent.to(x)]),
-            grown(t),
-            grown(c_concat),
-            torch.cat([c_crossattn, context.expand(chunk, -1, -1)]),
+            grown("t", t),
+            grown("c_concat", c_concat),
+            grown("c_crossattn", c_crossattn),
             control,
             options,
-            **{name: grown(value) for name, value in kwargs.items()},
+            **{name: grown(name, value) for name, value in kwargs.items()},
         )
         return out[: x.shape[0]]
 
@@ -113,7 +138,7 @@ class SourceBranch:
 def with_source_branch(model: ModelPatcher, editor: AttentionEditor) -> tuple[ModelPatcher, SourceBranch]:
     """A clone of ``model`` whose fused steps recompute the source's branch (``editor.store``: the trajectory and
     the source prompt of a recompute inversion) beside the target's."""
-    branch = SourceBranch(editor, editor.store.latents, _source_context(editor.store.source))
+    branch = SourceBranch(editor, editor.store.latents, editor.store.source, model.model)
     m = model.clone()
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, branch)
     return m, branch

@@ -54,8 +54,8 @@ def check_inversion_fits(
     """Raise ``MemoryError`` naming the fused steps that fit when the store of this inversion would not fit
     ``budget_bytes`` (default: half the free memory where the store is kept). ``text_tokens``: the positive's
     tokens, which a DiT's joint attention records keys of (Flux, SD3; counted from its blocks, no probe pass).
-    On Wan (a video latent) a store that does not fit is not refused: the result is True, and the edit recomputes
-    the source's branch instead (docs/design.md 1.3); else False."""
+    On a DiT (SD3, Flux, Wan) a store that does not fit is not refused: the result is True, and the edit recomputes
+    the source's branch instead (docs/design.md 1.3); else False. A UNet's store that does not fit is refused."""
     fused = len(settings.fused_steps)
     diffusion_model = model.model.diffusion_model
     if fused and is_wan(diffusion_model) and len(latent_shape) == 5:
@@ -73,11 +73,10 @@ def check_inversion_fits(
     itemsize = torch.empty((), dtype=settings.store_dtype).element_size()
     if dit_blocks(diffusion_model):
         per_step = joint_store_bytes(joint_footprint(model.model.diffusion_model, (h, w), text_tokens), 1, itemsize)
-        per_step *= latents
-    elif store_bytes_per_frame(_upper_bound_footprint(model, h * w), fused, itemsize) * latents <= budget_bytes:
+        return per_step * latents * fused > budget_bytes  # no room: the source's branch is recomputed
+    if store_bytes_per_frame(_upper_bound_footprint(model, h * w), fused, itemsize) * latents <= budget_bytes:
         return False
-    else:
-        per_step = store_bytes_per_frame(footprint(model, h, w), 1, itemsize) * latents
+    per_step = store_bytes_per_frame(footprint(model, h, w), 1, itemsize) * latents
     if per_step * fused <= budget_bytes:
         return False
     raise MemoryError(

@@ -41,11 +41,13 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def invert(runs, model, clip, latent):
+def invert(runs, model, clip, latent, **settings):
     from contextdiff.editing import InversionSettings
 
-    settings = InversionSettings(steps=STEPS, scheduler="simple", refine_steps=10, fuse_start=0.5)
-    return runs.invert(runs.Guide(model, encode(clip, SOURCE)), {"samples": latent.clone()}, settings)
+    recompute = settings.pop("recompute", False)
+    settings = InversionSettings(steps=STEPS, scheduler="simple", refine_steps=10, fuse_start=0.5, **settings)
+    guide = runs.Guide(model, encode(clip, SOURCE))
+    return runs.invert(guide, {"samples": latent.clone()}, settings, recompute=recompute)
 
 
 def edit(runs, model, clip, source, target: str, fuse: bool, blend_words: str = ""):
@@ -122,3 +124,27 @@ def test_sd35_medium_image_only_attention_is_recorded_counted_and_fused(runs, sd
     assert rel(fused.samples, plain.samples) < 1e-5
     (other, _), (other_plain, _) = (edit(runs, model, clip, source, TARGET, fuse) for fuse in (True, False))
     assert rel(other.samples, other_plain.samples) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["sd3", pytest.param("flux", marks=pytest.mark.slow)])
+def test_without_room_for_the_store_the_source_branch_is_recomputed_with_its_own_inputs(runs, sd3, kind):
+    """Where the store does not fit (docs/design.md 1.3), the inversion keeps the trajectory and the source's
+    conditioning, and each fused step of the edit runs the source's latent beside the target's with the source
+    prompt's own inputs as ComfyUI's conditioning path makes them: its tokens, SD3's and Flux's pooled ``y``, Flux's
+    guidance. The edit, blend words included, is then the float32 store's. The prompts differ (their pooled vectors
+    too), so source rows given the target's pooled vector would not be."""
+    from comfy_models import build_flow, build_tiny_flow_clip
+
+    model, clip = sd3 if kind == "sd3" else (build_flow(kind, seed=0), build_tiny_flow_clip(kind, seed=0))
+    latent = torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    stored = invert(runs, model, clip, latent, store_dtype=torch.float32)
+    live = invert(runs, model, clip, latent, recompute=True)
+    assert live.store.recompute and live.store.nbytes() == 0 < stored.store.nbytes()
+    assert rel(live.noise, stored.noise) < 1e-6  # the same inversion, one model call fewer
+    (a, _), (b, _) = (edit(runs, model, clip, s, TARGET, True, blend_words="cat, dog") for s in (stored, live))
+    assert [w for w in b.warnings if "recomputed beside the target" in w], b.warnings
+    assert a.mask is not None and torch.equal(a.mask, b.mask)
+    (plain, _) = edit(runs, model, clip, stored, TARGET, False)
+    print(kind, "recomputed vs stored:", rel(b.samples, a.samples), "fused vs plain:", rel(a.samples, plain.samples))
+    assert rel(b.samples, a.samples) < 1e-5
+    assert rel(a.samples, plain.samples) > 1e-3  # the fusion acts
