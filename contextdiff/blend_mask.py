@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 SMOOTH_FRACTION = 1 / 32  # Gaussian sigma, as a fraction of the latent's shorter side
+# A map whose spread (max - min) is below this fraction of its max says nothing about where the word is: min-max
+# normalisation would turn its rounding noise into a mask (which then differs between devices, dtypes and the
+# store and recomputed source). Such a map edits everywhere, as Prompt-to-Prompt's max-only normalisation does.
+FLAT_SPREAD = 1e-4
 DILATION_FRACTION = 1 / 16  # dilation radius, likewise (FateZero: 1 pixel of its 16x16 maps)
 
 
@@ -98,7 +102,8 @@ class BlendMask:
         """The mask at latent ``size`` from the maps collected so far (``None`` before the first one).
 
         Min-max normalisation (Prompt-to-Prompt divides by the max only) keeps the threshold
-        meaningful when a word's attention is spread out: the most attended pixel is 1, the least 0.
+        meaningful when a word's attention is spread out: the most attended pixel is 1, the least 0. A map
+        flat to within :data:`FLAT_SPREAD` of its max is all 1 (the edit is not masked there).
         """
         if not self.sums:
             return None
@@ -110,8 +115,9 @@ class BlendMask:
             mean = kornia.filters.gaussian_blur2d(mean, (k, k), (sigma, sigma), border_type="reflect")
         lo = mean.flatten(1).amin(1).reshape(-1, 1, 1, 1)
         hi = mean.flatten(1).amax(1).reshape(-1, 1, 1, 1)
+        flat = (hi - lo) <= FLAT_SPREAD * hi.abs()  # a tensor: no host read
         mean = (mean - lo) / (hi - lo).clamp(min=1e-12)
-        binary = (mean > self.threshold).to(mean.dtype)
+        binary = ((mean > self.threshold) | flat).to(mean.dtype)
         r = dilation_radius(size)
         if not r:
             return binary

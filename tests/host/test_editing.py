@@ -162,6 +162,28 @@ def test_blend_mask_is_smoothed_thresholded_and_dilated():
     assert BlendMask([], [], 0.3).active is False
 
 
+def test_a_flat_map_says_nothing_so_its_frame_is_not_masked():
+    """A word's map flat to within rounding (a random model's early steps: 1e-6 of its value) is all 1, the edit
+    unmasked there, where min-max normalisation would threshold its rounding noise: the same map through another
+    kernel (the store against the recomputed source, another device or dtype) then gave another mask. Frames are
+    judged one by one, and a map with contrast is thresholded as before."""
+    gen = torch.Generator().manual_seed(3)
+    ramp = torch.linspace(1.0, 2.0, 64).reshape(1, 1, 64, 1)
+    flat = 0.01 * (1 + 1e-6 * torch.rand(1, 1, 64, 1, generator=gen))  # (B, heads, N, words)
+    masks = []
+    for noise in (0.0, 1e-7):  # rounding-level noise on the flat frame
+        blend = BlendMask([0], [], threshold=0.5)
+        blend.add_maps(torch.cat([ramp, flat + noise * torch.rand(flat.shape, generator=gen)]), None, (8, 8))
+        masks.append(blend.mask((8, 8)))
+    for mask in masks:
+        assert bool((mask[1] == 1).all())  # the flat frame: not masked
+        expected = ((ramp - 1).reshape(1, 8, 8) > 0.5).float()  # min-max normalised ramp, thresholded
+        torch.testing.assert_close(mask[0], expected)
+    spread = BlendMask([0], [], threshold=0.5)
+    spread.add_maps(0.01 * (1 + 1e-3 * ramp), None, (8, 8))  # 0.1% contrast is still a map
+    assert 0 < float(spread.mask((8, 8)).mean()) < 1
+
+
 def test_chunks_cover_the_clip_and_crossfade_overlaps():
     assert chunk_starts(6, 8, 2) == [0]
     assert chunk_starts(10, 8, 2) == [0, 6]
