@@ -148,3 +148,33 @@ def test_without_room_for_the_store_the_source_branch_is_recomputed_with_its_own
     print(kind, "recomputed vs stored:", rel(b.samples, a.samples), "fused vs plain:", rel(a.samples, plain.samples))
     assert rel(b.samples, a.samples) < 1e-5
     assert rel(a.samples, plain.samples) > 1e-3  # the fusion acts
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["sd3", "wan"])
+def test_half_precision_models_invert_and_edit_as_float32_ones_do(runs, sd3, kind, dtype):
+    """On a GPU ComfyUI runs SD3, Flux and Wan in bf16 or fp16 and computes at that dtype (on the CPU it computes in
+    float32 from half weights; here it is made to compute as a GPU does). The refined inversion, the store and the
+    fused edit then run at the model's dtype: the fused edit stays within 2% of the float32 model's (bf16 on the
+    random Wan block: 1%, as its unfused edit), and with blend words the recomputed source branch (a batch of
+    another size) gives the store's edit to 5e-3. A blend mask itself is thresholded: half precision flips some of
+    its pixels (Wan bf16: 9%), so the masked edits of two dtypes are not compared."""
+    import comfy.sd
+    from comfy_models import build_flow, build_tiny_flow_clip, flow_latent, flow_state_dict
+
+    model32, clip = sd3 if kind == "sd3" else (build_flow(kind, seed=0), build_tiny_flow_clip(kind, seed=0))
+    model = comfy.sd.load_diffusion_model_state_dict(dict(flow_state_dict(kind, 0)), model_options={"dtype": dtype})
+    model.model.manual_cast_dtype = None  # compute at the weights' dtype, as on a GPU
+    assert model.model.get_dtype() == dtype
+    latent = torch.randn(flow_latent(kind).shape, generator=torch.Generator().manual_seed(5))
+    float32, half = (edit(runs, m, clip, invert(runs, m, clip, latent), TARGET, True)[0] for m in (model32, model))
+    stored, live = (invert(runs, model, clip, latent, recompute=recompute) for recompute in (False, True))
+    (a, _), (b, _) = (
+        edit(runs, model, clip, source, TARGET, True, blend_words="cat, dog") for source in (stored, live)
+    )
+    errs = {"half vs float32": rel(half.samples, float32.samples), "recomputed vs stored": rel(b.samples, a.samples)}
+    print(kind, dtype, errs)
+    assert not [w for w in [*half.warnings, *a.warnings] if "no attention layer" in w or "no recording" in w]
+    assert live.store.nbytes() == 0 and [w for w in b.warnings if "recomputed beside the target" in w]
+    assert errs["half vs float32"] < 2e-2, errs
+    assert errs["recomputed vs stored"] < 5e-3, errs
