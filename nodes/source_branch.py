@@ -27,13 +27,12 @@ if TYPE_CHECKING:
 KEY = "contextdiff_source_branch"
 
 
-def _one_entry(source: list) -> list:
+def _require_one_entry(source: list) -> None:
     if len(source) != 1:
         raise ValueError(
             f"the source branch is recomputed from one source conditioning, got {len(source)} entries: "
             "use one source prompt"
         )
-    return source
 
 
 def source_inputs(base_model: Any, source: list, noise: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,8 +56,10 @@ class SourceBranch:
     rows after them: its latent of the step with the source prompt's inputs (:func:`source_inputs`), the target's
     timestep and whatever else the source has none of."""
 
-    def __init__(self, editor: AttentionEditor, latents: dict, source: list, base_model: Any):
-        self.editor, self.latents, self.source, self.base_model = editor, latents, _one_entry(source), base_model
+    def __init__(self, editor: AttentionEditor, base_model: Any):
+        # The trajectory and the source conditioning are the recompute inversion's, held by the editor's store.
+        self.editor, self.base_model = editor, base_model
+        _require_one_entry(editor.store.source)
         self.rows = 0  # source rows added over the run (a test and a report read it)
         self._inputs: dict = {}  # (device, chunk) -> the source's inputs there
 
@@ -67,7 +68,7 @@ class SourceBranch:
         plain copy at every step would make the host wait for the device."""
         key = (x.device, chunk)
         if key not in self._inputs:
-            made = source_inputs(self.base_model, self.source, x[:chunk])
+            made = source_inputs(self.base_model, self.editor.store.source, x[:chunk])
             # From pageable memory CUDA stages the copy and returns: no wait for the queued kernels.
             self._inputs[key] = {name: value.to(x.device, non_blocking=True) for name, value in made.items()}
         return self._inputs[key]
@@ -86,7 +87,8 @@ class SourceBranch:
         flags = list(transformer_options.get("cond_or_uncond") or [])
         level = self.editor.level
         step = None if level is None else self.editor.step_of(level)
-        latent = self.latents.get(step) if step in self.editor.store.fused_steps else None
+        store = self.editor.store
+        latent = store.latents.get(step) if step in store.fused_steps else None
         if latent is None or 0 not in flags or c_crossattn is None or control is not None or x.shape[0] % len(flags):
             # Nothing to fuse in this call, or a ControlNet's residuals made for the target's batch alone: the
             # editor counts the fused calls left without a source and the edit reports them.
@@ -138,7 +140,7 @@ class SourceBranch:
 def with_source_branch(model: ModelPatcher, editor: AttentionEditor) -> tuple[ModelPatcher, SourceBranch]:
     """A clone of ``model`` whose fused steps recompute the source's branch (``editor.store``: the trajectory and
     the source prompt of a recompute inversion) beside the target's."""
-    branch = SourceBranch(editor, editor.store.latents, editor.store.source, model.model)
+    branch = SourceBranch(editor, model.model)
     m = model.clone()
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, branch)
     return m, branch

@@ -252,6 +252,8 @@ def test_the_flow_sampler_reads_the_host_only_before_its_first_step_and_after_it
 
 def _counted_edit(flow, monkeypatch, kind: str, recompute: bool, refine_steps: int = 0):
     """Inversion then the fused, blended edit (CFG) on a DiT, each under its own counter."""
+    from comfy_models import flow_latent
+
     modules, parts = flow
     runs, editing = modules["edit_runs"], modules["editing"]
     model, clip, _ = parts[kind]
@@ -273,8 +275,6 @@ def _counted_edit(flow, monkeypatch, kind: str, recompute: bool, refine_steps: i
         cfg=2.0, source_prompt=src, target_prompt=tgt, blend_words="cat dog", blend_threshold=0.3
     )
     plan = runs.plan_edit(settings, inversion, clip, model=model)
-    from comfy_models import flow_latent
-
     counters.append(HostReads())
     with counters[-1]:
         source = runs.invert(
