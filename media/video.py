@@ -265,7 +265,7 @@ def read_video(
         staged: list[np.ndarray] = []
         index = -1
         try:
-            for frame in container.decode(stream):
+            for frame in _frames(container, stream):
                 index += 1
                 if index < start_frame or (index - start_frame) % stride:
                     continue
@@ -279,7 +279,7 @@ def read_video(
                     progress(len(staged), max(expected, len(staged)))
                 if max_frames is not None and len(staged) >= max_frames:
                     break
-        except av.error.FFmpegError as err:
+        except (av.error.FFmpegError, _CutPacket) as err:
             if index <= 0 and not staged:
                 raise VideoError(
                     f"{path.name} has no decodable video frames; re-encode it (for example "
@@ -312,6 +312,23 @@ def read_video(
         staged[i : i + len(chunk)] = [None] * len(chunk)
     frames.div_(255.0)
     return frames, info.fps / stride
+
+
+class _CutPacket(Exception):
+    """The demuxer read less than the index promised for a packet: the file ends (or is damaged) there."""
+
+
+def _frames(container, stream):
+    """The stream's frames in order, refusing a packet the demuxer could not read whole.
+
+    Decoders differ on a cut packet: H.264 usually raises, MPEG-4 Part 2 conceals the damage and goes on,
+    and either way the frames after it are missing. The demuxer marks a short read as corrupt whatever the
+    codec, so the check is made there rather than left to the decoder.
+    """
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            raise _CutPacket(f"packet at byte {packet.pos} is cut short")
+        yield from packet.decode()
 
 
 def _memory_message(n: int, w: int, h: int, per_frame: int, limit: int, at_least: bool = False) -> str:
