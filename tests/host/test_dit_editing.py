@@ -20,9 +20,9 @@ TARGET = "a dog sitting on a red mat"
 
 @pytest.fixture(scope="module")
 def runs(comfy_inprocess):
-    from devkit import import_pack
+    from helpers import pack_modules
 
-    return importlib.import_module(f"{import_pack().__name__}.nodes.edit_runs")
+    return pack_modules("nodes.edit_runs")["edit_runs"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ design, for its stopping rule only.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -94,18 +93,16 @@ class HostReads(TorchFunctionMode):
 @pytest.fixture(scope="module")
 def env(comfy_inprocess):
     from comfy_models import build_sd15, build_tiny_clip, random_conditioning
+    from helpers import pack_modules
 
     from contextdiff.adapter import AdapterConfig, ContextAdapter
-    from devkit import import_pack
 
-    pack = import_pack()
-    modules = {m: importlib.import_module(f"{pack.__name__}.nodes.{m}") for m in ("sampler_function", "edit_runs")}
-    types_ = importlib.import_module(f"{pack.__name__}.nodes.types")
+    modules = pack_modules("nodes.sampler_function", "nodes.edit_runs", "nodes.types")
     torch.manual_seed(5)
     module = ContextAdapter(AdapterConfig(dim=64, depth=2)).eval().requires_grad_(False)
     torch.nn.init.normal_(module.patch_out.weight, std=0.02)  # a live, smooth bias
     torch.nn.init.normal_(module.patch_out.bias, std=0.05)
-    adapter = types_.LoadedAdapter(module, {}, "live")
+    adapter = modules["types"].LoadedAdapter(module, {}, "live")
     clip = build_tiny_clip()
 
     def enc(text):
